@@ -1,0 +1,32 @@
+"""convdeploy's PyTorch side: architectures, data, training, ONNX export, parity.
+
+Kept light on purpose: importing ``exporter`` does not import torch. The entry
+points below load their modules on first use.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["create_model", "list_models", "model_info"]
+
+
+def create_model(name: str, num_classes: int | None = None, **kwargs: Any):
+    """Build a registered architecture by name (see :func:`list_models`)."""
+    from exporter.registry import create_model as _create
+
+    return _create(name, num_classes=num_classes, **kwargs)
+
+
+def list_models(pattern: str | None = None) -> list[str]:
+    """Names of every registered architecture, optionally filtered by a glob pattern."""
+    from exporter.registry import list_models as _list
+
+    return _list(pattern)
+
+
+def model_info(name: str) -> dict[str, Any]:
+    """Metadata of a registered architecture (paper, input size, preprocessing, ...)."""
+    from exporter.registry import model_info as _info
+
+    return _info(name)

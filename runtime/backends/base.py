@@ -1,0 +1,63 @@
+"""The backend protocol: load a model file, describe its inputs/outputs, run a batch.
+
+Backends are imported lazily (onnxruntime, TensorRT and OpenVINO are optional), so the
+runtime starts with whatever the target has. Every backend says what it actually runs
+on (``describe()``): a missing GPU provider is reported, never silently replaced.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    shape: tuple[int | str | None, ...]  # None or a name for dynamic axes
+    dtype: str  # numpy dtype name, e.g. "float32"
+
+
+@dataclass
+class BackendInfo:
+    """What a backend instance runs: reported by predict/verify/bench and recorded."""
+
+    backend: str  # "onnxruntime", "tensorrt", "openvino"
+    device: str  # e.g. "cpu", "cuda:0 (NVIDIA H100)", "CPU (AVX-512 VNNI)"
+    precision: str  # precision of the artifact, or of the execution where it differs (bf16)
+    providers: list[str] = field(default_factory=list)  # onnxruntime: the providers actually in use
+    threads: int | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "backend": self.backend,
+            "device": self.device,
+            "precision": self.precision,
+            "providers": list(self.providers),
+            "threads": self.threads,
+            "details": dict(self.details),
+        }
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """What the Predictor, verify and bench need from an inference engine."""
+
+    name: str
+
+    @property
+    def inputs(self) -> list[TensorSpec]: ...
+
+    @property
+    def outputs(self) -> list[TensorSpec]: ...
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """Run one batch (N x input shape, float32) and return the first output (N x K, float32)."""
+        ...
+
+    def describe(self) -> BackendInfo: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,58 @@
+"""One exception hierarchy for the whole toolkit.
+
+Every error a user can cause or fix is a :class:`ConvDeployError`. The CLI prints
+``str(error)`` as one line (what went wrong, and what to do) and exits with
+``error.exit_code``: 2 for bad usage or bad input, 1 for a check that ran and failed.
+Anything else that escapes is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class ConvDeployError(Exception):
+    """Base class; ``exit_code`` follows DESIGN.md (2 = bad input, 1 = failed check)."""
+
+    exit_code: int = 2
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        self.message = message
+        self.hint = hint
+        super().__init__(message if hint is None else f"{message}; {hint}")
+
+
+class UsageError(ConvDeployError):
+    """Bad arguments or options."""
+
+
+class InputError(ConvDeployError):
+    """Bad input data: a missing file, a corrupt image, an empty folder."""
+
+
+class ImageDecodeError(InputError):
+    """An image could not be decoded (corrupt, not an image, or too large)."""
+
+
+class CheckpointError(InputError):
+    """A checkpoint that cannot be loaded into the requested model."""
+
+
+class BundleError(InputError):
+    """A bundle that is incomplete, altered (hash mismatch) or of an unknown schema."""
+
+
+class ProfileError(InputError):
+    """A target profile that is missing or invalid."""
+
+
+class BackendUnavailableError(ConvDeployError):
+    """The requested backend or precision cannot run on this machine."""
+
+
+class EngineMismatchError(BundleError):
+    """A TensorRT engine built for another GPU or TensorRT version."""
+
+
+class CheckFailedError(ConvDeployError):
+    """A check ran and failed: a parity gate, an on-device verify."""
+
+    exit_code = 1

@@ -1,0 +1,89 @@
+"""The CLI skeleton: version, models, profiles, one-line errors and exit codes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from cli import main
+from tests.conftest import run_without_torch
+
+
+@pytest.fixture()
+def cli():
+    runner = CliRunner()
+    return lambda *args: runner.invoke(main, list(args), catch_exceptions=False)
+
+
+def test_version(cli):
+    r = cli("--version")
+    assert r.exit_code == 0 and r.output.startswith("convdeploy, version ")
+
+
+def test_models_json_lists_every_registered_architecture_with_counts(cli):
+    from exporter import list_models
+
+    r = cli("models", "--json")
+    assert r.exit_code == 0
+    rows = json.loads(r.output)
+    assert [row["name"] for row in rows] == list_models()
+    by_name = {row["name"]: row for row in rows}
+    published = {"alexnet": 61_100_840, "vgg16": 138_357_544, "vgg19": 143_667_240, "resnet18": 11_689_512,
+                 "resnet34": 21_797_672, "resnet50": 25_557_032, "googlenet": 6_624_904, "lenet5": 61_706}
+    for name, params in published.items():
+        assert by_name[name]["params"] == params, name
+    assert {"nin", "googlenet", "lenet5"} <= set(by_name)
+    assert any(n.startswith("inception_resnet") for n in by_name)
+
+
+def test_models_table_and_pattern(cli):
+    r = cli("models", "resnet*")
+    assert r.exit_code == 0
+    lines = r.output.splitlines()
+    assert lines[0].split()[:3] == ["name", "family", "params"]
+    assert all(line.startswith("resnet") for line in lines[2:])
+    assert "11,689,512" in r.output
+
+
+def test_profiles(cli):
+    r = cli("profiles", "--json")
+    names = [p["name"] for p in json.loads(r.output)]
+    assert {"cpu", "jetson-nano", "jetson-orin", "server-gpu"} <= set(names)
+    r = cli("profiles", "jetson-nano")
+    assert "opset" in r.output and "13" in r.output
+
+
+def test_user_error_is_one_line_with_exit_2(cli):
+    r = CliRunner().invoke(main, ["profiles", "no-such-target"])
+    assert r.exit_code == 2
+    assert r.output.strip().count("\n") == 0 and r.output.startswith("error: unknown profile")
+    assert "Traceback" not in r.output
+
+
+def test_debug_shows_the_exception():
+    from runtime.errors import ProfileError
+
+    r = CliRunner().invoke(main, ["--debug", "profiles", "no-such-target"])
+    assert isinstance(r.exception, ProfileError)
+
+
+def test_cli_starts_without_torch():
+    proc = run_without_torch(
+        "import sys; sys.argv = ['convdeploy', '--help']\n"
+        "import cli\n"
+        "try:\n    cli.main()\nexcept SystemExit as e:\n    assert e.code == 0, e.code\n"
+        "assert 'torch' not in sys.modules\n"
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "convdeploy" in proc.stdout
+
+
+def test_torch_commands_say_torch_is_missing():
+    proc = run_without_torch(
+        "import sys; sys.argv = ['convdeploy', 'models']\n"
+        "import cli\ncli.main()\n"
+    )
+    assert proc.returncode == 2
+    assert "needs PyTorch" in proc.stderr and "Traceback" not in proc.stderr
