@@ -17,6 +17,7 @@ PIL image, because both resize through Pillow and normalize in float32.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass
 from typing import Any, Iterable, Sequence
 
@@ -221,6 +222,18 @@ def _resize_no_antialias(img: Image.Image, size: tuple[int, int], interpolation:
     return Image.fromarray(out[:, :, 0] if squeeze else out)
 
 
+def draft_size_for(spec: PreprocessSpec) -> tuple[int, int] | None:
+    """Smallest decoded (w, h) that still feeds ``spec``'s resize; for the opt-in JPEG draft.
+
+    Square, so it holds whatever the EXIF orientation; ``None`` when the spec does not
+    resize (its crop needs the original pixels). See :func:`runtime.imageio.decode_image`.
+    """
+    if spec.resize is None:
+        return None
+    side = spec.resize if isinstance(spec.resize, int) else max(spec.resize)
+    return side, side
+
+
 def resize_image(img: Image.Image, spec: PreprocessSpec, resize: int | tuple[int, int] | None = None) -> Image.Image:
     """Color-convert and resize ``img`` per ``spec`` (``resize`` overrides the spec's size)."""
     img = convert_color(img, spec.color_mode)
@@ -268,9 +281,25 @@ def crop_image(img: Image.Image, crop: tuple[int, int], where: str = "center") -
     return img.crop(crop_box(img.width, img.height, crop, where))
 
 
-def to_array(img: Image.Image, spec: PreprocessSpec) -> np.ndarray:
-    """Scale and normalize a (color-converted, resized, cropped) image into the layout."""
-    arr = np.asarray(img, dtype=np.float32)
+@functools.lru_cache(maxsize=64)
+def _uint8_lut(scale: float, mean: tuple[float, ...], std: tuple[float, ...], dtype: str) -> np.ndarray:
+    """(channels, 256) table of ``(v * scale - mean) / std`` for every uint8 value ``v``.
+
+    Computed with the very float32 operations of the general path, one element at a
+    time, so looking a pixel up gives the bit-identical result (tests prove it).
+    """
+    v = np.arange(256, dtype=np.float32)
+    m = np.asarray(mean, dtype=np.float32)[:, None]
+    s = np.asarray(std, dtype=np.float32)[:, None]
+    lut = ((v[None, :] * np.float32(scale)) - m) / s
+    lut = lut.astype(np.dtype(dtype))
+    lut.setflags(write=False)
+    return lut
+
+
+def _normalize_float(arr: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    """The general path: float32 ``HxW`` or ``HxWxC`` pixels -> normalized sample."""
+    arr = np.asarray(arr, dtype=np.float32)
     if arr.ndim == 2:
         arr = arr[:, :, None]
     # float32 throughout, in torchvision's order: x * scale, then (x - mean) / std.
@@ -281,6 +310,31 @@ def to_array(img: Image.Image, spec: PreprocessSpec) -> np.ndarray:
     if spec.layout == "NCHW":
         arr = arr.transpose(2, 0, 1)
     return np.ascontiguousarray(arr, dtype=np.dtype(spec.dtype))
+
+
+def to_array(img: Image.Image, spec: PreprocessSpec) -> np.ndarray:
+    """Scale and normalize a (color-converted, resized, cropped) image into the layout."""
+    raw = np.asarray(img)
+    channels = 1 if raw.ndim == 2 else raw.shape[-1]
+    if raw.dtype != np.uint8 or raw.ndim not in (2, 3) or channels != len(spec.mean):
+        return _normalize_float(raw, spec)
+    # 8-bit images (all that decode_image returns) go through a per-channel lookup
+    # table: ~3x faster than the float arithmetic and bit-identical to it.
+    lut = _uint8_lut(spec.scale, spec.mean, spec.std, spec.dtype)
+    if raw.ndim == 2:
+        raw = raw[:, :, None]
+    h, w = raw.shape[:2]
+    if spec.layout == "NCHW":
+        out = np.empty((channels, h, w), dtype=lut.dtype)
+        for c in range(channels):
+            # mode="clip": uint8 indices are always in range, so numpy skips the checks
+            # and the buffered copy of ``out`` that the default mode makes.
+            np.take(lut[c], raw[:, :, c], out=out[c], mode="clip")
+    else:
+        out = np.empty((h, w, channels), dtype=lut.dtype)
+        for c in range(channels):  # gather, then one strided copy: faster than take into a strided out
+            out[:, :, c] = lut[c][raw[:, :, c]]
+    return out
 
 
 def preprocess(img: Image.Image, spec: PreprocessSpec) -> np.ndarray:
@@ -308,6 +362,7 @@ __all__ = [
     "digits_spec",
     "resize_image",
     "resized_size",
+    "draft_size_for",
     "crop_box",
     "crop_image",
     "to_array",
