@@ -1,0 +1,342 @@
+"""The runtime's speed against its baselines, same thread count for every contender.
+
+    python benchmarks/runtime_overhead.py [--threads 2] [--rounds 15] [--workdir DIR] [--json out.json]
+
+Tables (ResNet-18/50 with random weights, exported by ``exporter.export_bundle``; real
+photos: scikit-learn's two sample photos and crops of them, saved as JPEG):
+
+1. overhead: ``Predictor.run_batch`` (model-only) vs a bare ``onnxruntime`` session with
+   the same options (including spin-waiting off, as the Predictor sets it), batch 1 and 8
+   (target: <= 5%); the bare session with onnxruntime's default spinning is shown too;
+2. onnxruntime FP32 (through the runtime) vs PyTorch eager, ResNet-18/50, batch 1 and 8
+   (target: >= 1.5x);
+3. end to end: ``Predictor.predict`` over a folder of JPEGs (decode + preprocess +
+   infer) vs model-only throughput, ResNet-18 batch 8 (target: >= 85%);
+4. CPU paths on ResNet-18: bare OpenVINO default (its own precision choice), the
+   runtime's OpenVINO (default / int8 artifact), onnxruntime FP32 and INT8, each with
+   its parity tier on the bundle's golden set (target: the best runtime path at least
+   as fast as OpenVINO's default, with its tier passing).
+
+Contenders are timed in interleaved rounds (one call of each per round), so a busy
+machine slows them alike; the medians are compared. One run, no retries: the numbers
+printed are the numbers measured. PyTorch is used here only as a baseline.
+"""
+
+from __future__ import annotations
+
+import os
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "2")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any, Callable  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def interleaved(fns: dict[str, Callable[[], Any]], rounds: int, warmup: int = 3) -> dict[str, np.ndarray]:
+    """Time each callable once per round; return the per-call seconds.
+
+    The order rotates every round, so no contender always follows the same neighbour
+    (onnxruntime's idle threads spin for a while after a run and slow whoever is next).
+    """
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    names = list(fns)
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            t0 = time.perf_counter()
+            fns[name]()
+            times[name].append(time.perf_counter() - t0)
+    return {k: np.asarray(v) for k, v in times.items()}
+
+
+def table(title: str, rows: list[dict[str, Any]], cols: list[tuple[str, str]]) -> str:
+    cells = [[h for _, h in cols]] + [[str(r.get(k, "")) for k, _ in cols] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
+    lines = [title, "  ".join(c.ljust(w) for c, w in zip(cells[0], widths)), "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in cells[1:]]
+    return "\n".join(lines)
+
+
+def make_photos(root: Path, n: int) -> Path:
+    """n real JPEGs: the two sample photos and crops of them at typical ImageNet sizes."""
+    from PIL import Image
+    from sklearn.datasets import load_sample_image
+
+    folder = root / "photos"
+    if folder.is_dir() and len(list(folder.glob("*.jpg"))) >= n:
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    photos = [Image.fromarray(load_sample_image(name)) for name in ("china.jpg", "flower.jpg")]
+    for i in range(n):
+        img = photos[i % 2]
+        w, h = img.size
+        cw, ch = int(w * rng.uniform(0.6, 1.0)), int(h * rng.uniform(0.6, 1.0))
+        x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+        crop = img.crop((x, y, x + cw, y + ch)).resize((500, 375) if cw >= ch else (375, 500))
+        crop.save(folder / f"photo{i:03d}.jpg", quality=90)
+    return folder
+
+
+def make_imagefolder(root: Path, photos: Path) -> Path:
+    """A two-class ImageFolder of the photos (for calibration and the parity gate)."""
+    import shutil
+
+    folder = root / "imagefolder"
+    if folder.is_dir():
+        return folder
+    for i, f in enumerate(sorted(photos.glob("*.jpg"))):
+        cls = folder / ("china" if i % 2 == 0 else "flower")
+        cls.mkdir(parents=True, exist_ok=True)
+        shutil.copy(f, cls / f.name)
+    return folder
+
+
+def export(root: Path, arch: str, data: Path, precisions: str) -> Path:
+    from exporter.bundle import export_bundle
+
+    out = root / f"{arch}-{precisions.replace(',', '-')}"
+    if not (out / "manifest.json").is_file():
+        t0 = time.perf_counter()
+        export_bundle(arch, out, data=str(data), precisions=precisions, parity_samples=16, golden_samples=16,
+                      calib_samples=32, overwrite=True, seed=0)
+        print(f"  exported {out.name} in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
+    return out
+
+
+def bare_ort_session(model: Path, threads: int, spinning: bool = False) -> Any:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if not spinning:  # the option the Predictor uses, so that only the wrapper differs
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    return ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"])
+
+
+def wrapper_cost_us(root: Path) -> float:
+    """The runtime's per-call cost on top of ``session.run``, free of model-time noise:
+    a one-node model, the minimum of many calls through each path."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
+
+    path = root / "identity.onnx"
+    graph = helper.make_graph([helper.make_node("GlobalAveragePool", ["input"], ["logits"])], "g",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 8, 8])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3, 1, 1])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    be = OnnxRuntimeBackend(path, threads=1, spinning=False)
+    sess = bare_ort_session(path, 1)
+    x = np.zeros((1, 3, 8, 8), np.float32)
+    t = interleaved({"bare": lambda: sess.run(None, {"input": x}), "runtime": lambda: be.run(x)}, rounds=300)
+    return float((t["runtime"].min() - t["bare"].min()) * 1e6)
+
+
+def batch_of(bundle: Path, n: int) -> np.ndarray:
+    from runtime.bundle import Bundle
+
+    g = Bundle.load(bundle, verify_hashes=False).golden()["inputs"]
+    return np.ascontiguousarray(np.concatenate([g] * (-(-n // len(g))))[:n])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=15, help="timed calls per contender (batch 1; fewer at batch 8)")
+    ap.add_argument("--photos", type=int, default=48, help="JPEGs in the end-to-end folder")
+    ap.add_argument("--workdir", type=Path, default=None, help="keep exported bundles here between runs")
+    ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--sections", default="1,2,3,4", help="which tables to measure, e.g. 1,3")
+    args = ap.parse_args()
+    sections = {int(x) for x in args.sections.split(",")}
+
+    import onnxruntime as ort
+    import torch
+
+    from exporter.bundle import load_source
+    from runtime.predictor import Predictor, expand_sources
+    from runtime.verify import verify_bundle
+
+    threads = args.threads
+    torch.set_num_threads(threads)
+    root = args.workdir or Path(tempfile.mkdtemp(prefix="convdeploy-bench-"))
+    root.mkdir(parents=True, exist_ok=True)
+    photos = make_photos(root, args.photos)
+    data = make_imagefolder(root, photos)
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+          f"load average {os.getloadavg()[0]:.2f}; threads={threads}; onnxruntime {ort.__version__}, "
+          f"torch {torch.__version__}", file=sys.stderr)
+    r18 = export(root, "resnet18", data, "fp32,int8")
+    r50 = export(root, "resnet50", data, "fp32")
+    results: dict[str, Any] = {"threads": threads, "load_average_start": os.getloadavg()[0], "tables": {}}
+    out_lines = []
+
+    pred = Predictor.from_bundle(r18, "onnxruntime", threads=threads)
+
+    # 1. runtime overhead over a bare session.run -------------------------------------------
+    if 1 in sections:
+        rows = []
+        sess = bare_ort_session(r18 / "model.onnx", threads)
+        sess_spin = bare_ort_session(r18 / "model.onnx", threads, spinning=True)  # onnxruntime's default, for reference
+        for b in (1, 8):
+            x = batch_of(r18, b)
+            n = args.rounds if b == 1 else max(6, args.rounds // 2)
+            t = interleaved({"bare": lambda: sess.run(None, {"input": x}),
+                             "runtime": lambda: pred.run_batch(x)}, rounds=n)
+            bare, ours = float(np.median(t["bare"])), float(np.median(t["runtime"]))
+            # Timed apart: a spinning session's idle threads would slow whichever call follows it.
+            t["spin"] = interleaved({"spin": lambda: sess_spin.run(None, {"input": x})}, rounds=max(4, n // 2))["spin"]
+            rows.append({"model": "resnet18", "batch": b, "bare_ms": f"{bare * 1e3:.2f}",
+                         "runtime_ms": f"{ours * 1e3:.2f}",
+                         "spin_ms": f"{float(np.median(t['spin'])) * 1e3:.2f}",
+                         "overhead": f"{100 * (ours / bare - 1):+.2f}%", "target": "<= 5%",
+                         "ok": "yes" if ours / bare - 1 <= 0.05 else "NO"})
+        wrapper_us = wrapper_cost_us(root)
+        results["wrapper_cost_us"] = wrapper_us
+        out_lines.append(f"   fixed cost of the runtime's wrapper per call (1-node model, min of 300): "
+                         f"{wrapper_us:.2f} us = {100 * wrapper_us * 1e-6 / float(rows[0]['bare_ms']) * 1e3:.4f}% "
+                         f"of ResNet-18 batch 1")
+        out_lines.insert(-1, table("1. model-only overhead: Predictor.run_batch vs bare onnxruntime session.run", rows,
+                               [("model", "model"), ("batch", "batch"), ("bare_ms", "bare p50 ms"),
+                                ("runtime_ms", "runtime p50 ms"), ("overhead", "overhead"), ("target", "target"),
+                                ("ok", "ok"), ("spin_ms", "bare, spinning on (ms)")]))
+        results["tables"]["overhead"] = rows
+
+    # 2. onnxruntime FP32 vs PyTorch eager ----------------------------------------------------
+    if 2 in sections:
+        rows = []
+        for arch, bundle in (("resnet18", r18), ("resnet50", r50)):
+            model = load_source(arch, seed=0).model.eval()
+            p = Predictor.from_bundle(bundle, "onnxruntime", threads=threads)
+            for b in (1, 8):
+                x = batch_of(bundle, b)
+                xt = torch.from_numpy(x)
+
+                def eager() -> None:
+                    with torch.inference_mode():
+                        model(xt)
+
+                t = interleaved({"torch": eager, "ort": lambda: p.run_batch(x)},
+                                rounds=max(4, args.rounds // (1 if b == 1 else 3) // (1 if arch == "resnet18" else 2)),
+                                warmup=2)
+                te, to = float(np.median(t["torch"])), float(np.median(t["ort"]))
+                rows.append({"model": arch, "batch": b, "torch_ms": f"{te * 1e3:.1f}", "ort_ms": f"{to * 1e3:.1f}",
+                             "speedup": f"{te / to:.2f}x", "target": ">= 1.5x",
+                             "ok": "yes" if te / to >= 1.5 else "NO"})
+            p.close()
+        out_lines.append(table(f"2. onnxruntime FP32 (runtime) vs PyTorch eager, {threads} threads", rows,
+                               [("model", "model"), ("batch", "batch"), ("torch_ms", "torch p50 ms"),
+                                ("ort_ms", "onnxruntime p50 ms"), ("speedup", "speedup"), ("target", "target"),
+                                ("ok", "ok")]))
+        results["tables"]["ort_vs_torch"] = rows
+
+    # 3. end to end over a folder of JPEGs vs model-only ---------------------------------------
+    if 3 in sections:
+        files, _ = expand_sources([photos])
+        b = 8
+        x = batch_of(r18, b)
+        pred.batch_size = b
+        n_model_calls = max(1, len(files) // b)
+
+        def model_only() -> None:
+            for _ in range(n_model_calls):
+                pred.run_batch(x)
+
+        def e2e() -> None:
+            out = pred.predict(files, topk=5)
+            assert all(o.ok for o in out)
+
+        t = interleaved({"model_only": model_only, "e2e": e2e}, rounds=5, warmup=1)
+        mo = n_model_calls * b / float(np.median(t["model_only"]))
+        ee = len(files) / float(np.median(t["e2e"]))
+        rows = [{"model": "resnet18", "batch": b, "images": len(files), "model_ips": f"{mo:.1f}",
+                 "e2e_ips": f"{ee:.1f}",
+                 "fraction": f"{100 * ee / mo:.1f}%", "target": ">= 85%", "ok": "yes" if ee / mo >= 0.85 else "NO",
+                 "workers": pred.workers}]
+        out_lines.append(table("3. end-to-end predict over real JPEGs (decode + preprocess + infer) vs model-only",
+                               rows,
+                               [("model", "model"), ("batch", "batch"), ("images", "images"),
+                                ("workers", "decode threads"),
+                                ("model_ips", "model-only img/s"), ("e2e_ips", "end-to-end img/s"),
+                                ("fraction", "fraction"), ("target", "target"), ("ok", "ok")]))
+        results["tables"]["end_to_end"] = rows
+
+    # 4. CPU paths: OpenVINO default vs the runtime's paths -----------------------------------
+    if 4 in sections:
+        rows = []
+        import openvino as ov
+
+        core = ov.Core()
+        ov_default = core.compile_model(core.read_model(str(r18 / "model.onnx")), "CPU",
+                                        {"INFERENCE_NUM_THREADS": threads})
+        ov_req = ov_default.create_infer_request()
+        ov_prec = str(ov_default.get_property("INFERENCE_PRECISION_HINT"))
+        paths: dict[str, tuple[Any, str]] = {}
+        for label, backend, precision, opts in (
+            ("runtime onnxruntime fp32", "onnxruntime", "fp32", {}),
+            ("runtime onnxruntime int8", "onnxruntime", "int8", {}),
+            ("runtime openvino default", "openvino", None, {}),
+            ("runtime openvino f32", "openvino", "fp32", {}),
+            ("runtime openvino int8", "openvino", "int8", {}),
+        ):
+            p = Predictor.from_bundle(r18, backend, precision=precision, threads=threads, **opts)
+            v = verify_bundle(r18, backend, precision, threads=threads)
+            paths[label] = (p, f"{v.precision}: {'pass' if v.passed else 'FAIL'}")
+        for b in (1, 8):
+            x = batch_of(r18, b)
+            fns: dict[str, Callable[[], Any]] = {"bare openvino default": lambda: ov_req.infer({0: x})}
+            fns.update({k: (lambda p=p: p.run_batch(x)) for k, (p, _) in paths.items()})
+            t = interleaved(fns, rounds=max(6, args.rounds if b == 1 else args.rounds // 2))
+            base = float(np.median(t["bare openvino default"]))
+            for name, secs in t.items():
+                med = float(np.median(secs))
+                rows.append({"path": name, "batch": b, "p50_ms": f"{med * 1e3:.2f}", "vs_ov": f"{base / med:.2f}x",
+                             "tier": paths[name][1] if name in paths else f"(not verified; runs {ov_prec})"})
+        for p, _ in paths.values():
+            p.close()
+        best = {}
+        for row in rows:
+            if row["path"].startswith("runtime") and "pass" in row["tier"]:
+                cur = best.get(row["batch"])
+                if cur is None or float(row["p50_ms"]) < float(cur["p50_ms"]):
+                    best[row["batch"]] = row
+        out_lines.append(table("4. CPU paths on resnet18 (speed vs bare OpenVINO default; parity tier on golden)",
+                               rows, [("path", "path"), ("batch", "batch"), ("p50_ms", "p50 ms"),
+                                      ("vs_ov", "vs OV default"), ("tier", "parity tier")]))
+        out_lines.append("   best passing runtime path: " + "; ".join(
+            f"batch {b}: {r['path']} {r['vs_ov']} ({'yes' if float(r['vs_ov'][:-1]) >= 1.0 else 'NO'}, target >= 1.00x)"
+            for b, r in sorted(best.items())))
+        results["tables"]["cpu_paths"] = rows
+
+    pred.close()
+    results["load_average_end"] = os.getloadavg()[0]
+
+    text = "\n\n".join(out_lines)
+    print(text)
+    print(f"\nload average: {results['load_average_start']:.2f} at start, {results['load_average_end']:.2f} at end "
+          f"({os.cpu_count()} cores); one run", file=sys.stderr)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

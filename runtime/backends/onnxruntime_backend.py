@@ -1,0 +1,291 @@
+"""onnxruntime backend: providers by profile and availability, asserted after creation.
+
+The requested execution providers (a profile's ``providers`` order, e.g. TensorRT EP ->
+CUDA EP -> CPU) are intersected with what this onnxruntime build offers. A GPU provider
+that is missing from the build, or that the session silently dropped while loading
+(missing CUDA libraries make onnxruntime fall back to CPU with only a log line), is a
+*loud* fallback: a warning on stderr and ``describe().details["fallback"]``, or a
+:class:`BackendUnavailableError` with ``allow_fallback=False``. It is never silent.
+
+With a GPU provider the batch goes through IOBinding: the input is bound from host
+memory and the output is allocated by onnxruntime on the device and copied back once,
+instead of the extra staging copies of ``session.run``. On the CPU provider the plain
+``session.run`` is already zero-copy on the input and is used as is.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from runtime.backends.base import BackendInfo, TensorSpec
+from runtime.errors import BackendUnavailableError, BundleError, InputError, UsageError
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+TENSORRT = "TensorrtExecutionProvider"
+GPU_PROVIDERS = (TENSORRT, CUDA, "ROCMExecutionProvider", "MIGraphXExecutionProvider", "DmlExecutionProvider",
+                 "OpenVINOExecutionProvider", "CoreMLExecutionProvider")
+_SHORT = {"tensorrt": TENSORRT, "trt": TENSORRT, "cuda": CUDA, "cpu": CPU}
+_ORT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
+               "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(uint8)": "uint8", "tensor(int8)": "int8"}
+
+
+class ProviderFallbackWarning(RuntimeWarning):
+    """A requested execution provider is not in use; the session runs on a lower one."""
+
+
+def _import_ort() -> Any:
+    try:
+        import onnxruntime
+    except ImportError:
+        raise BackendUnavailableError(
+            "onnxruntime is not installed",
+            "pip install 'convdeploy[cpu]' (or 'convdeploy[gpu]' for CUDA/TensorRT providers)",
+        ) from None
+    return onnxruntime
+
+
+def available_providers() -> list[str]:
+    """The execution providers this onnxruntime build offers ([] without onnxruntime)."""
+    try:
+        return list(_import_ort().get_available_providers())
+    except BackendUnavailableError:
+        return []
+
+
+def normalize_providers(providers: Sequence[str] | None) -> list[str]:
+    """Accept full provider names or the short forms ``tensorrt``/``trt``/``cuda``/``cpu``."""
+    if not providers:
+        return [CPU]
+    out: list[str] = []
+    for p in providers:
+        name = _SHORT.get(p.lower(), p) if isinstance(p, str) else None
+        if not name:
+            raise UsageError(f"execution provider names must be strings, got {p!r}")
+        if name not in out:
+            out.append(name)
+    return out
+
+
+def _loud(message: str) -> None:
+    warnings.warn(message, ProviderFallbackWarning, stacklevel=3)
+
+
+class OnnxRuntimeBackend:
+    """Run an ONNX model through onnxruntime.
+
+    ``providers``: wanted execution providers, best first (default: CPU only). The ones
+    this build lacks are dropped loudly (or refused with ``allow_fallback=False``); CPU
+    is always appended last so that every node has a home. ``threads``: intra-op
+    threads (``None`` lets onnxruntime use all cores). ``precision`` is the artifact's
+    precision, reported by :meth:`describe`. ``cache_dir`` holds TensorRT EP engines
+    between runs (``trt_engine_cache_path``); ``fp16`` lets the TensorRT EP build FP16
+    kernels for an FP32 graph. ``iobinding``: ``None`` = use it when a GPU provider runs.
+    ``spinning=False`` stops idle intra-op threads from spin-waiting between runs, which
+    leaves the cores to concurrent work (image decoding) at a small latency cost.
+    """
+
+    name = "onnxruntime"
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike,
+        *,
+        providers: list[str] | None = None,
+        threads: int | None = None,
+        allow_fallback: bool = True,
+        precision: str = "fp32",
+        cache_dir: str | os.PathLike | None = None,
+        fp16: bool = False,
+        device_id: int = 0,
+        iobinding: bool | None = None,
+        graph_optimization: str = "all",
+        spinning: bool = True,
+    ) -> None:
+        ort = _import_ort()
+        self._ort = ort
+        self.model_path = Path(model_path)
+        if not self.model_path.is_file():
+            raise BundleError(f"model file not found: {self.model_path}", "copy the whole bundle directory")
+        if threads is not None and (not isinstance(threads, int) or threads < 1):
+            raise UsageError(f"threads must be a positive integer, got {threads!r}")
+        self.precision = precision
+        self.threads = threads
+        self.requested = normalize_providers(providers)
+        available = set(ort.get_available_providers())
+        fallback: list[str] = []
+
+        chosen = [p for p in self.requested if p in available]
+        missing = [p for p in self.requested if p not in available]
+        if missing:
+            msg = (f"onnxruntime {ort.__version__} has no {', '.join(missing)} "
+                   f"(this build offers {', '.join(sorted(available))})")
+            if not allow_fallback:
+                raise BackendUnavailableError(
+                    msg, "install onnxruntime-gpu with matching CUDA/TensorRT, or pick a CPU profile")
+            fallback.extend(missing)
+            _loud(f"{msg}; running on {', '.join(chosen or [CPU])}")
+        if CPU not in chosen:
+            chosen.append(CPU)
+
+        provider_args: list[Any] = []
+        for p in chosen:
+            if p == TENSORRT:
+                cache = Path(cache_dir) if cache_dir else self.model_path.parent / "engines" / "ort-trt-cache"
+                opts = {"device_id": device_id, "trt_engine_cache_enable": True,
+                        "trt_engine_cache_path": str(cache), "trt_timing_cache_enable": True,
+                        "trt_timing_cache_path": str(cache), "trt_fp16_enable": bool(fp16 or precision == "fp16"),
+                        "trt_int8_enable": precision == "int8"}
+                try:
+                    cache.mkdir(parents=True, exist_ok=True)
+                except OSError:
+                    opts["trt_engine_cache_enable"] = False
+                    opts["trt_timing_cache_enable"] = False
+                provider_args.append((p, opts))
+            elif p == CUDA:
+                provider_args.append((p, {"device_id": device_id}))
+            else:
+                provider_args.append(p)
+
+        so = ort.SessionOptions()
+        if threads is not None:
+            so.intra_op_num_threads = threads
+            so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        levels = {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+                  "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+                  "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+                  "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL}
+        if graph_optimization not in levels:
+            raise UsageError(f"graph_optimization must be one of {', '.join(levels)}")
+        so.graph_optimization_level = levels[graph_optimization]
+        so.log_severity_level = 3  # errors only: fallbacks are reported by us, once, clearly
+        if not spinning:
+            # Idle intra-op threads otherwise spin-wait after each run, taking the cores
+            # that decode threads (Predictor) or other sessions need.
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+
+        try:
+            self.session = ort.InferenceSession(str(self.model_path), sess_options=so, providers=provider_args)
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
+            text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise BundleError(f"onnxruntime cannot load {self.model_path.name}: {text[:300]}",
+                              "the model file may be corrupt; re-export the bundle") from None
+
+        # Assert what the session actually runs on: a provider that was available but
+        # failed to initialise (e.g. CUDA libraries missing) is dropped by onnxruntime.
+        active = list(self.session.get_providers())
+        dropped = [p for p in chosen if p not in active]
+        if dropped:
+            msg = f"onnxruntime could not initialise {', '.join(dropped)} (check the CUDA/TensorRT libraries)"
+            if not allow_fallback:
+                self.session = None  # type: ignore[assignment]
+                raise BackendUnavailableError(msg, "fix the GPU libraries or pick a CPU profile")
+            fallback.extend(dropped)
+            _loud(f"{msg}; running on {', '.join(active)}")
+        self.providers = active
+        self.fallback = fallback
+        self._gpu = any(p in GPU_PROVIDERS for p in active)
+        self.use_iobinding = self._gpu if iobinding is None else bool(iobinding)
+        self.device_id = device_id
+        self._lock = threading.Lock()
+
+        ins, outs = self.session.get_inputs(), self.session.get_outputs()
+        self._inputs = [TensorSpec(i.name, tuple(d if isinstance(d, int) else (d or None) for d in i.shape),
+                                   _ORT_DTYPES.get(i.type, i.type)) for i in ins]
+        self._outputs = [TensorSpec(o.name, tuple(d if isinstance(d, int) else (d or None) for d in o.shape),
+                                    _ORT_DTYPES.get(o.type, o.type)) for o in outs]
+        if len(self._inputs) != 1:
+            raise BundleError(f"{self.model_path.name} has {len(self._inputs)} inputs; "
+                              "convdeploy models take one image batch")
+        self._input_name = self._inputs[0].name
+        self._output_names = [o.name for o in self._outputs]
+        self._in_dtype = np.dtype(self._inputs[0].dtype)
+        self._sample_shape = self._inputs[0].shape[1:]
+        self._fixed_batch = self._inputs[0].shape[0] if isinstance(self._inputs[0].shape[0], int) else None
+
+    # -- protocol ---------------------------------------------------------------------
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        return list(self._inputs)
+
+    @property
+    def outputs(self) -> list[TensorSpec]:
+        return list(self._outputs)
+
+    def _check(self, batch: np.ndarray) -> np.ndarray:
+        if self.session is None:
+            raise UsageError("this backend was closed")
+        if not isinstance(batch, np.ndarray):
+            batch = np.asarray(batch)
+        if batch.ndim != len(self._inputs[0].shape):
+            raise InputError(f"expected a batch of shape (N, {', '.join(map(str, self._sample_shape))}), "
+                             f"got {tuple(batch.shape)}")
+        for got, want in zip(batch.shape[1:], self._sample_shape):
+            if isinstance(want, int) and got != want:
+                raise InputError(f"expected a batch of shape (N, {', '.join(map(str, self._sample_shape))}), "
+                                 f"got {tuple(batch.shape)}")
+        if self._fixed_batch is not None and batch.shape[0] != self._fixed_batch:
+            raise InputError(f"{self.model_path.name} was exported with a fixed batch of {self._fixed_batch}, "
+                             f"got {batch.shape[0]}", "re-export with a dynamic batch axis")
+        if batch.shape[0] == 0:
+            raise InputError("empty batch")
+        if batch.dtype != self._in_dtype or not batch.flags.c_contiguous:
+            batch = np.ascontiguousarray(batch, dtype=self._in_dtype)
+        return batch
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """Run one batch and return the first output as float32 (N x K)."""
+        batch = self._check(batch)
+        if self.use_iobinding:
+            out = self._run_bound(batch)
+        else:
+            out = self.session.run(self._output_names[:1], {self._input_name: batch})[0]
+        return out if out.dtype == np.float32 else out.astype(np.float32)
+
+    def _run_bound(self, batch: np.ndarray) -> np.ndarray:
+        # One binding per call: IOBinding objects are not thread-safe, sessions are.
+        binding = self.session.io_binding()
+        binding.bind_cpu_input(self._input_name, batch)
+        device = "cuda" if self._gpu else "cpu"
+        binding.bind_output(self._output_names[0], device, self.device_id if self._gpu else 0)
+        self.session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()[0]
+
+    def describe(self) -> BackendInfo:
+        gpu = next((p for p in self.providers if p in GPU_PROVIDERS), None)
+        device = f"cuda:{self.device_id}" if gpu in (TENSORRT, CUDA) else ("cpu" if gpu is None else gpu)
+        details: dict[str, Any] = {
+            "onnxruntime": self._ort.__version__,
+            "requested_providers": list(self.requested),
+            "fallback": list(self.fallback),
+            "iobinding": self.use_iobinding,
+            "model": self.model_path.name,
+        }
+        if self.threads is None:
+            details["threads_note"] = "onnxruntime default (all cores)"
+        return BackendInfo(backend=self.name, device=device, precision=self.precision,
+                           providers=list(self.providers), threads=self.threads, details=details)
+
+    def close(self) -> None:
+        self.session = None  # type: ignore[assignment]
+
+    def __enter__(self) -> "OnnxRuntimeBackend":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"OnnxRuntimeBackend({str(self.model_path)!r}, providers={self.providers})"
+
+
+__all__ = ["OnnxRuntimeBackend", "ProviderFallbackWarning", "available_providers", "normalize_providers",
+           "CPU", "CUDA", "TENSORRT"]

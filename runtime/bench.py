@@ -1,0 +1,148 @@
+"""Latency and throughput of a bundle on this device: model-only and end to end.
+
+*Model-only* times ``backend.run`` on preprocessed batches (the golden inputs, tiled
+to the batch size, so the numbers come from real data). *End-to-end* times the whole
+:class:`runtime.predictor.Predictor` path over image files: decode, preprocess, TTA
+views, inference, merge, top-k. Both report p50/p90/p99 latency per batch and
+throughput in images per second. Timing the PyTorch source for comparison lives in
+``exporter.torch_bench`` (this module never imports torch).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+import numpy as np
+
+from runtime.bundle import Bundle
+from runtime.errors import UsageError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from profiles import Profile
+
+
+def latency_stats(seconds: Sequence[float], batch: int) -> dict[str, float]:
+    """p50/p90/p99/mean latency in milliseconds and throughput in images per second."""
+    arr = np.asarray(seconds, dtype=np.float64)
+    if arr.size == 0:
+        raise UsageError("no timed iterations")
+    return {
+        "iterations": int(arr.size),
+        "p50_ms": float(np.percentile(arr, 50) * 1e3),
+        "p90_ms": float(np.percentile(arr, 90) * 1e3),
+        "p99_ms": float(np.percentile(arr, 99) * 1e3),
+        "mean_ms": float(arr.mean() * 1e3),
+        "min_ms": float(arr.min() * 1e3),
+        "throughput_ips": float(batch * arr.size / arr.sum()),
+    }
+
+
+def time_callable(fn: Callable[[], Any], *, warmup: int = 5, iterations: int | None = None,
+                  duration: float | None = None, min_iterations: int = 5) -> list[float]:
+    """Call ``fn`` ``warmup`` times untimed, then ``iterations`` times or for ``duration`` seconds."""
+    if iterations is None and duration is None:
+        iterations = 50
+    if (iterations is not None and iterations < 1) or (duration is not None and duration <= 0) or warmup < 0:
+        raise UsageError("iterations and duration must be positive, warmup non-negative")
+    for _ in range(warmup):
+        fn()
+    times: list[float] = []
+    start = time.perf_counter()
+    while True:
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+        if iterations is not None and len(times) >= iterations:
+            break
+        if duration is not None and time.perf_counter() - start >= duration and len(times) >= min_iterations:
+            break
+    return times
+
+
+def _rows(golden: dict[str, np.ndarray] | None, shape: tuple[int, ...], n: int, dtype: str) -> tuple[np.ndarray, str]:
+    if golden is not None and "inputs" in golden and len(golden["inputs"]):
+        src = golden["inputs"]
+        reps = -(-n // len(src))
+        return np.ascontiguousarray(np.concatenate([src] * reps)[:n]), "golden inputs (real data)"
+    rng = np.random.default_rng(0)
+    return rng.standard_normal((n, *shape)).astype(dtype), "RANDOM inputs (the bundle has no golden.npz)"
+
+
+def bench_bundle(
+    path: str | os.PathLike,
+    backend: str = "auto",
+    *,
+    precision: str | None = None,
+    profile: "Profile | str | None" = None,
+    threads: int | None = None,
+    batch_sizes: Sequence[int] = (1, 8),
+    warmup: int = 5,
+    iterations: int | None = None,
+    duration: float | None = None,
+    images: Sequence[str | os.PathLike] | None = None,
+    e2e_images: int = 64,
+    tta: str | None = None,
+    workers: int | None = None,
+    progress: Callable[[str], None] | None = None,
+    **backend_opts: Any,
+) -> dict[str, Any]:
+    """Benchmark ``path`` on this machine and return a JSON-ready dict.
+
+    ``batch_sizes``: images per call. With ``images`` (files), end-to-end throughput
+    over ``e2e_images`` images (the files repeated as needed) is measured per batch
+    size too, and compared with model-only throughput at the same batch size.
+    """
+    from runtime.predictor import Predictor, _load_profile
+
+    prof = _load_profile(profile)
+    if not batch_sizes or any((not isinstance(b, int)) or b < 1 for b in batch_sizes):
+        raise UsageError("batch sizes must be positive integers")
+    for b in batch_sizes:
+        if prof is not None:
+            prof.check_batch(b)
+    bundle = Bundle.load(path)
+    predictor = Predictor.from_bundle(bundle.root, backend, tta=tta, precision=precision, profile=prof,
+                                      threads=threads, batch_size=max(batch_sizes), workers=workers,
+                                      verify_hashes=False, **backend_opts)
+    try:
+        views = predictor.tta.num_views
+        golden = bundle.golden() if bundle.manifest.get("golden") else None
+        sample_shape = tuple(bundle.manifest["inputs"][0]["shape"][1:])
+        result: dict[str, Any] = {"bundle": bundle.name, "backend": predictor.info(), "threads": threads,
+                                  "tta": predictor.tta.to_dict(), "warmup": warmup, "model_only": [],
+                                  "end_to_end": []}
+        for b in batch_sizes:
+            x, source = _rows(golden, sample_shape, b * views, bundle.preprocess.dtype)
+            if progress:
+                progress(f"model-only batch {b}")
+            times = time_callable(lambda: predictor.run_batch(x), warmup=warmup, iterations=iterations,
+                                  duration=duration)
+            stats = latency_stats(times, b)
+            stats.update({"batch": b, "rows_per_call": b * views, "inputs": source})
+            result["model_only"].append(stats)
+        if images:
+            files = [Path(p) for p in images]
+            work = [files[i % len(files)] for i in range(max(e2e_images, len(files)))]
+            for b in batch_sizes:
+                if progress:
+                    progress(f"end-to-end batch {b}")
+                predictor.batch_size = b
+                list(predictor.predict_iter(work[: max(b, min(len(work), 2 * b))]))  # warm the pool and caches
+                t0 = time.perf_counter()
+                preds = list(predictor.predict_iter(work))
+                elapsed = time.perf_counter() - t0
+                errors = sum(1 for p in preds if not p.ok)
+                model = next(m for m in result["model_only"] if m["batch"] == b)
+                e2e = {"batch": b, "images": len(work), "seconds": elapsed, "throughput_ips": len(work) / elapsed,
+                       "errors": errors}
+                e2e["fraction_of_model_only"] = e2e["throughput_ips"] / model["throughput_ips"]
+                result["end_to_end"].append(e2e)
+        return result
+    finally:
+        predictor.close()
+
+
+__all__ = ["bench_bundle", "latency_stats", "time_callable"]

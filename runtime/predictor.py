@@ -1,0 +1,317 @@
+"""Predictions from a bundle: decode -> preprocess -> TTA views -> backend -> merge -> top-k.
+
+:class:`Predictor` applies exactly the preprocessing and test-time augmentation the
+bundle declares (the TTA may be overridden per predictor or per call). Images are
+decoded and preprocessed by a thread pool that runs ahead of inference, so a folder of
+JPEGs is not decode-bound: Pillow and the backends release the GIL. A bad file does
+not stop the others: its :class:`Prediction` carries the error and the caller decides
+(the CLI exits non-zero at the end).
+
+``predict`` is safe to call from several threads at once: each call has its own
+queue of work; the decode pool and the backend are shared (onnxruntime sessions are
+thread-safe; the OpenVINO and TensorRT backends serialise what is not).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import threading
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence, Union
+
+import numpy as np
+from PIL import Image
+
+from runtime.bundle import Bundle
+from runtime.errors import ConvDeployError, InputError, UsageError
+from runtime.imageio import MAX_PIXELS, decode_image, is_image_file
+from runtime.tta import TTASpec, make_views, merge_views, softmax
+
+if TYPE_CHECKING:  # pragma: no cover
+    from profiles import Profile
+    from runtime.backends import Selection
+
+ImageLike = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]
+
+
+@dataclass
+class Prediction:
+    """The top-k classes of one image, or the error that stopped it."""
+
+    source: str
+    labels: list[str] = field(default_factory=list)
+    indices: list[int] = field(default_factory=list)
+    probabilities: list[float] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def label(self) -> str | None:
+        return self.labels[0] if self.labels else None
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"source": self.source}
+        if self.error is not None:
+            d["error"] = self.error
+        else:
+            d["top"] = [{"label": lab, "index": i, "probability": p}
+                        for lab, i, p in zip(self.labels, self.indices, self.probabilities)]
+        return d
+
+
+def expand_sources(items: Sequence[str | os.PathLike], *,
+                   recursive: bool = True) -> tuple[list[Path], list[Prediction]]:
+    """Files, folders (recursively, sorted, image extensions only) and globs -> image paths.
+
+    Returns ``(paths, errors)``: a folder without images or a glob that matches nothing
+    becomes an error entry instead of stopping the others; a file that does not exist
+    stays in ``paths`` so that its error is reported in input order.
+    """
+    paths: list[Path] = []
+    errors: list[Prediction] = []
+    for item in items:
+        text = str(item)
+        p = Path(text)
+        if p.is_dir():
+            found = sorted(f for f in (p.rglob("*") if recursive else p.glob("*")) if f.is_file() and is_image_file(f))
+            if not found:
+                errors.append(Prediction(text, error=f"{text}: no image files in this folder"))
+            paths.extend(found)
+        elif p.is_file():
+            paths.append(p)
+        elif any(ch in text for ch in "*?["):
+            found = sorted(Path(f) for f in glob.glob(text, recursive=True) if Path(f).is_file())
+            if not found:
+                errors.append(Prediction(text, error=f"{text}: no files match this pattern"))
+            paths.extend(found)
+        else:
+            # Kept in place: decoding reports "image not found" at its position in the output.
+            paths.append(p)
+    return paths, errors
+
+
+def _name(source: Any, index: int) -> str:
+    if isinstance(source, (str, os.PathLike)):
+        return str(source)
+    return f"<image {index}>"
+
+
+class Predictor:
+    """Classify images with a deploy bundle. Build with :meth:`from_bundle`.
+
+    ``batch_size``: images per backend call (with TTA each image adds V rows; rows are
+    split to respect ``max_batch``, the profile's or the engine's limit). ``workers``:
+    decode/preprocess threads (default: the CPU count, at least 2).
+    """
+
+    def __init__(
+        self,
+        bundle: Bundle,
+        selection: "Selection",
+        *,
+        tta: TTASpec | str | None = None,
+        batch_size: int = 8,
+        workers: int | None = None,
+        max_batch: int | None = None,
+        max_pixels: int = MAX_PIXELS,
+    ) -> None:
+        self.bundle = bundle
+        self.selection = selection
+        self.backend = selection.backend
+        self.spec = bundle.preprocess
+        self.classes = bundle.classes
+        self.tta = self._tta(tta) if tta is not None else bundle.tta
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise UsageError(f"batch size must be a positive integer, got {batch_size!r}")
+        engine_max = getattr(self.backend, "max_batch", None)
+        limits = [m for m in (max_batch, engine_max) if m]
+        self.max_batch = min(limits) if limits else None
+        if self.max_batch is not None and batch_size > self.max_batch:
+            raise UsageError(f"batch size {batch_size} is larger than the maximum of {self.max_batch}",
+                             "lower --batch-size")
+        self.batch_size = batch_size
+        self.workers = workers or max(2, os.cpu_count() or 2)
+        self.max_pixels = max_pixels
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
+
+    @classmethod
+    def from_bundle(
+        cls,
+        path: str | os.PathLike,
+        backend: str = "auto",
+        tta: TTASpec | str | None = None,
+        *,
+        precision: str | None = None,
+        profile: "Profile | str | None" = None,
+        threads: int | None = None,
+        batch_size: int | None = None,
+        workers: int | None = None,
+        verify_hashes: bool = True,
+        **backend_opts: Any,
+    ) -> "Predictor":
+        """Load ``path`` (hashes checked), pick the backend, and get ready to predict.
+
+        ``backend``: ``auto`` (see :func:`runtime.backends.open_bundle_backend`),
+        ``onnxruntime``, ``tensorrt`` or ``openvino``. ``tta``: override the bundle's
+        test-time augmentation (a :class:`TTASpec` or its CLI form, e.g. ``"hflip"``).
+        ``profile``: a profile name, TOML path or :class:`profiles.Profile`; it sets the
+        provider order, the default precision and the batch limits.
+        """
+        from runtime.backends import open_bundle_backend
+
+        prof = _load_profile(profile)
+        bundle = Bundle.load(path, verify_hashes=verify_hashes)
+        # Decode threads run beside inference: onnxruntime's idle threads must not spin-wait
+        # on the cores they need (measured on 2 cores: spinning slowed every other thread).
+        backend_opts.setdefault("spinning", False)
+        if batch_size is not None and prof is not None:
+            prof.check_batch(batch_size)
+        selection = open_bundle_backend(bundle, backend, precision=precision, profile=prof, threads=threads,
+                                        **backend_opts)
+        return cls(bundle, selection, tta=tta, batch_size=batch_size or (prof.batch_opt if prof else 8),
+                   workers=workers, max_batch=prof.batch_max if prof else None)
+
+    # -- helpers ----------------------------------------------------------------------
+    @staticmethod
+    def _tta(tta: TTASpec | str) -> TTASpec:
+        return TTASpec.parse(tta) if isinstance(tta, str) else tta
+
+    def _executor(self) -> ThreadPoolExecutor:
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="convdeploy-decode")
+            return self._pool
+
+    def _prepare(self, source: ImageLike, tta: TTASpec) -> np.ndarray:
+        if isinstance(source, np.ndarray):
+            if source.dtype != np.uint8 or source.ndim not in (2, 3):
+                raise InputError(f"array images must be HxW or HxWxC uint8, got {source.dtype} {source.shape}")
+            source = Image.fromarray(source)
+        img = decode_image(source, self.spec.color_mode, max_pixels=self.max_pixels)
+        return make_views(img, self.spec, tta)
+
+    def run_batch(self, batch: np.ndarray) -> np.ndarray:
+        """Model only: preprocessed rows -> logits, split to respect the batch limit."""
+        limit = self.max_batch or len(batch)
+        if len(batch) <= limit:
+            return self.backend.run(batch)
+        return np.concatenate([self.backend.run(batch[i:i + limit]) for i in range(0, len(batch), limit)])
+
+    def logits(self, views: np.ndarray, tta: TTASpec | None = None) -> np.ndarray:
+        """Preprocessed views (N*V rows, views of an image consecutive) -> merged N x K logits."""
+        tta = tta or self.tta
+        return merge_views(self.run_batch(views), tta)
+
+    # -- prediction -------------------------------------------------------------------
+    def predict_iter(
+        self,
+        sources: Iterable[ImageLike],
+        topk: int = 5,
+        *,
+        tta: TTASpec | str | None = None,
+        on_result: Callable[[Prediction], None] | None = None,
+    ) -> Iterator[Prediction]:
+        """Stream predictions in input order while later images are still being decoded."""
+        if not isinstance(topk, int) or topk < 1:
+            raise UsageError(f"topk must be a positive integer, got {topk!r}")
+        spec_tta = self._tta(tta) if tta is not None else self.tta
+        k = min(topk, len(self.classes))
+        pool = self._executor()
+        window = self.batch_size * (self.workers + 2)  # decode this far ahead, no further
+        pending: deque[tuple[str, Future]] = deque()
+        it = enumerate(sources)
+        exhausted = False
+
+        def refill() -> None:
+            nonlocal exhausted
+            while not exhausted and len(pending) < window:
+                try:
+                    i, src = next(it)
+                except StopIteration:
+                    exhausted = True
+                    return
+                pending.append((_name(src, i), pool.submit(self._prepare, src, spec_tta)))
+
+        refill()
+        while pending:
+            slots: list[tuple[str, np.ndarray | None, str | None]] = []
+            rows = 0
+            while pending and rows < self.batch_size:
+                name, fut = pending.popleft()
+                try:
+                    slots.append((name, fut.result(), None))
+                    rows += 1
+                except ConvDeployError as exc:
+                    slots.append((name, None, str(exc)))
+                except Exception as exc:  # a decoder bug on one odd file must not stop the folder
+                    slots.append((name, None, f"{name}: {type(exc).__name__}: {exc}"))
+                refill()
+            good = [a for _, a, _ in slots if a is not None]
+            top = probs = None
+            if good:
+                probs = softmax(self.logits(np.concatenate(good), spec_tta))
+                top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+            j = 0
+            for name, arr, err in slots:  # input order, failures in place
+                if arr is None:
+                    result = Prediction(name, error=err)
+                else:
+                    assert top is not None and probs is not None
+                    idx, p = top[j], probs[j]
+                    j += 1
+                    result = Prediction(name, [self.classes[c] for c in idx], [int(c) for c in idx],
+                                        [float(p[c]) for c in idx])
+                if on_result is not None:
+                    on_result(result)
+                yield result
+
+    def predict(self, images_or_paths: ImageLike | Sequence[ImageLike], topk: int = 5, *,
+                tta: TTASpec | str | None = None) -> Prediction | list[Prediction]:
+        """Top-k labels, indices and probabilities.
+
+        One image (a path, bytes, PIL image or uint8 array) gives one :class:`Prediction`;
+        a list gives a list in the same order. Unreadable images give a Prediction with
+        ``error`` set instead of raising, so one bad file does not lose the batch.
+        """
+        single = isinstance(images_or_paths, (str, os.PathLike, bytes, Image.Image, np.ndarray))
+        items = [images_or_paths] if single else list(images_or_paths)  # type: ignore[list-item]
+        results = list(self.predict_iter(items, topk, tta=tta))
+        return results[0] if single else results
+
+    def info(self) -> dict[str, Any]:
+        d = self.selection.describe()
+        d.update({"bundle": self.bundle.name, "tta": self.tta.to_dict(), "batch_size": self.batch_size,
+                  "max_batch": self.max_batch, "workers": self.workers})
+        return d
+
+    def close(self) -> None:
+        with self._pool_lock:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None
+        self.backend.close()
+
+    def __enter__(self) -> "Predictor":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def _load_profile(profile: Any) -> "Profile | None":
+    if profile is None:
+        return None
+    from profiles import Profile, load_profile
+
+    return profile if isinstance(profile, Profile) else load_profile(profile)
+
+
+__all__ = ["Predictor", "Prediction", "expand_sources"]
