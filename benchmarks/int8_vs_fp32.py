@@ -93,7 +93,7 @@ def main() -> None:
 
     from exporter.data import labelled_images
     from runtime.backends import create_backend
-    from runtime.compare import compare_outputs
+    from runtime.metrics import compare_outputs
     from runtime.preprocess import IMAGENET_EVAL, preprocess_batch
 
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores ({cpu_flags()}), "

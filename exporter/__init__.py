@@ -8,7 +8,33 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["create_model", "list_models", "model_info"]
+__all__ = [
+    "create_model",
+    "list_models",
+    "model_info",
+    "train",
+    "finetune",
+    "load_checkpoint",
+    "export_bundle",
+    "check_bundle",
+]
+
+# Python API name -> module that defines it (loaded on first use; each imports torch).
+_LAZY = {
+    "train": "exporter.train",
+    "finetune": "exporter.finetune",
+    "load_checkpoint": "exporter.checkpoint",
+    "export_bundle": "exporter.bundle",
+    "check_bundle": "exporter.bundle",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'exporter' has no attribute {name!r}")
 
 
 def create_model(name: str, num_classes: int | None = None, **kwargs: Any):

@@ -6,7 +6,7 @@ the *source's* preprocessing; each candidate is an exported ONNX file executed t
 preprocessed with the *bundle's* preprocessing. A bundle that ships the wrong
 preprocessing therefore fails here, not on the device.
 
-Metrics and verdicts come from :mod:`runtime.compare` (the same code ``verify`` uses on
+Metrics and verdicts come from :mod:`runtime.metrics` (the same code ``verify`` uses on
 the target) with the tiers of :mod:`runtime.tolerances`, overridden by the profile's
 ``[tolerances.<precision>]`` and then by command-line ``--tolerance`` flags. When the
 manifest's test-time augmentation is not the identity, the merged TTA outputs are
@@ -27,7 +27,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from runtime.compare import Verdict, compare_outputs, format_table, judge
+from runtime.metrics import Verdict, compare_outputs, format_table, judge
 from runtime.errors import CheckFailedError, UsageError
 from runtime.preprocess import PreprocessSpec, preprocess_batch
 from runtime.tolerances import TIERS, tolerances_for

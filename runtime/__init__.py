@@ -7,20 +7,22 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["Predictor", "Bundle", "compare"]
+__all__ = ["Predictor", "Bundle", "compare", "verify_bundle", "bench_bundle"]
+
+# Python API name -> (module, attribute), loaded on first use.
+_LAZY = {
+    "Predictor": ("runtime.predictor", "Predictor"),
+    "Bundle": ("runtime.bundle", "Bundle"),
+    "compare": ("runtime.metrics", "compare_outputs"),
+    "verify_bundle": ("runtime.verify", "verify_bundle"),
+    "bench_bundle": ("runtime.bench", "bench_bundle"),
+}
 
 
 def __getattr__(name: str) -> Any:
-    if name == "Predictor":
-        from runtime.predictor import Predictor
+    if name in _LAZY:
+        import importlib
 
-        return Predictor
-    if name == "Bundle":
-        from runtime.bundle import Bundle
-
-        return Bundle
-    if name == "compare":
-        from runtime.compare import compare_outputs
-
-        return compare_outputs
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(module), attr)
     raise AttributeError(f"module 'runtime' has no attribute {name!r}")

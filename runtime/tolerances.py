@@ -34,7 +34,9 @@ TIERS: dict[str, dict[str, float | None]] = {
         "near_tie": 1e-4,
     },
     "fp16": {
-        "max_rel_err": 0.05,
+        # Measured: 4e-4 (onnxruntime) and 2e-3 (FP16 storage emulated) on LeNet-5 and
+        # ResNet-18 trained on digits; 0.01 keeps 5x headroom and still catches overflow.
+        "max_rel_err": 0.01,
         "min_cosine": 0.999,
         "min_top1_agreement": 0.995,
         "min_top1_outside_ties": 1.0,
@@ -45,7 +47,8 @@ TIERS: dict[str, dict[str, float | None]] = {
     "int8": {
         # INT8 logits move by design; the decisions and the accuracy are what count.
         "max_rel_err": None,
-        "min_cosine": 0.98,
+        # Measured 0.9991-0.9997 (S8S8 and U8S8, logits kept FP32) on the digits models.
+        "min_cosine": 0.995,
         "min_top1_agreement": 0.99,
         "min_top1_outside_ties": None,
         "min_top5_overlap": None,

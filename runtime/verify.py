@@ -4,7 +4,7 @@ After a bundle is copied to a Jetson or a server, ``verify`` runs ``golden.npz``
 preprocessed inputs and the source model's outputs, stored at export time) through the
 chosen backend and judges the result with the parity tier of the precision that
 actually ran (:mod:`runtime.tolerances`, overridable by the profile and the caller),
-using the same :mod:`runtime.compare` code as the export-time gate. When the bundle
+using the same :mod:`runtime.metrics` code as the export-time gate. When the bundle
 declares a test-time augmentation, its golden views are checked too, merged exactly
 as the Predictor merges them.
 """
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 import numpy as np
 
 from runtime.bundle import Bundle
-from runtime.compare import compare_outputs, format_table, judge
+from runtime.metrics import compare_outputs, format_table, judge
 from runtime.errors import BundleError
 from runtime.tolerances import tolerances_for
 from runtime.tta import merge_views

@@ -87,3 +87,20 @@ def test_torch_commands_say_torch_is_missing():
     )
     assert proc.returncode == 2
     assert "needs PyTorch" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_python_api_mirrors_the_cli():
+    import exporter
+    import runtime
+
+    for name in exporter.__all__:
+        assert callable(getattr(exporter, name)), name
+    for name in runtime.__all__:
+        assert callable(getattr(runtime, name)), name
+    with pytest.raises(AttributeError):
+        exporter.no_such_thing  # noqa: B018
+
+
+def test_importing_the_packages_stays_light():
+    proc = run_without_torch("import exporter, runtime, profiles\nimport sys\nassert 'torch' not in sys.modules\n")
+    assert proc.returncode == 0, proc.stderr

@@ -106,7 +106,7 @@ def test_bundle_runs_without_torch(full_bundle):
 import numpy as np
 from runtime.bundle import Bundle
 from runtime.backends import create_backend
-from runtime.compare import compare_outputs, judge
+from runtime.metrics import compare_outputs, judge
 from runtime.tolerances import tolerances_for
 b = Bundle.load({str(out)!r})
 g = b.golden()

@@ -12,7 +12,7 @@ from runtime.backends import available_backends, create_backend, open_bundle_bac
 from runtime.backends.base import Backend
 from runtime.backends.onnxruntime_backend import OnnxRuntimeBackend, ProviderFallbackWarning
 from runtime.bundle import Bundle
-from runtime.compare import compare_outputs, judge
+from runtime.metrics import compare_outputs, judge
 from runtime.errors import BackendUnavailableError, BundleError, InputError, ProfileError, UsageError
 from runtime.tolerances import tolerances_for
 from tests.runtime.conftest import build_classifier_onnx

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from runtime.compare import compare_outputs, format_table, judge
+from runtime.metrics import compare_outputs, format_table, judge
 from runtime.errors import UsageError
 from runtime.tolerances import TIERS, tolerances_for
 
