@@ -38,6 +38,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from runtime.errors import UsageError
+from runtime.fsutil import atomic_write_bytes
 
 FP16_MAX = 65504.0
 # Ops whose FP16 evaluation loses too much: sums of squares and exponentials overflow
@@ -55,6 +56,17 @@ FP16_HEADROOM = 0.25
 INT8_FLAVORS = ("s8s8", "u8s8")
 CALIB_METHODS = ("minmax", "entropy", "percentile")
 
+
+
+def _write_checked(model: Any, dst: str | os.PathLike, what: str) -> None:
+    """Full onnx.checker pass, then an atomic write: no invalid graph reaches a bundle."""
+    import onnx
+
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except onnx.checker.ValidationError as exc:
+        raise UsageError(f"the {what} graph fails onnx.checker: {str(exc).splitlines()[0]}") from None
+    atomic_write_bytes(dst, model.SerializeToString())
 
 def int8_flavor_for(backend: str) -> str:
     """The INT8 graph a target's backend wants: S8S8 Q/DQ for TensorRT, U8S8 for CPU runtimes."""
@@ -206,7 +218,6 @@ def convert_fp16(
     import onnx
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
-    from runtime.fsutil import atomic_write_bytes
 
     start = time.perf_counter()
     src, dst = Path(src), Path(dst)
@@ -226,11 +237,7 @@ def convert_fp16(
     )
     _topological_sort(converted.graph)
     round_trips = _drop_cast_round_trips(converted.graph)
-    try:
-        onnx.checker.check_model(converted, full_check=True)
-    except onnx.checker.ValidationError as exc:
-        raise UsageError(f"the FP16 graph fails onnx.checker: {str(exc).splitlines()[0]}") from None
-    atomic_write_bytes(dst, converted.SerializeToString())
+    _write_checked(converted, dst, "FP16")
     hist = _op_histogram(converted)
     return {
         "converter": "onnxruntime.transformers.float16",
@@ -260,7 +267,6 @@ def fp16_storage_emulation(fp16_path: str | os.PathLike, dst: str | os.PathLike)
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from runtime.fsutil import atomic_write_bytes
 
     model = onnx.load(str(fp16_path))
     graph = model.graph
@@ -295,9 +301,8 @@ def fp16_storage_emulation(fp16_path: str | os.PathLike, dst: str | os.PathLike)
     del graph.node[:]
     graph.node.extend(nodes)
     del graph.value_info[:]
-    onnx.checker.check_model(model, full_check=True)
     dst = Path(dst)
-    atomic_write_bytes(dst, model.SerializeToString())
+    _write_checked(model, dst, "FP16-emulation")
     return dst
 
 
@@ -381,7 +386,6 @@ def quantize_int8(
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from runtime.fsutil import atomic_write_bytes
 
     if flavor not in INT8_FLAVORS:
         raise UsageError(f"unknown INT8 flavor {flavor!r}", f"use one of {', '.join(INT8_FLAVORS)}")
@@ -441,11 +445,7 @@ def quantize_int8(
     if new_opset != opset:
         notes.append(f"the quantizer changed the opset from {opset} to {new_opset}")
     foreign = sorted({n.domain for n in model.graph.node if n.domain not in ("", "ai.onnx")})
-    try:
-        onnx.checker.check_model(model, full_check=True)
-    except onnx.checker.ValidationError as exc:
-        raise UsageError(f"the INT8 graph fails onnx.checker: {str(exc).splitlines()[0]}") from None
-    atomic_write_bytes(dst, model.SerializeToString())
+    _write_checked(model, dst, "INT8")
     hist = _op_histogram(model)
     import onnxruntime
 
