@@ -634,7 +634,7 @@ def _train_config(base: Any, out: str, resume: bool, options: dict[str, Any]) ->
     from pathlib import Path
 
     from exporter.checkpoint import read_meta
-    from exporter.train import TrainConfig
+    from exporter.training import TrainConfig
     from runtime.errors import UsageError
 
     given = {k: v for k, v in options.items() if v is not None}
@@ -644,7 +644,7 @@ def _train_config(base: Any, out: str, resume: bool, options: dict[str, Any]) ->
     if changed:
         raise UsageError(f"--{changed[0].replace('_', '-')} cannot change on --resume",
                          "the run continues with its saved settings; only --epochs, --workers and --device may change")
-    from exporter.train import check_run_dir
+    from exporter.training import check_run_dir
 
     check_run_dir(Path(out), resume=True, overwrite=False)  # also repairs a replacement cut short by a kill
     saved = read_meta(Path(out) / "last").get("train_config") or {}
@@ -697,7 +697,7 @@ def train_cmd(arch: str, data: str, out: str | None, num_classes: int | None, st
     """
     import os
 
-    from exporter.train import compare_plain_residual, suggested_config, train
+    from exporter.training import compare_plain_residual, suggested_config, train
 
     out = out or f"runs/{arch}"
     config = _train_config(suggested_config(arch, data), out, resume, {**options, "strict": strict or None})
@@ -752,7 +752,7 @@ def finetune_cmd(arch: str, weights: str, freeze: str, data: str, out: str | Non
           --image-size 32 --freeze all-but-head --out runs/r18-digits
       convdeploy finetune googlenet --weights googlenet.safetensors --data photos/ --freeze until:inception4e
     """
-    from exporter.finetune import finetune, finetune_config
+    from exporter.transfer import finetune, finetune_config
 
     out = out or f"runs/{arch}-finetune"
     config = _train_config(finetune_config(), out, resume, {**options, "strict": strict or None})

@@ -21,8 +21,8 @@ __all__ = [
 
 # Python API name -> module that defines it (loaded on first use; each imports torch).
 _LAZY = {
-    "train": "exporter.train",
-    "finetune": "exporter.finetune",
+    "train": "exporter.training",
+    "finetune": "exporter.transfer",
     "load_checkpoint": "exporter.checkpoint",
     "export_bundle": "exporter.bundle",
     "check_bundle": "exporter.bundle",

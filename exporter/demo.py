@@ -39,7 +39,7 @@ def run_demo(
     """
     from exporter.bundle import export_bundle
     from exporter.data import write_digits_imagefolder
-    from exporter.train import suggested_config, train
+    from exporter.training import suggested_config, train
     from runtime.predictor import Predictor
     from runtime.verify import verify_bundle
 

@@ -13,7 +13,7 @@ import numpy as np
 def train_lenet_checkpoint(path: Path, *, epochs: int = 3, seed: int = 0) -> Path:
     """LeNet-5 trained for a few epochs on the real digits (~90-97 % val accuracy, seconds).
 
-    A plain loop instead of ``exporter.train`` keeps these tests independent of the
+    A plain loop instead of ``exporter.training`` keeps these tests independent of the
     training options; the checkpoint is written by the real ``save_checkpoint``.
     """
     import torch

@@ -22,6 +22,7 @@ from runtime.backends.tensorrt_backend import (TensorRTBackend, api_for_version,
 from runtime.bundle import Bundle
 from runtime.errors import BackendUnavailableError, BundleError, EngineMismatchError, InputError, UsageError
 from runtime.fsutil import sha256_file
+from runtime.tolerances import TIERS
 from tests.runtime import fake_tensorrt as fake
 
 
@@ -262,7 +263,7 @@ def test_an_fp16_engine_of_the_fp32_onnx_is_found_by_profile_and_judged_as_fp16(
     assert sel.artifact == "engines/model.fp16.engine" and sel.precision == "fp16"
     sel.backend.close()
     result = verify_bundle(trt_bundle, profile="jetson-orin")
-    assert result.passed and result.precision == "fp16" and result.tolerances["max_rel_err"] == 0.05
+    assert result.passed and result.precision == "fp16" and result.tolerances == TIERS["fp16"]
     # asking for fp32 explicitly does not take the fp16 engine
     with pytest.raises(BundleError, match="no TensorRT engine for fp32"):
         open_bundle_backend(Bundle.load(trt_bundle), "tensorrt", precision="fp32")

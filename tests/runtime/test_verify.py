@@ -9,6 +9,7 @@ import pytest
 
 from runtime.backends import available_backends
 from runtime.errors import BundleError, UsageError
+from runtime.tolerances import TIERS
 from runtime.verify import verify_bundle
 from tests.runtime.conftest import rehash
 
@@ -99,7 +100,7 @@ def test_openvino_default_is_judged_by_its_own_precision(tiny_bundle):
     result = verify_bundle(tiny_bundle, "openvino")
     assert result.passed
     if "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
-        assert result.precision == "bf16" and result.tolerances["max_rel_err"] == 0.05
+        assert result.precision == "bf16" and result.tolerances == TIERS["bf16"]
     strict = verify_bundle(tiny_bundle, "openvino", precision="fp32")
     assert strict.passed and strict.precision == "fp32"
 

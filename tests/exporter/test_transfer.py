@@ -1,4 +1,4 @@
-"""exporter.finetune: freeze policies, frozen BatchNorm, fine-tuning from a weights file."""
+"""exporter.transfer: freeze policies, frozen BatchNorm, fine-tuning from a weights file."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from exporter.checkpoint import read_meta
-from exporter.finetune import apply_freeze, finetune, finetune_config, freeze_units, stage_names
+from exporter.transfer import apply_freeze, finetune, finetune_config, freeze_units, stage_names
 from exporter.registry import create_model
 from runtime.errors import CheckpointError, UsageError
 
@@ -142,7 +142,7 @@ def test_bad_inputs(tmp_path, resnet18_weights):
 
 
 def test_finetune_resumes_with_its_freeze_policy(tmp_path):
-    from exporter.train import TrainConfig
+    from exporter.training import TrainConfig
 
     torch.manual_seed(0)
     source = create_model("lenet5", num_classes=10).state_dict()
@@ -170,7 +170,7 @@ def test_resnet18_transfers_from_pretrained_weights(tmp_path):
     import time
 
     from exporter.data import write_digits_imagefolder
-    from exporter.train import suggested_config, train
+    from exporter.training import suggested_config, train
 
     tree = tmp_path / "digits"
     write_digits_imagefolder(tree)

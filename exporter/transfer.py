@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from exporter.data import DIGITS, Dataset
-from exporter.train import (
+from exporter.training import (
     TrainConfig,
     TrainResult,
     default_augmentation,
@@ -278,7 +278,7 @@ def finetune(
     from exporter.registry import create_model, get_entry
     from exporter.weights import load_weights
 
-    from exporter.train import check_run_dir, _saved_config
+    from exporter.training import check_run_dir, _saved_config
 
     entry = get_entry(arch)
     config = config or finetune_config()
@@ -319,7 +319,7 @@ def finetune(
             f"--num-classes {num_classes} does not match the data: it has {k} classes",
             "drop --num-classes (it defaults to the data's) or fix the data folder",
         )
-    from exporter.train import _seed_everything
+    from exporter.training import _seed_everything
 
     _seed_everything(config.seed)
     model = create_model(arch, num_classes=k, **kwargs)

@@ -1,4 +1,4 @@
-"""exporter.train: the loop, determinism, exact resume, outputs, GoogLeNet's aux loss, DDP."""
+"""exporter.training: the loop, determinism, exact resume, outputs, GoogLeNet's aux loss, DDP."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from exporter.checkpoint import load_checkpoint, read_meta
 from exporter.data import load_dataset
 from exporter.registry import create_model
-from exporter.train import (
+from exporter.training import (
     TrainConfig,
     compute_loss,
     fit,
@@ -216,7 +216,7 @@ def test_ddp_with_two_cpu_processes(tmp_path):
     # validation was sharded over the two processes and summed: it equals evaluating the saved
     # model on all 64 val images here
     from exporter.data import ImageDataset
-    from exporter.train import evaluate, prepare_data
+    from exporter.training import evaluate, prepare_data
 
     ds = prepare_data("digits", TrainConfig(train_limit=256, val_limit=64))
     loss, acc, n = evaluate(load_checkpoint(out / "last").model, ImageDataset(ds.val, digits_spec(32)))
@@ -250,7 +250,7 @@ def test_lenet5_reaches_97_percent_on_the_digits(tmp_path):
 
 @pytest.mark.slow
 def test_plain_vs_residual_on_the_digits(tmp_path):
-    from exporter.train import compare_plain_residual
+    from exporter.training import compare_plain_residual
 
     cfg = suggested_config("resnet20", epochs=6)
     summary = compare_plain_residual("resnet20", "digits", cfg, tmp_path / "cmp", progress=False)
