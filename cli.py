@@ -262,21 +262,6 @@ def predict_cmd(bundle: str, paths: tuple[str, ...], backend: str, precision: st
                          "see the errors listed above")
 
 
-def _parse_tolerances(items: tuple[str, ...]) -> dict[str, float | None]:
-    from runtime.errors import UsageError
-
-    out: dict[str, float | None] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise UsageError(f"--tol expects KEY=VALUE, got {item!r}", "e.g. --tol max_rel_err=2e-4")
-        try:
-            out[key.strip()] = None if value.strip().lower() in ("none", "off") else float(value)
-        except ValueError:
-            raise UsageError(f"--tol {key}: {value!r} is not a number") from None
-    return out
-
-
 @main.command("verify")
 @click.argument("bundle", type=click.Path(file_okay=False, path_type=str))
 @_runtime_options
@@ -284,7 +269,8 @@ def _parse_tolerances(items: tuple[str, ...]) -> dict[str, float | None]:
               help="A TensorRT engine to verify instead of searching BUNDLE/engines.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Rows per inference call.")
 @click.option("--tol", "tol", multiple=True, metavar="KEY=VALUE",
-              help="Override one tolerance of the tier (repeatable), e.g. --tol max_rel_err=2e-4.")
+              help="Override a tolerance (repeatable): KEY=VALUE for the tier that runs, or "
+                   "PRECISION.KEY=VALUE, e.g. --tol max_rel_err=2e-4 --tol int8.min_top1_agreement=0.995.")
 @json_option
 def verify_cmd(bundle: str, backend: str, precision: str | None, profile_name: str | None, threads: int | None,
                engine: str | None, batch_size: int | None, tol: tuple[str, ...], as_json: bool) -> None:
@@ -300,9 +286,10 @@ def verify_cmd(bundle: str, backend: str, precision: str | None, profile_name: s
       convdeploy verify bundles/resnet18 --profile jetson-orin --precision fp16 --json
     """
     from runtime.errors import CheckFailedError
+    from runtime.tolerances import parse_tolerance_overrides
     from runtime.verify import verify_bundle
 
-    result = verify_bundle(bundle, backend, precision, tolerances=_parse_tolerances(tol), profile=profile_name,
+    result = verify_bundle(bundle, backend, precision, tolerances=parse_tolerance_overrides(tol), profile=profile_name,
                            threads=threads, batch_size=batch_size, engine=engine)
     if as_json:
         echo_json(result.to_dict())
@@ -474,7 +461,8 @@ def export_cmd(source: str, out: str, precision: str, profile_name: str, exporte
     from tqdm import tqdm
 
     from exporter.bundle import export_bundle, split_precisions
-    from exporter.parity import ParityFailedError, parse_tolerance_overrides
+    from exporter.parity import ParityFailedError
+    from runtime.tolerances import parse_tolerance_overrides
 
     wanted = split_precisions(precision)
     overrides = parse_tolerance_overrides(tolerance)
@@ -556,7 +544,7 @@ def check_cmd(bundle: str, checkpoint: str | None, data: str | None, samples: in
       convdeploy check bundles/lenet5 --tolerance int8.max_accuracy_drop=0.5 --report parity.json
     """
     from exporter.bundle import check_bundle
-    from exporter.parity import parse_tolerance_overrides
+    from runtime.tolerances import parse_tolerance_overrides
     from runtime.errors import CheckFailedError
     from runtime.fsutil import atomic_write_json
 

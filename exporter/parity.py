@@ -30,7 +30,7 @@ import numpy as np
 from runtime.metrics import Verdict, compare_outputs, format_table, judge
 from runtime.errors import CheckFailedError, UsageError
 from runtime.preprocess import PreprocessSpec, preprocess_batch
-from runtime.tolerances import TIERS, tolerances_for
+from runtime.tolerances import tolerances_for
 from runtime.tta import TTASpec, make_views, merge_views
 
 DEFAULT_PARITY_SAMPLES = 256
@@ -113,35 +113,6 @@ def _short(items: Sequence[str], n: int = 4) -> str:
 
 
 # --------------------------------------------------------------------------- tolerances
-def parse_tolerance_overrides(items: Sequence[str] | None) -> dict[str, dict[str, float | None]]:
-    """``["fp16.min_top1_agreement=0.999", "max_accuracy_drop=0.5"]`` -> per-precision layers.
-
-    A key without a precision applies to every precision; ``none`` disables a check.
-    """
-    out: dict[str, dict[str, float | None]] = {}
-    for item in items or ():
-        key, sep, value = str(item).partition("=")
-        if not sep or not key.strip() or not value.strip():
-            raise UsageError(f"cannot parse tolerance {item!r}", "use KEY=VALUE, e.g. fp16.min_top1_agreement=0.999")
-        key = key.strip()
-        precision, dot, name = key.partition(".")
-        targets = [precision] if dot else list(TIERS)
-        if not dot:
-            name = key
-        if dot and precision not in TIERS:
-            raise UsageError(f"unknown precision {precision!r} in tolerance {item!r}", f"use one of {', '.join(TIERS)}")
-        if name not in TIERS["fp32"]:
-            raise UsageError(f"unknown tolerance {name!r}", f"known: {', '.join(TIERS['fp32'])}")
-        text = value.strip().lower()
-        try:
-            parsed = None if text in ("none", "off", "null") else float(text)
-        except ValueError:
-            raise UsageError(f"tolerance {key} needs a number or 'none', got {value!r}") from None
-        for p in targets:
-            out.setdefault(p, {})[name] = parsed
-    return out
-
-
 def resolve_tolerances(
     precision: str,
     profile: Any | None = None,

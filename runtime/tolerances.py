@@ -19,7 +19,7 @@ Keys:
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from runtime.errors import UsageError
 
@@ -72,3 +72,45 @@ def tolerances_for(precision: str, *overrides: Mapping[str, Any] | None) -> dict
                 raise UsageError(f"unknown tolerance {key!r}", f"known: {', '.join(tol)}")
             tol[key] = None if value is None else float(value)
     return tol
+
+
+def parse_tolerance_overrides(items: Sequence[str] | None) -> dict[str, dict[str, float | None]]:
+    """``["fp16.min_top1_agreement=0.999", "max_accuracy_drop=0.5"]`` -> per-precision layers.
+
+    A key without a precision applies to every precision; ``none`` disables a check.
+    """
+    out: dict[str, dict[str, float | None]] = {}
+    for item in items or ():
+        key, sep, value = str(item).partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise UsageError(f"cannot parse tolerance {item!r}", "use KEY=VALUE, e.g. fp16.min_top1_agreement=0.999")
+        key = key.strip()
+        precision, dot, name = key.partition(".")
+        targets = [precision] if dot else list(TIERS)
+        if not dot:
+            name = key
+        if dot and precision not in TIERS:
+            raise UsageError(f"unknown precision {precision!r} in tolerance {item!r}", f"use one of {', '.join(TIERS)}")
+        if name not in TIERS["fp32"]:
+            raise UsageError(f"unknown tolerance {name!r}", f"known: {', '.join(TIERS['fp32'])}")
+        text = value.strip().lower()
+        try:
+            parsed = None if text in ("none", "off", "null") else float(text)
+        except ValueError:
+            raise UsageError(f"tolerance {key} needs a number or 'none', got {value!r}") from None
+        for p in targets:
+            out.setdefault(p, {})[name] = parsed
+    return out
+
+
+def layer_for(overrides: Mapping[str, Any] | None, precision: str) -> dict[str, Any]:
+    """The flat override layer for ``precision``.
+
+    ``overrides`` is either flat (``{"max_rel_err": 2e-4}``, applied as it is) or keyed
+    by precision as :func:`parse_tolerance_overrides` returns it.
+    """
+    if not overrides:
+        return {}
+    if all(key in TIERS for key in overrides):
+        return dict(overrides.get(precision) or {})
+    return dict(overrides)

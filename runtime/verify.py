@@ -20,7 +20,7 @@ import numpy as np
 from runtime.bundle import Bundle
 from runtime.metrics import compare_outputs, format_table, judge
 from runtime.errors import BundleError
-from runtime.tolerances import tolerances_for
+from runtime.tolerances import layer_for, tolerances_for
 from runtime.tta import merge_views
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -84,7 +84,8 @@ def verify_bundle(
     ``precision`` picks the artifact (default: the profile's or bundle's default). The
     tier is the precision that actually executes (e.g. ``bf16`` for OpenVINO's default
     on a BF16 CPU, the engine's precision for TensorRT). ``tolerances`` overrides single
-    keys of that tier after the profile's ``[tolerances.<precision>]`` table.
+    keys of that tier after the profile's ``[tolerances.<precision>]`` table: flat, or
+    keyed by precision as :func:`runtime.tolerances.parse_tolerance_overrides` gives it.
     """
     from runtime.backends import open_bundle_backend
     from runtime.predictor import _load_profile
@@ -105,7 +106,7 @@ def verify_bundle(
                                     engine=engine, **backend_opts)
     try:
         tier = selection.precision
-        tol = tolerances_for(tier, _tier_overrides(prof, tier), tolerances)
+        tol = tolerances_for(tier, _tier_overrides(prof, tier), layer_for(tolerances, tier))
         limits = [m for m in (batch_size, prof.batch_max if prof else None,
                               getattr(selection.backend, "max_batch", None)) if m]
         chunk = min(limits) if limits else 32

@@ -126,7 +126,7 @@ def test_bad_options_are_one_line_exit_2(bundle, sample_photos):
     one_error_line(run("predict", bundle, sample_photos[0], "--tta", "twelve_crop"), 2, "unknown TTA views")
     one_error_line(run("predict", bundle, sample_photos[0], "--precision", "fp16"), 2, "has no fp16 model")
     one_error_line(run("predict", bundle, sample_photos[0], "--profile", "mars"), 2, "unknown profile 'mars'")
-    one_error_line(run("verify", bundle, "--tol", "max_rel_err"), 2, "--tol expects KEY=VALUE")
+    one_error_line(run("verify", bundle, "--tol", "max_rel_err"), 2, "cannot parse tolerance 'max_rel_err'; use KEY=VALUE")
     one_error_line(run("verify", bundle, "--tol", "max_flips=1"), 2, "unknown tolerance 'max_flips'")
     one_error_line(run("bench", bundle, "--batch-sizes", "1,x"), 2, "--batch-sizes expects integers")
     one_error_line(run("bench", bundle, "--images", "/no/such/dir"), 2, "image not found")

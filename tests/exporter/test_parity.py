@@ -13,11 +13,11 @@ from exporter.onnx_export import export_onnx
 from exporter.parity import (
     ParityData,
     ParityFailedError,
-    parse_tolerance_overrides,
     resolve_tolerances,
     run_parity,
 )
 from exporter.registry import get_entry
+from runtime.tolerances import parse_tolerance_overrides
 from runtime.errors import UsageError
 from tests.exporter.export_helpers import cached_lenet_checkpoint, leftovers, write_factory
 

@@ -115,3 +115,13 @@ def test_table_is_readable():
     lines = table.splitlines()
     assert lines[0].startswith("artifact") and "FAIL: max_rel_err" in lines[2]
     assert "FAILED" in v.summary()
+
+
+def test_override_layers_flat_or_per_precision():
+    from runtime.tolerances import layer_for, parse_tolerance_overrides
+
+    layers = parse_tolerance_overrides(["int8.min_top1_agreement=0.995", "max_accuracy_drop=none"])
+    assert layer_for(layers, "int8") == {"min_top1_agreement": 0.995, "max_accuracy_drop": None}
+    assert layer_for(layers, "fp32") == {"max_accuracy_drop": None}
+    assert layer_for({"max_rel_err": 2e-4}, "fp16") == {"max_rel_err": 2e-4}
+    assert layer_for(None, "fp16") == {}
