@@ -47,7 +47,7 @@ from torch import nn
 from exporter.checkpoint import load_train_state, read_meta, save_checkpoint
 from exporter.data import DIGITS, Dataset, ImageDataset, load_dataset, make_loader
 from runtime.errors import CheckpointError, InputError, UsageError
-from runtime.fsutil import atomic_write_bytes, atomic_write_json
+from runtime.fsutil import atomic_write_bytes, atomic_write_json, restore_interrupted_replace
 from runtime.preprocess import IMAGENET_MEAN, IMAGENET_STD, PreprocessSpec
 
 __all__ = [
@@ -469,27 +469,11 @@ def _log(message: str, enabled: bool) -> None:
         tqdm.write(message)
 
 
-def _recover_swapped(target: Path) -> None:
-    """Undo a replacement cut short by a kill between its two renames.
-
-    ``runtime.fsutil.atomic_directory`` replaces a checkpoint by renaming the old one to
-    ``.NAME.old-PID`` and the new one into place; a kill in between leaves only the old
-    one, complete. Put it back so that resume finds it.
-    """
-    if target.exists():
-        return
-    olds = sorted(target.parent.glob(f".{target.name}.old-*"), key=lambda p: p.stat().st_mtime)
-    for old in reversed(olds):
-        if (old / "checkpoint.json").is_file() and (old / "model.safetensors").is_file():
-            os.replace(old, target)
-            return
-
-
 def check_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
     """Refuse to start over an existing run by accident, or to resume a run that is not there."""
     if out.is_dir():
-        _recover_swapped(out / "last")
-        _recover_swapped(out / "best")
+        restore_interrupted_replace(out / "last")
+        restore_interrupted_replace(out / "best")
     has_run = (out / "last").exists() or (out / "best").exists()
     if resume:
         if not (out / "last").is_dir():

@@ -47,6 +47,23 @@ def atomic_write_json(path: str | os.PathLike, data: Any) -> None:
     atomic_write_bytes(path, (json.dumps(data, indent=2, sort_keys=False) + "\n").encode("utf-8"))
 
 
+def restore_interrupted_replace(target: str | os.PathLike) -> bool:
+    """Undo a replacement by :func:`atomic_directory` cut short between its two renames.
+
+    Replacing renames the old directory to ``.NAME.old-PID`` and then the new one into
+    place; a kill in between leaves ``target`` missing and the old one, complete, beside
+    it. Put the newest such directory back. Returns True when something was restored.
+    """
+    target = Path(target)
+    if target.exists():
+        return False
+    olds = sorted(target.parent.glob(f".{target.name}.old-*"), key=lambda p: p.stat().st_mtime)
+    if not olds:
+        return False
+    os.replace(olds[-1], target)
+    return True
+
+
 @contextlib.contextmanager
 def atomic_directory(target: str | os.PathLike, *, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary directory that replaces ``target`` when the block succeeds.
@@ -55,6 +72,7 @@ def atomic_directory(target: str | os.PathLike, *, overwrite: bool = False) -> I
     An existing ``target`` is replaced only with ``overwrite=True``.
     """
     target = Path(target)
+    restore_interrupted_replace(target)
     if target.exists() and not overwrite:
         raise InputError(f"{target} already exists", "pass --overwrite or choose another --out")
     target.parent.mkdir(parents=True, exist_ok=True)

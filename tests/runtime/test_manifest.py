@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 import json
 from pathlib import Path
 
@@ -141,3 +142,20 @@ def test_atomic_directory_leaves_nothing_on_failure(tmp_path):
         (tmp / "new.bin").write_bytes(b"y")
     assert sorted(p.name for p in target.iterdir()) == ["new.bin"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_a_replacement_cut_between_its_renames_is_restored(tmp_path):
+    from runtime.fsutil import restore_interrupted_replace
+
+    target = tmp_path / "last"
+    with atomic_directory(target) as tmp:
+        (tmp / "v1").write_text("complete")
+    # What a kill between the two renames of a replacement leaves behind:
+    os.replace(target, tmp_path / ".last.old-12345")
+    assert restore_interrupted_replace(target)
+    assert (target / "v1").read_text() == "complete"
+    assert not restore_interrupted_replace(target)  # nothing left to do
+    os.replace(target, tmp_path / ".last.old-999")
+    with atomic_directory(target, overwrite=True) as tmp:  # the next write repairs it first
+        (tmp / "v2").write_text("new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last"]
