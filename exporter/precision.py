@@ -364,6 +364,27 @@ def _reader(inputs: np.ndarray, input_name: str, fixed_batch: int | None, batch:
     return Reader()
 
 
+ENTROPY_BINS = 2048  # histogram bins of the entropy calibration, as TensorRT's
+ENTROPY_QUANTIZED_BINS = 128  # candidate INT8 ranges searched within it
+
+
+def _entropy_ranges(model_path: Path, reader: Any, tmp: Path, *, symmetric: bool) -> Path:
+    """KL-divergence (entropy) calibration of every tensor; ranges saved as an ORT cache."""
+    from onnxruntime.quantization import CalibrationMethod
+    from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
+
+    calibrator = create_calibrator(
+        model_path, None, augmented_model_path=str(tmp / "augmented.onnx"),
+        calibrate_method=CalibrationMethod.Entropy,
+        extra_options={"num_bins": ENTROPY_BINS, "num_quantized_bins": ENTROPY_QUANTIZED_BINS,
+                       "symmetric": symmetric},
+    )
+    calibrator.collect_data(reader)
+    cache = tmp / "entropy-ranges.json"
+    save_tensors_data(calibrator.compute_data(), cache)
+    return cache
+
+
 def quantize_int8(
     src: str | os.PathLike,
     dst: str | os.PathLike,
@@ -429,6 +450,14 @@ def quantize_int8(
         elif head is not None:
             exclude_nodes = [head.name]
         reader = _reader(calibration, input_name, fixed_batch, batch)
+        cache = None
+        if method == "entropy":
+            # quantize_static builds its entropy calibrator with 128 histogram bins and
+            # 128 quantized bins: one candidate threshold, the maximum, so "entropy"
+            # silently equals MinMax. Calibrate here with TensorRT's 2048/128 instead and
+            # hand the ranges over through a cache that lives in this call's temp dir.
+            cache = _entropy_ranges(pre, reader, Path(tmp), symmetric=flavor == "s8s8")
+            reader = None
         quantize_static(
             str(pre), str(out), reader,
             quant_format=QuantFormat.QDQ,
@@ -438,6 +467,7 @@ def quantize_int8(
             calibrate_method=methods[method],
             nodes_to_exclude=exclude_nodes,
             extra_options=extra,
+            calibration_cache_path=cache,
         )
         model = onnx.load(str(out))
     _prune_opset_imports(model)
@@ -456,6 +486,7 @@ def quantize_int8(
         "weights": "int8 symmetric " + ("per-channel" if per_channel else "per-tensor"),
         "method": method,
         **({"percentile": float(percentile)} if method == "percentile" else {}),
+        **({"bins": ENTROPY_BINS, "quantized_bins": ENTROPY_QUANTIZED_BINS} if method == "entropy" else {}),
         "samples": int(len(calibration)),
         "float_output": None if head is None else f"{head.op_type} {head.name} (the logits stay FP32)",
         "inputs_sha256": array_sha256(calibration),

@@ -155,6 +155,19 @@ def test_calibration_is_computed_from_the_given_data_every_time(small_cnn, tmp_p
     assert _input_scale(tmp_path / "p.onnx") < b  # the percentile clips the tails
 
 
+def test_entropy_calibration_is_not_minmax_in_disguise(small_cnn, tmp_path):
+    # Heavy tails: a few huge values that KL-divergence calibration should clip.
+    rng = np.random.default_rng(3)
+    calib = rng.standard_normal((32, 3, 16, 16)).astype(np.float32)
+    calib[0, 0, 0, :4] = 40.0
+    quantize_int8(small_cnn, tmp_path / "m.onnx", calib, flavor="s8s8", method="minmax")
+    info = quantize_int8(small_cnn, tmp_path / "e.onnx", calib, flavor="s8s8", method="entropy")
+    assert info["method"] == "entropy" and info["bins"] == 2048 and info["quantized_bins"] == 128
+    minmax, entropy = _input_scale(tmp_path / "m.onnx"), _input_scale(tmp_path / "e.onnx")
+    assert minmax == pytest.approx(40.0 / 127, rel=1e-6)
+    assert entropy < 0.5 * minmax  # the outliers are clipped, not stretched over
+
+
 def test_int8_refusals(small_cnn, tmp_path):
     calib = np.zeros((4, 3, 16, 16), np.float32)
     with pytest.raises(UsageError, match="flavor"):
