@@ -54,6 +54,7 @@ from exporter.parity import (
     ParityData,
     ParityFailedError,
     ParityReport,
+    backend_logits,
     reference_logits,
     run_parity,
 )
@@ -503,6 +504,11 @@ def export_bundle(
             golden["outputs"] = reference_logits(src.model, golden["inputs"])
         if pdata.labels is not None:
             golden["labels"] = np.asarray(pdata.labels[:g], dtype=np.int64)
+        # Each artifact's outputs as the gate accepted them: on-device verify judges what
+        # a device changes from these, not the gate's decisions over again (runtime.metrics).
+        for precision, art in artifacts.items():
+            golden[f"accepted_{precision}"], _ = backend_logits(work / art["file"], golden["inputs"],
+                                                                precision=precision, threads=threads)
         tta_images = 0
         if tta_spec.views != "identity" and pdata.images is not None:
             tta_images = min(GOLDEN_TTA_IMAGES, len(pdata.images))

@@ -31,6 +31,7 @@ def compare_outputs(
     *,
     near_tie: float = 1e-4,
     max_flips_listed: int = 20,
+    accepted: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Measure how ``candidate`` logits (N x K) differ from ``reference`` logits.
 
@@ -39,6 +40,12 @@ def compare_outputs(
     near-ties counted separately, top-5 overlap), the flipped samples with the
     reference's top-1/top-2 margin, and with ``labels`` the accuracy of both and the
     delta in points.
+
+    ``accepted``: the same artifact's outputs on the same inputs as the export gate saw
+    and accepted them (``golden.npz``'s ``accepted_<precision>``). The decision metrics
+    then also come as ``*_new`` values that count only what changed since: flips the
+    gate already judged on its larger sample are not held against a device again, and
+    the accuracy drop is measured from the accepted accuracy.
     """
     ref = np.asarray(reference, dtype=np.float64)
     cand = np.asarray(candidate, dtype=np.float64)
@@ -104,6 +111,7 @@ def compare_outputs(
         "top5_overlap": float(overlap.mean()),
         "flipped_samples": flips,
     }
+    y = None
     if labels is not None:
         y = np.asarray(labels).reshape(-1)
         if y.shape[0] != n:
@@ -118,6 +126,20 @@ def compare_outputs(
                 "accuracy_drop": 100.0 * (acc_ref - acc_cand),
             }
         )
+    if accepted is not None:
+        acc_top1 = np.asarray(accepted).reshape(n, k).argmax(axis=1)
+        new = flipped & (acc_top1 == ref_top1)
+        report.update(
+            {
+                "accepted_flips": int((acc_top1 != ref_top1).sum()),
+                "new_flips": int(new.sum()),
+                "top1_agreement_new": float(1.0 - new.mean()),
+                "top1_outside_ties_new": float(1.0 - (new & ~tie).sum() / outside) if outside else 1.0,
+            }
+        )
+        if y is not None:
+            report["accuracy_accepted"] = float((acc_top1 == y).mean())
+            report["accuracy_drop_new"] = 100.0 * (report["accuracy_accepted"] - report["accuracy_candidate"])
     return report
 
 
@@ -157,16 +179,19 @@ _CHECKS = {
 def judge(report: Mapping[str, Any], precision: str, tolerances: Mapping[str, float | None]) -> Verdict:
     """Apply ``tolerances`` (a tier from :func:`runtime.tolerances.tolerances_for`)."""
     checks: list[dict[str, Any]] = [
-        {"check": "finite", "value": 1.0 if report["finite"] else 0.0, "limit": 1.0, "ok": bool(report["finite"])}
+        {"check": "finite", "metric": "finite", "value": 1.0 if report["finite"] else 0.0, "limit": 1.0,
+         "ok": bool(report["finite"])}
     ]
     for name, (metric, kind) in _CHECKS.items():
         limit = tolerances.get(name)
         if limit is None or metric not in report:
             continue
+        # Against an accepted baseline, decisions count only what changed since the gate.
+        metric = f"{metric}_new" if f"{metric}_new" in report else metric
         value = float(report[metric])
         # A tiny slack absorbs float rounding of the metric itself, not of the model.
         ok = value <= limit + 1e-12 if kind == "max" else value >= limit - 1e-12
-        checks.append({"check": name, "value": value, "limit": float(limit), "ok": bool(ok)})
+        checks.append({"check": name, "metric": metric, "value": value, "limit": float(limit), "ok": bool(ok)})
     return Verdict(passed=all(c["ok"] for c in checks), precision=precision, checks=checks)
 
 
@@ -179,7 +204,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         ("max_rel", lambda r: f"{r['report']['max_rel_err']:.3g}"),
         ("min_cos", lambda r: f"{r['report']['min_cosine']:.6f}"),
         ("top1", lambda r: f"{100 * r['report']['top1_agreement']:.2f}%"),
-        ("flips(ties)", lambda r: f"{r['report']['flips']}({r['report']['flips_on_near_ties']})"),
+        ("flips(ties)", lambda r: f"{r['report']['flips']}({r['report']['flips_on_near_ties']})"
+         + (f" new {r['report']['new_flips']}" if "new_flips" in r["report"] else "")),
         ("top5", lambda r: f"{100 * r['report']['top5_overlap']:.2f}%"),
         ("acc ref/cand", lambda r: (f"{100 * r['report']['accuracy_reference']:.2f}/"
                                     f"{100 * r['report']['accuracy_candidate']:.2f}")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
@@ -60,6 +61,26 @@ def _tier_overrides(profile: "Profile | None", tier: str) -> Mapping[str, Any] |
         return None
     # BF16 has no table of its own in profiles: the fp16 one applies.
     return profile.tolerances.get("fp16" if tier == "bf16" else tier)
+
+
+def _artifact_precision(bundle: Bundle, artifact: str) -> str | None:
+    """The manifest precision of the ONNX file that ``artifact`` runs.
+
+    A TensorRT engine maps through its sidecar's ``onnx_sha256`` to the ONNX it was
+    built from; None when nothing in the bundle matches.
+    """
+    files = bundle.manifest["files"]
+    if artifact.endswith(".engine"):
+        from runtime.backends.tensorrt_backend import read_sidecar
+
+        path = Path(artifact) if Path(artifact).is_absolute() else bundle.root / artifact
+        onnx_sha = read_sidecar(path).get("onnx_sha256")
+        matches = [p for p, art in bundle.manifest["artifacts"].items() if files.get(art["file"]) == onnx_sha]
+        return matches[0] if matches else None
+    for precision, art in bundle.manifest["artifacts"].items():
+        if art["file"] == artifact:
+            return precision
+    return None
 
 
 def _run_chunks(backend: Any, x: np.ndarray, chunk: int) -> np.ndarray:
@@ -113,7 +134,11 @@ def verify_bundle(
         near_tie = float(tol.get("near_tie") or 1e-4)
         rows = []
         candidate = _run_chunks(selection.backend, inputs, chunk)
-        report = compare_outputs(reference, candidate, labels, near_tie=near_tie)
+        accepted = golden.get(f"accepted_{_artifact_precision(bundle, selection.artifact)}")
+        if accepted is not None and accepted.shape != reference.shape:
+            raise BundleError(f"golden accepted outputs {accepted.shape} do not match {reference.shape}",
+                              "re-export the bundle")
+        report = compare_outputs(reference, candidate, labels, near_tie=near_tie, accepted=accepted)
         rows.append({"name": f"{selection.artifact} ({tier})", "report": report,
                      "verdict": judge(report, tier, tol).to_dict()})
         tta = bundle.tta

@@ -93,11 +93,17 @@ def test_variants_pass_checker_and_load_in_onnxruntime(full_bundle):
 def test_golden_file(full_bundle):
     out, _ = full_bundle
     with np.load(out / "golden.npz", allow_pickle=False) as g:
-        assert set(g.files) == {"inputs", "outputs", "labels"}
+        artifacts = json.loads((out / "manifest.json").read_text())["artifacts"]
+        assert set(g.files) == {"inputs", "outputs", "labels"} | {f"accepted_{p}" for p in artifacts}
         assert g["inputs"].shape == (32, 1, 32, 32) and g["inputs"].dtype == np.float32
         assert g["outputs"].shape == (32, 10) and g["labels"].shape == (32,)
         # real digits, not noise: the trained source gets most of them right
         assert (g["outputs"].argmax(1) == g["labels"]).mean() > 0.8
+        # each artifact's outputs as the gate accepted them: onnxruntime on this CPU
+        for precision, art in artifacts.items():
+            sess = ort.InferenceSession(str(out / art["file"]), providers=["CPUExecutionProvider"])
+            np.testing.assert_allclose(g[f"accepted_{precision}"], sess.run(None, {"input": g["inputs"]})[0],
+                                       rtol=1e-5, atol=1e-5)
 
 
 def test_bundle_runs_without_torch(full_bundle):

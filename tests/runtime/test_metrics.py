@@ -125,3 +125,30 @@ def test_override_layers_flat_or_per_precision():
     assert layer_for(layers, "fp32") == {"max_accuracy_drop": None}
     assert layer_for({"max_rel_err": 2e-4}, "fp16") == {"max_rel_err": 2e-4}
     assert layer_for(None, "fp16") == {}
+
+
+def test_decisions_against_the_accepted_baseline_count_only_what_changed():
+    # 32 golden samples; the export gate (on its larger sample) accepted an INT8 graph
+    # that flips sample 0. A device that reproduces that graph must pass verify; a
+    # device that flips one more sample must not.
+    ref = np.tile(np.array([[20.0, 19.0, 0.0]], dtype=np.float32), (32, 1))
+    labels = np.zeros(32, dtype=np.int64)
+    accepted = ref.copy()
+    accepted[0] = [19.0, 20.0, 0.0]
+    tol = tolerances_for("int8")
+
+    raw = compare_outputs(ref, accepted, labels)
+    assert not judge(raw, "int8", tol).passed  # 31/32 = 96.9% < 99% on the raw count
+
+    same = compare_outputs(ref, accepted.copy(), labels, accepted=accepted)
+    assert same["accepted_flips"] == 1 and same["new_flips"] == 0 and same["top1_agreement"] < 0.99
+    verdict = judge(same, "int8", tol)
+    assert verdict.passed, verdict.summary()
+    assert {c["metric"] for c in verdict.checks} >= {"top1_agreement_new", "accuracy_drop_new"}
+
+    worse = accepted.copy()
+    worse[5] = [19.0, 20.0, 0.0]
+    r = compare_outputs(ref, worse, labels, accepted=accepted)
+    assert r["new_flips"] == 1 and r["accuracy_drop_new"] == pytest.approx(100 / 32)
+    failed = {c["check"] for c in judge(r, "int8", tol).failed_checks}
+    assert {"min_top1_agreement", "max_accuracy_drop"} <= failed
