@@ -43,11 +43,15 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def interleaved(fns: dict[str, Callable[[], Any]], rounds: int, warmup: int = 3) -> dict[str, np.ndarray]:
+def interleaved(fns: dict[str, Callable[[], Any]], rounds: int, warmup: int = 3,
+                settle: float = 0.0) -> dict[str, np.ndarray]:
     """Time each callable once per round; return the per-call seconds.
 
-    The order rotates every round, so no contender always follows the same neighbour
-    (onnxruntime's idle threads spin for a while after a run and slow whoever is next).
+    The order rotates every round, so no contender always follows the same neighbour.
+    ``settle``: seconds of pause before each call, for contenders from different
+    frameworks: PyTorch's OpenMP threads keep spinning for a while after a run and
+    slowed whoever came next (measured: the ResNet-18 onnxruntime call right after a
+    PyTorch call took 21.6 ms instead of 17.6).
     """
     for _ in range(warmup):
         for fn in fns.values():
@@ -56,6 +60,8 @@ def interleaved(fns: dict[str, Callable[[], Any]], rounds: int, warmup: int = 3)
     times: dict[str, list[float]] = {k: [] for k in fns}
     for r in range(rounds):
         for name in names[r % len(names):] + names[: r % len(names)]:
+            if settle:
+                time.sleep(settle)
             t0 = time.perf_counter()
             fns[name]()
             times[name].append(time.perf_counter() - t0)
@@ -237,7 +243,7 @@ def main() -> None:
 
                 t = interleaved({"torch": eager, "ort": lambda: p.run_batch(x)},
                                 rounds=max(4, args.rounds // (1 if b == 1 else 3) // (1 if arch == "resnet18" else 2)),
-                                warmup=2)
+                                warmup=2, settle=0.05)
                 te, to = float(np.median(t["torch"])), float(np.median(t["ort"]))
                 rows.append({"model": arch, "batch": b, "torch_ms": f"{te * 1e3:.1f}", "ort_ms": f"{to * 1e3:.1f}",
                              "speedup": f"{te / to:.2f}x", "target": ">= 1.5x",
