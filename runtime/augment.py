@@ -36,6 +36,7 @@ from PIL import Image
 
 from runtime.errors import InputError, UsageError
 from runtime.imageio import convert_color
+from runtime.jsondata import dataclass_from_json
 from runtime.preprocess import (  # the private resize helpers on purpose: one resize implementation
     _INTERPOLATIONS,
     _resize_no_antialias,
@@ -198,14 +199,7 @@ class Augmentation:
         if cls is None:
             raise UsageError(f"unknown augmentation {name!r}; known: {', '.join(sorted(_REGISTRY))}")
         params = {k: v for k, v in data.items() if k != "type"}
-        known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
-        unknown = sorted(set(params) - known)
-        if unknown:
-            raise UsageError(f"unknown field(s) for {name}: {', '.join(unknown)}")
-        try:
-            return cls(**params)
-        except (TypeError, ValueError) as exc:
-            raise UsageError(f"invalid {name} augmentation: {exc}") from None
+        return dataclass_from_json(cls, params, f"{name} augmentation")
 
 
 # -- geometry: the steps that set the output size -------------------------------------------

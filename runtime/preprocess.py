@@ -26,6 +26,7 @@ from PIL import Image
 
 from runtime.errors import UsageError
 from runtime.imageio import convert_color
+from runtime.jsondata import dataclass_from_json
 
 SPEC_VERSION = 1
 
@@ -149,16 +150,7 @@ class PreprocessSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "PreprocessSpec":
-        if not isinstance(data, dict):
-            raise UsageError("preprocessing spec must be a JSON object")
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise UsageError(f"unknown preprocessing field(s): {', '.join(unknown)}")
-        try:
-            return cls(**data)
-        except (TypeError, ValueError) as exc:
-            raise UsageError(f"invalid preprocessing spec: {exc}") from None
+        return dataclass_from_json(cls, data, "preprocessing")
 
     def replace(self, **changes: Any) -> "PreprocessSpec":
         d = self.to_dict()

@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image
 
 from runtime.errors import UsageError
+from runtime.jsondata import dataclass_from_json
 from runtime.preprocess import PreprocessSpec, crop_image, resize_image, to_array
 
 VIEWS = ("identity", "hflip", "five_crop", "ten_crop", "multi_scale")
@@ -63,12 +64,7 @@ class TTASpec:
     def from_dict(cls, data: dict[str, Any] | None) -> "TTASpec":
         if data is None:
             return cls()
-        if not isinstance(data, dict):
-            raise UsageError("TTA spec must be a JSON object")
-        unknown = set(data) - {"views", "merge", "scales", "flip"}
-        if unknown:
-            raise UsageError(f"unknown TTA field(s): {', '.join(sorted(unknown))}")
-        return cls(**data)
+        return dataclass_from_json(cls, data, "TTA")
 
     @classmethod
     def parse(cls, text: str) -> "TTASpec":

@@ -83,3 +83,12 @@ def test_crop_views_need_a_crop_size():
     with pytest.raises(UsageError):
         make_views(img, digits_spec(), TTASpec(views="five_crop"))
     assert make_views(img, digits_spec(), TTASpec(views="hflip")).shape == (2, 1, 32, 32)
+
+
+def test_json_specs_are_strict():
+    from runtime.jsondata import dataclass_from_json
+
+    with pytest.raises(UsageError, match="TTA spec must be a JSON object"):
+        TTASpec.from_dict(["hflip"])
+    with pytest.raises(UsageError, match="invalid TTA spec"):
+        dataclass_from_json(TTASpec, {"views": "hflip", "scales": "big"}, "TTA")
