@@ -551,7 +551,8 @@ def export_bundle(
                 "nodes_simplified": info.nodes_simplified,
                 "source": {"kind": src.kind, "value": src.source},
                 "checkpoint_sha256": src.checkpoint_sha256,
-                "checkpoint_meta": {k: src.meta.get(k) for k in ("epoch", "metrics", "data", "seed", "model_kwargs")}
+                "checkpoint_meta": {k: src.meta.get(k) for k in ("epoch", "metrics", "data", "seed", "model_kwargs",
+                                                                 "numerics")}
                 if src.kind == "checkpoint" else None,
                 "profile": {"name": prof.name, "backend": prof.backend, "tensorrt": prof.tensorrt,
                             "jetpack": prof.jetpack, "opset": prof.opset},

@@ -590,6 +590,13 @@ def fit(
         "data": dataset.source,
         "train_config": config.to_dict(),
         "distributed": {"world_size": world, "backend": dist.get_backend() if distributed else None},
+        # What the numbers were computed with (DESIGN.md: TF32 state is recorded).
+        "numerics": {
+            "device": str(device),
+            "amp": "float16" if amp else None,
+            "tf32_matmul": bool(torch.backends.cuda.matmul.allow_tf32) if device.type == "cuda" else None,
+            "tf32_cudnn": bool(torch.backends.cudnn.allow_tf32) if device.type == "cuda" else None,
+        },
         "params": {"total": params_total, "trainable": params_trainable},
         **dict(meta_extra or {}),
     }

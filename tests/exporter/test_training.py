@@ -120,6 +120,8 @@ def test_run_writes_checkpoints_metrics_and_curves(tmp_path):
     assert meta["preprocess"] == digits_spec(32).to_dict()
     assert meta["augmentation"]["steps"][0]["type"] == "Resize" and meta["augmentation_preset"] == "digits"
     assert meta["data"]["kind"] == "digits" and meta["data"]["train_limit"] == 160
+    # numerics recorded: on the CPU there is no AMP and TF32 does not apply
+    assert meta["numerics"] == {"device": "cpu", "amp": None, "tf32_matmul": None, "tf32_cudnn": None}
     assert meta["metrics"]["best_val_acc"] == result.best_val_acc
     assert (out / "last" / "train_state.safetensors").is_file()
     assert not (out / "best" / "train_state.safetensors").exists()
