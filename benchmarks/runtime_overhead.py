@@ -6,16 +6,21 @@ Tables (ResNet-18/50 with random weights, exported by ``exporter.export_bundle``
 photos: scikit-learn's two sample photos and crops of them, saved as JPEG):
 
 1. overhead: ``Predictor.run_batch`` (model-only) vs a bare ``onnxruntime`` session with
-   the same options (including spin-waiting off, as the Predictor sets it), batch 1 and 8
+   the same options (including the Predictor's spinning policy, ``run``), batch 1 and 8
    (target: <= 5%); the bare session with onnxruntime's default spinning is shown too;
 2. onnxruntime FP32 (through the runtime) vs PyTorch eager, ResNet-18/50, batch 1 and 8
-   (target: >= 1.5x);
+   (target: >= 1.5x), with the arithmetic rate each reaches (2 x MACs / time) beside a
+   dense FP32 matmul measured in the same run (OpenBLAS sgemm through numpy): once
+   onnxruntime's convolutions run at that rate, only a slower eager can raise the ratio;
 3. end to end: ``Predictor.predict`` over a folder of JPEGs (decode + preprocess +
    infer) vs model-only throughput, ResNet-18 batch 8 (target: >= 85%);
 4. CPU paths on ResNet-18: bare OpenVINO default (its own precision choice), the
    runtime's OpenVINO (default / int8 artifact), onnxruntime FP32 and INT8, each with
    its parity tier on the bundle's golden set (target: the best runtime path at least
-   as fast as OpenVINO's default, with its tier passing).
+   as fast as OpenVINO's default, with its tier passing);
+5. onnxruntime's spinning policies (``runtime.backends.onnxruntime_backend.SPINNING``) on
+   ResNet-18 batch 1 after a pause, the way requests arrive at a service: latency, and
+   the CPU the process burns while idle between calls.
 
 Contenders are timed in interleaved rounds (one call of each per round), so a busy
 machine slows them alike; the medians are compared. One run, no retries: the numbers
@@ -123,18 +128,35 @@ def export(root: Path, arch: str, data: Path, precisions: str) -> Path:
     return out
 
 
-def bare_ort_session(model: Path, threads: int, spinning: bool = False) -> Any:
+def bare_ort_session(model: Path, threads: int, spinning: str = "run") -> Any:
+    """A plain session with the Predictor's options (so only the wrapper differs)."""
     import onnxruntime as ort
+
+    from runtime.backends.onnxruntime_backend import SPINNING
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if not spinning:  # the option the Predictor uses, so that only the wrapper differs
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    for key, value in SPINNING[spinning].items():
+        so.add_session_config_entry(key, value)
     return ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"])
+
+
+def sgemm_gflops(n: int = 2048, repeats: int = 5) -> float:
+    """The machine's dense FP32 rate: the best of ``repeats`` OpenBLAS n x n matmuls
+    (numpy, same thread count through OPENBLAS_NUM_THREADS)."""
+    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
+    a @ a
+    best = min(_timed(lambda: a @ a) for _ in range(repeats))
+    return 2 * n**3 / best / 1e9
+
+
+def _timed(fn: Callable[[], Any]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
 
 
 def wrapper_cost_us(root: Path) -> float:
@@ -171,7 +193,7 @@ def main() -> None:
     ap.add_argument("--photos", type=int, default=48, help="JPEGs in the end-to-end folder")
     ap.add_argument("--workdir", type=Path, default=None, help="keep exported bundles here between runs")
     ap.add_argument("--json", type=Path, default=None)
-    ap.add_argument("--sections", default="1,2,3,4", help="which tables to measure, e.g. 1,3")
+    ap.add_argument("--sections", default="1,2,3,4,5", help="which tables to measure, e.g. 1,3")
     args = ap.parse_args()
     sections = {int(x) for x in args.sections.split(",")}
 
@@ -202,7 +224,7 @@ def main() -> None:
     if 1 in sections:
         rows = []
         sess = bare_ort_session(r18 / "model.onnx", threads)
-        sess_spin = bare_ort_session(r18 / "model.onnx", threads, spinning=True)  # onnxruntime's default, for reference
+        sess_spin = bare_ort_session(r18 / "model.onnx", threads, spinning="always")  # onnxruntime's default
         for b in (1, 8):
             x = batch_of(r18, b)
             n = args.rounds if b == 1 else max(6, args.rounds // 2)
@@ -229,9 +251,13 @@ def main() -> None:
 
     # 2. onnxruntime FP32 vs PyTorch eager ----------------------------------------------------
     if 2 in sections:
+        from exporter import model_info
+
         rows = []
+        sgemm = sgemm_gflops()
         for arch, bundle in (("resnet18", r18), ("resnet50", r50)):
             model = load_source(arch, seed=0).model.eval()
+            flops = 2 * model_info(arch)["macs_g"] * 1e9
             p = Predictor.from_bundle(bundle, "onnxruntime", threads=threads)
             for b in (1, 8):
                 x = batch_of(bundle, b)
@@ -247,12 +273,19 @@ def main() -> None:
                 te, to = float(np.median(t["torch"])), float(np.median(t["ort"]))
                 rows.append({"model": arch, "batch": b, "torch_ms": f"{te * 1e3:.1f}", "ort_ms": f"{to * 1e3:.1f}",
                              "speedup": f"{te / to:.2f}x", "target": ">= 1.5x",
-                             "ok": "yes" if te / to >= 1.5 else "NO"})
+                             "ok": "yes" if te / to >= 1.5 else "NO",
+                             "torch_rate": f"{flops * b / te / 1e9:.0f} ({100 * flops * b / te / 1e9 / sgemm:.0f}%)",
+                             "ort_rate": f"{flops * b / to / 1e9:.0f} ({100 * flops * b / to / 1e9 / sgemm:.0f}%)"})
             p.close()
         out_lines.append(table(f"2. onnxruntime FP32 (runtime) vs PyTorch eager, {threads} threads", rows,
                                [("model", "model"), ("batch", "batch"), ("torch_ms", "torch p50 ms"),
                                 ("ort_ms", "onnxruntime p50 ms"), ("speedup", "speedup"), ("target", "target"),
-                                ("ok", "ok")]))
+                                ("ok", "ok"), ("torch_rate", "torch GFLOP/s (vs sgemm)"),
+                                ("ort_rate", "onnxruntime GFLOP/s (vs sgemm)")]))
+        out_lines.append(f"   dense FP32 matmul here: OpenBLAS sgemm 2048^3, {threads} threads, best of 5: "
+                         f"{sgemm:.0f} GFLOP/s. At onnxruntime's rate R, 1.5x needs PyTorch eager at or "
+                         f"below R / 1.5.")
+        results["sgemm_gflops"] = sgemm
         results["tables"]["ort_vs_torch"] = rows
 
     # 3. end to end over a folder of JPEGs vs model-only ---------------------------------------
@@ -295,7 +328,8 @@ def main() -> None:
         ov_default = core.compile_model(core.read_model(str(r18 / "model.onnx")), "CPU",
                                         {"INFERENCE_NUM_THREADS": threads})
         ov_req = ov_default.create_infer_request()
-        ov_prec = str(ov_default.get_property("INFERENCE_PRECISION_HINT"))
+        hint = ov_default.get_property("INFERENCE_PRECISION_HINT")
+        ov_prec = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
         paths: dict[str, tuple[Any, str]] = {}
         for label, backend, precision, opts in (
             ("runtime onnxruntime fp32", "onnxruntime", "fp32", {}),
@@ -332,6 +366,31 @@ def main() -> None:
             f"batch {b}: {r['path']} {r['vs_ov']} ({'yes' if float(r['vs_ov'][:-1]) >= 1.0 else 'NO'}, target >= 1.00x)"
             for b, r in sorted(best.items())))
         results["tables"]["cpu_paths"] = rows
+
+    # 5. spinning policies ----------------------------------------------------------------
+    if 5 in sections:
+        from runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
+
+        rows = []
+        x = batch_of(r18, 1)
+        for policy in ("run", "always", "never"):
+            be = OnnxRuntimeBackend(r18 / "model.onnx", threads=threads, spinning=policy)
+            for _ in range(3):
+                be.run(x)
+            for pause in (0.05, 0.3):
+                lat, burned = [], []
+                for _ in range(max(6, args.rounds // 2)):
+                    c0 = time.process_time()
+                    time.sleep(pause)
+                    burned.append(time.process_time() - c0)
+                    lat.append(_timed(lambda: be.run(x)))
+                rows.append({"policy": policy, "pause": f"{pause:.2f}", "p50_ms": f"{np.median(lat) * 1e3:.2f}",
+                             "idle_cpu": f"{100 * np.median(burned) / pause:.0f}%"})
+            be.close()
+        out_lines.append(table("5. onnxruntime spinning policy, resnet18 batch 1, a pause before each call", rows,
+                               [("policy", "policy"), ("pause", "pause s"), ("p50_ms", "p50 ms"),
+                                ("idle_cpu", "CPU burned while paused (of one core)")]))
+        results["tables"]["spinning"] = rows
 
     pred.close()
     results["load_average_end"] = os.getloadavg()[0]
