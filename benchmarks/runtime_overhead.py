@@ -11,7 +11,8 @@ photos: scikit-learn's two sample photos and crops of them, saved as JPEG):
 2. onnxruntime FP32 (through the runtime) vs PyTorch eager, ResNet-18/50, batch 1 and 8
    (target: >= 1.5x), with the arithmetic rate each reaches (2 x MACs / time) beside a
    dense FP32 matmul measured in the same run (OpenBLAS sgemm through numpy): once
-   onnxruntime's convolutions run at that rate, only a slower eager can raise the ratio;
+   onnxruntime's convolutions run at that rate, only a slower eager can raise the ratio
+   (the CPU's FMA peak itself: ``benchmarks/fma_peak.c``);
 3. end to end: ``Predictor.predict`` over a folder of JPEGs (decode + preprocess +
    infer) vs model-only throughput, ResNet-18 batch 8 (target: >= 85%);
 4. CPU paths on ResNet-18: bare OpenVINO default (its own precision choice), the
