@@ -43,6 +43,7 @@ _INTERPOLATIONS = {
 _COLOR_MODES = {"RGB": 3, "L": 1}
 _LAYOUTS = ("NCHW", "NHWC")
 _DTYPES = ("float32", "float16")
+_FLOAT16_MAX = 65504.0
 
 
 def _pair(value: int | Sequence[int]) -> tuple[int, int]:
@@ -110,6 +111,12 @@ class PreprocessSpec:
             raise UsageError(f"mean and std need {channels} value(s) for color_mode {self.color_mode}")
         if any(s <= 0 for s in self.std):
             raise UsageError("std values must be positive")
+        if self.dtype == "float16":
+            # A pixel normalized past float16's range would reach the model as inf.
+            peak = max(abs((v * self.scale - m) / s) for v in (0.0, 255.0) for m, s in zip(self.mean, self.std))
+            if peak > _FLOAT16_MAX:
+                raise UsageError(f"normalized pixels reach {peak:.4g}, beyond float16's {_FLOAT16_MAX:.0f}",
+                                 "use dtype float32, or check scale, mean and std")
         sizes = []
         if isinstance(self.resize, int):
             sizes.append(self.resize)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
@@ -154,6 +154,8 @@ def _all_values_image(mode: str) -> Image.Image:
 )
 def test_lookup_table_is_bit_identical_to_float_arithmetic(mode, scale, mean, std, layout, dtype):
     n = 1 if mode == "L" else 3
+    peak = max(abs((v * scale - m) / s) for v in (0.0, 255.0) for m, s in zip(mean[:n], std[:n]))
+    assume(dtype == "float32" or peak <= 65504)  # beyond float16's range the spec is refused (tested below)
     spec = PreprocessSpec(color_mode=mode, resize=None, crop=(16, 16), scale=scale, mean=mean[:n], std=std[:n],
                           layout=layout, dtype=dtype)
     img = _all_values_image(mode)  # every uint8 value in every channel
@@ -161,6 +163,14 @@ def test_lookup_table_is_bit_identical_to_float_arithmetic(mode, scale, mean, st
     slow = _normalize_float(np.asarray(img), spec)
     assert fast.dtype == slow.dtype and fast.shape == slow.shape == spec.input_shape
     np.testing.assert_array_equal(fast.view(np.uint8), slow.view(np.uint8))  # bits, not values
+
+
+def test_float16_specs_that_would_overflow_are_refused():
+    with pytest.raises(UsageError, match="beyond float16's 65504"):
+        PreprocessSpec(color_mode="L", resize=None, crop=(8, 8), scale=10.0, mean=(0.0,), std=(1e-3,), dtype="float16")
+    # The same numbers are fine in float32, and ImageNet's in float16.
+    PreprocessSpec(color_mode="L", resize=None, crop=(8, 8), scale=10.0, mean=(0.0,), std=(1e-3,))
+    IMAGENET_EVAL.replace(dtype="float16")
 
 
 def test_lookup_table_on_real_photos(photos):
