@@ -78,13 +78,13 @@ def _loud(message: str) -> None:
 
 
 #: How onnxruntime's intra-op threads wait for work, as session config entries.
-#: Measured on the 2-core CPU (ResNet-18, batch 1, a pause before each call):
-#: ``always`` (onnxruntime's default) is fast but its threads keep spinning after a run
-#: returns, burning about 40 ms of CPU per 200 ms idle and slowing whoever runs next
-#: (decode threads, another framework); ``never`` wakes a sleeping thread for every
-#: operator, which doubled the latency after 0.3 s idle (17.6 -> 34 ms); ``run`` spins
-#: only while a run is in flight (onnxruntime's ``force_spinning_stop``): 17-20 ms and no
-#: CPU burned between calls.
+#: Measured on the 2-core CPU (ResNet-18, batch 1, a pause before each call;
+#: ``benchmarks/runtime_overhead.py --sections 5``): ``always`` (onnxruntime's default)
+#: runs in 17 ms, but its threads go on spinning after a run returns (80 % of a core
+#: during a 50 ms pause), slowing whoever runs next: decode threads, another framework;
+#: ``never`` wakes a sleeping thread for every operator: 34 ms after a 0.3 s pause;
+#: ``run`` spins only while a run is in flight (onnxruntime's ``force_spinning_stop``):
+#: 19 ms, and no CPU burned between calls.
 SPINNING: dict[str, dict[str, str]] = {
     "run": {"session.force_spinning_stop": "1"},
     "always": {},
