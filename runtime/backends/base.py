@@ -12,6 +12,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from runtime.errors import InputError
+
 
 @dataclass(frozen=True)
 class TensorSpec:
@@ -40,6 +42,26 @@ class BackendInfo:
             "threads": self.threads,
             "details": dict(self.details),
         }
+
+
+def conform_batch(batch: Any, spec: TensorSpec, model: str, *, fixed_batch_hint: str) -> np.ndarray:
+    """Check ``batch`` against the model's input ``spec`` and return it C-contiguous in
+    the input's dtype: the one check every backend runs before it touches the engine.
+
+    Raises :class:`InputError` for a wrong rank or sample shape, an empty batch, or a
+    batch size that a fixed-batch model (``spec.shape[0]`` an int) cannot take;
+    ``fixed_batch_hint`` says what to do about the last (re-export, rebuild).
+    """
+    batch = np.asarray(batch)
+    sample = spec.shape[1:]
+    if batch.ndim != len(spec.shape) or any(isinstance(w, int) and w != g for w, g in zip(sample, batch.shape[1:])):
+        raise InputError(f"expected a batch of shape (N, {', '.join(map(str, sample))}), got {tuple(batch.shape)}")
+    if batch.shape[0] == 0:
+        raise InputError("empty batch")
+    fixed = spec.shape[0]
+    if isinstance(fixed, int) and batch.shape[0] != fixed:
+        raise InputError(f"{model} takes a fixed batch of {fixed}, got {batch.shape[0]}", fixed_batch_hint)
+    return np.ascontiguousarray(batch, dtype=np.dtype(spec.dtype))
 
 
 @runtime_checkable

@@ -23,8 +23,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from runtime.backends.base import BackendInfo, TensorSpec
-from runtime.errors import BackendUnavailableError, BundleError, InputError, UsageError
+from runtime.backends.base import BackendInfo, TensorSpec, conform_batch
+from runtime.errors import BackendUnavailableError, BundleError, UsageError
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
@@ -229,9 +229,6 @@ class OnnxRuntimeBackend:
                               "convdeploy models take one image batch")
         self._input_name = self._inputs[0].name
         self._output_names = [o.name for o in self._outputs]
-        self._in_dtype = np.dtype(self._inputs[0].dtype)
-        self._sample_shape = self._inputs[0].shape[1:]
-        self._fixed_batch = self._inputs[0].shape[0] if isinstance(self._inputs[0].shape[0], int) else None
 
     # -- protocol ---------------------------------------------------------------------
     @property
@@ -242,30 +239,12 @@ class OnnxRuntimeBackend:
     def outputs(self) -> list[TensorSpec]:
         return list(self._outputs)
 
-    def _check(self, batch: np.ndarray) -> np.ndarray:
-        if self.session is None:
-            raise UsageError("this backend was closed")
-        if not isinstance(batch, np.ndarray):
-            batch = np.asarray(batch)
-        if batch.ndim != len(self._inputs[0].shape):
-            raise InputError(f"expected a batch of shape (N, {', '.join(map(str, self._sample_shape))}), "
-                             f"got {tuple(batch.shape)}")
-        for got, want in zip(batch.shape[1:], self._sample_shape):
-            if isinstance(want, int) and got != want:
-                raise InputError(f"expected a batch of shape (N, {', '.join(map(str, self._sample_shape))}), "
-                                 f"got {tuple(batch.shape)}")
-        if self._fixed_batch is not None and batch.shape[0] != self._fixed_batch:
-            raise InputError(f"{self.model_path.name} was exported with a fixed batch of {self._fixed_batch}, "
-                             f"got {batch.shape[0]}", "re-export with a dynamic batch axis")
-        if batch.shape[0] == 0:
-            raise InputError("empty batch")
-        if batch.dtype != self._in_dtype or not batch.flags.c_contiguous:
-            batch = np.ascontiguousarray(batch, dtype=self._in_dtype)
-        return batch
-
     def run(self, batch: np.ndarray) -> np.ndarray:
         """Run one batch and return the first output as float32 (N x K)."""
-        batch = self._check(batch)
+        if self.session is None:
+            raise UsageError("this backend was closed")
+        batch = conform_batch(batch, self._inputs[0], self.model_path.name,
+                              fixed_batch_hint="re-export with a dynamic batch axis")
         if self.use_iobinding:
             out = self._run_bound(batch)
         else:

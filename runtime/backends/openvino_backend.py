@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from runtime.backends.base import BackendInfo, TensorSpec
-from runtime.errors import BackendUnavailableError, BundleError, InputError, UsageError
+from runtime.backends.base import BackendInfo, TensorSpec, conform_batch
+from runtime.errors import BackendUnavailableError, BundleError, UsageError
 
 _HINTS = {"f32": "f32", "fp32": "f32", "f16": "f16", "fp16": "f16", "bf16": "bf16"}
 _REPORTED = {"f32": "fp32", "f16": "fp16", "bf16": "bf16"}
@@ -103,8 +103,6 @@ class OpenVINOBackend:
                                     p.get_element_type().to_dtype().name) for p in self.compiled.outputs]
         if len(self._inputs) != 1:
             raise BundleError(f"{self.model_path.name} has {len(self._inputs)} inputs; convdeploy models take one")
-        self._in_dtype = np.dtype(self._inputs[0].dtype)
-        self._sample_shape = self._inputs[0].shape[1:]
         # Infer requests are not thread-safe; a small pool serves concurrent callers.
         self._pool: queue.Queue = queue.Queue()
         for _ in range(max(1, num_requests)):
@@ -130,14 +128,8 @@ class OpenVINOBackend:
         """Run one batch and return the first output as float32 (N x K)."""
         if self._closed:
             raise UsageError("this backend was closed")
-        batch = np.asarray(batch)
-        if batch.ndim != len(self._inputs[0].shape) or any(
-                isinstance(w, int) and w != g for w, g in zip(self._sample_shape, batch.shape[1:])):
-            raise InputError(f"expected a batch of shape (N, {', '.join(map(str, self._sample_shape))}), "
-                             f"got {tuple(batch.shape)}")
-        if batch.shape[0] == 0:
-            raise InputError("empty batch")
-        batch = np.ascontiguousarray(batch, dtype=self._in_dtype)
+        batch = conform_batch(batch, self._inputs[0], self.model_path.name,
+                              fixed_batch_hint="re-export with a dynamic batch axis")
         request = self._pool.get()
         try:
             request.infer({0: batch})

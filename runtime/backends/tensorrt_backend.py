@@ -39,7 +39,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from runtime.backends.base import BackendInfo, TensorSpec
+from runtime.backends.base import BackendInfo, TensorSpec, conform_batch
 from runtime.errors import BackendUnavailableError, BundleError, EngineMismatchError, InputError, UsageError
 from runtime.fsutil import sha256_file
 
@@ -525,17 +525,11 @@ class TensorRTBackend:
         if self._cuda is None or self._stream is None:
             raise UsageError("this backend was closed")
         inp = self._in[0]
-        batch = np.asarray(batch)
-        if batch.ndim != len(inp.shape) or any(s >= 0 and s != b for s, b in zip(inp.shape[1:], batch.shape[1:])):
-            raise InputError(f"expected a batch of shape (N, {', '.join(map(str, inp.shape[1:]))}), got {batch.shape}")
-        n = batch.shape[0]
-        if n == 0:
-            raise InputError("empty batch")
-        if n > self.max_batch or (inp.shape[0] >= 0 and n != inp.shape[0]):
-            raise InputError(f"batch of {n} exceeds the engine's maximum of {self.max_batch}"
-                             if n > self.max_batch else f"engine takes a fixed batch of {inp.shape[0]}, got {n}",
+        batch = conform_batch(batch, self.inputs[0], "the engine",
+                              fixed_batch_hint="lower --batch-size or rebuild the engine with a larger profile")
+        if batch.shape[0] > self.max_batch:
+            raise InputError(f"batch of {batch.shape[0]} exceeds the engine's maximum of {self.max_batch}",
                              "lower --batch-size or rebuild the engine with a larger profile")
-        batch = np.ascontiguousarray(batch, dtype=inp.dtype)
         with self._lock:
             self._api.set_input_shape(self.context, inp, tuple(batch.shape))
             ptrs = {inp.name: self._buffer(inp.name, batch.nbytes)}

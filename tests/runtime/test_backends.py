@@ -80,14 +80,23 @@ def test_provider_dropped_by_onnxruntime_itself_is_caught_after_session_creation
             OnnxRuntimeBackend(tiny_bundle / "model.onnx", providers=["cuda", "cpu"], allow_fallback=False)
 
 
-def test_onnxruntime_bad_inputs_and_files(tiny_bundle, tmp_path):
-    be = OnnxRuntimeBackend(tiny_bundle / "model.onnx")
+@pytest.mark.parametrize("backend", [b for b in ("onnxruntime", "openvino") if b in available_backends()])
+def test_bad_batches_are_refused_alike_by_every_cpu_backend(backend, tiny_bundle, tmp_path):
+    be = create_backend(backend, tiny_bundle / "model.onnx")
     with pytest.raises(InputError, match="expected a batch of shape"):
         be.run(np.zeros((2, 3, 30, 32), np.float32))
     with pytest.raises(InputError, match="expected a batch of shape"):
         be.run(np.zeros((3, 32, 32), np.float32))
     with pytest.raises(InputError, match="empty batch"):
         be.run(np.zeros((0, 3, 32, 32), np.float32))
+    assert be.run(np.zeros((2, 3, 32, 32), np.float64)).shape == (2, 10)  # converted to the input's dtype
+    fixed = create_backend(backend, build_classifier_onnx(tmp_path / "fixed.onnx", fixed_batch=4))
+    assert fixed.run(np.zeros((4, 3, 32, 32), np.float32)).shape == (4, 10)
+    with pytest.raises(InputError, match="fixed.onnx takes a fixed batch of 4, got 2; re-export"):
+        fixed.run(np.zeros((2, 3, 32, 32), np.float32))
+
+
+def test_onnxruntime_bad_files_and_options(tiny_bundle, tmp_path):
     with pytest.raises(BundleError, match="not found"):
         OnnxRuntimeBackend(tmp_path / "nope.onnx")
     garbage = tmp_path / "garbage.onnx"
@@ -96,11 +105,6 @@ def test_onnxruntime_bad_inputs_and_files(tiny_bundle, tmp_path):
         OnnxRuntimeBackend(garbage)
     with pytest.raises(UsageError, match="threads"):
         OnnxRuntimeBackend(tiny_bundle / "model.onnx", threads=0)
-    fixed = build_classifier_onnx(tmp_path / "fixed.onnx", fixed_batch=4)
-    fb = OnnxRuntimeBackend(fixed)
-    assert fb.run(np.zeros((4, 3, 32, 32), np.float32)).shape == (4, 10)
-    with pytest.raises(InputError, match="fixed batch of 4"):
-        fb.run(np.zeros((2, 3, 32, 32), np.float32))
 
 
 def test_iobinding_path_gives_the_same_result(tiny_bundle, golden):
