@@ -284,6 +284,15 @@ def _default_data(src: SourceModel) -> tuple[str | None, str | None]:
     return None, None
 
 
+def _gate_data(source: str, classes: Sequence[str], limit: int | None, seed: int, notes: list[str]) -> ParityData:
+    """The val split of ``source`` for a gate, labelled only where its classes are the
+    model's; why the labels were dropped goes into ``notes``."""
+    pdata, note = ParityData.from_source(source, split="val", limit=limit, seed=seed).with_labels_for(classes)
+    if note:
+        notes.append(note)
+    return pdata
+
+
 def _tta_golden(src: SourceModel, images: list[Any], spec: PreprocessSpec, tta: TTASpec) -> dict[str, np.ndarray]:
     views = np.concatenate([make_views(img, spec, tta) for img in images])
     return {"tta_inputs": views, "tta_outputs": merge_views(reference_logits(src.model, views), tta)}
@@ -406,10 +415,7 @@ def export_bundle(
     pdata: ParityData
     calib_images = None
     if data_source is not None:
-        pdata = ParityData.from_source(data_source, split="val", limit=parity_samples, seed=seed)
-        pdata, label_note = pdata.with_labels_for(src.classes)
-        if label_note:
-            notes.append(label_note)
+        pdata = _gate_data(data_source, src.classes, parity_samples, seed, notes)
     else:
         if "int8" in wanted:
             raise UsageError("INT8 needs real calibration images and none were given",
@@ -645,10 +651,7 @@ def check_bundle(
         bundle.artifact(p)  # a precision the bundle lacks: one clear UsageError
     data_source = str(data) if data is not None else _default_data(src)[0]
     if data_source is not None:
-        pdata = ParityData.from_source(data_source, split="val", limit=samples, seed=seed)
-        pdata, note = pdata.with_labels_for(bundle.classes)
-        if note:
-            notes.append(note)
+        pdata = _gate_data(data_source, bundle.classes, samples, seed, notes)
     else:
         golden = bundle.golden()
         info = manifest.get("golden_info") or {}
