@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
-from typing import Any, Iterable, Sequence
+from typing import Any, ClassVar, Iterable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -352,36 +352,36 @@ class PaddedRandomCrop(Augmentation):
 
 
 # -- size-preserving geometry -------------------------------------------------------------
+@dataclass(frozen=True)
+class _RandomFlip(Augmentation):
+    """Mirror with probability ``p``; subclasses name the mirror in ``_transpose``."""
+
+    p: float = 0.5
+    _transpose: ClassVar[Image.Transpose]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "p", _check_range(self.p, 0.0, 1.0, f"{type(self).__name__} p"))
+
+    def __call__(self, img: Image.Image, rng: np.random.Generator) -> Image.Image:
+        if _check_rng(rng).random() < self.p:
+            return img.transpose(self._transpose)
+        return img
+
+
 @_register
 @dataclass(frozen=True)
-class HorizontalFlip(Augmentation):
+class HorizontalFlip(_RandomFlip):
     """Mirror left-right with probability ``p``. Wrong for digits and text: leave it out."""
 
-    p: float = 0.5
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "p", _check_range(self.p, 0.0, 1.0, "HorizontalFlip p"))
-
-    def __call__(self, img: Image.Image, rng: np.random.Generator) -> Image.Image:
-        if _check_rng(rng).random() < self.p:
-            return img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        return img
+    _transpose = Image.Transpose.FLIP_LEFT_RIGHT
 
 
 @_register
 @dataclass(frozen=True)
-class VerticalFlip(Augmentation):
+class VerticalFlip(_RandomFlip):
     """Mirror top-bottom with probability ``p`` (aerial and microscope images, not photos)."""
 
-    p: float = 0.5
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "p", _check_range(self.p, 0.0, 1.0, "VerticalFlip p"))
-
-    def __call__(self, img: Image.Image, rng: np.random.Generator) -> Image.Image:
-        if _check_rng(rng).random() < self.p:
-            return img.transpose(Image.Transpose.FLIP_TOP_BOTTOM)
-        return img
+    _transpose = Image.Transpose.FLIP_TOP_BOTTOM
 
 
 @_register
