@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from runtime.backends import available_backends, create_backend, open_bundle_backend
-from runtime.backends.base import Backend
+from runtime.backends.base import Backend, TensorSpec, conform_batch
 from runtime.backends.onnxruntime_backend import OnnxRuntimeBackend, ProviderFallbackWarning
 from runtime.bundle import Bundle
 from runtime.metrics import compare_outputs, judge
@@ -81,19 +81,33 @@ def test_provider_dropped_by_onnxruntime_itself_is_caught_after_session_creation
 
 
 @pytest.mark.parametrize("backend", [b for b in ("onnxruntime", "openvino") if b in available_backends()])
-def test_bad_batches_are_refused_alike_by_every_cpu_backend(backend, tiny_bundle, tmp_path):
-    be = create_backend(backend, tiny_bundle / "model.onnx")
-    with pytest.raises(InputError, match="expected a batch of shape"):
-        be.run(np.zeros((2, 3, 30, 32), np.float32))
-    with pytest.raises(InputError, match="expected a batch of shape"):
-        be.run(np.zeros((3, 32, 32), np.float32))
-    with pytest.raises(InputError, match="empty batch"):
-        be.run(np.zeros((0, 3, 32, 32), np.float32))
-    assert be.run(np.zeros((2, 3, 32, 32), np.float64)).shape == (2, 10)  # converted to the input's dtype
-    fixed = create_backend(backend, build_classifier_onnx(tmp_path / "fixed.onnx", fixed_batch=4))
+def test_bad_batches_are_refused_alike_by_every_cpu_backend(backend, tiny_bundle):
+    be = create_backend(backend, tiny_bundle / "model.onnx", threads=1)
+    try:
+        with pytest.raises(InputError, match="expected a batch of shape"):
+            be.run(np.zeros((2, 3, 30, 32), np.float32))
+        with pytest.raises(InputError, match="expected a batch of shape"):
+            be.run(np.zeros((3, 32, 32), np.float32))
+        with pytest.raises(InputError, match="empty batch"):
+            be.run(np.zeros((0, 3, 32, 32), np.float32))
+        assert be.run(np.zeros((2, 3, 32, 32), np.float64)).shape == (2, 10)  # converted to the input's dtype
+    finally:
+        be.close()
+
+
+def test_a_fixed_batch_model_takes_only_its_batch(tmp_path):
+    fixed = OnnxRuntimeBackend(build_classifier_onnx(tmp_path / "fixed.onnx", fixed_batch=4), threads=1)
     assert fixed.run(np.zeros((4, 3, 32, 32), np.float32)).shape == (4, 10)
     with pytest.raises(InputError, match="fixed.onnx takes a fixed batch of 4, got 2; re-export"):
         fixed.run(np.zeros((2, 3, 32, 32), np.float32))
+    # The same check serves OpenVINO and TensorRT (compiling a fixed-batch model in
+    # OpenVINO inside a pytest-xdist worker made that worker die later, so it is
+    # exercised here through the shared function).
+    spec = TensorSpec("input", (4, 3, 32, 32), "float32")
+    with pytest.raises(InputError, match="the engine takes a fixed batch of 4, got 2; rebuild"):
+        conform_batch(np.zeros((2, 3, 32, 32), np.float32), spec, "the engine", fixed_batch_hint="rebuild")
+    ok = conform_batch(np.zeros((4, 3, 32, 32), np.float64), spec, "the engine", fixed_batch_hint="rebuild")
+    assert ok.dtype == np.float32 and ok.flags.c_contiguous
 
 
 def test_onnxruntime_bad_files_and_options(tiny_bundle, tmp_path):
