@@ -169,9 +169,6 @@ class Predictor:
 
         prof = _load_profile(profile)
         bundle = Bundle.load(path, verify_hashes=verify_hashes)
-        # Decode threads run beside inference: onnxruntime's threads may spin between the
-        # operators of a run but must stop when it returns (see runtime.backends.onnxruntime_backend.SPINNING).
-        backend_opts.setdefault("spinning", "run")
         if batch_size is not None and prof is not None:
             prof.check_batch(batch_size)
         selection = open_bundle_backend(bundle, backend, precision=precision, profile=prof, threads=threads,
