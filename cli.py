@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 import click
 
-from runtime.errors import ConvDeployError
+from convdeploy.runtime.errors import ConvDeployError
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -75,7 +75,7 @@ def needs_torch(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             import torch  # noqa: F401
         except ImportError:
-            from runtime.errors import UsageError
+            from convdeploy.runtime.errors import UsageError
 
             raise UsageError(
                 f"`convdeploy {fn.__name__.replace('_cmd', '').replace('_', '-')}` needs PyTorch",
@@ -116,7 +116,7 @@ def models_cmd(pattern: str | None, as_json: bool) -> None:
       convdeploy models 'resnet*'
       convdeploy models --json
     """
-    from exporter.registry import get_entry, list_models
+    from convdeploy.exporter.architectures.registry import get_entry, list_models
 
     rows = []
     for name in list_models(pattern):
@@ -145,7 +145,7 @@ def profiles_cmd(name: str | None, as_json: bool) -> None:
       convdeploy profiles
       convdeploy profiles jetson-orin --json
     """
-    from profiles import list_profiles, load_profile
+    from convdeploy.runtime.targets import list_profiles, load_profile
 
     if name:
         profile = load_profile(name)
@@ -223,8 +223,8 @@ def predict_cmd(bundle: str, paths: tuple[str, ...], backend: str, precision: st
     """
     from tqdm import tqdm
 
-    from runtime.errors import InputError
-    from runtime.predictor import Predictor, expand_sources
+    from convdeploy.runtime.errors import InputError
+    from convdeploy.runtime.predictor import Predictor, expand_sources
 
     files, missing = expand_sources(paths)
     predictor = Predictor.from_bundle(bundle, backend, tta=tta, precision=precision, profile=profile_name,
@@ -285,9 +285,9 @@ def verify_cmd(bundle: str, backend: str, precision: str | None, profile_name: s
       convdeploy verify bundles/resnet18
       convdeploy verify bundles/resnet18 --profile jetson-orin --precision fp16 --json
     """
-    from runtime.errors import CheckFailedError
-    from runtime.tolerances import parse_tolerance_overrides
-    from runtime.verify import verify_bundle
+    from convdeploy.runtime.errors import CheckFailedError
+    from convdeploy.runtime.parity.tolerances import parse_tolerance_overrides
+    from convdeploy.runtime.verify import verify_bundle
 
     result = verify_bundle(bundle, backend, precision, tolerances=parse_tolerance_overrides(tol), profile=profile_name,
                            threads=threads, batch_size=batch_size, engine=engine)
@@ -329,9 +329,9 @@ def bench_cmd(bundle: str, backend: str, precision: str | None, profile_name: st
       convdeploy bench bundles/resnet18 --batch-sizes 1,8 --threads 2 --images photos/
       convdeploy bench bundles/resnet18 --compare-torch runs/resnet18/best --json
     """
-    from runtime.bench import bench_bundle
-    from runtime.errors import InputError, UsageError
-    from runtime.predictor import expand_sources
+    from convdeploy.runtime.bench import bench_bundle
+    from convdeploy.runtime.errors import InputError, UsageError
+    from convdeploy.runtime.predictor import expand_sources
 
     try:
         sizes = [int(s) for s in batch_sizes.split(",") if s.strip()]
@@ -347,7 +347,7 @@ def bench_cmd(bundle: str, backend: str, precision: str | None, profile_name: st
     torch_bench = None
     if compare_torch:
         try:
-            from exporter.torch_bench import bench_torch
+            from convdeploy.exporter.export.torch_bench import bench_torch
         except ImportError:
             raise UsageError("--compare-torch needs PyTorch", "pip install 'convdeploy[torch]'") from None
         torch_bench = bench_torch
@@ -356,7 +356,7 @@ def bench_cmd(bundle: str, backend: str, precision: str | None, profile_name: st
                           images=files, e2e_images=e2e_images, tta=tta,
                           progress=None if as_json else (lambda m: click.echo(f"timing {m}...", err=True)))
     if torch_bench is not None:
-        from runtime.bundle import Bundle
+        from convdeploy.runtime.bundle.reader import Bundle
 
         b = Bundle.load(bundle, verify_hashes=False)
         golden = b.golden().get("inputs") if b.manifest.get("golden") else None
@@ -460,9 +460,9 @@ def export_cmd(source: str, out: str, precision: str, profile_name: str, exporte
     """
     from tqdm import tqdm
 
-    from exporter.bundle import export_bundle, split_precisions
-    from exporter.parity import ParityFailedError
-    from runtime.tolerances import parse_tolerance_overrides
+    from convdeploy.exporter.export.writer import export_bundle, split_precisions
+    from convdeploy.exporter.export.parity import ParityFailedError
+    from convdeploy.runtime.parity.tolerances import parse_tolerance_overrides
 
     wanted = split_precisions(precision)
     overrides = parse_tolerance_overrides(tolerance)
@@ -543,10 +543,10 @@ def check_cmd(bundle: str, checkpoint: str | None, data: str | None, samples: in
       convdeploy check bundles/resnet18 --checkpoint runs/resnet18/best --data val_images/
       convdeploy check bundles/lenet5 --tolerance int8.max_accuracy_drop=0.5 --report parity.json
     """
-    from exporter.bundle import check_bundle
-    from runtime.tolerances import parse_tolerance_overrides
-    from runtime.errors import CheckFailedError
-    from runtime.fsutil import atomic_write_json
+    from convdeploy.exporter.export.writer import check_bundle
+    from convdeploy.runtime.parity.tolerances import parse_tolerance_overrides
+    from convdeploy.runtime.errors import CheckFailedError
+    from convdeploy.runtime.fsutil import atomic_write_json
 
     report = check_bundle(bundle, checkpoint, data=data, samples=samples, precisions=precision,
                           profile=profile_name, tolerances=parse_tolerance_overrides(tolerance), tta=not no_tta)
@@ -621,9 +621,9 @@ def _train_config(base: Any, out: str, resume: bool, options: dict[str, Any]) ->
     """The TrainConfig of a train/finetune command: defaults < options; on --resume the saved run's."""
     from pathlib import Path
 
-    from exporter.checkpoint import read_meta
-    from exporter.training import TrainConfig
-    from runtime.errors import UsageError
+    from convdeploy.exporter.training.checkpoint import read_meta
+    from convdeploy.exporter.training.loop import TrainConfig
+    from convdeploy.runtime.errors import UsageError
 
     given = {k: v for k, v in options.items() if v is not None}
     if not resume:
@@ -632,7 +632,7 @@ def _train_config(base: Any, out: str, resume: bool, options: dict[str, Any]) ->
     if changed:
         raise UsageError(f"--{changed[0].replace('_', '-')} cannot change on --resume",
                          "the run continues with its saved settings; only --epochs, --workers and --device may change")
-    from exporter.training import check_run_dir
+    from convdeploy.exporter.training.loop import check_run_dir
 
     check_run_dir(Path(out), resume=True, overwrite=False)  # also repairs a replacement cut short by a kill
     saved = read_meta(Path(out) / "last").get("train_config") or {}
@@ -685,13 +685,13 @@ def train_cmd(arch: str, data: str, out: str | None, num_classes: int | None, st
     """
     import os
 
-    from exporter.training import compare_plain_residual, suggested_config, train
+    from convdeploy.exporter.training.loop import compare_plain_residual, suggested_config, train
 
     out = out or f"runs/{arch}"
     config = _train_config(suggested_config(arch, data), out, resume, {**options, "strict": strict or None})
     if compare_plain:
         if resume:
-            from runtime.errors import UsageError
+            from convdeploy.runtime.errors import UsageError
 
             raise UsageError("--compare-plain cannot --resume", "rerun it with --overwrite")
         summary = compare_plain_residual(arch, data, config, out, progress=not no_progress, overwrite=overwrite)
@@ -740,7 +740,7 @@ def finetune_cmd(arch: str, weights: str, freeze: str, data: str, out: str | Non
           --image-size 32 --freeze all-but-head --out runs/r18-digits
       convdeploy finetune googlenet --weights googlenet.safetensors --data photos/ --freeze until:inception4e
     """
-    from exporter.transfer import finetune, finetune_config
+    from convdeploy.exporter.training.transfer import finetune, finetune_config
 
     out = out or f"runs/{arch}-finetune"
     config = _train_config(finetune_config(), out, resume, {**options, "strict": strict or None})
@@ -774,7 +774,7 @@ def digits_cmd(out_dir: str, overwrite: bool, as_json: bool) -> None:
       convdeploy digits data/digits
       convdeploy train lenet5 --data data/digits --out runs/lenet5-folder
     """
-    from exporter.data import write_digits_imagefolder
+    from convdeploy.exporter.data.datasets import write_digits_imagefolder
 
     counts = write_digits_imagefolder(out_dir, overwrite=overwrite)
     if as_json:
@@ -805,7 +805,7 @@ def demo_cmd(out: str, epochs: int | None, overwrite: bool, no_progress: bool, a
       convdeploy demo --out demo-run
       convdeploy predict demo-run/bundle demo-run/digits/val/7
     """
-    from exporter.demo import run_demo
+    from convdeploy.exporter.demo import run_demo
 
     log = (lambda message: None) if as_json else click.echo
     summary = run_demo(out, epochs=epochs, overwrite=overwrite, progress=not (no_progress or as_json), log=log)

@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def run_export(arch: str, exporter: str, data: str, samples: int, out: Path) -> dict:
-    cmd = [sys.executable, str(REPO / "cli.py"), "export", arch, "--out", str(out), "--precision", "fp32",
+    cmd = [sys.executable, "-m", "convdeploy.cli", "export", arch, "--out", str(out), "--precision", "fp32",
            "--exporter", exporter, "--data", data, "--parity-samples", str(samples), "--json", "--overwrite"]
     env = dict(os.environ, PYTHONPATH=str(REPO))
     start = time.perf_counter()

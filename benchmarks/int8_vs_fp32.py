@@ -33,7 +33,6 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def cpu_flags() -> str:
@@ -49,9 +48,9 @@ def build_variants(arch: str, root: Path, calib: np.ndarray) -> dict[str, Path]:
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from exporter.onnx_export import export_onnx
-    from exporter.precision import quantize_int8
-    from exporter.registry import create_model, get_entry
+    from convdeploy.exporter.export.onnx_export import export_onnx
+    from convdeploy.exporter.export.precision import quantize_int8
+    from convdeploy.exporter.architectures.registry import create_model, get_entry
 
     torch.manual_seed(0)
     fp32 = root / f"{arch}.onnx"
@@ -91,10 +90,10 @@ def main() -> None:
 
     import onnxruntime as ort
 
-    from exporter.data import labelled_images
-    from runtime.backends import create_backend
-    from runtime.metrics import compare_outputs
-    from runtime.preprocess import IMAGENET_EVAL, preprocess_batch
+    from convdeploy.exporter.data.datasets import labelled_images
+    from convdeploy.runtime.backends import create_backend
+    from convdeploy.runtime.parity.metrics import compare_outputs
+    from convdeploy.runtime.transforms.preprocess import IMAGENET_EVAL, preprocess_batch
 
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores ({cpu_flags()}), "
           f"load average {os.getloadavg()[0]:.2f}; onnxruntime {ort.__version__}; threads={args.threads}",

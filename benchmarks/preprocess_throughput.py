@@ -27,7 +27,6 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 import argparse  # noqa: E402
 import io  # noqa: E402
 import platform  # noqa: E402
-import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Callable  # noqa: E402
@@ -36,10 +35,9 @@ import numpy as np  # noqa: E402
 import PIL  # noqa: E402
 from PIL import Image  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from runtime.imageio import decode_image  # noqa: E402
-from runtime.preprocess import (  # noqa: E402
+from convdeploy.runtime.transforms.imageio import decode_image  # noqa: E402
+from convdeploy.runtime.transforms.preprocess import (  # noqa: E402
     IMAGENET_EVAL,
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -164,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
           f"max {draft_err.max():.0f} levels of 255 -- not identical, never the default")
 
     if args.json:
-        from runtime.fsutil import atomic_write_json
+        from convdeploy.runtime.fsutil import atomic_write_json
 
         atomic_write_json(args.json, {
             "images_per_s": rates,

@@ -46,7 +46,6 @@ from typing import Any, Callable  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def interleaved(fns: dict[str, Callable[[], Any]], rounds: int, warmup: int = 3,
@@ -118,7 +117,7 @@ def make_imagefolder(root: Path, photos: Path) -> Path:
 
 
 def export(root: Path, arch: str, data: Path, precisions: str) -> Path:
-    from exporter.bundle import export_bundle
+    from convdeploy.exporter.export.writer import export_bundle
 
     out = root / f"{arch}-{precisions.replace(',', '-')}"
     if not (out / "manifest.json").is_file():
@@ -133,7 +132,7 @@ def bare_ort_session(model: Path, threads: int, spinning: str = "run") -> Any:
     """A plain session with the Predictor's options (so only the wrapper differs)."""
     import onnxruntime as ort
 
-    from runtime.backends.onnxruntime_backend import SPINNING
+    from convdeploy.runtime.backends.onnxruntime_backend import SPINNING
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
@@ -166,7 +165,7 @@ def wrapper_cost_us(root: Path) -> float:
     import onnx
     from onnx import TensorProto, helper
 
-    from runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
+    from convdeploy.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
 
     path = root / "identity.onnx"
     graph = helper.make_graph([helper.make_node("GlobalAveragePool", ["input"], ["logits"])], "g",
@@ -181,7 +180,7 @@ def wrapper_cost_us(root: Path) -> float:
 
 
 def batch_of(bundle: Path, n: int) -> np.ndarray:
-    from runtime.bundle import Bundle
+    from convdeploy.runtime.bundle.reader import Bundle
 
     g = Bundle.load(bundle, verify_hashes=False).golden()["inputs"]
     return np.ascontiguousarray(np.concatenate([g] * (-(-n // len(g))))[:n])
@@ -201,9 +200,9 @@ def main() -> None:
     import onnxruntime as ort
     import torch
 
-    from exporter.bundle import load_source
-    from runtime.predictor import Predictor, expand_sources
-    from runtime.verify import verify_bundle
+    from convdeploy.exporter.export.writer import load_source
+    from convdeploy.runtime.predictor import Predictor, expand_sources
+    from convdeploy.runtime.verify import verify_bundle
 
     threads = args.threads
     torch.set_num_threads(threads)
@@ -252,7 +251,7 @@ def main() -> None:
 
     # 2. onnxruntime FP32 vs PyTorch eager ----------------------------------------------------
     if 2 in sections:
-        from exporter import model_info
+        from convdeploy.exporter import model_info
 
         rows = []
         sgemm = sgemm_gflops()
@@ -370,7 +369,7 @@ def main() -> None:
 
     # 5. spinning policies ----------------------------------------------------------------
     if 5 in sections:
-        from runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
+        from convdeploy.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
 
         rows = []
         x = batch_of(r18, 1)

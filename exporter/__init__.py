@@ -21,11 +21,11 @@ __all__ = [
 
 # Python API name -> module that defines it (loaded on first use; each imports torch).
 _LAZY = {
-    "train": "exporter.training",
-    "finetune": "exporter.transfer",
-    "load_checkpoint": "exporter.checkpoint",
-    "export_bundle": "exporter.bundle",
-    "check_bundle": "exporter.bundle",
+    "train": "convdeploy.exporter.training.loop",
+    "finetune": "convdeploy.exporter.training.transfer",
+    "load_checkpoint": "convdeploy.exporter.training.checkpoint",
+    "export_bundle": "convdeploy.exporter.export.writer",
+    "check_bundle": "convdeploy.exporter.export.writer",
 }
 
 
@@ -34,25 +34,25 @@ def __getattr__(name: str) -> Any:
         import importlib
 
         return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'exporter' has no attribute {name!r}")
+    raise AttributeError(f"module 'convdeploy.exporter' has no attribute {name!r}")
 
 
 def create_model(name: str, num_classes: int | None = None, **kwargs: Any):
     """Build a registered architecture by name (see :func:`list_models`)."""
-    from exporter.registry import create_model as _create
+    from convdeploy.exporter.architectures.registry import create_model as _create
 
     return _create(name, num_classes=num_classes, **kwargs)
 
 
 def list_models(pattern: str | None = None) -> list[str]:
     """Names of every registered architecture, optionally filtered by a glob pattern."""
-    from exporter.registry import list_models as _list
+    from convdeploy.exporter.architectures.registry import list_models as _list
 
     return _list(pattern)
 
 
 def model_info(name: str) -> dict[str, Any]:
     """Metadata of a registered architecture (paper, input size, preprocessing, ...)."""
-    from exporter.registry import model_info as _info
+    from convdeploy.exporter.architectures.registry import model_info as _info
 
     return _info(name)

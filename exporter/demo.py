@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from runtime.errors import CheckFailedError, InputError
+from convdeploy.runtime.errors import CheckFailedError, InputError
 
 DEMO_ARCH = "lenet5"
 DEMO_PROFILE = "jetson-orin"
@@ -37,11 +37,11 @@ def run_demo(
     ``bundle/`` (the deploy bundle), ``digits/`` (the digits as an ImageFolder of PNGs).
     Raises :class:`CheckFailedError` when the export gate or a verify fails.
     """
-    from exporter.bundle import export_bundle
-    from exporter.data import write_digits_imagefolder
-    from exporter.training import suggested_config, train
-    from runtime.predictor import Predictor
-    from runtime.verify import verify_bundle
+    from convdeploy.exporter.export.writer import export_bundle
+    from convdeploy.exporter.data.datasets import write_digits_imagefolder
+    from convdeploy.exporter.training.loop import suggested_config, train
+    from convdeploy.runtime.predictor import Predictor
+    from convdeploy.runtime.verify import verify_bundle
 
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()) and not overwrite:

@@ -11,11 +11,11 @@ __all__ = ["Predictor", "Bundle", "compare", "verify_bundle", "bench_bundle"]
 
 # Python API name -> (module, attribute), loaded on first use.
 _LAZY = {
-    "Predictor": ("runtime.predictor", "Predictor"),
-    "Bundle": ("runtime.bundle", "Bundle"),
-    "compare": ("runtime.metrics", "compare_outputs"),
-    "verify_bundle": ("runtime.verify", "verify_bundle"),
-    "bench_bundle": ("runtime.bench", "bench_bundle"),
+    "Predictor": ("convdeploy.runtime.predictor", "Predictor"),
+    "Bundle": ("convdeploy.runtime.bundle.reader", "Bundle"),
+    "compare": ("convdeploy.runtime.parity.metrics", "compare_outputs"),
+    "verify_bundle": ("convdeploy.runtime.verify", "verify_bundle"),
+    "bench_bundle": ("convdeploy.runtime.bench", "bench_bundle"),
 }
 
 
@@ -25,4 +25,4 @@ def __getattr__(name: str) -> Any:
 
         module, attr = _LAZY[name]
         return getattr(importlib.import_module(module), attr)
-    raise AttributeError(f"module 'runtime' has no attribute {name!r}")
+    raise AttributeError(f"module 'convdeploy.runtime' has no attribute {name!r}")

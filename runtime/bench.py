@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
-from runtime.bundle import Bundle
-from runtime.errors import UsageError
+from convdeploy.runtime.bundle.reader import Bundle
+from convdeploy.runtime.errors import UsageError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from profiles import Profile
+    from convdeploy.runtime.targets import Profile
 
 
 def latency_stats(seconds: Sequence[float], batch: int) -> dict[str, float]:
@@ -95,7 +95,7 @@ def bench_bundle(
     over ``e2e_images`` images (the files repeated as needed) is measured per batch
     size too, and compared with model-only throughput at the same batch size.
     """
-    from runtime.predictor import Predictor, _load_profile
+    from convdeploy.runtime.predictor import Predictor, _load_profile
 
     prof = _load_profile(profile)
     if not batch_sizes or any((not isinstance(b, int)) or b < 1 for b in batch_sizes):

@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-from runtime.errors import BundleError, InputError
+from convdeploy.runtime.errors import BundleError, InputError
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, TypeVar
 
-from runtime.errors import UsageError
+from convdeploy.runtime.errors import UsageError
 
 T = TypeVar("T")
 

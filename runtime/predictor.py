@@ -26,14 +26,14 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence, U
 import numpy as np
 from PIL import Image
 
-from runtime.bundle import Bundle
-from runtime.errors import ConvDeployError, InputError, UsageError
-from runtime.imageio import MAX_PIXELS, decode_image, is_image_file
-from runtime.tta import TTASpec, make_views, merge_views, softmax
+from convdeploy.runtime.bundle.reader import Bundle
+from convdeploy.runtime.errors import ConvDeployError, InputError, UsageError
+from convdeploy.runtime.transforms.imageio import MAX_PIXELS, decode_image, is_image_file
+from convdeploy.runtime.transforms.tta import TTASpec, make_views, merge_views, softmax
 
 if TYPE_CHECKING:  # pragma: no cover
-    from profiles import Profile
-    from runtime.backends import Selection
+    from convdeploy.runtime.targets import Profile
+    from convdeploy.runtime.backends import Selection
 
 ImageLike = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]
 
@@ -165,7 +165,7 @@ class Predictor:
         ``profile``: a profile name, TOML path or :class:`profiles.Profile`; it sets the
         provider order, the default precision and the batch limits.
         """
-        from runtime.backends import open_bundle_backend
+        from convdeploy.runtime.backends import open_bundle_backend
 
         prof = _load_profile(profile)
         bundle = Bundle.load(path, verify_hashes=verify_hashes)
@@ -306,7 +306,7 @@ class Predictor:
 def _load_profile(profile: Any) -> "Profile | None":
     if profile is None:
         return None
-    from profiles import Profile, load_profile
+    from convdeploy.runtime.targets import Profile, load_profile
 
     return profile if isinstance(profile, Profile) else load_profile(profile)
 

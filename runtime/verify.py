@@ -18,14 +18,14 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
-from runtime.bundle import Bundle
-from runtime.metrics import compare_outputs, format_table, judge
-from runtime.errors import BundleError
-from runtime.tolerances import layer_for, tolerances_for
-from runtime.tta import merge_views
+from convdeploy.runtime.bundle.reader import Bundle
+from convdeploy.runtime.parity.metrics import compare_outputs, format_table, judge
+from convdeploy.runtime.errors import BundleError
+from convdeploy.runtime.parity.tolerances import layer_for, tolerances_for
+from convdeploy.runtime.transforms.tta import merge_views
 
 if TYPE_CHECKING:  # pragma: no cover
-    from profiles import Profile
+    from convdeploy.runtime.targets import Profile
 
 
 @dataclass
@@ -71,7 +71,7 @@ def _artifact_precision(bundle: Bundle, artifact: str) -> str | None:
     """
     files = bundle.manifest["files"]
     if artifact.endswith(".engine"):
-        from runtime.backends.tensorrt_backend import read_sidecar
+        from convdeploy.runtime.backends.tensorrt_backend import read_sidecar
 
         path = Path(artifact) if Path(artifact).is_absolute() else bundle.root / artifact
         onnx_sha = read_sidecar(path).get("onnx_sha256")
@@ -108,8 +108,8 @@ def verify_bundle(
     keys of that tier after the profile's ``[tolerances.<precision>]`` table: flat, or
     keyed by precision as :func:`runtime.tolerances.parse_tolerance_overrides` gives it.
     """
-    from runtime.backends import open_bundle_backend
-    from runtime.predictor import _load_profile
+    from convdeploy.runtime.backends import open_bundle_backend
+    from convdeploy.runtime.predictor import _load_profile
 
     prof = _load_profile(profile)
     bundle = path if isinstance(path, Bundle) else Bundle.load(path)

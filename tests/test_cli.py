@@ -7,7 +7,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from cli import main
+from convdeploy.cli import main
 from tests.conftest import run_without_torch
 
 
@@ -23,7 +23,7 @@ def test_version(cli):
 
 
 def test_models_json_lists_every_registered_architecture_with_counts(cli):
-    from exporter import list_models
+    from convdeploy.exporter import list_models
 
     r = cli("models", "--json")
     assert r.exit_code == 0
@@ -63,7 +63,7 @@ def test_user_error_is_one_line_with_exit_2(cli):
 
 
 def test_debug_shows_the_exception():
-    from runtime.errors import ProfileError
+    from convdeploy.runtime.errors import ProfileError
 
     r = CliRunner().invoke(main, ["--debug", "profiles", "no-such-target"])
     assert isinstance(r.exception, ProfileError)
@@ -72,7 +72,7 @@ def test_debug_shows_the_exception():
 def test_cli_starts_without_torch():
     proc = run_without_torch(
         "import sys; sys.argv = ['convdeploy', '--help']\n"
-        "import cli\n"
+        "import convdeploy.cli as cli\n"
         "try:\n    cli.main()\nexcept SystemExit as e:\n    assert e.code == 0, e.code\n"
         "assert 'torch' not in sys.modules\n"
     )
@@ -83,15 +83,14 @@ def test_cli_starts_without_torch():
 def test_torch_commands_say_torch_is_missing():
     proc = run_without_torch(
         "import sys; sys.argv = ['convdeploy', 'models']\n"
-        "import cli\ncli.main()\n"
+        "import convdeploy.cli as cli\ncli.main()\n"
     )
     assert proc.returncode == 2
     assert "needs PyTorch" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_python_api_mirrors_the_cli():
-    import exporter
-    import runtime
+    from convdeploy import exporter, runtime
 
     for name in exporter.__all__:
         assert callable(getattr(exporter, name)), name
@@ -102,5 +101,5 @@ def test_python_api_mirrors_the_cli():
 
 
 def test_importing_the_packages_stays_light():
-    proc = run_without_torch("import exporter, runtime, profiles\nimport sys\nassert 'torch' not in sys.modules\n")
+    proc = run_without_torch("import convdeploy.exporter, convdeploy.runtime, convdeploy.profiles\nimport sys\nassert 'torch' not in sys.modules\n")
     assert proc.returncode == 0, proc.stderr

@@ -6,7 +6,7 @@ import json
 
 from click.testing import CliRunner
 
-from cli import main
+from convdeploy.cli import main
 
 
 def test_demo_end_to_end(tmp_path):

@@ -7,8 +7,8 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from cli import main
-from tests.exporter.export_helpers import cached_lenet_checkpoint, leftovers, write_factory
+from convdeploy.cli import main
+from tests.exporter.export.export_helpers import cached_lenet_checkpoint, leftovers, write_factory
 
 WRONG_SPEC = '{"color_mode": "L", "resize": [32, 32], "crop": null, "mean": [0.0], "std": [1.0]}'
 

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from cli import main
-from runtime.backends import available_backends
+from convdeploy.cli import main
+from convdeploy.runtime.backends import available_backends
 from tests.runtime.conftest import photo_folder, rehash, write_bundle  # noqa: F401 (fixture)
 
 
@@ -137,7 +137,7 @@ def test_tensorrt_problems_are_one_line_exit_2(copy, monkeypatch):
         one_error_line(run("verify", copy(), "--backend", "tensorrt"), 2, "TensorRT is not installed")
     # An engine built on another GPU, checked through a FAKE tensorrt module (no GPU here;
     # see tests/runtime/fake_tensorrt.py for why and what it fakes).
-    from tests.runtime import fake_tensorrt as fake
+    from tests.runtime.backends import fake_tensorrt as fake
 
     fake.install(monkeypatch, "10.3.0", cuda=fake.FakeCuda(name="NVIDIA H100", cc=(9, 0)))
     b = copy()

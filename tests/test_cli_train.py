@@ -16,8 +16,8 @@ from click.testing import CliRunner
 from PIL import Image
 from safetensors.torch import load_file
 
-from cli import main
-from exporter.checkpoint import read_meta
+from convdeploy.cli import main
+from convdeploy.exporter.training.checkpoint import read_meta
 from tests.conftest import REPO
 
 TINY = ["--epochs", "1", "--train-limit", "64", "--val-limit", "32", "--workers", "0", "--no-progress"]
@@ -116,7 +116,7 @@ def test_checkpoint_mismatches_are_one_line(tmp_path):
 def test_finetune_reports_parameters(tmp_path):
     weights = tmp_path / "lenet.pth"
     torch.manual_seed(0)
-    from exporter.registry import create_model
+    from convdeploy.exporter.architectures.registry import create_model
 
     torch.save(create_model("lenet5", num_classes=10).state_dict(), weights)
     result = run("finetune", "lenet5", "--weights", str(weights), "--data", "digits", "--out", str(tmp_path / "f"),
@@ -131,7 +131,7 @@ def test_resume_after_a_kill_gives_the_uninterrupted_result(tmp_path):
             "--batch-size", "16", "--workers", "0", "--threads", "1", "--no-progress"]
     killed = tmp_path / "killed"
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.Popen([sys.executable, str(REPO / "cli.py"), "train", *args, "--out", str(killed)],
+    proc = subprocess.Popen([sys.executable, "-m", "convdeploy.cli", "train", *args, "--out", str(killed)],
                             cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 240

@@ -41,9 +41,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from exporter.architectures._base import ClassifierBase
-from exporter.registry import register_model
-from runtime.preprocess import IMAGENET_EVAL
+from convdeploy.exporter.architectures.base import ClassifierBase
+from convdeploy.exporter.architectures.registry import register_model
+from convdeploy.runtime.transforms.preprocess import IMAGENET_EVAL
 
 __all__ = ["AlexNet", "paper_lrn", "alexnet", "alexnet_paper", "LRN_K", "LRN_SIZE", "LRN_ALPHA", "LRN_BETA"]
 

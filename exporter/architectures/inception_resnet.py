@@ -27,9 +27,9 @@ from typing import Any, Sequence, Union
 import torch
 from torch import nn
 
-from exporter.architectures._base import ClassifierBase
-from exporter.registry import register_model
-from runtime.preprocess import PreprocessSpec, digits_spec
+from convdeploy.exporter.architectures.base import ClassifierBase
+from convdeploy.exporter.architectures.registry import register_model
+from convdeploy.runtime.transforms.preprocess import PreprocessSpec, digits_spec
 
 __all__ = ["BasicConv2d", "InceptionBranches", "InceptionResidual", "InceptionResNet"]
 

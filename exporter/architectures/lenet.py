@@ -51,10 +51,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from exporter.architectures._base import ClassifierBase
-from exporter.registry import register_model
-from runtime.errors import UsageError
-from runtime.preprocess import digits_spec
+from convdeploy.exporter.architectures.base import ClassifierBase
+from convdeploy.exporter.architectures.registry import register_model
+from convdeploy.runtime.errors import UsageError
+from convdeploy.runtime.transforms.preprocess import digits_spec
 
 __all__ = [
     "LeNet5",

@@ -47,9 +47,9 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from exporter.architectures._base import ClassifierBase
-from exporter.registry import register_model
-from runtime.preprocess import IMAGENET_EVAL, PreprocessSpec
+from convdeploy.exporter.architectures.base import ClassifierBase
+from convdeploy.exporter.architectures.registry import register_model
+from convdeploy.runtime.transforms.preprocess import IMAGENET_EVAL, PreprocessSpec
 
 __all__ = ["MLPConv", "NiN", "CIFAR10_EVAL", "nin", "nin_imagenet"]
 

@@ -20,12 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from runtime.backends.base import Backend, BackendInfo, TensorSpec
-from runtime.errors import BackendUnavailableError, EngineMismatchError, UsageError
+from convdeploy.runtime.backends.base import Backend, BackendInfo, TensorSpec
+from convdeploy.runtime.errors import BackendUnavailableError, EngineMismatchError, UsageError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from profiles import Profile
-    from runtime.bundle import Bundle
+    from convdeploy.runtime.targets import Profile
+    from convdeploy.runtime.bundle.reader import Bundle
 
 BACKENDS = ("onnxruntime", "tensorrt", "openvino")
 
@@ -50,7 +50,7 @@ def available_backends() -> list[str]:
 
 
 def _cudart_loadable() -> bool:
-    from runtime.backends.tensorrt_backend import find_libcudart
+    from convdeploy.runtime.backends.tensorrt_backend import find_libcudart
 
     return find_libcudart() is not None
 
@@ -74,15 +74,15 @@ def create_backend(name: str, model_path: str | os.PathLike, **opts: Any) -> Bac
             raise BackendUnavailableError("no inference backend is installed",
                                           "pip install 'convdeploy[cpu]' or 'convdeploy[openvino]'")
     if name == "onnxruntime":
-        from runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
+        from convdeploy.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
 
         return OnnxRuntimeBackend(model_path, **opts)
     if name == "tensorrt":
-        from runtime.backends.tensorrt_backend import TensorRTBackend
+        from convdeploy.runtime.backends.tensorrt_backend import TensorRTBackend
 
         return TensorRTBackend(model_path, **opts)
     if name == "openvino":
-        from runtime.backends.openvino_backend import OpenVINOBackend
+        from convdeploy.runtime.backends.openvino_backend import OpenVINOBackend
 
         return OpenVINOBackend(model_path, **opts)
     raise UsageError(f"unknown backend {name!r}", f"use one of auto, {', '.join(BACKENDS)}")
@@ -107,7 +107,7 @@ class Selection:
 
 
 def _gpu_providers_available() -> list[str]:
-    from runtime.backends.onnxruntime_backend import CUDA, TENSORRT, available_providers
+    from convdeploy.runtime.backends.onnxruntime_backend import CUDA, TENSORRT, available_providers
 
     have = available_providers()
     return [p for p in (TENSORRT, CUDA) if p in have]
@@ -159,7 +159,7 @@ def open_bundle_backend(
             if backend == "auto" and "tensorrt" not in available_backends():
                 notes.append("tensorrt: not installed")
                 continue
-            from runtime.backends.tensorrt_backend import TensorRTBackend, _import_tensorrt
+            from convdeploy.runtime.backends.tensorrt_backend import TensorRTBackend, _import_tensorrt
 
             try:
                 _import_tensorrt()  # the root cause first: no TensorRT here
@@ -179,12 +179,12 @@ def open_bundle_backend(
         if name == "onnxruntime":
             if not _has("onnxruntime"):
                 if backend != "auto":
-                    from runtime.backends.onnxruntime_backend import _import_ort
+                    from convdeploy.runtime.backends.onnxruntime_backend import _import_ort
 
                     _import_ort()
                 notes.append("onnxruntime: not installed")
                 continue
-            from runtime.backends.onnxruntime_backend import CPU, OnnxRuntimeBackend
+            from convdeploy.runtime.backends.onnxruntime_backend import CPU, OnnxRuntimeBackend
 
             if profile is not None:
                 providers = list(profile.providers)
@@ -208,7 +208,7 @@ def open_bundle_backend(
                     raise BackendUnavailableError("OpenVINO is not installed", "pip install 'convdeploy[openvino]'")
                 notes.append("openvino: not installed")
                 continue
-            from runtime.backends.openvino_backend import OpenVINOBackend
+            from convdeploy.runtime.backends.openvino_backend import OpenVINOBackend
 
             path = bundle.artifact_path(precision)
             # Asked explicitly for fp32: hold OpenVINO to f32. Otherwise its device default
@@ -230,8 +230,8 @@ def open_bundle_backend(
 def _find_bundle_engine(bundle: "Bundle", precision: str, explicit: bool, profile: "Profile | None") -> Path:
     """The engine to run: of ``precision`` when asked for; else the profile's default
     precision first (engines are usually FP16/INT8 builds of the FP32 ONNX), then any."""
-    from runtime.backends.tensorrt_backend import find_engine
-    from runtime.errors import BundleError
+    from convdeploy.runtime.backends.tensorrt_backend import find_engine
+    from convdeploy.runtime.errors import BundleError
 
     hashes = {bundle.manifest["files"].get(a["file"]) for a in bundle.manifest["artifacts"].values()}
     wanted = [precision] if explicit else list(dict.fromkeys(

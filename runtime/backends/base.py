@@ -12,7 +12,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from runtime.errors import InputError
+from convdeploy.runtime.errors import InputError
 
 
 @dataclass(frozen=True)

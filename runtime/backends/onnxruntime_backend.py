@@ -23,8 +23,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from runtime.backends.base import BackendInfo, TensorSpec, conform_batch
-from runtime.errors import BackendUnavailableError, BundleError, UsageError
+from convdeploy.runtime.backends.base import BackendInfo, TensorSpec, conform_batch
+from convdeploy.runtime.errors import BackendUnavailableError, BundleError, UsageError
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from runtime.backends.base import BackendInfo, TensorSpec, conform_batch
-from runtime.errors import BackendUnavailableError, BundleError, UsageError
+from convdeploy.runtime.backends.base import BackendInfo, TensorSpec, conform_batch
+from convdeploy.runtime.errors import BackendUnavailableError, BundleError, UsageError
 
 _HINTS = {"f32": "f32", "fp32": "f32", "f16": "f16", "fp16": "f16", "bf16": "bf16"}
 _REPORTED = {"f32": "fp32", "f16": "fp16", "bf16": "bf16"}

@@ -39,9 +39,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from runtime.backends.base import BackendInfo, TensorSpec, conform_batch
-from runtime.errors import BackendUnavailableError, BundleError, EngineMismatchError, InputError, UsageError
-from runtime.fsutil import sha256_file
+from convdeploy.runtime.backends.base import BackendInfo, TensorSpec, conform_batch
+from convdeploy.runtime.errors import BackendUnavailableError, BundleError, EngineMismatchError, InputError, UsageError
+from convdeploy.runtime.fsutil import sha256_file
 
 SIDECAR_REQUIRED = ("tensorrt_version", "gpu_name", "compute_capability", "precision")
 

@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from runtime.fsutil import atomic_write_json, sha256_file
-from runtime.manifest import MANIFEST_FORMAT, MANIFEST_SCHEMA_VERSION, validate_manifest
-from runtime.preprocess import PreprocessSpec, preprocess
-from runtime.tta import TTASpec, make_views, merge_views
+from convdeploy.runtime.fsutil import atomic_write_json, sha256_file
+from convdeploy.runtime.bundle.contract import MANIFEST_FORMAT, MANIFEST_SCHEMA_VERSION, validate_manifest
+from convdeploy.runtime.transforms.preprocess import PreprocessSpec, preprocess
+from convdeploy.runtime.transforms.tta import TTASpec, make_views, merge_views
 
 CLASSES = [f"class_{i}" for i in range(10)]
 SPEC = PreprocessSpec(resize=40, crop=(32, 32))

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from runtime.errors import ProfileError, UsageError
-from runtime.predictor import Prediction, Predictor, expand_sources
-from runtime.preprocess import preprocess
-from runtime.tta import TTASpec, make_views, merge_views, softmax
+from convdeploy.runtime.errors import ProfileError, UsageError
+from convdeploy.runtime.predictor import Prediction, Predictor, expand_sources
+from convdeploy.runtime.transforms.preprocess import preprocess
+from convdeploy.runtime.transforms.tta import TTASpec, make_views, merge_views, softmax
 from tests.runtime.conftest import SPEC, real_images
 
 ort = pytest.importorskip("onnxruntime")

@@ -27,11 +27,11 @@ try:
     raise SystemExit("torch imported: the block did not work")
 except ImportError:
     pass
-from runtime.bundle import Bundle
-from runtime.predictor import Predictor
-from runtime.verify import verify_bundle
-from runtime.bench import bench_bundle
-from runtime.backends import available_backends
+from convdeploy.runtime.bundle.reader import Bundle
+from convdeploy.runtime.predictor import Predictor
+from convdeploy.runtime.verify import verify_bundle
+from convdeploy.runtime.bench import bench_bundle
+from convdeploy.runtime.backends import available_backends
 
 bundle, tta_bundle, photos = {str(tiny_bundle)!r}, {str(tta_bundle)!r}, {[str(p) for p in sample_photos]!r}
 Bundle.load(bundle)
@@ -47,7 +47,7 @@ b = bench_bundle(bundle, batch_sizes=[1, 2], iterations=2, warmup=1, images=phot
 assert len(b["model_only"]) == 2 and b["end_to_end"][0]["errors"] == 0
 
 from click.testing import CliRunner
-from cli import main
+from convdeploy.cli import main
 r = CliRunner().invoke(main, ["predict", bundle, *photos, "--json", "--topk", "2"])
 assert r.exit_code == 0, r.output
 assert len(json.loads(r.stdout)["predictions"]) == 2
@@ -78,9 +78,9 @@ def test_a_real_exported_bundle_decides_like_its_pytorch_source_without_torch(tm
     torch = pytest.importorskip("torch")
     from sklearn.datasets import load_digits
 
-    from exporter.bundle import export_bundle, load_source
-    from runtime.imageio import decode_image
-    from runtime.preprocess import preprocess
+    from convdeploy.exporter.export.writer import export_bundle, load_source
+    from convdeploy.runtime.transforms.imageio import decode_image
+    from convdeploy.runtime.transforms.preprocess import preprocess
 
     out = tmp_path / "lenet5"
     export_bundle("lenet5", out, data="digits", precisions="fp32,int8", seed=0)
@@ -98,8 +98,8 @@ def test_a_real_exported_bundle_decides_like_its_pytorch_source_without_torch(tm
 
     code = f"""
 import json
-from runtime.predictor import Predictor
-from runtime.verify import verify_bundle
+from convdeploy.runtime.predictor import Predictor
+from convdeploy.runtime.verify import verify_bundle
 out, files = {str(out)!r}, {files!r}
 results = {{}}
 for precision in ("fp32", "int8"):

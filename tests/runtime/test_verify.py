@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from runtime.backends import available_backends
-from runtime.errors import BundleError, UsageError
-from runtime.tolerances import TIERS
-from runtime.verify import verify_bundle
+from convdeploy.runtime.backends import available_backends
+from convdeploy.runtime.errors import BundleError, UsageError
+from convdeploy.runtime.parity.tolerances import TIERS
+from convdeploy.runtime.verify import verify_bundle
 from tests.runtime.conftest import rehash
 
 

@@ -1,0 +1,78 @@
+"""Timing the PyTorch source model, for ``convdeploy bench --compare-torch``.
+
+Lives on the exporter side because it imports torch; the runtime's bench calls it only
+when asked, so a torch-free target never loads it. The same timing loop and statistics
+as :mod:`runtime.bench` are used, so the ratio compares like with like.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from convdeploy.runtime.bench import latency_stats, time_callable
+from convdeploy.runtime.errors import UsageError
+
+
+def load_torch_model(checkpoint: str | os.PathLike) -> tuple[torch.nn.Module, str]:
+    """A checkpoint directory (or its model.safetensors), or a registered architecture name
+    (random weights: fine for timing, meaningless for accuracy)."""
+    p = Path(checkpoint)
+    if p.exists():
+        from convdeploy.exporter.training.checkpoint import load_checkpoint
+
+        ck = load_checkpoint(p)
+        return ck.model.eval(), f"checkpoint {p} ({ck.architecture})"
+    from convdeploy.exporter.architectures.registry import create_model, list_models
+
+    name = str(checkpoint)
+    if name not in list_models():
+        raise UsageError(f"--compare-torch: {name} is neither a checkpoint nor a registered model",
+                         "pass a checkpoint directory or a name from `convdeploy models`")
+    return create_model(name).eval(), f"{name} (random weights)"
+
+
+def bench_torch(
+    checkpoint: str | os.PathLike,
+    *,
+    sample_shape: Sequence[int],
+    batch_sizes: Sequence[int] = (1, 8),
+    threads: int | None = None,
+    warmup: int = 5,
+    iterations: int | None = None,
+    duration: float | None = None,
+    inputs: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """Eager PyTorch latency per batch size, under ``torch.inference_mode`` on the CPU.
+
+    ``threads`` sets ``torch.set_num_threads`` for the run (restored afterwards) so
+    that both sides use the same number of cores. ``inputs``: real preprocessed rows
+    (e.g. the bundle's golden inputs), tiled to the batch size.
+    """
+    model, what = load_torch_model(checkpoint)
+    old_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    rows = []
+    try:
+        with torch.inference_mode():
+            for b in batch_sizes:
+                if inputs is not None and len(inputs):
+                    reps = -(-b // len(inputs))
+                    x = torch.from_numpy(np.ascontiguousarray(np.concatenate([inputs] * reps)[:b], dtype=np.float32))
+                else:
+                    x = torch.randn(b, *sample_shape, generator=torch.Generator().manual_seed(0))
+                stats = latency_stats(time_callable(lambda: model(x), warmup=warmup, iterations=iterations,
+                                                    duration=duration), b)
+                stats["batch"] = b
+                rows.append(stats)
+    finally:
+        torch.set_num_threads(old_threads)
+    return {"model": what, "torch": torch.__version__, "threads": threads or old_threads, "model_only": rows}
+
+
+__all__ = ["bench_torch", "load_torch_model"]

@@ -1,0 +1,1 @@
+"""The training stage: configuration, the epoch loop, run directories, checkpoints, transfer learning."""

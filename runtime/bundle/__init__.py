@@ -1,0 +1,1 @@
+"""The bundle: its contract (file names, manifest, golden keys, engine sidecars) and its reader."""

@@ -1,0 +1,129 @@
+"""Loading a deploy bundle on the target, torch-free.
+
+:meth:`Bundle.load` validates ``manifest.json`` against its schema and checks the
+sha256 of every file it lists before anything is used, so an altered or truncated
+file is caught with one clear message instead of a wrong answer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from convdeploy.runtime.errors import BundleError, UsageError
+from convdeploy.runtime.fsutil import confined, sha256_file
+from convdeploy.runtime.bundle.contract import validate_manifest
+from convdeploy.runtime.transforms.preprocess import PreprocessSpec
+from convdeploy.runtime.transforms.tta import TTASpec
+
+MANIFEST_NAME = "manifest.json"
+
+
+@dataclass
+class Bundle:
+    """A validated bundle directory. Construct with :meth:`load`."""
+
+    root: Path
+    manifest: dict[str, Any]
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, verify_hashes: bool = True) -> "Bundle":
+        root = Path(path)
+        if not root.is_dir():
+            raise BundleError(f"bundle not found: {root}", "pass the directory written by `convdeploy export`")
+        manifest_path = root / MANIFEST_NAME
+        if not manifest_path.is_file():
+            raise BundleError(f"{root} has no {MANIFEST_NAME}", "is this a convdeploy bundle?")
+        try:
+            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise BundleError(f"{manifest_path} is not valid JSON ({exc})", "re-export the bundle") from None
+        bundle = cls(root=root, manifest=validate_manifest(manifest))
+        if verify_hashes:
+            bundle.verify_files()
+        return bundle
+
+    def verify_files(self) -> None:
+        """Check that every listed file exists and has the recorded sha256."""
+        for name, digest in self.manifest["files"].items():
+            path = confined(self.root, name)
+            if not path.is_file():
+                raise BundleError(f"bundle file missing: {name}", "copy the whole bundle directory")
+            actual = sha256_file(path)
+            if actual != digest:
+                raise BundleError(
+                    f"bundle file {name} was altered (sha256 {actual[:12]}..., manifest says {digest[:12]}...)",
+                    "copy the bundle again or re-export it",
+                )
+
+    # -- convenient views of the manifest ----------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.manifest["name"]
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.manifest["classes"])
+
+    @cached_property
+    def preprocess(self) -> PreprocessSpec:
+        return PreprocessSpec.from_dict(self.manifest["preprocess"])
+
+    @cached_property
+    def tta(self) -> TTASpec:
+        return TTASpec.from_dict(self.manifest.get("tta"))
+
+    @property
+    def precisions(self) -> list[str]:
+        return list(self.manifest["artifacts"])
+
+    @property
+    def default_precision(self) -> str:
+        return self.manifest["default_precision"]
+
+    @property
+    def input_name(self) -> str:
+        return self.manifest["inputs"][0]["name"]
+
+    @property
+    def output_name(self) -> str:
+        return self.manifest["outputs"][0]["name"]
+
+    def artifact(self, precision: str | None = None) -> dict[str, Any]:
+        precision = precision or self.default_precision
+        try:
+            return self.manifest["artifacts"][precision]
+        except KeyError:
+            raise UsageError(
+                f"bundle {self.name!r} has no {precision} model",
+                f"available: {', '.join(self.precisions)}; export it with --precision {precision}",
+            ) from None
+
+    def artifact_path(self, precision: str | None = None) -> Path:
+        return confined(self.root, self.artifact(precision)["file"])
+
+    def path(self, name: str) -> Path:
+        return confined(self.root, name)
+
+    def golden(self) -> dict[str, np.ndarray]:
+        """The reference inputs/outputs stored at export time (never unpickled)."""
+        name = self.manifest.get("golden")
+        if not name:
+            raise BundleError(f"bundle {self.name!r} has no golden.npz", "re-export it without --no-golden")
+        try:
+            with np.load(confined(self.root, name), allow_pickle=False) as data:
+                return {k: data[k] for k in data.files}
+        except (OSError, ValueError) as exc:
+            raise BundleError(f"cannot read {name}: {exc}") from None
+
+    def parity_report(self) -> dict[str, Any] | None:
+        name = self.manifest["parity"].get("file")
+        if not name:
+            return None
+        return json.loads(confined(self.root, name).read_text(encoding="utf-8"))

@@ -1,0 +1,1 @@
+"""Preprocessing, test-time augmentation, train-time augmentation and image decoding: numpy and Pillow only."""

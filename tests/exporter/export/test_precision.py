@@ -1,0 +1,178 @@
+"""FP16 and INT8 graphs: what the converters keep, how calibration is used, the flavors."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from convdeploy.exporter.export.onnx_export import export_onnx
+from convdeploy.exporter.export.precision import array_sha256, convert_fp16, fp16_storage_emulation, int8_flavor_for, quantize_int8
+from convdeploy.runtime.errors import UsageError
+
+
+def _run(path, x):
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return sess.run(None, {"input": x})[0]
+
+
+class Loud(torch.nn.Module):
+    """Activations of ~1e5 in the middle (beyond FP16's 65504), ordinary logits at the end."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.up = torch.nn.Conv2d(1, 4, 3, padding=1)
+        self.down = torch.nn.Conv2d(4, 4, 1)
+        self.fc = torch.nn.Linear(4, 3)
+        with torch.no_grad():
+            self.up.weight.fill_(2e4)
+            self.up.bias.zero_()
+            self.down.weight.fill_(1e-4)
+
+    def forward(self, x):
+        return self.fc(self.down(torch.relu(self.up(x))).mean((2, 3)))
+
+
+@pytest.fixture(scope="module")
+def loud_onnx(tmp_path_factory):
+    path = tmp_path_factory.mktemp("loud") / "loud.onnx"
+    torch.manual_seed(0)
+    export_onnx(Loud().eval(), path, input_shape=(1, 8, 8), exporter="torchscript", simplify=False)
+    return path
+
+
+def test_fp16_keeps_fp32_io_and_blocks_nodes_that_would_overflow(loud_onnx, tmp_path):
+    x = np.abs(np.random.default_rng(0).standard_normal((4, 1, 8, 8))).astype(np.float32)
+    ref = _run(loud_onnx, x)
+
+    info = convert_fp16(loud_onnx, tmp_path / "guarded.onnx", samples=x)
+    assert info["keep_io_types"] and info["blocked_nodes"] and info["activation_peak"] > 65504
+    onnx.checker.check_model(str(tmp_path / "guarded.onnx"), full_check=True)
+    model = onnx.load(str(tmp_path / "guarded.onnx"))
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert model.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    guarded = _run(tmp_path / "guarded.onnx", x)
+    assert np.isfinite(guarded).all() and np.allclose(guarded, ref, rtol=1e-2, atol=1e-2)
+
+    # Without the range check the conversion stores ~1e5 in FP16. onnxruntime's CPU
+    # provider computes it in FP32 and hides that; the FP16-storage emulation shows the
+    # overflow a GPU would produce, and keeps the guarded graph finite.
+    convert_fp16(loud_onnx, tmp_path / "naive.onnx", samples=None)
+    assert np.isfinite(_run(tmp_path / "naive.onnx", x)).all()
+    fp16_storage_emulation(tmp_path / "naive.onnx", tmp_path / "naive.emu.onnx")
+    assert not np.isfinite(_run(tmp_path / "naive.emu.onnx", x)).all()
+    fp16_storage_emulation(tmp_path / "guarded.onnx", tmp_path / "guarded.emu.onnx")
+    emulated = _run(tmp_path / "guarded.emu.onnx", x)
+    assert np.isfinite(emulated).all() and np.allclose(emulated, ref, rtol=1e-2, atol=1e-2)
+    assert not np.array_equal(emulated, guarded)  # the rounding is really applied
+
+
+def test_fp16_blocks_sensitive_ops(tmp_path):
+    """LRN (AlexNet 2012) sums squared activations: it stays in FP32, fed by a Cast."""
+    from onnx import TensorProto, helper
+
+    conv_w = helper.make_tensor("w", TensorProto.FLOAT, [4, 3, 3, 3], np.full(108, 0.1, np.float32).tolist())
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["input", "w"], ["c"]),
+         helper.make_node("LRN", ["c"], ["n"], size=5, alpha=5e-4, beta=0.75, bias=2.0),
+         helper.make_node("GlobalAveragePool", ["n"], ["p"]),
+         helper.make_node("Flatten", ["p"], ["logits"])],
+        "lrn", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 4])], [conv_w])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "lrn.onnx"))
+    info = convert_fp16(tmp_path / "lrn.onnx", tmp_path / "lrn16.onnx")
+    assert "LRN" in info["blocked_ops_present"]
+    model = onnx.load(str(tmp_path / "lrn16.onnx"))
+    producers = {o: n for n in model.graph.node for o in n.output}
+    lrn = next(n for n in model.graph.node if n.op_type == "LRN")
+    assert producers[lrn.input[0]].op_type == "Cast"  # back to FP32 before the LRN
+    x = np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    assert np.allclose(_run(tmp_path / "lrn16.onnx", x), _run(tmp_path / "lrn.onnx", x), rtol=1e-2, atol=1e-3)
+
+
+@pytest.fixture(scope="module")
+def small_cnn(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cnn") / "cnn.onnx"
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+                                torch.nn.Conv2d(8, 16, 3, stride=2), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                                torch.nn.Flatten(), torch.nn.Linear(16, 5)).eval()
+    export_onnx(model, path, input_shape=(3, 16, 16), exporter="torchscript")
+    return path
+
+
+def _input_scale(path) -> float:
+    model = onnx.load(str(path))
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    q = next(n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "input")
+    return float(inits[q.input[1]])
+
+
+def test_int8_flavors_and_per_channel_weights(small_cnn, tmp_path):
+    calib = np.random.default_rng(1).standard_normal((32, 3, 16, 16)).astype(np.float32)
+    for flavor, zp_type in (("s8s8", np.int8), ("u8s8", np.uint8)):
+        info = quantize_int8(small_cnn, tmp_path / f"{flavor}.onnx", calib, flavor=flavor)
+        assert info["flavor"] == flavor and info["samples"] == 32 and info["foreign_domains"] == []
+        assert info["inputs_sha256"] == array_sha256(calib)
+        model = onnx.load(str(tmp_path / f"{flavor}.onnx"))
+        inits = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+        q_in = next(n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "input")
+        assert inits[q_in.input[2]].dtype == zp_type
+        if flavor == "s8s8":
+            assert not inits[q_in.input[2]].any()  # symmetric: zero point 0
+        # Per-channel symmetric weights: one scale per output channel (axis 0), zero points 0.
+        weight_dq = [n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits
+                     and inits[n.input[0]].dtype == np.int8 and inits[n.input[0]].ndim == 4]
+        assert sorted(inits[n.input[0]].shape[0] for n in weight_dq) == [8, 16]
+        for n in weight_dq:
+            assert inits[n.input[1]].shape == (inits[n.input[0]].shape[0],) and not inits[n.input[2]].any()
+            assert next(a.i for a in n.attribute if a.name == "axis") == 0
+        # The logits are never quantized: the classifier's output stays FP32.
+        producers = {o: n for n in model.graph.node for o in n.output}
+        assert producers["logits"].op_type == "Gemm" and info["float_output"].startswith("Gemm")
+        gemm = producers["logits"]
+        assert producers[gemm.input[0]].op_type == "DequantizeLinear"  # its input and weights are INT8
+        out = _run(tmp_path / f"{flavor}.onnx", calib[:4])
+        ref = _run(small_cnn, calib[:4])
+        assert np.abs(out - ref).max() < 0.1 * np.abs(ref).max()
+    assert int8_flavor_for("tensorrt") == "s8s8" and int8_flavor_for("onnxruntime") == "u8s8"
+
+
+def test_calibration_is_computed_from_the_given_data_every_time(small_cnn, tmp_path):
+    rng = np.random.default_rng(2)
+    narrow = (0.5 * rng.standard_normal((32, 3, 16, 16))).astype(np.float32)
+    wide = (4.0 * rng.standard_normal((32, 3, 16, 16))).astype(np.float32)
+    quantize_int8(small_cnn, tmp_path / "a.onnx", narrow, flavor="s8s8", method="minmax")
+    quantize_int8(small_cnn, tmp_path / "b.onnx", wide, flavor="s8s8", method="minmax")
+    quantize_int8(small_cnn, tmp_path / "c.onnx", narrow, flavor="s8s8", method="minmax")
+    a, b, c = (_input_scale(tmp_path / f"{k}.onnx") for k in "abc")
+    assert b > 4 * a  # new data, new ranges: nothing cached from the first call
+    assert a == c  # and deterministic for the same data
+    assert a == pytest.approx(np.abs(narrow).max() / 127, rel=1e-6)  # MinMax, symmetric
+    quantize_int8(small_cnn, tmp_path / "p.onnx", wide, flavor="s8s8", method="percentile", percentile=99.0)
+    assert _input_scale(tmp_path / "p.onnx") < b  # the percentile clips the tails
+
+
+def test_entropy_calibration_is_not_minmax_in_disguise(small_cnn, tmp_path):
+    # Heavy tails: a few huge values that KL-divergence calibration should clip.
+    rng = np.random.default_rng(3)
+    calib = rng.standard_normal((32, 3, 16, 16)).astype(np.float32)
+    calib[0, 0, 0, :4] = 40.0
+    quantize_int8(small_cnn, tmp_path / "m.onnx", calib, flavor="s8s8", method="minmax")
+    info = quantize_int8(small_cnn, tmp_path / "e.onnx", calib, flavor="s8s8", method="entropy")
+    assert info["method"] == "entropy" and info["bins"] == 2048 and info["quantized_bins"] == 128
+    minmax, entropy = _input_scale(tmp_path / "m.onnx"), _input_scale(tmp_path / "e.onnx")
+    assert minmax == pytest.approx(40.0 / 127, rel=1e-6)
+    assert entropy < 0.5 * minmax  # the outliers are clipped, not stretched over
+
+
+def test_int8_refusals(small_cnn, tmp_path):
+    calib = np.zeros((4, 3, 16, 16), np.float32)
+    with pytest.raises(UsageError, match="flavor"):
+        quantize_int8(small_cnn, tmp_path / "x.onnx", calib, flavor="u8u8")
+    with pytest.raises(UsageError, match="calibration method"):
+        quantize_int8(small_cnn, tmp_path / "x.onnx", calib, method="kl")
+    with pytest.raises(UsageError, match="non-empty"):
+        quantize_int8(small_cnn, tmp_path / "x.onnx", calib[:0])
