@@ -3,7 +3,13 @@
 Every error a user can cause or fix is a :class:`ConvDeployError`. The CLI prints
 ``str(error)`` as one line (what went wrong, and what to do) and exits with
 ``error.exit_code``: 2 for bad usage or bad input, 1 for a check that ran and failed.
-Anything else that escapes is a bug and keeps its traceback.
+
+Anything else is a bug in convdeploy: raise :class:`InternalError` where the code knows
+an invariant broke (never ``assert``, which ``python -O`` removes). The CLI prints a
+bug's traceback and exits with :data:`EXIT_INTERNAL`, so a script can tell "my input
+was wrong" (2) and "the model failed its check" (1) from "the tool broke" (3).
+
+This module is the ground floor: it imports nothing from convdeploy.
 """
 
 from __future__ import annotations
@@ -56,3 +62,16 @@ class CheckFailedError(ConvDeployError):
     """A check ran and failed: a parity gate, an on-device verify."""
 
     exit_code = 1
+
+
+EXIT_INTERNAL = 3
+
+
+class InternalError(Exception):
+    """A broken invariant inside convdeploy: a bug, never the user's input.
+
+    Deliberately not a :class:`ConvDeployError`: nothing turns it into a user's one-line
+    error; the CLI shows its traceback and exits with :data:`EXIT_INTERNAL`.
+    """
+
+    exit_code: int = EXIT_INTERNAL

@@ -19,10 +19,9 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from convdeploy.profiles import PROFILE_DIR
+from convdeploy.runtime.bundle.contract import BACKENDS, PRECISIONS
 from convdeploy.runtime.errors import ProfileError
 
-PRECISIONS = ("fp32", "fp16", "int8")
-BACKENDS = ("tensorrt", "onnxruntime", "openvino")
 TF32_POLICIES = ("disable", "allow")
 
 

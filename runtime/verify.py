@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
+from convdeploy.runtime.bundle.contract import (GOLDEN_INPUTS, GOLDEN_LABELS, GOLDEN_OUTPUTS, GOLDEN_TTA_INPUTS,
+                                                GOLDEN_TTA_OUTPUTS, accepted_key, read_sidecar)
 from convdeploy.runtime.bundle.reader import Bundle
 from convdeploy.runtime.parity.metrics import compare_outputs, format_table, judge
 from convdeploy.runtime.errors import BundleError
@@ -71,8 +73,6 @@ def _artifact_precision(bundle: Bundle, artifact: str) -> str | None:
     """
     files = bundle.manifest["files"]
     if artifact.endswith(".engine"):
-        from convdeploy.runtime.backends.tensorrt_backend import read_sidecar
-
         path = Path(artifact) if Path(artifact).is_absolute() else bundle.root / artifact
         onnx_sha = read_sidecar(path).get("onnx_sha256")
         matches = [p for p, art in bundle.manifest["artifacts"].items() if files.get(art["file"]) == onnx_sha]
@@ -114,14 +114,14 @@ def verify_bundle(
     prof = _load_profile(profile)
     bundle = path if isinstance(path, Bundle) else Bundle.load(path)
     golden = bundle.golden()
-    if "inputs" not in golden or "outputs" not in golden:
+    if GOLDEN_INPUTS not in golden or GOLDEN_OUTPUTS not in golden:
         raise BundleError(f"{bundle.manifest.get('golden')} lacks 'inputs' or 'outputs'", "re-export the bundle")
-    inputs, reference = golden["inputs"], golden["outputs"]
+    inputs, reference = golden[GOLDEN_INPUTS], golden[GOLDEN_OUTPUTS]
     expected = tuple(bundle.manifest["inputs"][0]["shape"][1:])
     if inputs.ndim != 1 + len(expected) or tuple(inputs.shape[1:]) != expected or len(inputs) != len(reference):
         raise BundleError(f"golden inputs {inputs.shape} / outputs {reference.shape} do not match the model input "
                           f"(N, {', '.join(map(str, expected))})", "re-export the bundle")
-    labels = golden.get("labels")
+    labels = golden.get(GOLDEN_LABELS)
 
     selection = open_bundle_backend(bundle, backend, precision=precision, profile=prof, threads=threads,
                                     engine=engine, **backend_opts)
@@ -134,7 +134,7 @@ def verify_bundle(
         near_tie = float(tol.get("near_tie") or 1e-4)
         rows = []
         candidate = _run_chunks(selection.backend, inputs, chunk)
-        accepted = golden.get(f"accepted_{_artifact_precision(bundle, selection.artifact)}")
+        accepted = golden.get(accepted_key(_artifact_precision(bundle, selection.artifact)))
         if accepted is not None and accepted.shape != reference.shape:
             raise BundleError(f"golden accepted outputs {accepted.shape} do not match {reference.shape}",
                               "re-export the bundle")
@@ -142,13 +142,13 @@ def verify_bundle(
         rows.append({"name": f"{selection.artifact} ({tier})", "report": report,
                      "verdict": judge(report, tier, tol).to_dict()})
         tta = bundle.tta
-        if check_tta and tta.num_views > 1 and "tta_inputs" in golden and "tta_outputs" in golden:
-            views = golden["tta_inputs"]
-            if len(views) != len(golden["tta_outputs"]) * tta.num_views:
+        if check_tta and tta.num_views > 1 and GOLDEN_TTA_INPUTS in golden and GOLDEN_TTA_OUTPUTS in golden:
+            views = golden[GOLDEN_TTA_INPUTS]
+            if len(views) != len(golden[GOLDEN_TTA_OUTPUTS]) * tta.num_views:
                 raise BundleError(f"golden TTA views ({len(views)}) do not match {len(golden['tta_outputs'])} "
                                   f"images x {tta.num_views} views of {tta.views}", "re-export the bundle")
             merged = merge_views(_run_chunks(selection.backend, views, chunk), tta)
-            rep = compare_outputs(golden["tta_outputs"], merged, labels if labels is not None and
+            rep = compare_outputs(golden[GOLDEN_TTA_OUTPUTS], merged, labels if labels is not None and
                                   len(labels) == len(merged) else None, near_tie=near_tie)
             rows.append({"name": f"{selection.artifact} +tta {tta.views}/{tta.merge}", "report": rep,
                          "verdict": judge(rep, tier, tol).to_dict()})

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import os
 import time
@@ -394,18 +393,3 @@ def export_onnx(
         onnx_version=onnx.__version__,
         notes=notes,
     )
-
-
-def manifest_metadata(manifest: Mapping[str, Any], precision: str) -> dict[str, str]:
-    """The metadata_props written into each bundle ONNX file.
-
-    ``convdeploy.manifest`` is the manifest without its ``files`` table: a file cannot
-    hold its own sha256, and the table lives in ``manifest.json``.
-    """
-    embedded = {k: v for k, v in manifest.items() if k != "files"}
-    return {
-        "convdeploy.manifest": json.dumps(embedded, sort_keys=True, separators=(",", ":")),
-        "convdeploy.precision": precision,
-        "convdeploy.schema_version": str(manifest.get("schema_version")),
-    }
-

@@ -41,7 +41,8 @@ import numpy as np
 
 from convdeploy.runtime.errors import BundleError, InputError, UsageError
 from convdeploy.runtime.fsutil import atomic_directory, atomic_write_json, sha256_file
-from convdeploy.runtime.bundle.contract import MANIFEST_FORMAT, MANIFEST_SCHEMA_VERSION, validate_manifest
+from convdeploy.runtime.bundle.contract import (GOLDEN_FILE, MANIFEST_FILE, MANIFEST_FORMAT, MANIFEST_SCHEMA_VERSION,
+                                                MODEL_FILES, PARITY_FILE, onnx_metadata, validate_manifest)
 from convdeploy.runtime.transforms.preprocess import PreprocessSpec, preprocess_batch
 from convdeploy.runtime.transforms.tta import TTASpec, make_views, merge_views
 
@@ -56,10 +57,6 @@ from convdeploy.exporter.export.parity import (
 )
 from convdeploy.exporter.export.source import SourceModel, load_source, reference_logits
 
-MODEL_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
-MANIFEST_FILE = "manifest.json"
-GOLDEN_FILE = "golden.npz"
-PARITY_FILE = "parity.json"
 DEFAULT_CALIB_SAMPLES = 128
 DEFAULT_GOLDEN_SAMPLES = 32
 GOLDEN_TTA_IMAGES = 8
@@ -248,7 +245,7 @@ def export_bundle(
     Raises :class:`ParityFailedError` (exit 1) after writing ``<out>.failed/`` when the
     gate fails; :class:`runtime.errors.ConvDeployError` subclasses (exit 2) for bad input.
     """
-    from convdeploy.exporter.export.onnx_export import DEFAULT_OPSET, embed_metadata, export_onnx, manifest_metadata
+    from convdeploy.exporter.export.onnx_export import DEFAULT_OPSET, embed_metadata, export_onnx
     from convdeploy.exporter.export.precision import CALIB_METHODS, INT8_FLAVORS, convert_fp16, int8_flavor_for, quantize_int8
 
     t_start = time.perf_counter()
@@ -458,7 +455,7 @@ def export_bundle(
         parity_doc = {**parity_doc, "bundle": manifest["name"], "profile": prof.name}
         atomic_write_json(work / PARITY_FILE, parity_doc)
         for precision, art in artifacts.items():
-            embed_metadata(work / art["file"], manifest_metadata(manifest, precision))
+            embed_metadata(work / art["file"], onnx_metadata(manifest, precision))
         manifest["files"] = {f.name: sha256_file(f) for f in sorted(work.iterdir()) if f.name != MANIFEST_FILE}
         try:
             validate_manifest(manifest)

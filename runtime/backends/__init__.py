@@ -21,13 +21,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from convdeploy.runtime.backends.base import Backend, BackendInfo, TensorSpec
+from convdeploy.runtime.bundle.contract import BACKENDS
 from convdeploy.runtime.errors import BackendUnavailableError, EngineMismatchError, UsageError
 
 if TYPE_CHECKING:  # pragma: no cover
     from convdeploy.runtime.targets import Profile
     from convdeploy.runtime.bundle.reader import Bundle
 
-BACKENDS = ("onnxruntime", "tensorrt", "openvino")
 
 
 def _has(module: str) -> bool:

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import json
 import os
 import threading
 from dataclasses import dataclass
@@ -41,10 +40,8 @@ import numpy as np
 
 from convdeploy.runtime.backends.base import BackendInfo, TensorSpec, conform_batch
 from convdeploy.runtime.errors import BackendUnavailableError, BundleError, EngineMismatchError, InputError, UsageError
+from convdeploy.runtime.bundle.contract import ENGINE_SUFFIX, ENGINES_DIR, read_sidecar
 from convdeploy.runtime.fsutil import sha256_file
-
-SIDECAR_REQUIRED = ("tensorrt_version", "gpu_name", "compute_capability", "precision")
-
 
 # ---------------------------------------------------------------------------- versions
 def parse_version(text: str) -> tuple[int, ...]:
@@ -73,33 +70,7 @@ def api_for_version(version: str) -> str:
     )
 
 
-# ---------------------------------------------------------------------------- sidecar
-def sidecar_path(engine_path: str | os.PathLike) -> Path:
-    return Path(engine_path).with_suffix(".json")
-
-
-def read_sidecar(engine_path: str | os.PathLike) -> dict[str, Any]:
-    path = sidecar_path(engine_path)
-    if not path.is_file():
-        raise EngineMismatchError(f"engine {Path(engine_path).name} has no sidecar {path.name}",
-                                  "rebuild it with `convdeploy build` on this device")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise EngineMismatchError(f"sidecar {path.name} is not valid JSON ({exc})", "rebuild the engine") from None
-    if not isinstance(data, dict):
-        raise EngineMismatchError(f"sidecar {path.name} must be a JSON object", "rebuild the engine")
-    # Accept the short spellings too (``tensorrt``, ``gpu``).
-    if "tensorrt_version" not in data and "tensorrt" in data:
-        data["tensorrt_version"] = data["tensorrt"]
-    if "gpu_name" not in data and "gpu" in data:
-        data["gpu_name"] = data["gpu"]
-    missing = [k for k in SIDECAR_REQUIRED if k not in data]
-    if missing:
-        raise EngineMismatchError(f"sidecar {path.name} lacks {', '.join(missing)}", "rebuild the engine")
-    return data
-
-
+# ---------------------------------------------------------------------------- sidecar checks
 def _cc(value: Any) -> tuple[int, int]:
     if isinstance(value, (list, tuple)) and len(value) == 2:
         return int(value[0]), int(value[1])
@@ -155,8 +126,8 @@ def find_engine(bundle_root: str | os.PathLike, precision: str, *, profile: str 
     ``artifact_hashes``: sha256 of the bundle's ONNX files; an engine whose sidecar
     names another ONNX was built from another model and is refused.
     """
-    folder = Path(bundle_root) / "engines"
-    candidates = sorted(folder.glob("*.engine")) if folder.is_dir() else []
+    folder = Path(bundle_root) / ENGINES_DIR
+    candidates = sorted(folder.glob(f"*{ENGINE_SUFFIX}")) if folder.is_dir() else []
     seen = []
     for engine in candidates:
         try:
@@ -587,4 +558,4 @@ class TensorRTBackend:
 
 
 __all__ = ["TensorRTBackend", "api_for_version", "check_sidecar", "find_engine", "find_libcudart",
-           "load_cuda_runtime", "parse_version", "read_sidecar", "sidecar_path"]
+           "load_cuda_runtime", "parse_version"]

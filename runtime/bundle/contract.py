@@ -1,9 +1,19 @@
-"""The bundle manifest: schema, validation, and what it promises.
+"""The bundle contract: the one module that spells the bundle's file names, its manifest,
+the golden file's keys, the engine sidecar and the lists of precisions and backends.
 
-``manifest.json`` is the contract between the workstation that exported a model and
-the target that runs it (DESIGN.md, "The bundle"). It is validated field by field
-before anything in the bundle is used; an unknown schema version is refused rather
-than guessed at.
+The exporter writes a bundle with :func:`build_manifest` and :func:`seal_manifest`, the
+runtime reads it through :func:`validate_manifest`, and the engine builder writes
+sidecars with :func:`write_sidecar` that the TensorRT backend reads with
+:func:`read_sidecar`. Nothing else names a manifest key, a bundle file, a precision or a
+backend. Torch-free (DESIGN.md, "The bundle").
+
+A bundle directory::
+
+    model.onnx, model.fp16.onnx, model.int8.onnx    one ONNX graph per precision (fp32 always)
+    manifest.json                                   the manifest below; sha256 of every other file
+    golden.npz                                      real preprocessed inputs and the source's outputs
+    parity.json                                     the export gate's report
+    engines/<name>.engine + <name>.json             built on the target: engine and its sidecar
 
 Shape of a manifest (schema version 1)::
 
@@ -19,7 +29,8 @@ Shape of a manifest (schema version 1)::
                     "fp16": {"file": "model.fp16.onnx", ...},
                     "int8": {"file": "model.int8.onnx", "calibration": {...}, ...}},
       "default_precision": "fp32",
-      "golden": "golden.npz", "parity": {"status": "passed", "file": "parity.json"},
+      "golden": "golden.npz", "golden_info": {...},
+      "parity": {"status": "passed", "file": "parity.json", ...},
       "provenance": {"convdeploy": ..., "torch": ..., "onnx": ..., "exporter": "torchscript",
                      "opset": 17, "checkpoint_sha256": ..., "created": ...},
       "files": {"model.onnx": "<sha256>", ...}        # every file but manifest.json
@@ -28,16 +39,50 @@ Shape of a manifest (schema version 1)::
 
 from __future__ import annotations
 
-from typing import Any
+import json
+import os
+from pathlib import Path
+from typing import Any, Mapping
 
-from convdeploy.runtime.errors import BundleError, ConvDeployError
+from convdeploy.runtime.errors import BundleError, ConvDeployError, EngineMismatchError, InternalError
+from convdeploy.runtime.fsutil import atomic_write_json, sha256_file
 from convdeploy.runtime.transforms.preprocess import PreprocessSpec
 from convdeploy.runtime.transforms.tta import TTASpec
 
 MANIFEST_FORMAT = "convdeploy-bundle"
 MANIFEST_SCHEMA_VERSION = 1
+
+# The precisions a bundle can carry (one ONNX graph each) and the backends that run them.
 PRECISIONS = ("fp32", "fp16", "int8")
+BACKENDS = ("onnxruntime", "tensorrt", "openvino")
 PARITY_STATES = ("passed", "failed", "skipped")
+
+# ----------------------------------------------------------------------------- file names
+MANIFEST_FILE = "manifest.json"
+GOLDEN_FILE = "golden.npz"
+PARITY_FILE = "parity.json"
+MODEL_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
+ENGINES_DIR = "engines"
+ENGINE_SUFFIX = ".engine"
+SIDECAR_SUFFIX = ".json"
+
+# ----------------------------------------------------------------------------- golden.npz keys
+GOLDEN_INPUTS = "inputs"  # N x C x H x W float32, preprocessed with the bundle's spec
+GOLDEN_OUTPUTS = "outputs"  # N x K logits of the source model (PyTorch, FP32)
+GOLDEN_LABELS = "labels"  # N int64, when the data was labelled
+GOLDEN_TTA_INPUTS = "tta_inputs"  # (images x views) x C x H x W, the TTA views of the first images
+GOLDEN_TTA_OUTPUTS = "tta_outputs"  # images x K, the source's merged TTA logits
+
+
+def accepted_key(precision: str) -> str:
+    """Key of an artifact's outputs as the export gate accepted them (``accepted_fp16``)."""
+    return f"accepted_{precision}"
+
+
+# ----------------------------------------------------------------------------- ONNX metadata
+ONNX_MANIFEST_KEY = "convdeploy.manifest"
+ONNX_PRECISION_KEY = "convdeploy.precision"
+ONNX_SCHEMA_KEY = "convdeploy.schema_version"
 
 
 def _need(cond: bool, what: str) -> None:
@@ -54,6 +99,77 @@ def _io_list(value: Any, key: str) -> None:
         _need(isinstance(shape, list) and all(isinstance(d, (int, str)) for d in shape),
               f"'{key}.{spec.get('name')}.shape' must be a list of ints or axis names")
         _need(spec.get("dtype") in ("float32", "float16"), f"'{key}.{spec['name']}.dtype' must be float32 or float16")
+
+
+def io_spec(name: str, shape: list[int | str], dtype: str = "float32") -> dict[str, Any]:
+    """One entry of the manifest's ``inputs`` or ``outputs``."""
+    return {"name": name, "shape": list(shape), "dtype": dtype}
+
+
+def build_manifest(
+    *,
+    name: str,
+    architecture: str,
+    classes: list[str],
+    inputs: list[dict[str, Any]],
+    outputs: list[dict[str, Any]],
+    preprocess: Mapping[str, Any],
+    tta: Mapping[str, Any],
+    artifacts: Mapping[str, Mapping[str, Any]],
+    default_precision: str,
+    golden_info: Mapping[str, Any],
+    parity: Mapping[str, Any],
+    provenance: Mapping[str, Any],
+) -> dict[str, Any]:
+    """A manifest without its ``files`` table (see :func:`seal_manifest`), keys in contract order."""
+    return {
+        "format": MANIFEST_FORMAT,
+        "schema_version": MANIFEST_SCHEMA_VERSION,
+        "name": name,
+        "architecture": architecture,
+        "classes": [str(c) for c in classes],
+        "inputs": [dict(i) for i in inputs],
+        "outputs": [dict(o) for o in outputs],
+        "preprocess": dict(preprocess),
+        "tta": dict(tta),
+        "artifacts": {p: dict(a) for p, a in artifacts.items()},
+        "default_precision": default_precision,
+        "golden": GOLDEN_FILE,
+        "golden_info": dict(golden_info),
+        "parity": {**parity, "file": PARITY_FILE},
+        "provenance": dict(provenance),
+    }
+
+
+def seal_manifest(manifest: Mapping[str, Any], directory: str | os.PathLike) -> dict[str, Any]:
+    """Add the sha256 of every file in ``directory`` (but the manifest), validate, and write it.
+
+    A manifest that fails validation here is a bug of the writer, not the user's input.
+    """
+    root = Path(directory)
+    sealed = dict(manifest)
+    sealed["files"] = {f.name: sha256_file(f) for f in sorted(root.iterdir())
+                       if f.is_file() and f.name != MANIFEST_FILE}
+    try:
+        validate_manifest(sealed)
+    except BundleError as exc:
+        raise InternalError(f"the exporter produced an invalid manifest ({exc})") from exc
+    atomic_write_json(root / MANIFEST_FILE, sealed)
+    return sealed
+
+
+def onnx_metadata(manifest: Mapping[str, Any], precision: str) -> dict[str, str]:
+    """The metadata_props written into each bundle ONNX file.
+
+    The manifest goes in without its ``files`` table: a file cannot hold its own sha256,
+    and the table lives in ``manifest.json``.
+    """
+    embedded = {k: v for k, v in manifest.items() if k != "files"}
+    return {
+        ONNX_MANIFEST_KEY: json.dumps(embedded, sort_keys=True, separators=(",", ":")),
+        ONNX_PRECISION_KEY: precision,
+        ONNX_SCHEMA_KEY: str(manifest.get("schema_version")),
+    }
 
 
 def validate_manifest(manifest: Any) -> dict[str, Any]:
@@ -101,3 +217,67 @@ def validate_manifest(manifest: Any) -> dict[str, Any]:
     if manifest.get("golden") is not None:
         _need(manifest["golden"] in files, "the golden file has no sha256 in 'files'")
     return manifest
+
+
+def is_bundle_dir(path: str | os.PathLike) -> bool:
+    """Whether ``path`` holds a manifest this contract wrote (read, not validated)."""
+    try:
+        manifest = json.loads((Path(path) / MANIFEST_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(manifest, dict) and manifest.get("format") == MANIFEST_FORMAT
+
+
+# ----------------------------------------------------------------------------- engine sidecar
+# A TensorRT engine only runs on the TensorRT and the GPU it was built for, so each
+# ``engines/<name>.engine`` has a sidecar ``engines/<name>.json`` that the backend checks
+# before it deserializes the engine. Required keys:
+SIDECAR_REQUIRED = ("tensorrt_version", "gpu_name", "compute_capability", "precision")
+# Known optional keys (others are kept as they are):
+SIDECAR_OPTIONAL = (
+    "profile",  # the target profile it was built for
+    "onnx_sha256",  # the ONNX file it was built from (must be one of the bundle's)
+    "engine_sha256",
+    "version_compatible",  # built with kVERSION_COMPATIBLE: runs on newer TensorRT of the same major
+    "hardware_compatible",
+)
+
+
+def sidecar_path(engine_path: str | os.PathLike) -> Path:
+    """``engines/model.fp16.engine`` -> ``engines/model.fp16.json``."""
+    return Path(engine_path).with_suffix(SIDECAR_SUFFIX)
+
+
+def read_sidecar(engine_path: str | os.PathLike) -> dict[str, Any]:
+    """The sidecar of ``engine_path``, with its required keys checked."""
+    path = sidecar_path(engine_path)
+    if not path.is_file():
+        raise EngineMismatchError(f"engine {Path(engine_path).name} has no sidecar {path.name}",
+                                  "rebuild it with `convdeploy build` on this device")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise EngineMismatchError(f"sidecar {path.name} is not valid JSON ({exc})", "rebuild the engine") from None
+    if not isinstance(data, dict):
+        raise EngineMismatchError(f"sidecar {path.name} must be a JSON object", "rebuild the engine")
+    # Accept the short spellings too (``tensorrt``, ``gpu``).
+    if "tensorrt_version" not in data and "tensorrt" in data:
+        data["tensorrt_version"] = data["tensorrt"]
+    if "gpu_name" not in data and "gpu" in data:
+        data["gpu_name"] = data["gpu"]
+    missing = [k for k in SIDECAR_REQUIRED if k not in data]
+    if missing:
+        raise EngineMismatchError(f"sidecar {path.name} lacks {', '.join(missing)}", "rebuild the engine")
+    return data
+
+
+def write_sidecar(engine_path: str | os.PathLike, fields: Mapping[str, Any]) -> Path:
+    """Write the sidecar of ``engine_path`` atomically; refuse one that lacks a required key."""
+    missing = [k for k in SIDECAR_REQUIRED if k not in fields]
+    if missing:
+        raise InternalError(f"engine sidecar without {', '.join(missing)}")
+    if fields["precision"] not in PRECISIONS:
+        raise InternalError(f"engine sidecar with unknown precision {fields['precision']!r}")
+    path = sidecar_path(engine_path)
+    atomic_write_json(path, dict(fields))
+    return path

@@ -18,11 +18,9 @@ import numpy as np
 
 from convdeploy.runtime.errors import BundleError, UsageError
 from convdeploy.runtime.fsutil import confined, sha256_file
-from convdeploy.runtime.bundle.contract import validate_manifest
+from convdeploy.runtime.bundle.contract import GOLDEN_FILE, MANIFEST_FILE, validate_manifest
 from convdeploy.runtime.transforms.preprocess import PreprocessSpec
 from convdeploy.runtime.transforms.tta import TTASpec
-
-MANIFEST_NAME = "manifest.json"
 
 
 @dataclass
@@ -37,9 +35,9 @@ class Bundle:
         root = Path(path)
         if not root.is_dir():
             raise BundleError(f"bundle not found: {root}", "pass the directory written by `convdeploy export`")
-        manifest_path = root / MANIFEST_NAME
+        manifest_path = root / MANIFEST_FILE
         if not manifest_path.is_file():
-            raise BundleError(f"{root} has no {MANIFEST_NAME}", "is this a convdeploy bundle?")
+            raise BundleError(f"{root} has no {MANIFEST_FILE}", "is this a convdeploy bundle?")
         try:
             manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -115,7 +113,7 @@ class Bundle:
         """The reference inputs/outputs stored at export time (never unpickled)."""
         name = self.manifest.get("golden")
         if not name:
-            raise BundleError(f"bundle {self.name!r} has no golden.npz", "re-export it without --no-golden")
+            raise BundleError(f"bundle {self.name!r} has no {GOLDEN_FILE}", "re-export it with `convdeploy export`")
         try:
             with np.load(confined(self.root, name), allow_pickle=False) as data:
                 return {k: data[k] for k in data.files}

@@ -12,7 +12,6 @@ from convdeploy.exporter.export.onnx_export import (
     check_onnx_file,
     export_onnx,
     graph_opset,
-    manifest_metadata,
     read_metadata,
     set_metadata,
 )
@@ -164,6 +163,3 @@ def test_metadata_props_roundtrip(tmp_path):
     proto = onnx.load(str(tmp_path / "m.onnx"))
     set_metadata(proto, {"a": "2", "b": "x"})
     assert read_metadata(proto) == {"a": "2", "b": "x"}
-    props = manifest_metadata({"schema_version": 1, "name": "n", "files": {"model.onnx": "0" * 64}}, "fp16")
-    assert props["convdeploy.precision"] == "fp16"
-    assert "files" not in props["convdeploy.manifest"]

@@ -18,7 +18,8 @@ import pytest
 
 from convdeploy.runtime.backends import available_backends, open_bundle_backend
 from convdeploy.runtime.backends.tensorrt_backend import (TensorRTBackend, api_for_version, check_sidecar, find_engine,
-                                               parse_version, read_sidecar)
+                                                          parse_version)
+from convdeploy.runtime.bundle.contract import read_sidecar
 from convdeploy.runtime.bundle.reader import Bundle
 from convdeploy.runtime.errors import BackendUnavailableError, BundleError, EngineMismatchError, InputError, UsageError
 from convdeploy.runtime.fsutil import sha256_file

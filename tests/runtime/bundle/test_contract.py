@@ -159,3 +159,11 @@ def test_a_replacement_cut_between_its_renames_is_restored(tmp_path):
     with atomic_directory(target, overwrite=True) as tmp:  # the next write repairs it first
         (tmp / "v2").write_text("new")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last"]
+
+
+def test_onnx_metadata_carries_the_manifest_without_its_files_table():
+    from convdeploy.runtime.bundle.contract import ONNX_MANIFEST_KEY, ONNX_PRECISION_KEY, onnx_metadata
+
+    props = onnx_metadata({"schema_version": 1, "name": "n", "files": {"model.onnx": "0" * 64}}, "fp16")
+    assert props[ONNX_PRECISION_KEY] == "fp16"
+    assert "files" not in props[ONNX_MANIFEST_KEY] and '"name":"n"' in props[ONNX_MANIFEST_KEY]
