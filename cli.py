@@ -14,21 +14,14 @@ from __future__ import annotations
 import functools
 import json
 import sys
-from importlib import metadata
 from typing import Any, Callable
 
 import click
 
 from convdeploy.runtime.errors import ConvDeployError
+from convdeploy.runtime.versions import package_version
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
-
-
-def _version() -> str:
-    try:
-        return metadata.version("convdeploy")
-    except metadata.PackageNotFoundError:  # running from a source checkout
-        return "0.1.0+src"
 
 
 class ConvDeployGroup(click.Group):
@@ -87,7 +80,7 @@ def needs_torch(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 @click.group(cls=ConvDeployGroup, context_settings=CONTEXT_SETTINGS)
-@click.version_option(_version(), "-V", "--version", prog_name="convdeploy")
+@click.version_option(package_version("convdeploy"), "-V", "--version", prog_name="convdeploy")
 @click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
 @click.pass_context
 def main(ctx: click.Context, debug: bool) -> None:

@@ -95,9 +95,10 @@ def bench_bundle(
     over ``e2e_images`` images (the files repeated as needed) is measured per batch
     size too, and compared with model-only throughput at the same batch size.
     """
-    from convdeploy.runtime.predictor import Predictor, _load_profile
+    from convdeploy.runtime.predictor import Predictor
+    from convdeploy.runtime.targets import resolve_profile
 
-    prof = _load_profile(profile)
+    prof = resolve_profile(profile)
     if not batch_sizes or any((not isinstance(b, int)) or b < 1 for b in batch_sizes):
         raise UsageError("batch sizes must be positive integers")
     for b in batch_sizes:

@@ -28,6 +28,7 @@ from PIL import Image
 
 from convdeploy.runtime.bundle.reader import Bundle
 from convdeploy.runtime.errors import ConvDeployError, InputError, UsageError
+from convdeploy.runtime.targets import resolve_profile
 from convdeploy.runtime.transforms.imageio import MAX_PIXELS, decode_image, is_image_file
 from convdeploy.runtime.transforms.tta import TTASpec, make_views, merge_views, softmax
 
@@ -167,7 +168,7 @@ class Predictor:
         """
         from convdeploy.runtime.backends import open_bundle_backend
 
-        prof = _load_profile(profile)
+        prof = resolve_profile(profile)
         bundle = Bundle.load(path, verify_hashes=verify_hashes)
         if batch_size is not None and prof is not None:
             prof.check_batch(batch_size)
@@ -301,14 +302,6 @@ class Predictor:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
-
-
-def _load_profile(profile: Any) -> "Profile | None":
-    if profile is None:
-        return None
-    from convdeploy.runtime.targets import Profile, load_profile
-
-    return profile if isinstance(profile, Profile) else load_profile(profile)
 
 
 __all__ = ["Predictor", "Prediction", "expand_sources"]

@@ -118,6 +118,13 @@ def _parse(data: dict[str, Any], source: str) -> Profile:
     return Profile(**flat, source=source)
 
 
+def resolve_profile(profile: "Profile | str | Path | None") -> "Profile | None":
+    """A :class:`Profile` as it is, a name or TOML path loaded, None kept: what every API takes."""
+    if profile is None or isinstance(profile, Profile):
+        return profile
+    return load_profile(profile)
+
+
 def load_profile(name_or_path: str | Path) -> Profile:
     """Load a shipped profile by name, or a user's TOML file by path."""
     candidate = Path(name_or_path)

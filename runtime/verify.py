@@ -109,9 +109,9 @@ def verify_bundle(
     keyed by precision as :func:`runtime.tolerances.parse_tolerance_overrides` gives it.
     """
     from convdeploy.runtime.backends import open_bundle_backend
-    from convdeploy.runtime.predictor import _load_profile
+    from convdeploy.runtime.targets import resolve_profile
 
-    prof = _load_profile(profile)
+    prof = resolve_profile(profile)
     bundle = path if isinstance(path, Bundle) else Bundle.load(path)
     golden = bundle.golden()
     if GOLDEN_INPUTS not in golden or GOLDEN_OUTPUTS not in golden:

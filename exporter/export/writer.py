@@ -40,6 +40,8 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from convdeploy.runtime.errors import BundleError, InputError, UsageError
+from convdeploy.runtime.targets import resolve_profile
+from convdeploy.runtime.versions import package_versions
 from convdeploy.runtime.fsutil import atomic_directory, atomic_write_json, sha256_file
 from convdeploy.runtime.bundle.contract import (GOLDEN_FILE, MANIFEST_FILE, MANIFEST_FORMAT, MANIFEST_SCHEMA_VERSION,
                                                 MODEL_FILES, PARITY_FILE, onnx_metadata, validate_manifest)
@@ -115,12 +117,6 @@ def parse_precisions(precisions: str | Sequence[str]) -> list[str]:
     return ["fp32"] + [p for p in split_precisions(precisions) if p != "fp32"]
 
 
-def _resolve_profile(profile: Any) -> Any:
-    from convdeploy.runtime.targets import Profile, load_profile
-
-    return profile if isinstance(profile, Profile) else load_profile(profile)
-
-
 def _as_spec(value: PreprocessSpec | Mapping[str, Any] | str | os.PathLike | None) -> PreprocessSpec | None:
     if value is None or isinstance(value, PreprocessSpec):
         return value
@@ -144,18 +140,6 @@ def _as_tta(value: TTASpec | str | Mapping[str, Any] | None) -> TTASpec | None:
     if isinstance(value, Mapping):
         return TTASpec.from_dict(dict(value))
     return TTASpec.parse(str(value))
-
-
-def _versions() -> dict[str, str]:
-    from importlib import metadata
-
-    out = {}
-    for dist in ("convdeploy", "torch", "onnx", "onnxruntime", "onnxslim", "numpy"):
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            out[dist] = "0.1.0+src" if dist == "convdeploy" else "not installed"
-    return out
 
 
 def _default_data(src: SourceModel) -> tuple[str | None, str | None]:
@@ -256,7 +240,7 @@ def export_bundle(
     if out.exists() and not overwrite:
         raise InputError(f"{out} already exists", "pass --overwrite or choose another --out")
     wanted = parse_precisions(precisions)
-    prof = _resolve_profile(profile)
+    prof = resolve_profile(profile)
     for p in split_precisions(precisions):  # refuse, never downgrade (fp32 is always written as the base)
         prof.check_precision(p)
     opset = int(opset or prof.opset or DEFAULT_OPSET)
@@ -409,7 +393,7 @@ def export_bundle(
             raise UsageError(f"the model has {num_classes} outputs but {len(src.classes)} class names")
         batch_dim: int | str = "batch" if dynamic_batch else int(batch_size)
         default_precision = prof.default_precision if prof.default_precision in artifacts else "fp32"
-        versions = _versions()
+        versions = package_versions("convdeploy", "torch", "onnx", "onnxruntime", "onnxslim", "numpy")
         manifest: dict[str, Any] = {
             "format": MANIFEST_FORMAT,
             "schema_version": MANIFEST_SCHEMA_VERSION,
@@ -528,7 +512,7 @@ def check_bundle(
                          "pass the checkpoint the bundle was exported from")
     if profile is None:
         profile = (prov.get("profile") or {}).get("name") or "cpu"
-    prof = _resolve_profile(profile)
+    prof = resolve_profile(profile)
     chosen = bundle.precisions if precisions is None else split_precisions(precisions)
     for p in chosen:
         bundle.artifact(p)  # a precision the bundle lacks: one clear UsageError

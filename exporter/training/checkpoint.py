@@ -95,14 +95,10 @@ class Checkpoint:
 
 def versions() -> dict[str, str]:
     """Package versions recorded in checkpoints."""
-    from importlib import metadata
+    from convdeploy.runtime.versions import package_version
 
-    try:
-        convdeploy = metadata.version("convdeploy")
-    except metadata.PackageNotFoundError:
-        convdeploy = "0.1.0+src"
     return {
-        "convdeploy": convdeploy,
+        "convdeploy": package_version("convdeploy"),
         "torch": torch.__version__,
         "numpy": np.__version__,
         "python": platform.python_version(),

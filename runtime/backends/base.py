@@ -64,6 +64,17 @@ def conform_batch(batch: Any, spec: TensorSpec, model: str, *, fixed_batch_hint:
     return np.ascontiguousarray(batch, dtype=np.dtype(spec.dtype))
 
 
+def run_batched(backend: "Backend", inputs: np.ndarray, batch_size: int) -> np.ndarray:
+    """Run ``inputs`` through ``backend`` in chunks and concatenate the outputs.
+
+    A fixed-batch model (its input's batch axis an int) is fed chunks of exactly that
+    size; ``batch_size`` applies to dynamic-batch models.
+    """
+    fixed = backend.inputs[0].shape[0]
+    step = fixed if isinstance(fixed, int) else max(1, int(batch_size))
+    return np.concatenate([backend.run(inputs[i:i + step]) for i in range(0, len(inputs), step)])
+
+
 @runtime_checkable
 class Backend(Protocol):
     """What the Predictor, verify and bench need from an inference engine."""
