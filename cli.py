@@ -4,9 +4,9 @@ Each command is a thin wrapper around a function of ``exporter`` or ``runtime``.
 modules (torch, onnx, onnxruntime) are imported inside the commands, so ``convdeploy
 --help`` and the runtime-only commands start without PyTorch.
 
-Errors follow DESIGN.md: a :class:`runtime.errors.ConvDeployError` becomes one line on
-stderr and exit code 2 (bad usage or input) or 1 (a check that failed); ``--debug``
-shows the traceback instead.
+Errors: a :class:`convdeploy.runtime.errors.ConvDeployError` becomes one line on stderr
+and exit code 2 (bad usage or input) or 1 (a check that failed); ``--debug`` shows the
+traceback instead. Anything else is a bug: traceback, one line saying so, exit code 3.
 """
 
 from __future__ import annotations
@@ -14,18 +14,24 @@ from __future__ import annotations
 import functools
 import json
 import sys
+import traceback
 from typing import Any, Callable
 
 import click
 
-from convdeploy.runtime.errors import ConvDeployError
+from convdeploy.runtime.errors import EXIT_INTERNAL, ConvDeployError
 from convdeploy.runtime.versions import package_version
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
 class ConvDeployGroup(click.Group):
-    """Runs every command under the shared error handling."""
+    """Runs every command under the shared error handling.
+
+    A user's error is one red line and its exit code (2 bad input, 1 failed check). Anything
+    else is a bug in convdeploy: its traceback is printed, then one line that says so, and
+    the exit code is 3, so that scripts never read a crash as "bad input" or "check failed".
+    """
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -38,6 +44,16 @@ class ConvDeployGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             ctx.exit(130)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise  # click's own control flow and usage errors (exit 2)
+        except Exception as exc:  # a bug: keep the traceback, say so, exit 3
+            if ctx.meta.get("convdeploy.debug"):
+                raise
+            click.echo(traceback.format_exc(), err=True, nl=False)
+            click.secho(f"internal error: {type(exc).__name__}: {exc}", fg="red", err=True)
+            click.echo("this is a bug in convdeploy, not in your input: please report it with the traceback above",
+                       err=True)
+            ctx.exit(EXIT_INTERNAL)
 
 
 def json_option(fn: Callable[..., Any]) -> Callable[..., Any]:

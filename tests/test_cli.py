@@ -69,6 +69,23 @@ def test_debug_shows_the_exception():
     assert isinstance(r.exception, ProfileError)
 
 
+@pytest.mark.parametrize("bug", [RuntimeError("boom"), "internal"])
+def test_a_bug_keeps_its_traceback_and_exits_3(monkeypatch, bug):
+    """A crash is never reported as the user's error (2) or a failed check (1)."""
+    from convdeploy.runtime import targets
+    from convdeploy.runtime.errors import EXIT_INTERNAL, InternalError
+
+    def broken(*args, **kwargs):
+        raise InternalError("invariant broken") if bug == "internal" else bug
+
+    monkeypatch.setattr(targets, "load_profile", broken)
+    r = CliRunner().invoke(main, ["profiles", "cpu"])
+    assert r.exit_code == EXIT_INTERNAL == 3
+    assert "Traceback" in r.stderr and "internal error:" in r.stderr and "bug in convdeploy" in r.stderr
+    r = CliRunner().invoke(main, ["--debug", "profiles", "cpu"])
+    assert isinstance(r.exception, (RuntimeError, InternalError))
+
+
 def test_cli_starts_without_torch():
     proc = run_without_torch(
         "import sys; sys.argv = ['convdeploy', '--help']\n"

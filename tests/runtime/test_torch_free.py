@@ -115,3 +115,26 @@ print("RESULT" + json.dumps(results))
     results = json.loads(proc.stdout.split("RESULT", 1)[1])
     assert results["top"] == torch_top
     assert "digits (val split)" in results["fp32_inputs"]
+
+
+def test_every_torch_free_module_imports_without_torch():
+    """Every module of the runtime, the profiles and the CLI, found on disk (a new module
+    is covered without editing this test), plus the exporter's torch-free entry points."""
+    from tests.test_layering import _module_name
+
+    files = sorted(p for top in ("runtime", "profiles") for p in (REPO / top).rglob("*.py"))
+    modules = [_module_name(p) for p in files] + [
+        "convdeploy.cli", "convdeploy.exporter", "convdeploy.exporter.data", "convdeploy.exporter.data.datasets",
+        "convdeploy.exporter.training", "convdeploy.exporter.export",
+    ]
+    code = (
+        "import importlib, sys\n"
+        f"for name in {modules!r}:\n"
+        "    importlib.import_module(name)\n"
+        "leaked = sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.'))\n"
+        "assert not leaked, leaked\n"
+        "print(len(" + repr(modules) + "))\n"
+    )
+    proc = run_without_torch(code)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert int(proc.stdout.strip()) >= 30
