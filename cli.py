@@ -571,11 +571,6 @@ def check_cmd(bundle: str, checkpoint: str | None, data: str | None, samples: in
 
 
 # --------------------------------------------------------------------------- train / finetune / digits
-_HYPER_OPTIONS = ("batch_size", "lr", "optimizer", "momentum", "schedule", "warmup_epochs", "weight_decay",
-                  "label_smoothing", "grad_clip", "augment", "image_size", "seed", "amp", "threads", "val_fraction",
-                  "train_limit", "val_limit")
-
-
 def _training_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Options shared by train and finetune (defaults: per architecture, see --help)."""
     for option in reversed([
@@ -606,6 +601,8 @@ def _training_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--seed", type=int, default=None, help="Seed (default 0): fixed seed, same result on CPU."),
         click.option("--workers", "num_workers", type=click.IntRange(min=0), default=None,
                      help="DataLoader worker processes."),
+        click.option("--eval-batch-size", type=click.IntRange(min=1), default=None,
+                     help="Images per validation batch (default: the larger of --batch-size and 256)."),
         click.option("--threads", type=click.IntRange(min=1), default=None,
                      help="PyTorch threads of the training process."),
         click.option("--device", default=None, help="auto, cpu, cuda or cuda:N (default: auto)."),
@@ -616,7 +613,9 @@ def _training_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--num-classes", type=click.IntRange(min=1), default=None,
                      help="Classes (default: the data's; a mismatch is an error)."),
         click.option("--strict", is_flag=True, help="Fail on unreadable images instead of skipping them."),
-        click.option("--resume", is_flag=True, help="Continue the run in --out from its last completed epoch."),
+        click.option("--resume", is_flag=True,
+                     help="Continue the run in --out from its last completed epoch, with its saved settings "
+                          "(only --epochs, --workers, --device, --strict and --eval-batch-size may change)."),
         click.option("--overwrite", is_flag=True, help="Start over in an --out that already holds a run."),
         click.option("--train-limit", type=click.IntRange(min=1), default=None, hidden=True),
         click.option("--val-limit", type=click.IntRange(min=1), default=None, hidden=True),
@@ -624,28 +623,6 @@ def _training_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     ]):
         fn = option(fn)
     return fn
-
-
-def _train_config(base: Any, out: str, resume: bool, options: dict[str, Any]) -> Any:
-    """The TrainConfig of a train/finetune command: defaults < options; on --resume the saved run's."""
-    from pathlib import Path
-
-    from convdeploy.exporter.training.checkpoint import read_meta
-    from convdeploy.exporter.training.loop import TrainConfig
-    from convdeploy.runtime.errors import UsageError
-
-    given = {k: v for k, v in options.items() if v is not None}
-    if not resume:
-        return base.replace(**given)
-    changed = sorted(k for k in given if k in _HYPER_OPTIONS)
-    if changed:
-        raise UsageError(f"--{changed[0].replace('_', '-')} cannot change on --resume",
-                         "the run continues with its saved settings; only --epochs, --workers and --device may change")
-    from convdeploy.exporter.training.loop import check_run_dir
-
-    check_run_dir(Path(out), resume=True, overwrite=False)  # also repairs a replacement cut short by a kill
-    saved = read_meta(Path(out) / "last").get("train_config") or {}
-    return TrainConfig.from_dict({**saved, **given})
 
 
 def _echo_train_result(result: Any, as_json: bool, extra: dict[str, Any] | None = None) -> None:
@@ -692,29 +669,27 @@ def train_cmd(arch: str, data: str, out: str | None, num_classes: int | None, st
       convdeploy train resnet20 --data digits --compare-plain --epochs 10 --out runs/plain-vs-res
       torchrun --nproc_per_node 2 cli.py train lenet5 --data digits --out runs/ddp
     """
-    import os
-
-    from convdeploy.exporter.training.loop import compare_plain_residual, suggested_config, train
+    from convdeploy.exporter.training.experiments import compare_plain_residual
+    from convdeploy.exporter.training.scratch import train
+    from convdeploy.runtime.errors import UsageError
 
     out = out or f"runs/{arch}"
-    config = _train_config(suggested_config(arch, data), out, resume, {**options, "strict": strict or None})
+    options = {**options, "strict": strict or None}
     if compare_plain:
         if resume:
-            from convdeploy.runtime.errors import UsageError
-
             raise UsageError("--compare-plain cannot --resume", "rerun it with --overwrite")
-        summary = compare_plain_residual(arch, data, config, out, progress=not no_progress, overwrite=overwrite)
-        if int(os.environ.get("RANK", "0")) != 0:
+        comparison = compare_plain_residual(arch, data, options, out, progress=not no_progress, overwrite=overwrite)
+        if comparison.rank != 0:  # under torchrun only rank 0 reports
             return
         if as_json:
-            echo_json(summary)
+            echo_json(comparison.as_dict())
             return
-        for name, run in summary["runs"].items():
+        for name, run in comparison.runs.items():
             click.echo(f"{name}: best val accuracy {100 * run['best_val_acc']:.2f}%, last train loss "
                        f"{run['last_train_loss']:.4f}, {run['wall_time_s']} s")
         click.echo(f"curves: {out}/compare.png  summary: {out}/compare.json")
         return
-    result = train(arch, data, config, out, resume=resume, overwrite=overwrite, progress=not no_progress,
+    result = train(arch, data, options, out, resume=resume, overwrite=overwrite, progress=not no_progress,
                    num_classes=num_classes)
     _echo_train_result(result, as_json)
 
@@ -749,11 +724,11 @@ def finetune_cmd(arch: str, weights: str, freeze: str, data: str, out: str | Non
           --image-size 32 --freeze all-but-head --out runs/r18-digits
       convdeploy finetune googlenet --weights googlenet.safetensors --data photos/ --freeze until:inception4e
     """
-    from convdeploy.exporter.training.transfer import finetune, finetune_config
+    from convdeploy.exporter.training.transfer import finetune
 
     out = out or f"runs/{arch}-finetune"
-    config = _train_config(finetune_config(), out, resume, {**options, "strict": strict or None})
-    result = finetune(arch, weights, num_classes, freeze, data, config, out, resume=resume, overwrite=overwrite,
+    options = {**options, "strict": strict or None}
+    result = finetune(arch, weights, num_classes, freeze, data, options, out, resume=resume, overwrite=overwrite,
                       progress=not no_progress)
     if as_json or result.rank != 0:
         _echo_train_result(result, as_json)

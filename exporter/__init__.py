@@ -21,7 +21,7 @@ __all__ = [
 
 # Python API name -> module that defines it (loaded on first use; each imports torch).
 _LAZY = {
-    "train": "convdeploy.exporter.training.loop",
+    "train": "convdeploy.exporter.training.scratch",
     "finetune": "convdeploy.exporter.training.transfer",
     "load_checkpoint": "convdeploy.exporter.training.checkpoint",
     "export_bundle": "convdeploy.exporter.export.writer",

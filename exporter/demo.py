@@ -16,7 +16,13 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from convdeploy.exporter.data.datasets import write_digits_imagefolder
+from convdeploy.exporter.export.writer import export_bundle
+from convdeploy.exporter.training.config import suggested_config
+from convdeploy.exporter.training.scratch import train
 from convdeploy.runtime.errors import CheckFailedError, InputError
+from convdeploy.runtime.predictor import Predictor
+from convdeploy.runtime.verify import verify_bundle
 
 DEMO_ARCH = "lenet5"
 DEMO_PROFILE = "jetson-orin"
@@ -37,12 +43,6 @@ def run_demo(
     ``bundle/`` (the deploy bundle), ``digits/`` (the digits as an ImageFolder of PNGs).
     Raises :class:`CheckFailedError` when the export gate or a verify fails.
     """
-    from convdeploy.exporter.export.writer import export_bundle
-    from convdeploy.exporter.data.datasets import write_digits_imagefolder
-    from convdeploy.exporter.training.loop import suggested_config, train
-    from convdeploy.runtime.predictor import Predictor
-    from convdeploy.runtime.verify import verify_bundle
-
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise InputError(f"{out} is not empty", "pass --overwrite or choose another --out")
@@ -52,7 +52,7 @@ def run_demo(
     log(f"[1/4] training {DEMO_ARCH} on scikit-learn's handwritten digits")
     t0 = time.perf_counter()
     overrides = {} if epochs is None else {"epochs": epochs}
-    config = suggested_config(DEMO_ARCH, "digits", **overrides)
+    config = suggested_config(DEMO_ARCH, **overrides)
     trained = train(DEMO_ARCH, "digits", config, out / "run", overwrite=overwrite, progress=progress)
     timings["train_s"] = time.perf_counter() - t0
     log(f"      best val accuracy {100 * trained.best_val_acc:.2f}% at epoch {trained.best_epoch} "

@@ -113,6 +113,21 @@ def test_checkpoint_mismatches_are_one_line(tmp_path):
     assert not ft.exists()
 
 
+def test_resume_accepts_only_the_resumable_options(tmp_path):
+    out = tmp_path / "run"
+    assert run("train", "lenet5", "--data", "digits", "--out", str(out), *TINY).exit_code == 0
+    one_line_error(run("train", "lenet5", "--data", "digits", "--out", str(out), "--resume", "--threads", "2"),
+                   "--threads cannot change on --resume")
+    one_line_error(run("train", "lenet5", "--data", "digits", "--out", str(out), "--resume", "--warmup", "0"),
+                   "--warmup cannot change on --resume")
+    resumed = run("train", "lenet5", "--data", "digits", "--out", str(out), "--resume", "--epochs", "2", "--strict",
+                  "--workers", "0", "--eval-batch-size", "16", "--device", "cpu", "--no-progress", "--json")
+    assert resumed.exit_code == 0, resumed.output
+    assert json.loads(resumed.stdout)["resumed_from"] == 1
+    saved = read_meta(out / "last")["train_config"]
+    assert (saved["epochs"], saved["strict"], saved["eval_batch_size"], saved["train_limit"]) == (2, True, 16, 64)
+
+
 def test_finetune_reports_parameters(tmp_path):
     weights = tmp_path / "lenet.pth"
     torch.manual_seed(0)

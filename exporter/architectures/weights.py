@@ -1,7 +1,7 @@
 """Loading weights from files: safetensors, or PyTorch ``.pth``/``.pt`` read as tensors only.
 
-DESIGN.md: "Loading never executes untrusted code." A ``.pth`` file is a pickle, and an
-ordinary unpickler runs whatever callables the file names. Here PyTorch files are read
+Loading never executes untrusted code. A ``.pth`` file is a pickle, and an ordinary
+unpickler runs whatever callables the file names. Here PyTorch files are read
 with ``torch.load(weights_only=True)``, whose unpickler only builds tensors and plain
 containers; a file that needs anything else is refused with :class:`CheckpointError`,
 before any of it runs.

@@ -5,8 +5,8 @@ Two sources, one interface:
 * an **ImageFolder** directory, one sub-folder per class (sorted by name, as
   torchvision's ``ImageFolder``). Either ``DIR/train/<class>/...`` and ``DIR/val/<class>/...``,
   or just ``DIR/<class>/...``, split into train and val by a seeded, stratified ratio.
-  Images are found by extension (:func:`runtime.imageio.is_image_file`) and decoded by
-  :func:`runtime.imageio.decode_image` (grayscale, RGBA, palette, CMYK, 16-bit, EXIF
+  Images are found by extension (:func:`runtime.transforms.imageio.is_image_file`) and decoded by
+  :func:`runtime.transforms.imageio.decode_image` (grayscale, RGBA, palette, CMYK, 16-bit, EXIF
   orientation). Unreadable files are skipped and counted, or raise with ``strict``.
 * the built-in **digits**: scikit-learn's 1,797 real 8x8 handwritten digit scans
   (values 0..16, scaled to 0..255 grayscale). The model's preprocessing spec upscales
@@ -15,8 +15,8 @@ Two sources, one interface:
   writes the same split as PNG files so the folder path is exercised on real images.
 
 :func:`labelled_images` is the torch-free entry point that export, parity and
-calibration call; :func:`make_loader` builds the PyTorch DataLoader for training (torch
-is imported only there).
+calibration call; :mod:`.loader` builds the PyTorch Dataset and DataLoader for training
+(this module never imports torch).
 
 Augmentation randomness is drawn from ``np.random.default_rng([seed, epoch, index])``
 per sample, so a training run is reproducible independently of the number of loader
@@ -34,7 +34,7 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
-from convdeploy.runtime.errors import InputError, UsageError
+from convdeploy.runtime.errors import InputError, InternalError, UsageError
 from convdeploy.runtime.fsutil import atomic_directory
 from convdeploy.runtime.transforms.imageio import decode_image, is_image_file
 
@@ -102,7 +102,8 @@ class DataSplit:
     def load(self, i: int, color_mode: str) -> Image.Image:
         if self.images is not None:
             return self.images[i]
-        assert self.paths is not None
+        if self.paths is None:
+            raise InternalError("a data split holds neither images nor paths")
         return decode_image(self.paths[i], color_mode)
 
 
@@ -392,7 +393,7 @@ def labelled_images(
     uses by default (``val_fraction``, with ``seed`` as the split seed). ``limit``: at most
     that many images, a seeded random subset kept in dataset order. ``color_mode``: the
     decoded mode ('RGB' or 'L'); by default 'L' for digits and 'RGB' for folders. Either
-    way the images go through ``runtime.preprocess.preprocess``, which converts them to
+    way the images go through ``runtime.transforms.preprocess.preprocess``, which converts them to
     the model's mode (gray -> RGB -> gray is exact). Unreadable files are skipped and
     listed in ``skipped`` (``strict`` raises instead).
     """
@@ -416,10 +417,11 @@ def labelled_images(
             labels=np.concatenate([ds.train.labels, ds.val.labels]),
             paths=list(ds.train.paths or []) + list(ds.val.paths or []),
         )
+    if part.paths is None:
+        raise InternalError("a scanned folder split has no paths")
     chosen = _limit_index(len(part), limit, seed)
     images, labels, paths, skipped = [], [], [], []
     for i in chosen:
-        assert part.paths is not None
         try:
             images.append(decode_image(part.paths[i], mode))
         except InputError as exc:

@@ -6,17 +6,23 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
 import numpy as np
+import torch
 from PIL import Image
+from torch.utils.data import DataLoader
 
 from convdeploy.exporter.data.datasets import CACHE_PIXELS, DataSplit
+from convdeploy.runtime.transforms.imageio import convert_color
 from convdeploy.runtime.transforms.preprocess import PreprocessSpec, preprocess
+
+__all__ = ["ImageDataset", "make_loader"]
+
 
 class ImageDataset:
     """Map-style dataset: decode -> (train: augmentation | eval: preprocess) -> tensor.
 
-    ``augmentation`` is a :class:`runtime.augment.Pipeline` (train) or ``None`` (eval,
-    the one :func:`runtime.preprocess.preprocess`). The augmentation generator of sample
-    ``i`` in epoch ``e`` is ``default_rng([seed, e, i])``: reproducible whatever the
+    ``augmentation`` is a :class:`runtime.transforms.augment.Pipeline` (train) or ``None``
+    (eval, the one :func:`runtime.transforms.preprocess.preprocess`). The augmentation
+    generator of sample ``i`` in epoch ``e`` is ``default_rng([seed, e, i])``: reproducible whatever the
     worker count. Small splits are decoded once and kept in memory.
     """
 
@@ -40,17 +46,16 @@ class ImageDataset:
                 self._images = list(pool.map(lambda i: split.load(i, spec.color_mode), range(len(split))))
         if self._images is not None:
             # Convert once, so that workers do not redo it every epoch.
-            from convdeploy.runtime.transforms.imageio import convert_color
-
             self._images = [convert_color(im, spec.color_mode) for im in self._images]
 
     def _small(self) -> bool:
+        """Whether the split, at its first image's size, fits the in-memory cache."""
         if not self.split.paths:
             return True
         try:
             with Image.open(self.split.paths[0]) as im:
                 w, h = im.size
-        except Exception:
+        except (OSError, Image.DecompressionBombError):  # unreadable here: decode per sample, which reports it
             return False
         return w * h * len(self.split) <= CACHE_PIXELS
 
@@ -60,9 +65,7 @@ class ImageDataset:
     def __len__(self) -> int:
         return len(self.split)
 
-    def __getitem__(self, index: int) -> tuple[Any, int]:
-        import torch
-
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         img = self._images[index] if self._images is not None else self.split.load(index, self.spec.color_mode)
         if self.augmentation is None:
             arr = preprocess(img, self.spec)
@@ -74,8 +77,6 @@ class ImageDataset:
 
 def _worker_init(worker_id: int) -> None:
     # One intra-op thread per worker: N workers x N threads would oversubscribe the cores.
-    import torch
-
     torch.set_num_threads(1)
 
 
@@ -91,15 +92,12 @@ def make_loader(
     sampler: Any | None = None,
     pin_memory: bool = False,
     collate_fn: Callable | None = None,
-) -> Any:
+) -> DataLoader:
     """A DataLoader for one epoch; the shuffle order is a function of ``(seed, epoch)``.
 
     A fresh loader per epoch (cheap) keeps the order independent of how many epochs
     ran before in this process, which is what makes resume exact.
     """
-    import torch
-    from torch.utils.data import DataLoader
-
     dataset.set_epoch(epoch)
     generator = torch.Generator()
     generator.manual_seed(int(seed) * 100_003 + int(epoch))
@@ -116,6 +114,3 @@ def make_loader(
         collate_fn=collate_fn,
         persistent_workers=False,
     )
-
-
-__all__ = ["ImageDataset", "make_loader"]

@@ -11,8 +11,8 @@ renamed), so an interrupted run never leaves a half-written one::
 
 ``checkpoint.json`` keys (``format_version`` 1), relied on by export and parity:
 ``format_version``, ``architecture``, ``model_kwargs``, ``num_classes``, ``classes``,
-``preprocess`` (a :class:`runtime.preprocess.PreprocessSpec` dict), ``augmentation``
-(a :class:`runtime.augment.Pipeline` dict), ``tta`` (optional), ``metrics``, ``seed``,
+``preprocess`` (a :class:`runtime.transforms.preprocess.PreprocessSpec` dict), ``augmentation``
+(a :class:`runtime.transforms.augment.Pipeline` dict), ``tta`` (optional), ``metrics``, ``seed``,
 ``versions``, ``epoch``, ``data``, ``created``; plus ``model_sha256`` and, when
 written by training, ``train_config`` and ``finetune``.
 
@@ -34,10 +34,15 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
+from convdeploy.exporter.architectures.registry import create_model
+from convdeploy.exporter.architectures.weights import load_state_dict_file, load_weights
 from convdeploy.runtime.errors import CheckpointError, ConvDeployError, InputError
 from convdeploy.runtime.fsutil import atomic_directory, atomic_write_json, sha256_file
+from convdeploy.runtime.transforms.preprocess import PreprocessSpec
+from convdeploy.runtime.versions import package_version
 
 __all__ = [
     "FORMAT_VERSION",
@@ -87,16 +92,12 @@ class Checkpoint:
         return int(self.meta["num_classes"])
 
     @property
-    def preprocess(self):  # -> PreprocessSpec
-        from convdeploy.runtime.transforms.preprocess import PreprocessSpec
-
+    def preprocess(self) -> PreprocessSpec:
         return PreprocessSpec.from_dict(self.meta["preprocess"])
 
 
 def versions() -> dict[str, str]:
     """Package versions recorded in checkpoints."""
-    from convdeploy.runtime.versions import package_version
-
     return {
         "convdeploy": package_version("convdeploy"),
         "torch": torch.__version__,
@@ -185,8 +186,6 @@ def save_checkpoint(
     needs); ``optimizer_state`` is a shortcut for ``{"optimizer": state}``. The
     directory appears complete or not at all.
     """
-    from safetensors.torch import save_file
-
     missing = [k for k in REQUIRED_KEYS if k not in meta]
     if missing:
         raise ValueError(f"checkpoint metadata lacks {', '.join(missing)}")
@@ -277,9 +276,6 @@ def load_checkpoint(
     another architecture or class count raises :class:`CheckpointError` (one line).
     The weights must fit the architecture exactly.
     """
-    from convdeploy.exporter.architectures.registry import create_model
-    from convdeploy.exporter.architectures.weights import load_state_dict_file, load_weights
-
     p = _checkpoint_dir(path)
     meta = read_meta(p)
     arch = meta["architecture"]
@@ -306,8 +302,6 @@ def load_checkpoint(
 
 def load_train_state(path: str | os.PathLike) -> dict[str, Any]:
     """The training state saved next to a ``last`` checkpoint (for exact resume)."""
-    from safetensors.torch import load_file
-
     p = _checkpoint_dir(path)
     if not (p / STATE_META_FILE).is_file() or not (p / STATE_FILE).is_file():
         raise CheckpointError(f"{p} holds no training state", "resume from the run's last/ checkpoint")

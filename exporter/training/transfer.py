@@ -30,20 +30,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-import torch
 from torch import nn
 
+from convdeploy.exporter.architectures.registry import create_model, get_entry
+from convdeploy.exporter.architectures.weights import load_weights
 from convdeploy.exporter.data.datasets import DIGITS, Dataset
-from convdeploy.exporter.training.loop import (
-    TrainConfig,
-    TrainResult,
-    default_augmentation,
-    evaluate,
-    fit,
-    prepare_data,
-    resolve_spec,
-)
+from convdeploy.exporter.data.loader import ImageDataset
+from convdeploy.exporter.training.checkpoint import META_FILE, MODEL_FILE, read_meta
+from convdeploy.exporter.training.config import TrainConfig, finetune_config
+from convdeploy.exporter.training.environment import resolve_device
+from convdeploy.exporter.training.loop import TrainResult, evaluate, fit
+from convdeploy.exporter.training.prepare import PreparedRun, prepare_run
 from convdeploy.runtime.errors import CheckpointError, UsageError
+from convdeploy.runtime.fsutil import sha256_file
 
 __all__ = [
     "FREEZE_HELP",
@@ -51,7 +50,6 @@ __all__ = [
     "freeze_units",
     "stage_names",
     "apply_freeze",
-    "finetune_config",
     "finetune",
 ]
 
@@ -76,10 +74,6 @@ class FreezeReport:
     frozen_batchnorm: int
     params_total: int
     params_trainable: int
-
-    @property
-    def params_frozen(self) -> int:
-        return self.params_total - self.params_trainable
 
     def summary(self) -> str:
         return (
@@ -243,12 +237,37 @@ def apply_freeze(model: nn.Module, policy: str) -> FreezeReport:
     return FreezeReport(policy, frozen, trainable, n_bn, total, n_trainable)
 
 
-def finetune_config(**overrides: Any) -> TrainConfig:
-    """Defaults for fine-tuning: AdamW, a few epochs, cosine with a short warm-up."""
-    base: dict[str, Any] = dict(epochs=5, batch_size=64, lr=1e-3, optimizer="adamw", weight_decay=1e-4,
-                                schedule="cosine", warmup_epochs=0.5)
-    base.update({k: v for k, v in overrides.items() if v is not None})
-    return TrainConfig.from_dict(base)
+def _weights_file(arch: str, weights: Path) -> tuple[Path, dict[str, Any]]:
+    """The weights file to load and, for a convdeploy checkpoint, its model arguments.
+
+    A checkpoint directory (or a training run's, whose ``best/`` is taken) or the
+    ``model.safetensors`` inside one must be a checkpoint of ``arch``.
+    """
+    if weights.is_dir():
+        if not (weights / META_FILE).is_file() and (weights / "best" / META_FILE).is_file():
+            weights = weights / "best"
+        checkpoint, file = weights, weights / MODEL_FILE
+    elif weights.name == MODEL_FILE and (weights.parent / META_FILE).is_file():
+        checkpoint, file = weights.parent, weights
+    else:
+        return weights, {}  # raw weights: load_weights checks that they fit
+    meta = read_meta(checkpoint)
+    if meta["architecture"] != arch:
+        raise CheckpointError(
+            f"{checkpoint} is a checkpoint of {meta['architecture']}, not {arch}",
+            f"fine-tune {meta['architecture']} or pass weights for {arch}",
+        )
+    return file, dict(meta.get("model_kwargs") or {})
+
+
+def _val_accuracy(model: nn.Module, prepared: PreparedRun) -> float:
+    """Validation accuracy of ``model`` as it is (the new head untrained)."""
+    device = resolve_device(prepared.config.device)
+    model.to(device)
+    _, accuracy, _ = evaluate(model, ImageDataset(prepared.dataset.val, prepared.spec, None), device=device,
+                              batch_size=prepared.config.eval_batch_size or 256)
+    model.to("cpu")
+    return accuracy
 
 
 def finetune(
@@ -257,7 +276,7 @@ def finetune(
     num_classes: int | None,
     freeze: str,
     data: str | os.PathLike | Dataset,
-    config: TrainConfig | None = None,
+    config: TrainConfig | Mapping[str, Any] | None = None,
     out_dir: str | os.PathLike = "runs/finetune",
     *,
     resume: bool = False,
@@ -268,106 +287,50 @@ def finetune(
     """Fine-tune ``arch`` from a weights file (torchvision/timm state_dict, safetensors,
     or a convdeploy checkpoint) on ``data`` with a fresh ``num_classes`` head.
 
+    ``config``: a :class:`TrainConfig`, or a mapping of options over
+    :func:`config.finetune_config`; on resume the saved run's, as for :func:`train`.
     The data's images are converted to the model's color mode (ImageNet RGB models get
     gray digits as RGB) and, for the built-in digits, resized to 32x32 unless
     ``config.image_size`` says otherwise: small enough to train fast on a CPU, and
     ImageNet ResNets, VGG and GoogLeNet all accept it. ``result.extra`` holds the freeze
     report, the load report and the validation accuracy before training.
     """
-    from convdeploy.exporter.training.checkpoint import META_FILE, read_meta
-    from convdeploy.exporter.architectures.registry import create_model, get_entry
-    from convdeploy.exporter.architectures.weights import load_weights
-
-    from convdeploy.exporter.training.loop import check_run_dir, _saved_config
-
     entry = get_entry(arch)
-    config = config or finetune_config()
-    check_run_dir(Path(out_dir), resume, overwrite)
-    if resume:
-        config = _saved_config(Path(out_dir), config)
-    kwargs = dict(model_kwargs or {})
-    weights = Path(weights_path)
-    if weights.is_dir():  # a convdeploy checkpoint directory
-        if not (weights / META_FILE).is_file() and (weights / "best" / META_FILE).is_file():
-            weights = weights / "best"
-        meta = read_meta(weights)
-        if meta["architecture"] != arch:
-            raise CheckpointError(
-                f"{weights} is a checkpoint of {meta['architecture']}, not {arch}",
-                f"fine-tune {meta['architecture']} or pass weights for {arch}",
-            )
-        kwargs = {**dict(meta.get("model_kwargs") or {}), **kwargs}
-        weights = weights / "model.safetensors"
-    elif weights.name == "model.safetensors" and (weights.parent / META_FILE).is_file():
-        meta = read_meta(weights.parent)
-        if meta["architecture"] != arch:
-            raise CheckpointError(
-                f"{weights.parent} is a checkpoint of {meta['architecture']}, not {arch}",
-                f"fine-tune {meta['architecture']} or pass weights for {arch}",
-            )
-        kwargs = {**dict(meta.get("model_kwargs") or {}), **kwargs}
-    image_size = config.image_size
-    if image_size is None and isinstance(data, str) and data == DIGITS and entry.input_size[1] > 64:
-        image_size = 32
-    spec = resolve_spec(entry.preprocess, in_chans=kwargs.get("in_chans"), image_size=image_size)
-    if image_size is not None and config.image_size is None:
-        config = config.replace(image_size=image_size)
-    dataset = prepare_data(data, config, spec.color_mode)
-    k = dataset.num_classes
-    if num_classes is not None and int(num_classes) != k:
-        raise UsageError(
-            f"--num-classes {num_classes} does not match the data: it has {k} classes",
-            "drop --num-classes (it defaults to the data's) or fix the data folder",
-        )
-    from convdeploy.exporter.training.loop import _seed_everything
-
-    _seed_everything(config.seed)
-    model = create_model(arch, num_classes=k, **kwargs)
+    weights, checkpoint_kwargs = _weights_file(arch, Path(weights_path))
+    small_digits = isinstance(data, str) and data == DIGITS and entry.input_size[1] > 64
+    prepared = prepare_run(
+        arch, data, config, out_dir, defaults=finetune_config(), resume=resume, overwrite=overwrite,
+        num_classes=num_classes, model_kwargs={**checkpoint_kwargs, **dict(model_kwargs or {})},
+        default_image_size=32 if small_digits else None,
+    )
+    k = prepared.dataset.num_classes
+    model = create_model(arch, num_classes=k, **prepared.model_kwargs)
     report = load_weights(model, weights)
     # Always a fresh head, even when the checkpoint's had k outputs too (new task).
     model.reset_classifier(k)
     freeze_report = apply_freeze(model, freeze)
-    augment = config.augment or default_augmentation(data if not isinstance(data, Dataset) else "", dataset, spec)
-
-    from convdeploy.exporter.data.loader import ImageDataset
-
-    before = None
-    if not resume:
-        device = torch.device("cuda" if torch.cuda.is_available() and config.device != "cpu" else "cpu")
-        model.to(device)
-        _, before, _ = evaluate(model, ImageDataset(dataset.val, spec, None), device=device,
-                                batch_size=config.eval_batch_size or 256)
-        model.to("cpu")
-    from convdeploy.runtime.fsutil import sha256_file
-
-    extra = {
-        "finetune": {
-            "weights": str(Path(weights_path)),
-            "weights_sha256": sha256_file(weights) if weights.is_file() else None,
-            "freeze": freeze_report.as_dict(),
-            "load": report.as_dict(),
-            "val_acc_before": before,
-        }
+    if prepared.run.resume:
+        saved = prepared.run.saved_finetune
+        policy = saved.get("freeze", {}).get("policy")
+        if policy not in (None, freeze):
+            raise UsageError(f"the run in {out_dir} was started with --freeze {policy}, not {freeze}",
+                             "resume with the same freeze policy")
+        before = saved.get("val_acc_before")
+    else:
+        before = _val_accuracy(model, prepared)
+    record = {
+        "weights": str(Path(weights_path)),
+        "weights_sha256": sha256_file(weights) if weights.is_file() else None,
+        "freeze": freeze_report.as_dict(),
+        "load": report.as_dict(),
+        "val_acc_before": before,
     }
-    if resume:
-        from convdeploy.exporter.training.checkpoint import read_meta as _read
-
-        saved = _read(Path(out_dir) / "last").get("finetune") or {}
-        extra["finetune"]["val_acc_before"] = saved.get("val_acc_before")
-        if saved.get("freeze", {}).get("policy") not in (None, freeze):
-            raise UsageError(
-                f"the run in {out_dir} was started with --freeze {saved['freeze']['policy']}, not {freeze}",
-                "resume with the same freeze policy",
-            )
-    result = fit(
-        model, dataset, spec, config, out_dir, architecture=arch, model_kwargs=kwargs, augment=augment,
-        resume=resume, overwrite=overwrite, progress=progress, meta_extra=extra,
-    )
+    result = fit(model, prepared, progress=progress, meta_extra={"finetune": record})
     result.extra = {
         "freeze": freeze_report.as_dict(),
         "load": report.as_dict(),
         "load_summary": report.summary(),
         "freeze_summary": freeze_report.summary(),
-        "val_acc_before": extra["finetune"]["val_acc_before"],
+        "val_acc_before": before,
     }
     return result

@@ -17,14 +17,10 @@ from safetensors.torch import load_file
 from convdeploy.exporter.training.checkpoint import load_checkpoint, read_meta
 from convdeploy.exporter.data.datasets import load_dataset
 from convdeploy.exporter.architectures.registry import create_model
-from convdeploy.exporter.training.loop import (
-    TrainConfig,
-    compute_loss,
-    fit,
-    lr_factor,
-    suggested_config,
-    train,
-)
+from convdeploy.exporter.training.config import TrainConfig, suggested_config
+from convdeploy.exporter.training.loop import compute_loss, evaluate, fit, lr_factor
+from convdeploy.exporter.training.prepare import prepare_data, prepare_run
+from convdeploy.exporter.training.scratch import train
 from convdeploy.runtime.errors import CheckpointError, InputError, UsageError
 from convdeploy.runtime.transforms.preprocess import digits_spec
 from tests.conftest import REPO
@@ -191,8 +187,9 @@ def test_fit_skips_frozen_parameters(tmp_path):
     for p in model.features.parameters():
         p.requires_grad_(False)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    result = fit(model, ds, digits_spec(32), tiny(epochs=1, train_limit=None, val_limit=None), tmp_path / "f",
-                 architecture="lenet5", progress=False)
+    cfg = tiny(epochs=1, train_limit=None, val_limit=None, augment="none")
+    prepared = prepare_run("lenet5", ds, cfg, tmp_path / "f", defaults=cfg, preprocess=digits_spec(32))
+    result = fit(model, prepared, progress=False)
     after = weights(result.last_dir)
     assert result.params_trainable == 61_706 - 156 - 2_416
     assert all(torch.equal(after[k], before[k]) for k in before if k.startswith("features."))
@@ -218,7 +215,6 @@ def test_ddp_with_two_cpu_processes(tmp_path):
     # validation was sharded over the two processes and summed: it equals evaluating the saved
     # model on all 64 val images here
     from convdeploy.exporter.data.loader import ImageDataset
-    from convdeploy.exporter.training.loop import evaluate, prepare_data
 
     ds = prepare_data("digits", TrainConfig(train_limit=256, val_limit=64))
     loss, acc, n = evaluate(load_checkpoint(out / "last").model, ImageDataset(ds.val, digits_spec(32)))
@@ -252,10 +248,10 @@ def test_lenet5_reaches_97_percent_on_the_digits(tmp_path):
 
 @pytest.mark.slow
 def test_plain_vs_residual_on_the_digits(tmp_path):
-    from convdeploy.exporter.training.loop import compare_plain_residual
+    from convdeploy.exporter.training.experiments import compare_plain_residual
 
     cfg = suggested_config("resnet20", epochs=6)
-    summary = compare_plain_residual("resnet20", "digits", cfg, tmp_path / "cmp", progress=False)
+    summary = compare_plain_residual("resnet20", "digits", cfg, tmp_path / "cmp", progress=False).as_dict()
     assert (tmp_path / "cmp" / "compare.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((tmp_path / "cmp" / "compare.json").read_text()) == summary
     for name, run in summary["runs"].items():

@@ -7,7 +7,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from convdeploy.exporter.training.checkpoint import read_meta
-from convdeploy.exporter.training.transfer import apply_freeze, finetune, finetune_config, freeze_units, stage_names
+from convdeploy.exporter.training.config import TrainConfig, finetune_config, suggested_config
+from convdeploy.exporter.training.scratch import train
+from convdeploy.exporter.training.transfer import apply_freeze, finetune, freeze_units, stage_names
 from convdeploy.exporter.architectures.registry import create_model
 from convdeploy.runtime.errors import CheckpointError, UsageError
 
@@ -142,8 +144,6 @@ def test_bad_inputs(tmp_path, resnet18_weights):
 
 
 def test_finetune_resumes_with_its_freeze_policy(tmp_path):
-    from convdeploy.exporter.training.loop import TrainConfig
-
     torch.manual_seed(0)
     source = create_model("lenet5", num_classes=10).state_dict()
     path = tmp_path / "lenet.safetensors"
@@ -170,7 +170,6 @@ def test_resnet18_transfers_from_pretrained_weights(tmp_path):
     import time
 
     from convdeploy.exporter.data.datasets import write_digits_imagefolder
-    from convdeploy.exporter.training.loop import suggested_config, train
 
     tree = tmp_path / "digits"
     write_digits_imagefolder(tree)
