@@ -282,17 +282,15 @@ def verify_cmd(bundle: str, backend: str, precision: str | None, profile_name: s
     from convdeploy.runtime.parity.tolerances import parse_tolerance_overrides
     from convdeploy.runtime.verify import verify_bundle
 
-    result = verify_bundle(bundle, backend, precision, tolerances=parse_tolerance_overrides(tol), profile=profile_name,
+    report = verify_bundle(bundle, backend, precision, tolerances=parse_tolerance_overrides(tol), profile=profile_name,
                            threads=threads, batch_size=batch_size, engine=engine)
     if as_json:
-        echo_json(result.to_dict())
+        echo_json(report.to_dict())
     else:
-        _echo_backend(result.backend)
-        click.echo(f"inputs: {result.inputs}")
-        click.echo(result.table())
-        click.echo(result.summary())
-    if not result.passed:
-        raise CheckFailedError(result.summary(), "the artifact does not decide like the source on this device")
+        _echo_backend(report.context["backend"])
+        click.echo(report.text())
+    if not report.passed:
+        raise CheckFailedError(report.failure_message(), "the artifact does not decide like the source on this device")
 
 
 @main.command("bench")
