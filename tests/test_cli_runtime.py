@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from convdeploy.cli import main
 from convdeploy.runtime.backends import available_backends
-from tests.runtime.conftest import photo_folder, rehash, write_bundle  # noqa: F401 (fixture)
+from tests.runtime.conftest import photo_folder, rehash, write_bundle  # noqa: F401 (a fixture)
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,7 @@ def png_header_only(path, width, height):
 
 
 # -- predict ---------------------------------------------------------------------------------
-def test_predict_table_json_csv(bundle, photo_folder):
+def test_predict_table_json_csv(bundle, photo_folder):  # noqa: F811 (the fixture imported above)
     r = run("predict", bundle, photo_folder, "--topk", "3", "--no-progress")
     assert r.exit_code == 0, r.output
     assert r.stderr.startswith("backend: onnxruntime [CPUExecutionProvider] on cpu, fp32, model.onnx")

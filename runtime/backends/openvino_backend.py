@@ -23,7 +23,8 @@ _HINTS = {"f32": "f32", "fp32": "f32", "f16": "f16", "fp16": "f16", "bf16": "bf1
 _REPORTED = {"f32": "fp32", "f16": "fp16", "bf16": "bf16"}
 
 
-def _import_openvino() -> Any:
+def import_openvino() -> Any:
+    """The ``openvino`` module, or one clear error saying how to get it."""
     try:
         import openvino
     except ImportError:
@@ -42,6 +43,8 @@ class OpenVINOBackend:
     """
 
     name = "openvino"
+    # Constructor options a bundle selection passes through from its caller (it sets the others).
+    OPTIONS = ("device", "performance_hint", "num_requests")
 
     def __init__(
         self,
@@ -54,7 +57,7 @@ class OpenVINOBackend:
         artifact_precision: str = "fp32",
         num_requests: int = 2,
     ) -> None:
-        ov = _import_openvino()
+        ov = import_openvino()
         self.model_path = Path(model_path)
         if not self.model_path.is_file():
             raise BundleError(f"model file not found: {self.model_path}", "copy the whole bundle directory")
@@ -155,4 +158,4 @@ class OpenVINOBackend:
         self.compiled = None
 
 
-__all__ = ["OpenVINOBackend"]
+__all__ = ["OpenVINOBackend", "import_openvino"]
