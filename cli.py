@@ -335,28 +335,17 @@ def bench_cmd(bundle: str, backend: str, precision: str | None, profile_name: st
         if missing or absent:
             raise InputError(missing[0].error or "" if missing else f"image not found: {absent[0]}")
         files = found
-    torch_bench = None
+    compare_with = None
     if compare_torch:
         try:
             from convdeploy.exporter.export.torch_bench import bench_torch
         except ImportError:
             raise UsageError("--compare-torch needs PyTorch", "pip install 'convdeploy[torch]'") from None
-        torch_bench = bench_torch
+        compare_with = functools.partial(bench_torch, compare_torch)
     result = bench_bundle(bundle, backend, precision=precision, profile=profile_name, threads=threads,
                           batch_sizes=sizes, warmup=warmup, iterations=iterations, duration=duration,
-                          images=files, e2e_images=e2e_images, tta=tta,
+                          images=files, e2e_images=e2e_images, tta=tta, compare_with=compare_with,
                           progress=None if as_json else (lambda m: click.echo(f"timing {m}...", err=True)))
-    if torch_bench is not None:
-        from convdeploy.runtime.bundle.reader import Bundle
-
-        b = Bundle.load(bundle, verify_hashes=False)
-        golden = b.golden().get("inputs") if b.manifest.get("golden") else None
-        t = torch_bench(compare_torch, sample_shape=tuple(b.manifest["inputs"][0]["shape"][1:]), batch_sizes=sizes,
-                        threads=threads, warmup=warmup, iterations=iterations, duration=duration, inputs=golden)
-        for row in t["model_only"]:
-            ours = next(m for m in result["model_only"] if m["batch"] == row["batch"])
-            row["speedup_vs_torch"] = row["p50_ms"] / ours["p50_ms"]
-        result["torch"] = t
     if as_json:
         echo_json(result)
         return
