@@ -157,7 +157,7 @@ def run_parity(
     the same) the candidates'. With a non-identity ``tta`` the merged TTA outputs of the
     first ``tta_samples`` images are compared too. An FP16 artifact is also judged as
     ``fp16-emulated``: the same graph with its FP16 activations rounded explicitly
-    (:func:`exporter.precision.fp16_storage_emulation`), since onnxruntime's CPU provider
+    (:func:`exporter.export.precision.fp16_storage_emulation`), since onnxruntime's CPU provider
     computes FP16 graphs in FP32 and would hide overflow and rounding that a GPU shows.
     Tolerances: the precision's tier, then ``profile.tolerances``, then ``overrides``.
     Never raises on a failed gate: the caller reads :attr:`ParityReport.passed`.

@@ -93,8 +93,10 @@ class OpenVINOBackend:
                               "the model file may be corrupt; re-export the bundle") from None
         try:
             actual = str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
-        except Exception:
+            self.precision_source = "reported by OpenVINO"
+        except RuntimeError:  # a device that does not report it: say that the precision is assumed
             actual = _HINTS.get(inference_precision or "f32", "f32")
+            self.precision_source = "assumed: OpenVINO does not report it for this device"
         # Type names print as "<Type: 'bfloat16'>" or "bf16" depending on the version.
         low = actual.lower()
         self.execution_precision = "bf16" if "bf" in low else "f16" if ("f16" in low or "float16" in low) else "f32"
@@ -149,6 +151,7 @@ class OpenVINOBackend:
             threads=self.threads,
             details={"openvino": self._ov.__version__, "performance_hint": self.performance_hint,
                      "inference_precision": self.execution_precision,
+                     "inference_precision_source": self.precision_source,
                      "inference_precision_requested": self.requested_precision or "device default",
                      "artifact_precision": self.artifact_precision, "model": self.model_path.name},
         )
