@@ -159,15 +159,14 @@ def profiles_cmd(name: str | None, as_json: bool) -> None:
 
 
 # --------------------------------------------------------------------------- predict / verify / bench
-_BACKEND_CHOICE = click.Choice(["auto", "onnxruntime", "tensorrt", "openvino"])
-
-
 def _runtime_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Options shared by predict, verify and bench (all torch-free)."""
+    from convdeploy.runtime.bundle.contract import BACKENDS, PRECISIONS
+
     for option in reversed([
-        click.option("--backend", type=_BACKEND_CHOICE, default="auto", show_default=True,
+        click.option("--backend", type=click.Choice(["auto", *BACKENDS]), default="auto", show_default=True,
                      help="Inference backend; auto picks the best available here and says which."),
-        click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default=None,
+        click.option("--precision", type=click.Choice(list(PRECISIONS)), default=None,
                      help="Artifact to run (default: the profile's or the bundle's default)."),
         click.option("--profile", "profile_name", default=None, metavar="NAME|FILE",
                      help="Target profile: provider order, batch limits, tolerance overrides."),
