@@ -175,15 +175,14 @@ def profiles_cmd(name: str | None, as_json: bool) -> None:
 
 
 # --------------------------------------------------------------------------- predict / verify / bench
-_BACKEND_CHOICE = click.Choice(["auto", "onnxruntime", "tensorrt", "openvino"])
-
-
 def _runtime_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Options shared by predict, verify and bench (all torch-free)."""
+    from convdeploy.runtime.bundle.contract import BACKENDS, PRECISIONS
+
     for option in reversed([
-        click.option("--backend", type=_BACKEND_CHOICE, default="auto", show_default=True,
+        click.option("--backend", type=click.Choice(["auto", *BACKENDS]), default="auto", show_default=True,
                      help="Inference backend; auto picks the best available here and says which."),
-        click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default=None,
+        click.option("--precision", type=click.Choice(list(PRECISIONS)), default=None,
                      help="Artifact to run (default: the profile's or the bundle's default)."),
         click.option("--profile", "profile_name", default=None, metavar="NAME|FILE",
                      help="Target profile: provider order, batch limits, tolerance overrides."),
@@ -298,17 +297,15 @@ def verify_cmd(bundle: str, backend: str, precision: str | None, profile_name: s
     from convdeploy.runtime.parity.tolerances import parse_tolerance_overrides
     from convdeploy.runtime.verify import verify_bundle
 
-    result = verify_bundle(bundle, backend, precision, tolerances=parse_tolerance_overrides(tol), profile=profile_name,
+    report = verify_bundle(bundle, backend, precision, tolerances=parse_tolerance_overrides(tol), profile=profile_name,
                            threads=threads, batch_size=batch_size, engine=engine)
     if as_json:
-        echo_json(result.to_dict())
+        echo_json(report.to_dict())
     else:
-        _echo_backend(result.backend)
-        click.echo(f"inputs: {result.inputs}")
-        click.echo(result.table())
-        click.echo(result.summary())
-    if not result.passed:
-        raise CheckFailedError(result.summary(), "the artifact does not decide like the source on this device")
+        _echo_backend(report.context["backend"])
+        click.echo(report.text())
+    if not report.passed:
+        raise CheckFailedError(report.failure_message(), "the artifact does not decide like the source on this device")
 
 
 @main.command("bench")
@@ -353,28 +350,17 @@ def bench_cmd(bundle: str, backend: str, precision: str | None, profile_name: st
         if missing or absent:
             raise InputError(missing[0].error or "" if missing else f"image not found: {absent[0]}")
         files = found
-    torch_bench = None
+    compare_with = None
     if compare_torch:
         try:
             from convdeploy.exporter.export.torch_bench import bench_torch
         except ImportError:
             raise UsageError("--compare-torch needs PyTorch", "pip install 'convdeploy[torch]'") from None
-        torch_bench = bench_torch
+        compare_with = functools.partial(bench_torch, compare_torch)
     result = bench_bundle(bundle, backend, precision=precision, profile=profile_name, threads=threads,
                           batch_sizes=sizes, warmup=warmup, iterations=iterations, duration=duration,
-                          images=files, e2e_images=e2e_images, tta=tta,
+                          images=files, e2e_images=e2e_images, tta=tta, compare_with=compare_with,
                           progress=None if as_json else (lambda m: click.echo(f"timing {m}...", err=True)))
-    if torch_bench is not None:
-        from convdeploy.runtime.bundle.reader import Bundle
-
-        b = Bundle.load(bundle, verify_hashes=False)
-        golden = b.golden().get("inputs") if b.manifest.get("golden") else None
-        t = torch_bench(compare_torch, sample_shape=tuple(b.manifest["inputs"][0]["shape"][1:]), batch_sizes=sizes,
-                        threads=threads, warmup=warmup, iterations=iterations, duration=duration, inputs=golden)
-        for row in t["model_only"]:
-            ours = next(m for m in result["model_only"] if m["batch"] == row["batch"])
-            row["speedup_vs_torch"] = row["p50_ms"] / ours["p50_ms"]
-        result["torch"] = t
     if as_json:
         echo_json(result)
         return

@@ -1,6 +1,7 @@
 """convdeploy's torch-free runtime: bundles, preprocessing, TTA, backends, parity metrics.
 
-Never imports torch (DESIGN.md); a test proves it. Heavy backends load lazily.
+Never imports torch, so a deploy target needs no PyTorch; a test proves it. Heavy
+backends load lazily.
 """
 
 from __future__ import annotations

@@ -5,7 +5,9 @@ to the batch size, so the numbers come from real data). *End-to-end* times the w
 :class:`runtime.predictor.Predictor` path over image files: decode, preprocess, TTA
 views, inference, merge, top-k. Both report p50/p90/p99 latency per batch and
 throughput in images per second. Timing the PyTorch source for comparison lives in
-``exporter.torch_bench`` (this module never imports torch).
+``exporter.export.torch_bench``: this module never imports torch, so the caller passes
+that timer in (``bench_bundle(compare_with=...)``) and the result gains a ``torch``
+section with the runtime's speedup per batch size.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
+from convdeploy.runtime.bundle.contract import GOLDEN_INPUTS
 from convdeploy.runtime.bundle.reader import Bundle
-from convdeploy.runtime.errors import UsageError
+from convdeploy.runtime.errors import InternalError, UsageError
 
 if TYPE_CHECKING:  # pragma: no cover
     from convdeploy.runtime.targets import Profile
@@ -63,8 +66,8 @@ def time_callable(fn: Callable[[], Any], *, warmup: int = 5, iterations: int | N
 
 
 def _rows(golden: dict[str, np.ndarray] | None, shape: tuple[int, ...], n: int, dtype: str) -> tuple[np.ndarray, str]:
-    if golden is not None and "inputs" in golden and len(golden["inputs"]):
-        src = golden["inputs"]
+    if golden is not None and GOLDEN_INPUTS in golden and len(golden[GOLDEN_INPUTS]):
+        src = golden[GOLDEN_INPUTS]
         reps = -(-n // len(src))
         return np.ascontiguousarray(np.concatenate([src] * reps)[:n]), "golden inputs (real data)"
     rng = np.random.default_rng(0)
@@ -87,6 +90,7 @@ def bench_bundle(
     tta: str | None = None,
     workers: int | None = None,
     progress: Callable[[str], None] | None = None,
+    compare_with: Callable[..., dict[str, Any]] | None = None,
     **backend_opts: Any,
 ) -> dict[str, Any]:
     """Benchmark ``path`` on this machine and return a JSON-ready dict.
@@ -94,6 +98,14 @@ def bench_bundle(
     ``batch_sizes``: images per call. With ``images`` (files), end-to-end throughput
     over ``e2e_images`` images (the files repeated as needed) is measured per batch
     size too, and compared with model-only throughput at the same batch size.
+
+    ``compare_with``: a timer of the source model, e.g.
+    ``functools.partial(exporter.export.torch_bench.bench_torch, checkpoint)``. It is
+    called with the same ``sample_shape``, ``batch_sizes``, ``threads``, ``warmup``,
+    ``iterations`` and ``duration``, and ``inputs`` (the golden inputs, or None), and
+    returns ``{"model_only": [{"batch": b, "p50_ms": ...}, ...], ...}``; that lands in
+    the result as ``"torch"``, each row with its ``speedup_vs_torch``
+    (:func:`add_torch_comparison`).
     """
     from convdeploy.runtime.predictor import Predictor
     from convdeploy.runtime.targets import resolve_profile
@@ -141,9 +153,28 @@ def bench_bundle(
                        "errors": errors}
                 e2e["fraction_of_model_only"] = e2e["throughput_ips"] / model["throughput_ips"]
                 result["end_to_end"].append(e2e)
+        if compare_with is not None:
+            if progress:
+                progress("the PyTorch source")
+            reference = compare_with(sample_shape=sample_shape, batch_sizes=list(batch_sizes), threads=threads,
+                                     warmup=warmup, iterations=iterations, duration=duration,
+                                     inputs=golden.get(GOLDEN_INPUTS) if golden is not None else None)
+            add_torch_comparison(result, reference)
         return result
     finally:
         predictor.close()
 
 
-__all__ = ["bench_bundle", "latency_stats", "time_callable"]
+def add_torch_comparison(result: dict[str, Any], torch_result: dict[str, Any]) -> dict[str, Any]:
+    """Put ``torch_result`` (the source model's timings) under ``result["torch"]``, each
+    row with ``speedup_vs_torch``: PyTorch's p50 latency over the runtime's at that batch size."""
+    ours = {m["batch"]: m for m in result["model_only"]}
+    for row in torch_result["model_only"]:
+        if row["batch"] not in ours:
+            raise InternalError(f"the PyTorch timings have batch size {row['batch']}, the runtime's do not")
+        row["speedup_vs_torch"] = row["p50_ms"] / ours[row["batch"]]["p50_ms"]
+    result["torch"] = torch_result
+    return result
+
+
+__all__ = ["add_torch_comparison", "bench_bundle", "latency_stats", "time_callable"]

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 
 class ConvDeployError(Exception):
-    """Base class; ``exit_code`` follows DESIGN.md (2 = bad input, 1 = failed check)."""
+    """Base class: a message, a hint, and the CLI's exit code (2 = bad usage or input, 1 = a failed check)."""
 
     exit_code: int = 2
 

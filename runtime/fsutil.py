@@ -1,6 +1,6 @@
 """Atomic file and directory writes, hashing and path confinement.
 
-Nothing half-written is ever left on disk (DESIGN.md): files are written to a temporary
+Nothing half-written is ever left on disk: files are written to a temporary
 sibling and renamed; a bundle or checkpoint directory is built in a temporary sibling
 directory and renamed into place only once complete.
 """

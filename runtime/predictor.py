@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence, U
 import numpy as np
 from PIL import Image
 
+from convdeploy.runtime.backends.base import run_batched
 from convdeploy.runtime.bundle.reader import Bundle
 from convdeploy.runtime.errors import ConvDeployError, InputError, UsageError
 from convdeploy.runtime.targets import resolve_profile
@@ -163,7 +164,7 @@ class Predictor:
         ``backend``: ``auto`` (see :func:`runtime.backends.open_bundle_backend`),
         ``onnxruntime``, ``tensorrt`` or ``openvino``. ``tta``: override the bundle's
         test-time augmentation (a :class:`TTASpec` or its CLI form, e.g. ``"hflip"``).
-        ``profile``: a profile name, TOML path or :class:`profiles.Profile`; it sets the
+        ``profile``: a profile name, TOML path or :class:`runtime.targets.Profile`; it sets the
         provider order, the default precision and the batch limits.
         """
         from convdeploy.runtime.backends import open_bundle_backend
@@ -198,10 +199,7 @@ class Predictor:
 
     def run_batch(self, batch: np.ndarray) -> np.ndarray:
         """Model only: preprocessed rows -> logits, split to respect the batch limit."""
-        limit = self.max_batch or len(batch)
-        if len(batch) <= limit:
-            return self.backend.run(batch)
-        return np.concatenate([self.backend.run(batch[i:i + limit]) for i in range(0, len(batch), limit)])
+        return run_batched(self.backend, batch, self.max_batch or len(batch))
 
     def logits(self, views: np.ndarray, tta: TTASpec | None = None) -> np.ndarray:
         """Preprocessed views (N*V rows, views of an image consecutive) -> merged N x K logits."""
@@ -253,16 +251,13 @@ class Predictor:
                     slots.append((name, None, f"{name}: {type(exc).__name__}: {exc}"))
                 refill()
             good = [a for _, a, _ in slots if a is not None]
-            top = probs = None
-            if good:
-                probs = softmax(self.logits(np.concatenate(good), spec_tta))
-                top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+            probs = softmax(self.logits(np.concatenate(good), spec_tta)) if good else np.empty((0, len(self.classes)))
+            top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
             j = 0
             for name, arr, err in slots:  # input order, failures in place
                 if arr is None:
                     result = Prediction(name, error=err)
                 else:
-                    assert top is not None and probs is not None
                     idx, p = top[j], probs[j]
                     j += 1
                     result = Prediction(name, [self.classes[c] for c in idx], [int(c) for c in idx],

@@ -1,6 +1,6 @@
 """Deployment target profiles: one TOML file per target, loaded into :class:`Profile`.
 
-A profile is data (DESIGN.md): backend, allowed and default precision, ONNX opset,
+A profile is data, not code: backend, allowed and default precision, ONNX opset,
 batch min/opt/max, input size limits, TensorRT workspace, DLA core, TF32 policy,
 parity tolerance overrides and onnxruntime provider order. Users pass their own TOML
 file wherever a profile name is accepted.

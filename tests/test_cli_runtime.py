@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from convdeploy.cli import main
 from convdeploy.runtime.backends import available_backends
-from tests.runtime.conftest import photo_folder, rehash, write_bundle  # noqa: F401 (fixture)
+from tests.runtime.conftest import photo_folder, rehash, write_bundle  # noqa: F401 (a fixture)
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,7 @@ def png_header_only(path, width, height):
 
 
 # -- predict ---------------------------------------------------------------------------------
-def test_predict_table_json_csv(bundle, photo_folder):
+def test_predict_table_json_csv(bundle, photo_folder):  # noqa: F811 (the fixture imported above)
     r = run("predict", bundle, photo_folder, "--topk", "3", "--no-progress")
     assert r.exit_code == 0, r.output
     assert r.stderr.startswith("backend: onnxruntime [CPUExecutionProvider] on cpu, fp32, model.onnx")
@@ -156,8 +156,9 @@ def test_tensorrt_problems_are_one_line_exit_2(copy, monkeypatch):
 # -- verify / bench --------------------------------------------------------------------------
 def test_verify_pass_and_fail_exit_codes(bundle, copy):
     r = run("verify", bundle)
-    assert r.exit_code == 0 and "PASSED" in r.stdout
-    assert "inputs: golden.npz: 8 preprocessed samples from scikit-learn" in r.stdout
+    assert r.exit_code == 0 and "verify PASSED (model.onnx (fp32))" in r.stdout
+    first = r.stdout.splitlines()[0]
+    assert first.startswith("verify on 8 real samples from scikit-learn sample photos (golden.npz, preprocessed")
     r = run("verify", bundle, "--precision", "int8", "--json") if "int8" in json.loads(
         (bundle / "manifest.json").read_text())["artifacts"] else run("verify", bundle, "--json")
     assert r.exit_code == 0 and json.loads(r.stdout)["passed"] is True
@@ -169,7 +170,8 @@ def test_verify_pass_and_fail_exit_codes(bundle, copy):
     rehash(b)
     r = run("verify", b)
     one_error_line(r, 1, "FAILED")
-    assert "max_rel_err" in r.stderr and "FAIL: max_rel_err" in r.stdout
+    assert "error: verify FAILED: model.onnx (fp32): max_rel_err=" in r.stderr and "FAIL: max_rel_err" in r.stdout
+    assert "verify FAILED (model.onnx (fp32))" in r.stdout
     assert run("verify", b, "--tol", "max_rel_err=0.02").exit_code == 0
 
 

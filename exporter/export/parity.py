@@ -6,9 +6,10 @@ the *source's* preprocessing; each candidate is an exported ONNX file executed t
 preprocessed with the *bundle's* preprocessing. A bundle that ships the wrong
 preprocessing therefore fails here, not on the device.
 
-Metrics and verdicts come from :mod:`runtime.metrics` (the same code ``verify`` uses on
-the target) with the tiers of :mod:`runtime.tolerances`, overridden by the profile's
-``[tolerances.<precision>]`` and then by command-line ``--tolerance`` flags. When the
+Metrics, verdicts and the report come from :mod:`runtime.parity` (the same code
+``verify`` uses on the target), with the tolerances of
+:func:`runtime.parity.tolerances.resolve`: the precision's tier, overridden by the
+profile's ``[tolerances.<precision>]`` and then by command-line ``--tolerance`` flags. When the
 manifest's test-time augmentation is not the identity, the merged TTA outputs are
 compared as well (rows named ``<precision>+tta``).
 
@@ -21,17 +22,19 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from convdeploy.exporter.export.source import reference_logits
-from convdeploy.runtime.parity.metrics import Verdict, compare_outputs, format_table, judge
+from convdeploy.runtime.backends.base import run_batched
 from convdeploy.runtime.errors import CheckFailedError, UsageError
+from convdeploy.runtime.parity.metrics import compare_outputs, judge
+from convdeploy.runtime.parity.report import ParityInputs, ParityReport, ParityRow
+from convdeploy.runtime.parity.tolerances import resolve
 from convdeploy.runtime.transforms.preprocess import PreprocessSpec, preprocess_batch
-from convdeploy.runtime.parity.tolerances import tolerances_for
 from convdeploy.runtime.transforms.tta import TTASpec, make_views, merge_views
 
 DEFAULT_PARITY_SAMPLES = 256
@@ -113,21 +116,6 @@ def _short(items: Sequence[str], n: int = 4) -> str:
     return ", ".join(items[:n]) + (f", ... ({len(items)})" if len(items) > n else "")
 
 
-# --------------------------------------------------------------------------- tolerances
-def resolve_tolerances(
-    precision: str,
-    profile: Any | None = None,
-    overrides: Mapping[str, Mapping[str, float | None]] | None = None,
-) -> dict[str, float | None]:
-    """The tier for ``precision``: defaults, then the profile's table, then ``overrides``."""
-    layers = []
-    if profile is not None:
-        layers.append(dict(getattr(profile, "tolerances", {}) or {}).get(precision))
-    if overrides:
-        layers.append(overrides.get(precision))
-    return tolerances_for(precision, *layers)
-
-
 # --------------------------------------------------------------------------- running
 def backend_logits(path: str | os.PathLike, inputs: np.ndarray, *, precision: str = "fp32", batch_size: int = 32,
                    threads: int | None = None) -> tuple[np.ndarray, dict[str, Any]]:
@@ -137,110 +125,11 @@ def backend_logits(path: str | os.PathLike, inputs: np.ndarray, *, precision: st
     backend = create_backend("onnxruntime", path, providers=["CPUExecutionProvider"], threads=threads,
                              precision=precision)
     try:
-        fixed = backend.inputs[0].shape[0]
-        step = fixed if isinstance(fixed, int) else batch_size
-        outs = [backend.run(inputs[i:i + step]) for i in range(0, len(inputs), step)]
+        out = run_batched(backend, inputs, batch_size)
         info = backend.describe().to_dict()
     finally:
         backend.close()
-    return np.concatenate(outs).astype(np.float32), info
-
-
-@dataclass
-class ParityRow:
-    """One compared artifact (and view mode): its measurements and its verdict."""
-
-    name: str
-    precision: str
-    artifact: str
-    report: dict[str, Any]
-    verdict: Verdict
-    tolerances: dict[str, float | None]
-    tta: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "precision": self.precision, "artifact": self.artifact, "tta": self.tta,
-                "report": self.report, "verdict": self.verdict.to_dict(), "tolerances": self.tolerances}
-
-
-@dataclass
-class ParityReport:
-    """The gate's result: a row per artifact (and TTA mode), what it ran on, the verdict."""
-
-    rows: list[ParityRow]
-    data_source: str
-    random_inputs: bool
-    samples: int
-    labelled: bool
-    preprocessing_identical: bool
-    reference: dict[str, Any]
-    candidates: dict[str, Any]
-    notes: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-    # Not serialised: what the golden file and the callers reuse.
-    reference_inputs: np.ndarray | None = field(default=None, repr=False)
-    candidate_inputs: np.ndarray | None = field(default=None, repr=False)
-    reference_outputs: np.ndarray | None = field(default=None, repr=False)
-
-    @property
-    def passed(self) -> bool:
-        return all(r.verdict.passed for r in self.rows)
-
-    @property
-    def status(self) -> str:
-        return "passed" if self.passed else "failed"
-
-    def headline(self) -> str:
-        """The report's first line: what the gate ran on (random data said loudly)."""
-        if self.random_inputs:
-            return (f"RANDOM INPUTS: no data was given, so parity ran on {self.data_source}; this says nothing "
-                    "about accuracy on real images and does not test preprocessing: pass --data DIR (or digits)")
-        labels = "with labels" if self.labelled else "without labels"
-        return f"parity on {self.samples} real samples from {self.data_source}, {labels}"
-
-    def failures(self) -> list[str]:
-        """One line per failed row: each failed check with its value and limit."""
-        return [f"{r.name}: " + ", ".join(f"{c['check']}={c['value']:.4g} (limit {c['limit']:.6g})"
-                                         for c in r.verdict.failed_checks)
-                for r in self.rows if not r.verdict.passed]
-
-    def summary(self) -> str:
-        """One line: passed or failed, and which rows."""
-        if self.passed:
-            return f"parity PASSED ({', '.join(r.name for r in self.rows)})"
-        return f"parity FAILED ({', '.join(r.name for r in self.rows if not r.verdict.passed)})"
-
-    def table(self) -> str:
-        return format_table([{"name": r.name, "report": r.report, "verdict": r.verdict.to_dict()} for r in self.rows])
-
-    def text(self) -> str:
-        """Headline, table, verdict and notes: what the CLI prints."""
-        lines = [self.headline(), "", self.table(), "", self.summary()]
-        lines.extend(f"  {line}" for line in self.failures())
-        for r in self.rows:
-            clear = [f for f in r.report.get("flipped_samples", []) if not f["near_tie"]]
-            if clear and not r.verdict.passed:
-                shown = ", ".join(f"#{f['index']} {f['reference']}->{f['candidate']} (margin {f['reference_margin']:.3g})"
-                                  for f in clear[:5])
-                lines.append(f"  {r.name} label flips outside near-ties: {shown}")
-        lines.extend(f"note: {n}" for n in self.notes)
-        return "\n".join(lines)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "status": self.status,
-            "headline": self.headline(),
-            "summary": self.summary(),
-            "failures": self.failures(),
-            "inputs": {"source": self.data_source, "random": self.random_inputs, "samples": self.samples,
-                       "labelled": self.labelled, "preprocessing_identical": self.preprocessing_identical},
-            "rows": [r.to_dict() for r in self.rows],
-            "table": self.table(),
-            "reference": self.reference,
-            "candidates": self.candidates,
-            "notes": list(self.notes),
-            "seconds": round(self.seconds, 3),
-        }
+    return out.astype(np.float32), info
 
 
 def _preprocess_views(images: Sequence[Any], spec: PreprocessSpec, tta: TTASpec) -> np.ndarray:
@@ -268,7 +157,7 @@ def run_parity(
     the same) the candidates'. With a non-identity ``tta`` the merged TTA outputs of the
     first ``tta_samples`` images are compared too. An FP16 artifact is also judged as
     ``fp16-emulated``: the same graph with its FP16 activations rounded explicitly
-    (:func:`exporter.precision.fp16_storage_emulation`), since onnxruntime's CPU provider
+    (:func:`exporter.export.precision.fp16_storage_emulation`), since onnxruntime's CPU provider
     computes FP16 graphs in FP32 and would hide overflow and rounding that a GPU shows.
     Tolerances: the precision's tier, then ``profile.tolerances``, then ``overrides``.
     Never raises on a failed gate: the caller reads :attr:`ParityReport.passed`.
@@ -292,8 +181,7 @@ def run_parity(
     if data.images is not None:
         ref_in = preprocess_batch(data.images, reference_spec)
         cand_in = ref_in if identical else preprocess_batch(data.images, candidate_spec)
-    else:
-        assert data.arrays is not None
+    else:  # ParityData holds either images or arrays
         ref_in = cand_in = np.ascontiguousarray(data.arrays, dtype=np.float32)
         if not identical:
             notes.append("the inputs are preprocessed arrays: the preprocessing difference is not exercised")
@@ -324,7 +212,7 @@ def run_parity(
                 emu = fp16_storage_emulation(path, Path(scratch) / "fp16-emulated.onnx")
                 runs.append(("fp16-emulated", precision, emu, f"{Path(path).name} (FP16 storage emulated)"))
         for name, precision, path, artifact in runs:
-            tol = resolve_tolerances(precision, profile, overrides)
+            tol = resolve(precision, profile, overrides)
             near_tie = float(tol.get("near_tie") or 0.0)
             out, info = backend_logits(path, cand_in, precision=precision, batch_size=batch_size, threads=threads)
             report = compare_outputs(ref_out, out, labels, near_tie=near_tie)
@@ -345,18 +233,13 @@ def run_parity(
         "tf32": "not applicable (CPU reference)",
         "preprocess": reference_spec.to_dict(),
     }
-    return ParityReport(
-        rows=rows,
-        data_source=data.source,
-        random_inputs=data.random,
-        samples=len(data),
-        labelled=labels is not None,
-        preprocessing_identical=identical,
-        reference=reference,
-        candidates=candidates,
-        notes=notes,
-        seconds=time.perf_counter() - start,
-        reference_inputs=ref_in,
-        candidate_inputs=cand_in,
-        reference_outputs=ref_out,
-    )
+    inputs = ParityInputs(source=data.source, samples=len(data), labelled=labels is not None, random=data.random,
+                          preprocessing_identical=identical, advice="pass --data DIR (or digits)")
+    return ParityReport(rows=rows, inputs=inputs, subject="parity", notes=notes,
+                        context={"reference": reference, "candidates": candidates,
+                                 "seconds": round(time.perf_counter() - start, 3)},
+                        reference_outputs=ref_out)
+
+
+__all__ = ["DEFAULT_PARITY_SAMPLES", "DEFAULT_TTA_SAMPLES", "RANDOM_SAMPLES", "ParityData", "ParityFailedError",
+           "ParityReport", "ParityRow", "backend_logits", "run_parity"]

@@ -18,76 +18,32 @@ import importlib.util
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from convdeploy.runtime.backends.base import Backend, BackendInfo, TensorSpec
 from convdeploy.runtime.bundle.contract import BACKENDS
-from convdeploy.runtime.errors import BackendUnavailableError, EngineMismatchError, UsageError
+from convdeploy.runtime.errors import BackendUnavailableError, ConvDeployError, UsageError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from convdeploy.runtime.targets import Profile
     from convdeploy.runtime.bundle.reader import Bundle
+    from convdeploy.runtime.targets import Profile
 
 
-
-def _has(module: str) -> bool:
+def _installed(module: str) -> bool:
     try:
         return importlib.util.find_spec(module) is not None
     except (ImportError, ValueError):
         return False
 
 
-def available_backends() -> list[str]:
-    """Backends whose engine is importable here (TensorRT also needs a CUDA binding)."""
-    out = []
-    if _has("onnxruntime"):
-        out.append("onnxruntime")
-    if _has("tensorrt") and (_has("cuda") or _cudart_loadable()):
-        out.append("tensorrt")
-    if _has("openvino"):
-        out.append("openvino")
-    return out
+def _cuda_binding_available() -> bool:
+    """cuda-python or a loadable libcudart: what TensorRT needs besides itself."""
+    from convdeploy.runtime.backends import cuda
+
+    return _installed("cuda") or cuda.find_libcudart() is not None
 
 
-def _cudart_loadable() -> bool:
-    from convdeploy.runtime.backends.tensorrt_backend import find_libcudart
-
-    return find_libcudart() is not None
-
-
-def create_backend(name: str, model_path: str | os.PathLike, **opts: Any) -> Backend:
-    """Open ``model_path`` with backend ``name`` (``onnxruntime``, ``tensorrt``, ``openvino``, ``auto``).
-
-    ``opts`` go to the backend's constructor (e.g. ``providers``, ``threads`` for
-    onnxruntime; ``performance_hint``, ``inference_precision`` for OpenVINO). ``auto``
-    picks by file type: a ``.engine`` file goes to TensorRT, an ONNX file to
-    onnxruntime (or OpenVINO when onnxruntime is not installed).
-    """
-    if name == "auto":
-        if str(model_path).endswith(".engine"):
-            name = "tensorrt"
-        elif _has("onnxruntime"):
-            name = "onnxruntime"
-        elif _has("openvino"):
-            name = "openvino"
-        else:
-            raise BackendUnavailableError("no inference backend is installed",
-                                          "pip install 'convdeploy[cpu]' or 'convdeploy[openvino]'")
-    if name == "onnxruntime":
-        from convdeploy.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
-
-        return OnnxRuntimeBackend(model_path, **opts)
-    if name == "tensorrt":
-        from convdeploy.runtime.backends.tensorrt_backend import TensorRTBackend
-
-        return TensorRTBackend(model_path, **opts)
-    if name == "openvino":
-        from convdeploy.runtime.backends.openvino_backend import OpenVINOBackend
-
-        return OpenVINOBackend(model_path, **opts)
-    raise UsageError(f"unknown backend {name!r}", f"use one of auto, {', '.join(BACKENDS)}")
-
-
+# --------------------------------------------------------------------------- what a selection is
 @dataclass
 class Selection:
     """What :func:`open_bundle_backend` opened, and why."""
@@ -106,11 +62,189 @@ class Selection:
         return info
 
 
-def _gpu_providers_available() -> list[str]:
-    from convdeploy.runtime.backends.onnxruntime_backend import CUDA, TENSORRT, available_providers
+@dataclass
+class _Request:
+    """What the caller of :func:`open_bundle_backend` asked for, resolved against the bundle."""
 
-    have = available_providers()
-    return [p for p in (TENSORRT, CUDA) if p in have]
+    bundle: "Bundle"
+    precision: str
+    explicit_precision: bool
+    profile: "Profile | None"
+    threads: int | None
+    engine: str | os.PathLike | None
+    allow_fallback: bool
+    opts: dict[str, Any]
+    notes: list[str]
+
+    def passed_through(self, keys: tuple[str, ...]) -> dict[str, Any]:
+        """The caller's extra options that a backend's constructor takes."""
+        return {k: v for k, v in self.opts.items() if k in keys and v is not None}
+
+
+# Each opener returns (backend, the precision its results are judged at, the bundle-relative file it runs).
+_Opened = tuple[Backend, str, str]
+
+
+def _engine_precisions(req: _Request) -> list[str]:
+    """Engine precisions to look for, best first: the one asked for; else the profile's
+    default (engines are usually FP16/INT8 builds of the FP32 ONNX), the bundle's, then any."""
+    if req.explicit_precision:
+        return [req.precision]
+    default = req.profile.default_precision if req.profile else None
+    wanted = dict.fromkeys(p for p in (default, req.precision, "fp16", "int8", "fp32") if p)
+    return [p for p in wanted if req.profile is None or p in req.profile.allowed_precisions]
+
+
+def _open_tensorrt(req: _Request) -> _Opened:
+    from convdeploy.runtime.backends.tensorrt_backend import TensorRTBackend
+
+    if req.engine:
+        path = Path(req.engine)
+    else:
+        path = req.bundle.find_engine(_engine_precisions(req), profile=req.profile.name if req.profile else None)
+    backend = TensorRTBackend(path, **req.passed_through(TensorRTBackend.OPTIONS))
+    if req.threads is not None:
+        req.notes.append(f"tensorrt: threads={req.threads} not applied (a TensorRT engine runs on the GPU)")
+    # An engine runs at the precision it was built for (an FP16 engine from the FP32 ONNX,
+    # say): that is what it is judged at.
+    return backend, backend.describe().precision, os.path.relpath(path, req.bundle.root)
+
+
+def _open_onnxruntime(req: _Request) -> _Opened:
+    from convdeploy.runtime.backends.onnxruntime_backend import CPU, CUDA, OnnxRuntimeBackend, available_providers
+
+    if req.profile is not None:
+        providers = list(req.profile.providers)
+    elif "providers" in req.opts:
+        providers = list(req.opts["providers"])
+    else:
+        # The CUDA EP when this build has it, never the TensorRT EP: it compiles engines
+        # for minutes on first use, so only a profile asks for it.
+        providers = ([CUDA] if CUDA in available_providers() else []) + [CPU]
+    backend = OnnxRuntimeBackend(req.bundle.artifact_path(req.precision), providers=providers, threads=req.threads,
+                                 allow_fallback=req.allow_fallback, precision=req.precision,
+                                 **req.passed_through(OnnxRuntimeBackend.OPTIONS))
+    return backend, req.precision, req.bundle.artifact(req.precision)["file"]
+
+
+def _open_openvino(req: _Request) -> _Opened:
+    from convdeploy.runtime.backends.openvino_backend import OpenVINOBackend
+
+    # Asked explicitly for fp32: hold OpenVINO to f32. Otherwise its device default
+    # (BF16 on CPUs with AVX-512 BF16/AMX), reported and judged as bf16.
+    hint = req.opts.get("inference_precision")
+    if hint is None and req.explicit_precision and req.precision in ("fp32", "fp16"):
+        hint = {"fp32": "f32", "fp16": "f16"}[req.precision]
+    backend = OpenVINOBackend(req.bundle.artifact_path(req.precision), threads=req.threads, inference_precision=hint,
+                              artifact_precision=req.precision, **req.passed_through(OpenVINOBackend.OPTIONS))
+    return backend, backend.describe().precision, req.bundle.artifact(req.precision)["file"]
+
+
+def _tensorrt_class() -> type:
+    from convdeploy.runtime.backends.tensorrt_backend import TensorRTBackend
+
+    return TensorRTBackend
+
+
+def _onnxruntime_class() -> type:
+    from convdeploy.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
+
+    return OnnxRuntimeBackend
+
+
+def _openvino_class() -> type:
+    from convdeploy.runtime.backends.openvino_backend import OpenVINOBackend
+
+    return OpenVINOBackend
+
+
+def _require_tensorrt() -> None:
+    from convdeploy.runtime.backends.tensorrt_backend import import_tensorrt
+
+    import_tensorrt()
+
+
+def _require_onnxruntime() -> None:
+    from convdeploy.runtime.backends.onnxruntime_backend import import_onnxruntime
+
+    import_onnxruntime()
+
+
+def _require_openvino() -> None:
+    from convdeploy.runtime.backends.openvino_backend import import_openvino
+
+    import_openvino()
+
+
+@dataclass(frozen=True)
+class _Kind:
+    """One backend kind: is it installed here, the import that says how to install it,
+    its class, how it opens a bundle, and why ``auto`` picks it."""
+
+    name: str
+    installed: Callable[[], bool]
+    require: Callable[[], None]  # raises BackendUnavailableError with the install hint
+    backend_class: Callable[[], type]
+    open_bundle: Callable[[_Request], _Opened]
+    auto_reason: Callable[[_Request], str]
+    # Whether ``auto`` moves on to the next kind when opening fails (said in the notes):
+    # a bundle without an engine built for this GPU is normal, a broken ONNX file is not.
+    auto_skips_failure: bool = False
+
+
+_KINDS: dict[str, _Kind] = {
+    "onnxruntime": _Kind("onnxruntime", lambda: _installed("onnxruntime"), _require_onnxruntime, _onnxruntime_class,
+                         _open_onnxruntime,
+                         lambda req: f"best available for {req.precision} here"
+                         + (f" (profile {req.profile.name})" if req.profile else "")),
+    "tensorrt": _Kind("tensorrt", lambda: _installed("tensorrt") and _cuda_binding_available(), _require_tensorrt,
+                      _tensorrt_class, _open_tensorrt, lambda req: "a TensorRT engine built for this GPU",
+                      auto_skips_failure=True),
+    "openvino": _Kind("openvino", lambda: _installed("openvino"), _require_openvino, _openvino_class,
+                      _open_openvino, lambda req: "profile prefers openvino"),
+}
+if tuple(_KINDS) != BACKENDS:  # pragma: no cover - the contract and this table must agree
+    raise ImportError(f"backend table {tuple(_KINDS)} does not match the contract's {BACKENDS}")
+
+# The order ``auto`` tries, by the profile's preferred backend.
+_AUTO_ORDER: dict[str | None, tuple[str, ...]] = {
+    None: ("tensorrt", "onnxruntime", "openvino"),
+    "tensorrt": ("tensorrt", "onnxruntime", "openvino"),
+    "onnxruntime": ("onnxruntime", "tensorrt", "openvino"),
+    "openvino": ("openvino", "onnxruntime"),
+}
+
+
+def _kind(name: str) -> _Kind:
+    try:
+        return _KINDS[name]
+    except KeyError:
+        raise UsageError(f"unknown backend {name!r}", f"use one of auto, {', '.join(BACKENDS)}") from None
+
+
+# --------------------------------------------------------------------------- public API
+def available_backends() -> list[str]:
+    """Backends whose engine is importable here (TensorRT also needs a CUDA binding)."""
+    return [kind.name for kind in _KINDS.values() if kind.installed()]
+
+
+def create_backend(name: str, model_path: str | os.PathLike, **opts: Any) -> Backend:
+    """Open ``model_path`` with backend ``name`` (``onnxruntime``, ``tensorrt``, ``openvino``, ``auto``).
+
+    ``opts`` go to the backend's constructor (e.g. ``providers``, ``threads`` for
+    onnxruntime; ``performance_hint``, ``inference_precision`` for OpenVINO). ``auto``
+    picks by file type: a ``.engine`` file goes to TensorRT, an ONNX file to
+    onnxruntime (or OpenVINO when onnxruntime is not installed).
+    """
+    if name == "auto":
+        if str(model_path).endswith(".engine"):
+            name = "tensorrt"
+        else:
+            name = next((n for n in ("onnxruntime", "openvino") if _KINDS[n].installed()), "")
+            if not name:
+                raise BackendUnavailableError("no inference backend is installed",
+                                              "pip install 'convdeploy[cpu]' or 'convdeploy[openvino]'")
+    return _kind(name).backend_class()(model_path, **opts)
 
 
 def open_bundle_backend(
@@ -128,11 +262,12 @@ def open_bundle_backend(
 
     ``precision``: the artifact precision to run (default: the bundle's default, or the
     profile's default when the bundle has it). ``engine``: a TensorRT engine file to
-    use instead of searching ``bundle/engines``. Returns a :class:`Selection` that says
-    what runs and why.
+    use instead of searching ``bundle/engines``. ``threads`` applies to the CPU
+    backends; a TensorRT selection says in its notes that it did not apply it. Returns a
+    :class:`Selection` that says what runs and why.
     """
-    if backend not in ("auto", *BACKENDS):
-        raise UsageError(f"unknown backend {backend!r}", f"use one of auto, {', '.join(BACKENDS)}")
+    if backend != "auto":
+        _kind(backend)  # an unknown name: one clear UsageError before anything loads
     explicit_precision = precision is not None
     if precision is None:
         if profile is not None and profile.default_precision in bundle.precisions:
@@ -141,118 +276,34 @@ def open_bundle_backend(
             precision = bundle.default_precision
     if profile is not None:
         profile.check_precision(precision)
-    notes: list[str] = []
+    req = _Request(bundle, precision, explicit_precision, profile, threads, engine, allow_fallback, dict(opts), [])
 
-    order: list[str]
     if backend != "auto":
-        order = [backend]
-    else:
-        order = ["tensorrt", "onnxruntime", "openvino"]
-        if profile is not None and profile.backend == "openvino":
-            order = ["openvino", "onnxruntime"]
-        elif profile is not None and profile.backend == "onnxruntime":
-            order = ["onnxruntime", "tensorrt", "openvino"]
+        kind = _KINDS[backend]
+        kind.require()  # the root cause first: the engine's package is not installed here
+        opened = kind.open_bundle(req)
+        return Selection(*opened, f"asked for {backend}", req.notes)
 
-    last_error: Exception | None = None
-    for name in order:
-        if name == "tensorrt":
-            if backend == "auto" and "tensorrt" not in available_backends():
-                notes.append("tensorrt: not installed")
-                continue
-            from convdeploy.runtime.backends.tensorrt_backend import TensorRTBackend, _import_tensorrt
-
-            try:
-                _import_tensorrt()  # the root cause first: no TensorRT here
-                path = Path(engine) if engine else _find_bundle_engine(bundle, precision, explicit_precision, profile)
-                be = TensorRTBackend(path, **_only(opts, TensorRTBackend.OPTIONS))
-            except Exception as exc:
-                if backend != "auto":
-                    raise
-                notes.append(f"tensorrt: {exc}")
-                last_error = exc
-                continue
-            rel = os.path.relpath(path, bundle.root)
-            # An engine runs at the precision it was built for (an FP16 engine from the FP32
-            # ONNX, say): that is what it is judged at.
-            return Selection(be, be.describe().precision, rel, "a TensorRT engine built for this GPU"
-                             if backend == "auto" else "asked for tensorrt", notes)
-        if name == "onnxruntime":
-            if not _has("onnxruntime"):
-                if backend != "auto":
-                    from convdeploy.runtime.backends.onnxruntime_backend import _import_ort
-
-                    _import_ort()
-                notes.append("onnxruntime: not installed")
-                continue
-            from convdeploy.runtime.backends.onnxruntime_backend import CPU, OnnxRuntimeBackend
-
-            if profile is not None:
-                providers = list(profile.providers)
-            elif "providers" in opts:
-                providers = list(opts["providers"])
-            else:
-                providers = [*_gpu_providers_available(), CPU]
-                # The TensorRT EP compiles engines for minutes on first use: only by profile.
-                providers = [p for p in providers if p != "TensorrtExecutionProvider"] or [CPU]
-            path = bundle.artifact_path(precision)
-            be = OnnxRuntimeBackend(path, providers=providers, threads=threads, allow_fallback=allow_fallback,
-                                    precision=precision, **_only(opts, ("cache_dir", "fp16", "device_id",
-                                                                        "iobinding", "graph_optimization",
-                                                                        "spinning")))
-            why = "asked for onnxruntime" if backend != "auto" else (
-                f"best available for {precision} here" + (f" (profile {profile.name})" if profile else ""))
-            return Selection(be, precision, bundle.artifact(precision)["file"], why, notes)
-        if name == "openvino":
-            if not _has("openvino"):
-                if backend != "auto":
-                    raise BackendUnavailableError("OpenVINO is not installed", "pip install 'convdeploy[openvino]'")
-                notes.append("openvino: not installed")
-                continue
-            from convdeploy.runtime.backends.openvino_backend import OpenVINOBackend
-
-            path = bundle.artifact_path(precision)
-            # Asked explicitly for fp32: hold OpenVINO to f32. Otherwise its device default
-            # (BF16 on CPUs with AVX-512 BF16/AMX), reported and judged as bf16.
-            hint = opts.get("inference_precision")
-            if hint is None and explicit_precision and precision in ("fp32", "fp16"):
-                hint = {"fp32": "f32", "fp16": "f16"}[precision]
-            be = OpenVINOBackend(path, threads=threads, inference_precision=hint, artifact_precision=precision,
-                                 **_only(opts, ("device", "performance_hint", "num_requests")))
-            judged = be.describe().precision
-            why = "asked for openvino" if backend != "auto" else "profile prefers openvino"
-            return Selection(be, judged, bundle.artifact(precision)["file"], why, notes)
-    raise BackendUnavailableError(
-        "no backend can run this bundle here" + (f" ({'; '.join(notes)})" if notes else ""),
-        "pip install 'convdeploy[cpu]'",
-    ) from last_error
-
-
-def _find_bundle_engine(bundle: "Bundle", precision: str, explicit: bool, profile: "Profile | None") -> Path:
-    """The engine to run: of ``precision`` when asked for; else the profile's default
-    precision first (engines are usually FP16/INT8 builds of the FP32 ONNX), then any."""
-    from convdeploy.runtime.backends.tensorrt_backend import find_engine
-    from convdeploy.runtime.errors import BundleError
-
-    hashes = {bundle.manifest["files"].get(a["file"]) for a in bundle.manifest["artifacts"].values()}
-    wanted = [precision] if explicit else list(dict.fromkeys(
-        [p for p in (profile.default_precision if profile else None, precision) if p] + ["fp16", "int8", "fp32"]))
-    first: BundleError | None = None
-    for p in wanted:
-        if profile is not None and p not in profile.allowed_precisions:
+    last_error: ConvDeployError | None = None
+    for name in _AUTO_ORDER.get(profile.backend if profile else None, _AUTO_ORDER[None]):
+        kind = _KINDS[name]
+        if not kind.installed():
+            req.notes.append(f"{name}: not installed")
             continue
         try:
-            return find_engine(bundle.root, p, profile=profile.name if profile else None,
-                               artifact_hashes={h for h in hashes if h})
-        except BundleError as exc:
-            if isinstance(exc, EngineMismatchError):
+            kind.require()
+            opened = kind.open_bundle(req)
+        except ConvDeployError as exc:
+            if not kind.auto_skips_failure:
                 raise
-            first = first or exc
-    raise first or BundleError(f"no TensorRT engine in {bundle.root / 'engines'}",
-                               "build one on this device with `convdeploy build`")
-
-
-def _only(opts: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
-    return {k: v for k, v in opts.items() if k in keys and v is not None}
+            req.notes.append(f"{name}: {exc}")
+            last_error = exc
+            continue
+        return Selection(*opened, kind.auto_reason(req), req.notes)
+    raise BackendUnavailableError(
+        "no backend can run this bundle here" + (f" ({'; '.join(req.notes)})" if req.notes else ""),
+        "pip install 'convdeploy[cpu]'",
+    ) from last_error
 
 
 __all__ = ["BACKENDS", "Backend", "BackendInfo", "TensorSpec", "Selection", "available_backends",

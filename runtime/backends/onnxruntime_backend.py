@@ -40,7 +40,8 @@ class ProviderFallbackWarning(RuntimeWarning):
     """A requested execution provider is not in use; the session runs on a lower one."""
 
 
-def _import_ort() -> Any:
+def import_onnxruntime() -> Any:
+    """The ``onnxruntime`` module, or one clear error saying how to get it."""
     try:
         import onnxruntime
     except ImportError:
@@ -54,7 +55,7 @@ def _import_ort() -> Any:
 def available_providers() -> list[str]:
     """The execution providers this onnxruntime build offers ([] without onnxruntime)."""
     try:
-        return list(_import_ort().get_available_providers())
+        return list(import_onnxruntime().get_available_providers())
     except BackendUnavailableError:
         return []
 
@@ -116,6 +117,8 @@ class OnnxRuntimeBackend:
     """
 
     name = "onnxruntime"
+    # Constructor options a bundle selection passes through from its caller (it sets the others).
+    OPTIONS = ("cache_dir", "fp16", "device_id", "iobinding", "graph_optimization", "spinning")
 
     def __init__(
         self,
@@ -132,7 +135,7 @@ class OnnxRuntimeBackend:
         graph_optimization: str = "all",
         spinning: str | bool = "run",
     ) -> None:
-        ort = _import_ort()
+        ort = import_onnxruntime()
         self._ort = ort
         self.model_path = Path(model_path)
         if not self.model_path.is_file():
@@ -289,5 +292,5 @@ class OnnxRuntimeBackend:
         return f"OnnxRuntimeBackend({str(self.model_path)!r}, providers={self.providers})"
 
 
-__all__ = ["OnnxRuntimeBackend", "ProviderFallbackWarning", "available_providers", "normalize_providers",
-           "CPU", "CUDA", "TENSORRT"]
+__all__ = ["OnnxRuntimeBackend", "ProviderFallbackWarning", "available_providers", "import_onnxruntime",
+           "normalize_providers", "CPU", "CUDA", "TENSORRT"]

@@ -23,7 +23,8 @@ _HINTS = {"f32": "f32", "fp32": "f32", "f16": "f16", "fp16": "f16", "bf16": "bf1
 _REPORTED = {"f32": "fp32", "f16": "fp16", "bf16": "bf16"}
 
 
-def _import_openvino() -> Any:
+def import_openvino() -> Any:
+    """The ``openvino`` module, or one clear error saying how to get it."""
     try:
         import openvino
     except ImportError:
@@ -42,6 +43,8 @@ class OpenVINOBackend:
     """
 
     name = "openvino"
+    # Constructor options a bundle selection passes through from its caller (it sets the others).
+    OPTIONS = ("device", "performance_hint", "num_requests")
 
     def __init__(
         self,
@@ -54,7 +57,7 @@ class OpenVINOBackend:
         artifact_precision: str = "fp32",
         num_requests: int = 2,
     ) -> None:
-        ov = _import_openvino()
+        ov = import_openvino()
         self.model_path = Path(model_path)
         if not self.model_path.is_file():
             raise BundleError(f"model file not found: {self.model_path}", "copy the whole bundle directory")
@@ -90,8 +93,10 @@ class OpenVINOBackend:
                               "the model file may be corrupt; re-export the bundle") from None
         try:
             actual = str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
-        except Exception:
+            self.precision_source = "reported by OpenVINO"
+        except RuntimeError:  # a device that does not report it: say that the precision is assumed
             actual = _HINTS.get(inference_precision or "f32", "f32")
+            self.precision_source = "assumed: OpenVINO does not report it for this device"
         # Type names print as "<Type: 'bfloat16'>" or "bf16" depending on the version.
         low = actual.lower()
         self.execution_precision = "bf16" if "bf" in low else "f16" if ("f16" in low or "float16" in low) else "f32"
@@ -146,6 +151,7 @@ class OpenVINOBackend:
             threads=self.threads,
             details={"openvino": self._ov.__version__, "performance_hint": self.performance_hint,
                      "inference_precision": self.execution_precision,
+                     "inference_precision_source": self.precision_source,
                      "inference_precision_requested": self.requested_precision or "device default",
                      "artifact_precision": self.artifact_precision, "model": self.model_path.name},
         )
@@ -155,4 +161,4 @@ class OpenVINOBackend:
         self.compiled = None
 
 
-__all__ = ["OpenVINOBackend"]
+__all__ = ["OpenVINOBackend", "import_openvino"]

@@ -5,11 +5,10 @@ mismatched engine either fails deep inside TensorRT or, worse, loads. So the sid
 (``model.fp16.engine`` -> ``model.fp16.json``) is checked against the running TensorRT
 and GPU *before* the engine is deserialized, with one clear line on a mismatch.
 
-Sidecar keys (written by the engine builder)::
-
-    {"tensorrt_version": "10.3.0", "gpu_name": "Orin", "compute_capability": "8.7",
-     "precision": "fp16", "profile": "jetson-orin", "onnx_sha256": "<sha256 of the ONNX>",
-     "engine_sha256": "<optional>", "version_compatible": false}
+The sidecar's schema (:func:`runtime.bundle.contract.read_sidecar`) and the search for
+the engine that fits a precision and profile (:meth:`runtime.bundle.reader.Bundle.find_engine`)
+belong to the bundle contract; this module checks a sidecar against the running TensorRT
+and GPU (:func:`check_sidecar`) and runs the engine.
 
 Two execution paths, chosen by ``tensorrt.__version__``:
 
@@ -21,27 +20,27 @@ Two execution paths, chosen by ``tensorrt.__version__``:
   and ``execute_async_v2(bindings, stream)``. (8.5 added the named API too, but the
   binding path is the one JetPack's TensorRT 8 builds have always run.)
 
-Device buffers come from cuda-python (``cuda.bindings.runtime``, or the legacy
-``cuda.cudart``) or, without it, a ctypes binding to ``libcudart``: neither PyTorch nor
-pycuda is needed.
+Device buffers and the stream come from :mod:`runtime.backends.cuda` (cuda-python or a
+ctypes binding to ``libcudart``): neither PyTorch nor pycuda is needed.
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from convdeploy.runtime.backends.base import BackendInfo, TensorSpec, conform_batch
-from convdeploy.runtime.errors import BackendUnavailableError, BundleError, EngineMismatchError, InputError, UsageError
-from convdeploy.runtime.bundle.contract import ENGINE_SUFFIX, ENGINES_DIR, read_sidecar
+from convdeploy.runtime.backends import cuda as cuda_runtime
+from convdeploy.runtime.bundle.contract import read_sidecar
+from convdeploy.runtime.errors import (BackendUnavailableError, BundleError, EngineMismatchError, InputError,
+                                       InternalError, UsageError)
 from convdeploy.runtime.fsutil import sha256_file
+
 
 # ---------------------------------------------------------------------------- versions
 def parse_version(text: str) -> tuple[int, ...]:
@@ -119,212 +118,8 @@ def check_sidecar(
         )
 
 
-def find_engine(bundle_root: str | os.PathLike, precision: str, *, profile: str | None = None,
-                artifact_hashes: set[str] | None = None) -> Path:
-    """The engine in ``bundle_root/engines`` for ``precision`` (and ``profile`` when given).
-
-    ``artifact_hashes``: sha256 of the bundle's ONNX files; an engine whose sidecar
-    names another ONNX was built from another model and is refused.
-    """
-    folder = Path(bundle_root) / ENGINES_DIR
-    candidates = sorted(folder.glob(f"*{ENGINE_SUFFIX}")) if folder.is_dir() else []
-    seen = []
-    for engine in candidates:
-        try:
-            sc = read_sidecar(engine)
-        except EngineMismatchError as exc:
-            seen.append(str(exc))
-            continue
-        if sc["precision"] != precision or (profile and sc.get("profile") not in (None, profile)):
-            seen.append(f"{engine.name}: {sc['precision']}/{sc.get('profile')}")
-            continue
-        if artifact_hashes and sc.get("onnx_sha256") and sc["onnx_sha256"] not in artifact_hashes:
-            raise EngineMismatchError(f"engine {engine.name} was built from another ONNX model than this bundle's",
-                                      "rebuild it with `convdeploy build`")
-        return engine
-    what = f"{precision}" + (f" / profile {profile}" if profile else "")
-    found = f" (found: {'; '.join(seen)})" if seen else ""
-    raise BundleError(f"no TensorRT engine for {what} in {folder}{found}",
-                      "build one on this device with `convdeploy build`")
-
-
-# ---------------------------------------------------------------------------- CUDA runtime
-class CudaRuntime(Protocol):
-    """The few CUDA runtime calls the backend needs; pointers and streams are ints."""
-
-    kind: str
-
-    def set_device(self, device: int) -> None: ...
-    def device_info(self, device: int) -> tuple[str, tuple[int, int]]: ...
-    def malloc(self, nbytes: int) -> int: ...
-    def free(self, ptr: int) -> None: ...
-    def stream_create(self) -> int: ...
-    def stream_destroy(self, stream: int) -> None: ...
-    def stream_synchronize(self, stream: int) -> None: ...
-    def memcpy_htod_async(self, dst: int, src: np.ndarray, stream: int) -> None: ...
-    def memcpy_dtoh_async(self, dst: np.ndarray, src: int, stream: int) -> None: ...
-
-
-class _CudaPythonRuntime:
-    """cuda-python: ``cuda.bindings.runtime`` (12.6+) or the legacy ``cuda.cudart``."""
-
-    def __init__(self) -> None:
-        try:
-            from cuda.bindings import runtime as cudart  # type: ignore[import-not-found]
-        except ImportError:
-            from cuda import cudart  # type: ignore[import-not-found,no-redef]
-        self.rt = cudart
-        self.kind = "cuda-python"
-        self._streams: dict[int, Any] = {}
-
-    def _ok(self, result: Any) -> Any:
-        err = result[0]
-        if err != self.rt.cudaError_t.cudaSuccess:
-            name = self.rt.cudaGetErrorString(err)[1]
-            raise BackendUnavailableError(f"CUDA error: {name.decode() if isinstance(name, bytes) else name}",
-                                          "check the GPU and its driver (nvidia-smi / tegrastats)")
-        return result[1] if len(result) == 2 else result[1:] if len(result) > 2 else None
-
-    def set_device(self, device: int) -> None:
-        self._ok(self.rt.cudaSetDevice(device))
-
-    def device_info(self, device: int) -> tuple[str, tuple[int, int]]:
-        prop = self._ok(self.rt.cudaGetDeviceProperties(device))
-        name = prop.name.decode(errors="replace") if isinstance(prop.name, bytes) else str(prop.name)
-        return name.split("\x00", 1)[0].strip(), (int(prop.major), int(prop.minor))
-
-    def malloc(self, nbytes: int) -> int:
-        return int(self._ok(self.rt.cudaMalloc(nbytes)))
-
-    def free(self, ptr: int) -> None:
-        self._ok(self.rt.cudaFree(ptr))
-
-    def stream_create(self) -> int:
-        stream = self._ok(self.rt.cudaStreamCreateWithFlags(self.rt.cudaStreamNonBlocking))
-        handle = int(stream)
-        self._streams[handle] = stream
-        return handle
-
-    def stream_destroy(self, stream: int) -> None:
-        self._ok(self.rt.cudaStreamDestroy(self._streams.pop(stream, stream)))
-
-    def stream_synchronize(self, stream: int) -> None:
-        self._ok(self.rt.cudaStreamSynchronize(self._streams.get(stream, stream)))
-
-    def memcpy_htod_async(self, dst: int, src: np.ndarray, stream: int) -> None:
-        kind = self.rt.cudaMemcpyKind.cudaMemcpyHostToDevice
-        self._ok(self.rt.cudaMemcpyAsync(dst, src.ctypes.data, src.nbytes, kind, self._streams.get(stream, stream)))
-
-    def memcpy_dtoh_async(self, dst: np.ndarray, src: int, stream: int) -> None:
-        kind = self.rt.cudaMemcpyKind.cudaMemcpyDeviceToHost
-        self._ok(self.rt.cudaMemcpyAsync(dst.ctypes.data, src, dst.nbytes, kind, self._streams.get(stream, stream)))
-
-
-def find_libcudart() -> str | None:
-    """A loadable libcudart, or None."""
-    names = [ctypes.util.find_library("cudart"), "libcudart.so", "libcudart.so.13", "libcudart.so.12",
-             "libcudart.so.11.0", "libcudart.so.10.2", "/usr/local/cuda/lib64/libcudart.so"]
-    for name in filter(None, names):
-        try:
-            ctypes.CDLL(name)
-            return name
-        except OSError:
-            continue
-    return None
-
-
-class _CtypesCudart:
-    """A ctypes binding to libcudart: enough for buffers, copies and a stream."""
-
-    H2D, D2H = 1, 2
-    NON_BLOCKING = 1
-    ATTR_CC_MAJOR, ATTR_CC_MINOR = 75, 76
-
-    def __init__(self, libname: str) -> None:
-        lib = ctypes.CDLL(libname)
-        vp, sz, ci = ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int
-        sigs = {
-            "cudaSetDevice": [ci],
-            "cudaMalloc": [ctypes.POINTER(vp), sz],
-            "cudaFree": [vp],
-            "cudaMemcpyAsync": [vp, vp, sz, ci, vp],
-            "cudaStreamCreateWithFlags": [ctypes.POINTER(vp), ctypes.c_uint],
-            "cudaStreamDestroy": [vp],
-            "cudaStreamSynchronize": [vp],
-            "cudaDeviceGetAttribute": [ctypes.POINTER(ci), ci, ci],
-        }
-        for fn, args in sigs.items():
-            getattr(lib, fn).argtypes = args
-            getattr(lib, fn).restype = ci
-        lib.cudaGetErrorString.argtypes = [ci]
-        lib.cudaGetErrorString.restype = ctypes.c_char_p
-        # CUDA 12 renamed the struct-versioned entry point; the name is the first field in both.
-        self._props = getattr(lib, "cudaGetDeviceProperties_v2", None) or lib.cudaGetDeviceProperties
-        self._props.argtypes = [vp, ci]
-        self._props.restype = ci
-        self.lib = lib
-        self.kind = f"ctypes ({libname})"
-
-    def _ok(self, code: int) -> None:
-        if code != 0:
-            msg = self.lib.cudaGetErrorString(code)
-            raise BackendUnavailableError(f"CUDA error {code}: {msg.decode() if msg else 'unknown'}",
-                                          "check the GPU and its driver (nvidia-smi / tegrastats)")
-
-    def set_device(self, device: int) -> None:
-        self._ok(self.lib.cudaSetDevice(device))
-
-    def device_info(self, device: int) -> tuple[str, tuple[int, int]]:
-        buf = ctypes.create_string_buffer(8192)  # larger than any cudaDeviceProp
-        self._ok(self._props(ctypes.cast(buf, ctypes.c_void_p), device))
-        name = buf.raw[:256].split(b"\x00", 1)[0].decode(errors="replace").strip()
-        major, minor = ctypes.c_int(), ctypes.c_int()
-        self._ok(self.lib.cudaDeviceGetAttribute(ctypes.byref(major), self.ATTR_CC_MAJOR, device))
-        self._ok(self.lib.cudaDeviceGetAttribute(ctypes.byref(minor), self.ATTR_CC_MINOR, device))
-        return name, (major.value, minor.value)
-
-    def malloc(self, nbytes: int) -> int:
-        ptr = ctypes.c_void_p()
-        self._ok(self.lib.cudaMalloc(ctypes.byref(ptr), nbytes))
-        return int(ptr.value or 0)
-
-    def free(self, ptr: int) -> None:
-        self._ok(self.lib.cudaFree(ctypes.c_void_p(ptr)))
-
-    def stream_create(self) -> int:
-        s = ctypes.c_void_p()
-        self._ok(self.lib.cudaStreamCreateWithFlags(ctypes.byref(s), self.NON_BLOCKING))
-        return int(s.value or 0)
-
-    def stream_destroy(self, stream: int) -> None:
-        self._ok(self.lib.cudaStreamDestroy(ctypes.c_void_p(stream)))
-
-    def stream_synchronize(self, stream: int) -> None:
-        self._ok(self.lib.cudaStreamSynchronize(ctypes.c_void_p(stream)))
-
-    def memcpy_htod_async(self, dst: int, src: np.ndarray, stream: int) -> None:
-        self._ok(self.lib.cudaMemcpyAsync(ctypes.c_void_p(dst), ctypes.c_void_p(src.ctypes.data), src.nbytes,
-                                          self.H2D, ctypes.c_void_p(stream)))
-
-    def memcpy_dtoh_async(self, dst: np.ndarray, src: int, stream: int) -> None:
-        self._ok(self.lib.cudaMemcpyAsync(ctypes.c_void_p(dst.ctypes.data), ctypes.c_void_p(src), dst.nbytes,
-                                          self.D2H, ctypes.c_void_p(stream)))
-
-
-def load_cuda_runtime() -> CudaRuntime:
-    """cuda-python when installed, else ctypes libcudart; one clear error without either."""
-    try:
-        return _CudaPythonRuntime()
-    except ImportError:
-        pass
-    lib = find_libcudart()
-    if lib is None:
-        raise BackendUnavailableError("no CUDA runtime found (neither cuda-python nor libcudart)",
-                                      "pip install 'convdeploy[tensorrt]' or add the CUDA libraries to LD_LIBRARY_PATH")
-    return _CtypesCudart(lib)
-
-
-def _import_tensorrt() -> Any:
+def import_tensorrt() -> Any:
+    """The ``tensorrt`` module, or one clear error saying how to get it."""
     try:
         import tensorrt
     except ImportError:
@@ -416,25 +211,27 @@ class TensorRTBackend:
     The sidecar is checked against the running TensorRT and GPU before the engine is
     deserialized (:class:`EngineMismatchError`, exit 2, on a mismatch). ``onnx_sha256``:
     when given, the engine must have been built from that ONNX file. A batch larger
-    than the engine's optimization profile allows is refused with one line.
+    than the engine's optimization profile allows is refused with one line. There is
+    no ``threads`` option: the engine runs on the GPU, and its host side is one call.
     """
 
     name = "tensorrt"
+    # Constructor options a bundle selection passes through from its caller.
     OPTIONS = ("device_id", "onnx_sha256", "check_engine_hash")
 
     def __init__(self, model_path: str | os.PathLike, *, device_id: int = 0, onnx_sha256: str | None = None,
-                 check_engine_hash: bool = True, threads: int | None = None) -> None:
+                 check_engine_hash: bool = True) -> None:
         self.model_path = Path(model_path)
-        self._cuda: CudaRuntime | None = None
+        self._cuda: cuda_runtime.CudaRuntime | None = None
         self._buffers: dict[str, tuple[int, int]] = {}  # name -> (ptr, capacity in bytes)
         self._stream: int | None = None
         if not self.model_path.is_file():
             raise BundleError(f"engine file not found: {self.model_path}", "build it with `convdeploy build`")
         self.sidecar = read_sidecar(self.model_path)
-        trt = _import_tensorrt()
+        trt = import_tensorrt()
         self.trt_version = str(trt.__version__)
         self.api = api_for_version(self.trt_version)
-        cuda = load_cuda_runtime()
+        cuda = cuda_runtime.load_cuda_runtime()
         cuda.set_device(device_id)
         self.gpu_name, self.compute_capability = cuda.device_info(device_id)
         check_sidecar(self.sidecar, trt_version=self.trt_version, gpu_name=self.gpu_name,
@@ -482,7 +279,8 @@ class TensorRTBackend:
         return [TensorSpec(t.name, tuple(None if d < 0 else d for d in t.shape), t.dtype.name) for t in self._out]
 
     def _buffer(self, name: str, nbytes: int) -> int:
-        assert self._cuda is not None
+        if self._cuda is None:
+            raise InternalError("TensorRT buffer requested after close()")
         ptr, cap = self._buffers.get(name, (0, 0))
         if cap < nbytes:
             if ptr:
@@ -557,5 +355,4 @@ class TensorRTBackend:
             pass
 
 
-__all__ = ["TensorRTBackend", "api_for_version", "check_sidecar", "find_engine", "find_libcudart",
-           "load_cuda_runtime", "parse_version"]
+__all__ = ["TensorRTBackend", "api_for_version", "check_sidecar", "import_tensorrt", "parse_version"]

@@ -5,7 +5,7 @@ The exporter writes a bundle with :func:`build_manifest` and :func:`seal_manifes
 runtime reads it through :func:`validate_manifest`, and the engine builder writes
 sidecars with :func:`write_sidecar` that the TensorRT backend reads with
 :func:`read_sidecar`. Nothing else names a manifest key, a bundle file, a precision or a
-backend. Torch-free (DESIGN.md, "The bundle").
+backend. Torch-free: the exporter, the runtime and an engine builder all import it.
 
 A bundle directory::
 

@@ -12,13 +12,14 @@ import os
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
-from convdeploy.runtime.errors import BundleError, UsageError
+from convdeploy.runtime.bundle.contract import (ENGINE_SUFFIX, ENGINES_DIR, GOLDEN_FILE, MANIFEST_FILE, read_sidecar,
+                                                validate_manifest)
+from convdeploy.runtime.errors import BundleError, EngineMismatchError, UsageError
 from convdeploy.runtime.fsutil import confined, sha256_file
-from convdeploy.runtime.bundle.contract import GOLDEN_FILE, MANIFEST_FILE, validate_manifest
 from convdeploy.runtime.transforms.preprocess import PreprocessSpec
 from convdeploy.runtime.transforms.tta import TTASpec
 
@@ -120,8 +121,52 @@ class Bundle:
         except (OSError, ValueError) as exc:
             raise BundleError(f"cannot read {name}: {exc}") from None
 
-    def parity_report(self) -> dict[str, Any] | None:
-        name = self.manifest["parity"].get("file")
-        if not name:
-            return None
-        return json.loads(confined(self.root, name).read_text(encoding="utf-8"))
+    # -- engines built on the target ----------------------------------------------------
+    def find_engine(self, precisions: str | Sequence[str], *, profile: str | None = None) -> Path:
+        """The engine in ``engines/`` built for the first of ``precisions`` that has one.
+
+        ``profile``: only engines built for that profile (or for none in particular).
+        An engine whose sidecar names an ONNX file that is not one of this bundle's was
+        built from another model: :class:`EngineMismatchError`. No engine at all:
+        :class:`BundleError` that lists what ``engines/`` holds.
+        """
+        wanted = [precisions] if isinstance(precisions, str) else list(precisions)
+        folder = self.root / ENGINES_DIR
+        ours = {self.manifest["files"].get(a["file"]) for a in self.manifest["artifacts"].values()} - {None}
+        usable: list[tuple[Path, dict[str, Any]]] = []
+        seen: list[str] = []
+        for engine in sorted(folder.glob(f"*{ENGINE_SUFFIX}")) if folder.is_dir() else []:
+            try:
+                sidecar = read_sidecar(engine)
+            except EngineMismatchError as exc:
+                seen.append(str(exc))
+                continue
+            seen.append(f"{engine.name}: {sidecar['precision']}/{sidecar.get('profile')}")
+            if not profile or sidecar.get("profile") in (None, profile):
+                usable.append((engine, sidecar))
+        for precision in wanted:
+            for engine, sidecar in usable:
+                if sidecar["precision"] != precision:
+                    continue
+                if sidecar.get("onnx_sha256") and sidecar["onnx_sha256"] not in ours:
+                    raise EngineMismatchError(f"engine {engine.name} was built from another ONNX model than this "
+                                              "bundle's", "rebuild it with `convdeploy build`")
+                return engine
+        what = " or ".join(wanted) + (f" / profile {profile}" if profile else "")
+        found = f" (found: {'; '.join(seen)})" if seen else ""
+        raise BundleError(f"no TensorRT engine for {what} in {folder}{found}",
+                          "build one on this device with `convdeploy build`")
+
+    def source_precision(self, artifact: str) -> str | None:
+        """The manifest precision of the ONNX file that ``artifact`` (bundle-relative) runs.
+
+        A TensorRT engine maps through its sidecar's ``onnx_sha256`` to the ONNX file it
+        was built from; None when nothing in the bundle matches.
+        """
+        artifacts = self.manifest["artifacts"]
+        if artifact.endswith(ENGINE_SUFFIX):
+            path = Path(artifact) if Path(artifact).is_absolute() else self.root / artifact
+            onnx_sha = read_sidecar(path).get("onnx_sha256")
+            files = self.manifest["files"]
+            return next((p for p, art in artifacts.items() if files.get(art["file"]) == onnx_sha), None)
+        return next((p for p, art in artifacts.items() if art["file"] == artifact), None)

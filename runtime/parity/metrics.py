@@ -4,7 +4,7 @@ Used by the export-time parity gate (source PyTorch vs ONNX) and by the on-devic
 ``verify`` (golden outputs vs the engine), so both judge with exactly the same code.
 
 :func:`compare_outputs` measures; :func:`judge` applies a tier from
-:mod:`runtime.tolerances` and says which checks failed. Numbers are always reported,
+:mod:`runtime.parity.tolerances` and says which checks failed. Numbers are always reported,
 gated or not.
 """
 
@@ -177,7 +177,7 @@ _CHECKS = {
 
 
 def judge(report: Mapping[str, Any], precision: str, tolerances: Mapping[str, float | None]) -> Verdict:
-    """Apply ``tolerances`` (a tier from :func:`runtime.tolerances.tolerances_for`)."""
+    """Apply ``tolerances`` (a tier from :func:`runtime.parity.tolerances.resolve`)."""
     checks: list[dict[str, Any]] = [
         {"check": "finite", "metric": "finite", "value": 1.0 if report["finite"] else 0.0, "limit": 1.0,
          "ok": bool(report["finite"])}

@@ -1,10 +1,11 @@
-"""Parity tiers: the one place where default tolerances live (DESIGN.md).
+"""Parity tiers: the one place where default tolerances live and are layered.
 
 FP32 is judged numerically (logits close relative to their scale) and must agree on
 every top-1 decision outside near-ties. FP16 and INT8 are judged by decisions: top-1
 agreement, top-5 overlap, and the accuracy delta on labelled data, with their numeric
 error bounded loosely and always reported. A profile's ``[tolerances.<precision>]``
-table and command-line flags override single keys.
+table and command-line flags override single keys; :func:`resolve` is the one place
+that layers them, for the export gate and for ``verify`` alike.
 
 Keys:
     max_rel_err            max |candidate - reference| / per-sample logit scale (max |ref|)
@@ -19,9 +20,12 @@ Keys:
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from convdeploy.runtime.errors import UsageError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from convdeploy.runtime.targets import Profile
 
 TIERS: dict[str, dict[str, float | None]] = {
     "fp32": {
@@ -114,3 +118,22 @@ def layer_for(overrides: Mapping[str, Any] | None, precision: str) -> dict[str, 
     if all(key in TIERS for key in overrides):
         return dict(overrides.get(precision) or {})
     return dict(overrides)
+
+
+def profile_table(profile: "Profile | None", precision: str) -> dict[str, Any]:
+    """The profile's ``[tolerances.<precision>]`` table ({} without a profile or a table).
+
+    BF16 has no table of its own in profiles: the fp16 table applies to it.
+    """
+    if profile is None:
+        return {}
+    tables = profile.tolerances or {}
+    return dict(tables.get("fp16" if precision == "bf16" else precision) or {})
+
+
+def resolve(precision: str, profile: "Profile | None" = None,
+            overrides: Mapping[str, Any] | None = None) -> dict[str, float | None]:
+    """The tolerances that judge ``precision``: the tier's defaults, then the profile's
+    table (:func:`profile_table`), then ``overrides`` (flat, or keyed by precision as
+    :func:`parse_tolerance_overrides` returns them; see :func:`layer_for`)."""
+    return tolerances_for(precision, profile_table(profile, precision), layer_for(overrides, precision))

@@ -13,10 +13,10 @@ The training transform for one sample is::
 
 :meth:`Pipeline.apply` converts to the spec's color mode, runs the steps, checks that
 the result is exactly ``spec.output_hw`` in ``spec.color_mode`` and then calls the one
-normalisation, :func:`runtime.preprocess.to_array`. A pipeline's first steps set the
+normalisation, :func:`runtime.transforms.preprocess.to_array`. A pipeline's first steps set the
 geometry: :class:`RandomResizedCrop` straight to the output size, or the spec's own
 :class:`Resize` followed by a :class:`PaddedRandomCrop` or :class:`CenterCrop`. The preset
-``"none"`` is the spec's eval transform, bit-identical to :func:`runtime.preprocess.preprocess`.
+``"none"`` is the spec's eval transform, bit-identical to :func:`runtime.transforms.preprocess.preprocess`.
 
 For reproducible training draw one generator per sample, independent of worker order,
 e.g. ``np.random.default_rng([seed, epoch, index])``.
@@ -37,11 +37,11 @@ from PIL import Image
 from convdeploy.runtime.errors import InputError, UsageError
 from convdeploy.runtime.transforms.imageio import convert_color
 from convdeploy.runtime.jsondata import dataclass_from_json
-from convdeploy.runtime.transforms.preprocess import (  # the private resize helpers on purpose: one resize implementation
-    _INTERPOLATIONS,
-    _resize_no_antialias,
+from convdeploy.runtime.transforms.preprocess import (
+    INTERPOLATIONS,
     PreprocessSpec,
     crop_image,
+    resize_to,
     resized_size,
     to_array,
 )
@@ -134,17 +134,8 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def _resize(img: Image.Image, size_wh: tuple[int, int], interpolation: str, antialias: bool) -> Image.Image:
-    """The same resize as runtime.preprocess (Pillow, or the point-sampled path)."""
-    if size_wh == img.size:
-        return img
-    if antialias:
-        return img.resize(size_wh, _INTERPOLATIONS[interpolation])
-    return _resize_no_antialias(img, size_wh, interpolation)
-
-
 def _check_resize_options(interpolation: str, antialias: bool) -> None:
-    _check_choice(interpolation, _INTERPOLATIONS, "interpolation")
+    _check_choice(interpolation, INTERPOLATIONS, "interpolation")
     if not isinstance(antialias, bool):
         raise UsageError(f"antialias must be true or false, got {antialias!r}")
     if not antialias and interpolation not in ("nearest", "bilinear"):
@@ -163,7 +154,7 @@ def _check_color_image(img: Image.Image, name: str) -> None:
     if img.mode not in ("RGB", "L"):
         raise UsageError(
             f"{name} works on RGB or L images, got mode {img.mode}",
-            "decode with runtime.imageio.decode_image(path, color_mode) first",
+            "decode with runtime.transforms.imageio.decode_image(path, color_mode) first",
         )
 
 
@@ -206,7 +197,7 @@ class Augmentation:
 @_register
 @dataclass(frozen=True)
 class Resize(Augmentation):
-    """Deterministic resize, exactly as :func:`runtime.preprocess.resize_image` does it.
+    """Deterministic resize, exactly as :func:`runtime.transforms.preprocess.resize_image` does it.
 
     ``size``: an int resizes the shorter side (torchvision's rounding), ``[h, w]`` is exact.
     """
@@ -223,7 +214,7 @@ class Resize(Augmentation):
         _check_resize_options(self.interpolation, self.antialias)
 
     def __call__(self, img: Image.Image, rng: np.random.Generator) -> Image.Image:
-        return _resize(img, resized_size(img.width, img.height, self.size), self.interpolation, self.antialias)
+        return resize_to(img, resized_size(img.width, img.height, self.size), self.interpolation, self.antialias)
 
 
 @_register
@@ -303,7 +294,7 @@ class RandomResizedCrop(Augmentation):
         box = self.box(img.width, img.height, _check_rng(rng))
         if box != (0, 0, img.width, img.height):
             img = img.crop(box)
-        return _resize(img, (self.size[1], self.size[0]), self.interpolation, self.antialias)
+        return resize_to(img, (self.size[1], self.size[0]), self.interpolation, self.antialias)
 
 
 @_register
@@ -663,8 +654,6 @@ class Pipeline:
         return cls(tuple(Augmentation.from_dict(s) for s in steps))
 
 
-Compose = Pipeline
-
 
 # -- presets -------------------------------------------------------------------------------
 PRESETS = ("none", "light", "alexnet", "standard", "digits")
@@ -749,7 +738,6 @@ __all__ = [
     "PCAColor",
     "pca_from_images",
     "Pipeline",
-    "Compose",
     "spec_geometry",
     "augmentation_preset",
 ]

@@ -74,7 +74,7 @@ def decode_image(
 
     ``draft_size=(w, h)`` is an explicit opt-in speed-up for large JPEGs: libjpeg decodes
     at 1/2, 1/4 or 1/8 scale while both sides stay at least that size (take it from
-    :func:`runtime.preprocess.draft_size_for`). The pixels are NOT those of a full decode
+    :func:`runtime.transforms.preprocess.draft_size_for`). The pixels are NOT those of a full decode
     followed by the same resize (a few levels of 255 on average), so never use it where
     parity or accuracy is measured. Other formats ignore it.
     """

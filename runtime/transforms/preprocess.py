@@ -1,4 +1,4 @@
-"""The one preprocessing implementation (DESIGN.md: "One preprocessing implementation").
+"""The one preprocessing implementation, shared by training, export, parity and the runtime.
 
 Training's evaluation transform, calibration, parity and the deployed runtime all call
 :func:`preprocess` with a :class:`PreprocessSpec`. The spec is data: it is written into
@@ -24,7 +24,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 from PIL import Image
 
-from convdeploy.runtime.errors import UsageError
+from convdeploy.runtime.errors import InternalError, UsageError
 from convdeploy.runtime.transforms.imageio import convert_color
 from convdeploy.runtime.jsondata import dataclass_from_json
 
@@ -33,7 +33,7 @@ SPEC_VERSION = 1
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-_INTERPOLATIONS = {
+INTERPOLATIONS = {
     "nearest": Image.Resampling.NEAREST,
     "bilinear": Image.Resampling.BILINEAR,
     "bicubic": Image.Resampling.BICUBIC,
@@ -98,8 +98,8 @@ class PreprocessSpec:
             )
         if self.color_mode not in _COLOR_MODES:
             raise UsageError(f"color_mode must be one of {sorted(_COLOR_MODES)}, got {self.color_mode!r}")
-        if self.interpolation not in _INTERPOLATIONS:
-            raise UsageError(f"interpolation must be one of {sorted(_INTERPOLATIONS)}, got {self.interpolation!r}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise UsageError(f"interpolation must be one of {sorted(INTERPOLATIONS)}, got {self.interpolation!r}")
         if not self.antialias and self.interpolation not in ("nearest", "bilinear"):
             raise UsageError("antialias=false is supported for nearest and bilinear interpolation only")
         if self.layout not in _LAYOUTS:
@@ -138,7 +138,8 @@ class PreprocessSpec:
         """Height and width of the model input."""
         if self.crop is not None:
             return self.crop
-        assert self.resize is not None and not isinstance(self.resize, int)
+        if self.resize is None or isinstance(self.resize, int):  # __post_init__ refuses such a spec
+            raise InternalError(f"a spec without a fixed output size: resize={self.resize!r}, crop=None")
         return self.resize
 
     @property
@@ -194,6 +195,19 @@ def resized_size(width: int, height: int, resize: int | tuple[int, int]) -> tupl
     return w, h
 
 
+def resize_to(img: Image.Image, size: tuple[int, int], interpolation: str, antialias: bool) -> Image.Image:
+    """Resize ``img`` to ``size`` (w, h): the one resize of preprocessing and augmentation.
+
+    ``antialias``: Pillow's filter (what torchvision does on PIL images); otherwise
+    point-sampled, as OpenCV and ``F.interpolate`` do.
+    """
+    if size == img.size:
+        return img
+    if antialias:
+        return img.resize(size, INTERPOLATIONS[interpolation])
+    return _resize_no_antialias(img, size, interpolation)
+
+
 def _resize_no_antialias(img: Image.Image, size: tuple[int, int], interpolation: str) -> Image.Image:
     """Point-sampled resize (half-pixel centres), as OpenCV and ``F.interpolate`` do."""
     if interpolation == "nearest":
@@ -225,7 +239,7 @@ def draft_size_for(spec: PreprocessSpec) -> tuple[int, int] | None:
     """Smallest decoded (w, h) that still feeds ``spec``'s resize; for the opt-in JPEG draft.
 
     Square, so it holds whatever the EXIF orientation; ``None`` when the spec does not
-    resize (its crop needs the original pixels). See :func:`runtime.imageio.decode_image`.
+    resize (its crop needs the original pixels). See :func:`runtime.transforms.imageio.decode_image`.
     """
     if spec.resize is None:
         return None
@@ -239,12 +253,7 @@ def resize_image(img: Image.Image, spec: PreprocessSpec, resize: int | tuple[int
     target = spec.resize if resize is None else resize
     if target is None:
         return img
-    size = resized_size(img.width, img.height, target)
-    if size == img.size:
-        return img
-    if spec.antialias:
-        return img.resize(size, _INTERPOLATIONS[spec.interpolation])
-    return _resize_no_antialias(img, size, spec.interpolation)
+    return resize_to(img, resized_size(img.width, img.height, target), spec.interpolation, spec.antialias)
 
 
 def crop_box(width: int, height: int, crop: tuple[int, int], where: str = "center") -> tuple[int, int, int, int]:
@@ -354,12 +363,14 @@ def preprocess_batch(images: Iterable[Image.Image], spec: PreprocessSpec) -> np.
 
 __all__ = [
     "SPEC_VERSION",
+    "INTERPOLATIONS",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "IMAGENET_EVAL",
     "PreprocessSpec",
     "digits_spec",
     "resize_image",
+    "resize_to",
     "resized_size",
     "draft_size_for",
     "crop_box",

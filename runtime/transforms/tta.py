@@ -1,4 +1,4 @@
-"""Test-time augmentation: part of the artifact (DESIGN.md), executed identically everywhere.
+"""Test-time augmentation: part of the artifact (in its manifest), executed identically everywhere.
 
 A :class:`TTASpec` is data in the manifest: which views of an image are fed to the
 model and how their outputs merge. :func:`make_views` turns one decoded image into a

@@ -105,7 +105,7 @@ results = {{}}
 for precision in ("fp32", "int8"):
     r = verify_bundle(out, precision=precision)
     assert r.passed, r.summary()
-    results[precision + "_inputs"] = r.inputs
+    results[precision + "_inputs"] = r.headline()
 with Predictor.from_bundle(out, batch_size=5) as p:
     results["top"] = [x.indices[0] for x in p.predict(files, topk=1)]
 print("RESULT" + json.dumps(results))

@@ -16,29 +16,39 @@ from tests.runtime.conftest import rehash
 
 def test_fp32_bundle_passes_with_exact_numbers(tiny_bundle):
     result = verify_bundle(tiny_bundle)
-    assert result.passed and result.precision == "fp32"
-    assert result.backend["backend"] == "onnxruntime" and result.backend["artifact"] == "model.onnx"
+    assert result.passed and result.context["precision"] == "fp32"
+    backend = result.context["backend"]
+    assert backend["backend"] == "onnxruntime" and backend["artifact"] == "model.onnx"
     (row,) = result.rows
-    assert row["report"]["samples"] == 8 and row["report"]["max_abs_err"] == 0.0
-    assert {c["check"] for c in row["verdict"]["checks"]} >= {"finite", "max_rel_err", "min_cosine",
-                                                              "min_top1_outside_ties", "max_accuracy_drop"}
-    assert "8 preprocessed samples from scikit-learn sample photos" in result.inputs and "labels" in result.inputs
-    assert "PASSED" in result.summary() and "model.onnx (fp32)" in result.table()
-    json.dumps(result.to_dict())
+    assert row.precision == "fp32" and row.artifact == "model.onnx"
+    assert row.report["samples"] == 8 and row.report["max_abs_err"] == 0.0
+    assert {c["check"] for c in row.verdict.checks} >= {"finite", "max_rel_err", "min_cosine",
+                                                        "min_top1_outside_ties", "max_accuracy_drop"}
+    assert result.inputs.samples == 8 and result.inputs.labelled and result.inputs.random is False
+    assert "scikit-learn sample photos (golden.npz, preprocessed at export)" in result.inputs.source
+    assert result.headline().startswith("verify on 8 real samples from scikit-learn sample photos")
+    assert result.headline().endswith("with labels")
+    assert "verify PASSED (model.onnx (fp32))" == result.summary() and "model.onnx (fp32)" in result.table()
+    doc = json.loads(json.dumps(result.to_dict()))
+    # the same keys as the export gate's parity.json, plus what verify ran on
+    assert {"status", "passed", "headline", "summary", "failures", "inputs", "rows", "table", "notes"} <= set(doc)
+    assert {"bundle", "precision", "backend", "tolerances"} <= set(doc)
+    assert doc["passed"] is True and doc["rows"][0]["verdict"]["passed"] is True
 
 
 def test_int8_artifact_is_judged_by_the_int8_tier(tiny_bundle):
     result = verify_bundle(tiny_bundle, precision="int8")
-    assert result.passed and result.precision == "int8" and result.backend["artifact"] == "model.int8.onnx"
-    assert result.rows[0]["report"]["max_abs_err"] > 0
-    assert result.tolerances["max_rel_err"] is None  # int8 logits are not held to a numeric bound
+    assert result.passed and result.context["precision"] == "int8"
+    assert result.context["backend"]["artifact"] == "model.int8.onnx" and result.rows[0].precision == "int8"
+    assert result.rows[0].report["max_abs_err"] > 0
+    assert result.context["tolerances"]["max_rel_err"] is None  # int8 logits are not held to a numeric bound
 
 
 def test_tta_golden_is_checked_too(tta_bundle):
     result = verify_bundle(tta_bundle)
     assert result.passed and len(result.rows) == 2
-    assert result.rows[1]["name"].endswith("+tta ten_crop/mean_probs")
-    assert result.rows[1]["report"]["max_abs_err"] < 1e-5
+    assert result.rows[1].name.endswith("+tta ten_crop/mean_probs") and result.rows[1].tta == "ten_crop"
+    assert result.rows[1].report["max_abs_err"] < 1e-5
 
 
 def _tamper(bundle_dir, key, fn):
@@ -55,9 +65,10 @@ def test_outputs_that_differ_fail_with_the_failed_checks_named(bundle_copy):
     _tamper(root, "outputs", lambda o: o * 1.001)
     result = verify_bundle(root)
     assert not result.passed
-    failed = {c["check"] for c in result.rows[0]["verdict"]["checks"] if not c["ok"]}
+    failed = {c["check"] for c in result.rows[0].verdict.failed_checks}
     assert failed == {"max_rel_err"}
-    assert "FAILED" in result.summary() and "max_rel_err" in result.summary()
+    assert "FAILED" in result.summary() and "max_rel_err" in result.failure_message()
+    assert result.failures()[0].startswith("model.onnx (fp32): max_rel_err=")
     # the caller may loosen one key; the profile route is tested below
     assert verify_bundle(root, tolerances={"max_rel_err": 2e-3}).passed
 
@@ -66,8 +77,9 @@ def test_flipped_decisions_fail_decision_checks(bundle_copy):
     root = bundle_copy()
     _tamper(root, "outputs", lambda o: o[:, ::-1].copy())
     result = verify_bundle(root)
-    failed = {c["check"] for c in result.rows[0]["verdict"]["checks"] if not c["ok"]}
+    failed = {c["check"] for c in result.rows[0].verdict.failed_checks}
     assert {"min_top1_outside_ties", "min_cosine", "min_top5_overlap"} <= failed
+    assert "label flips outside near-ties" in result.text()
 
 
 def test_tta_golden_that_differs_fails(tta_bundle, tmp_path):
@@ -77,7 +89,7 @@ def test_tta_golden_that_differs_fails(tta_bundle, tmp_path):
     shutil.copytree(tta_bundle, root)
     _tamper(root, "tta_outputs", lambda o: o + np.linspace(0, 1, o.shape[1], dtype=np.float32))
     result = verify_bundle(root)
-    assert result.rows[0]["verdict"]["passed"] and not result.rows[1]["verdict"]["passed"]
+    assert result.rows[0].passed and not result.rows[1].passed
     assert not result.passed
 
 
@@ -100,9 +112,9 @@ def test_openvino_default_is_judged_by_its_own_precision(tiny_bundle):
     result = verify_bundle(tiny_bundle, "openvino")
     assert result.passed
     if "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
-        assert result.precision == "bf16" and result.tolerances == TIERS["bf16"]
+        assert result.context["precision"] == "bf16" and result.context["tolerances"] == TIERS["bf16"]
     strict = verify_bundle(tiny_bundle, "openvino", precision="fp32")
-    assert strict.passed and strict.precision == "fp32"
+    assert strict.passed and strict.context["precision"] == "fp32"
 
 
 def test_broken_golden_files(bundle_copy):

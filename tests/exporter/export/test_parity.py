@@ -10,14 +10,9 @@ import torch
 
 from convdeploy.exporter.export.writer import export_bundle
 from convdeploy.exporter.export.onnx_export import export_onnx
-from convdeploy.exporter.export.parity import (
-    ParityData,
-    ParityFailedError,
-    resolve_tolerances,
-    run_parity,
-)
+from convdeploy.exporter.export.parity import ParityData, ParityFailedError, run_parity
 from convdeploy.exporter.architectures.registry import get_entry
-from convdeploy.runtime.parity.tolerances import parse_tolerance_overrides
+from convdeploy.runtime.parity.tolerances import parse_tolerance_overrides, resolve
 from convdeploy.runtime.errors import UsageError
 from tests.exporter.export.export_helpers import cached_lenet_checkpoint, leftovers, write_factory
 
@@ -166,7 +161,7 @@ def test_tolerance_overrides_parse_and_layer():
                                      "int8.min_cosine=none"])
     assert got["fp16"] == {"min_top1_agreement": 0.999, "max_accuracy_drop": 0.5}
     assert got["int8"] == {"max_accuracy_drop": 0.5, "min_cosine": None}
-    tol = resolve_tolerances("fp16", None, got)
+    tol = resolve("fp16", None, got)
     assert tol["min_top1_agreement"] == 0.999 and tol["max_accuracy_drop"] == 0.5
     for bad in ("fp16.min_top1_agreement", "fp99.x=1", "nonsense=1", "fp16.max_rel_err=abc"):
         with pytest.raises(UsageError):
@@ -181,9 +176,9 @@ def test_profile_tolerances_apply(tmp_path):
                     'allowed_precisions = ["fp32", "int8"]\ndefault_precision = "fp32"\n'
                     '[tolerances.int8]\nmin_top1_agreement = 0.999\n', encoding="utf-8")
     prof = load_profile(toml)
-    assert resolve_tolerances("int8", prof)["min_top1_agreement"] == 0.999
+    assert resolve("int8", prof)["min_top1_agreement"] == 0.999
     # flags win over the profile
-    assert resolve_tolerances("int8", prof, {"int8": {"min_top1_agreement": 0.9}})["min_top1_agreement"] == 0.9
+    assert resolve("int8", prof, {"int8": {"min_top1_agreement": 0.9}})["min_top1_agreement"] == 0.9
 
 
 def test_tta_parity_rows(lenet_ckpt, tmp_path):

@@ -259,14 +259,14 @@ def install(monkeypatch: Any, version: str = "10.3.0", *, cuda: FakeCuda | None 
     """Make ``import tensorrt`` return the fake and the backend use the fake CUDA runtime."""
     import sys
 
-    import convdeploy.runtime.backends as backends
-    import convdeploy.runtime.backends.tensorrt_backend as trt_backend
+    import convdeploy.runtime.backends.cuda as cuda_runtime
 
     cuda = cuda or FakeCuda()
     fake = FakeTensorRT(version, cuda, max_batch)
     monkeypatch.setitem(sys.modules, "tensorrt", fake)
-    monkeypatch.setattr(trt_backend, "load_cuda_runtime", lambda: cuda)
-    monkeypatch.setattr(backends, "_cudart_loadable", lambda: True)
+    # The CUDA shim: the backend loads the fake runtime, and auto-selection finds a "libcudart".
+    monkeypatch.setattr(cuda_runtime, "load_cuda_runtime", lambda: cuda)
+    monkeypatch.setattr(cuda_runtime, "find_libcudart", lambda: "libcudart.so (fake)")
     return fake
 
 

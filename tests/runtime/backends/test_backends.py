@@ -215,6 +215,7 @@ def test_openvino_default_precision_is_reported_as_what_runs(tiny_bundle, golden
     be = create_backend("openvino", tiny_bundle / "model.onnx")
     info = be.describe()
     assert info.details["inference_precision_requested"] == "device default"
+    assert info.details["inference_precision_source"] == "reported by OpenVINO"  # the CPU plugin reports it
     assert info.precision == ("bf16" if "BF16" in caps else info.precision)
     out = be.run(golden["inputs"])
     verdict = judge(compare_outputs(golden["outputs"], out, golden["labels"]), info.precision,

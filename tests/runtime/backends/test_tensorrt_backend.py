@@ -17,8 +17,7 @@ import numpy as np
 import pytest
 
 from convdeploy.runtime.backends import available_backends, open_bundle_backend
-from convdeploy.runtime.backends.tensorrt_backend import (TensorRTBackend, api_for_version, check_sidecar, find_engine,
-                                                          parse_version)
+from convdeploy.runtime.backends.tensorrt_backend import TensorRTBackend, api_for_version, check_sidecar, parse_version
 from convdeploy.runtime.bundle.contract import read_sidecar
 from convdeploy.runtime.bundle.reader import Bundle
 from convdeploy.runtime.errors import BackendUnavailableError, BundleError, EngineMismatchError, InputError, UsageError
@@ -100,16 +99,34 @@ def test_sidecar_missing_or_incomplete(trt_bundle):
 
 
 def test_find_engine_by_precision_profile_and_source_model(trt_bundle):
+    bundle = Bundle.load(trt_bundle)
     with pytest.raises(BundleError, match="no TensorRT engine for fp16"):
-        find_engine(trt_bundle, "fp16")
+        bundle.find_engine("fp16")
     fp32 = engine_for(trt_bundle, precision="fp32", profile="server-gpu")
     fp16 = engine_for(trt_bundle, precision="fp16", profile="jetson-orin")
-    assert find_engine(trt_bundle, "fp16") == fp16
-    assert find_engine(trt_bundle, "fp32", profile="server-gpu") == fp32
+    assert bundle.find_engine("fp16") == fp16
+    assert bundle.find_engine("fp32", profile="server-gpu") == fp32
+    # precisions in order of preference: the first that has an engine wins
+    assert bundle.find_engine(["int8", "fp16", "fp32"]) == fp16
+    assert bundle.find_engine(["int8", "fp16", "fp32"], profile="server-gpu") == fp32
     with pytest.raises(BundleError, match="found: model.fp16.engine: fp16/jetson-orin"):
-        find_engine(trt_bundle, "fp16", profile="server-gpu")
+        bundle.find_engine("fp16", profile="server-gpu")
+    with pytest.raises(BundleError, match="no TensorRT engine for int8 or fp16 / profile server-gpu"):
+        bundle.find_engine(["int8", "fp16"], profile="server-gpu")
+    fake.write_engine(trt_bundle / "model.onnx", fp32, onnx_sha256="0" * 64)
     with pytest.raises(EngineMismatchError, match="built from another ONNX model"):
-        find_engine(trt_bundle, "fp32", artifact_hashes={"0" * 64})
+        bundle.find_engine("fp32")
+
+
+def test_an_engine_maps_to_the_onnx_precision_it_was_built_from(trt_bundle):
+    bundle = Bundle.load(trt_bundle)
+    assert bundle.source_precision("model.onnx") == "fp32"
+    assert bundle.source_precision("model.int8.onnx") == "int8"
+    assert bundle.source_precision("other.onnx") is None
+    engine_for(trt_bundle, precision="fp16", profile="jetson-orin")  # built from model.onnx (fp32)
+    assert bundle.source_precision("engines/model.fp16.engine") == "fp32"
+    fake.write_engine(trt_bundle / "model.onnx", trt_bundle / "engines" / "x.engine", onnx_sha256="0" * 64)
+    assert bundle.source_precision("engines/x.engine") is None
 
 
 # -- the backend on the fake TensorRT ---------------------------------------------------------
@@ -185,7 +202,7 @@ def test_auto_prefers_a_matching_engine_and_verify_judges_it(trt_bundle, monkeyp
     sel = open_bundle_backend(Bundle.load(trt_bundle))
     assert sel.describe()["backend"] == "tensorrt" and sel.artifact == "engines/model.fp32.engine"
     result = verify_bundle(trt_bundle)
-    assert result.passed and result.backend["backend"] == "tensorrt"
+    assert result.passed and result.context["backend"]["backend"] == "tensorrt"
 
 
 def test_auto_falls_back_to_onnxruntime_when_the_engine_is_for_another_gpu(trt_bundle, monkeypatch):
@@ -198,12 +215,24 @@ def test_auto_falls_back_to_onnxruntime_when_the_engine_is_for_another_gpu(trt_b
         open_bundle_backend(Bundle.load(trt_bundle), "tensorrt")
 
 
+def test_threads_do_not_apply_to_tensorrt_and_the_selection_says_so(trt_bundle, monkeypatch):
+    fake.install(monkeypatch, "10.3.0")
+    engine = engine_for(trt_bundle)
+    with pytest.raises(TypeError, match="threads"):
+        TensorRTBackend(engine, threads=2)
+    sel = open_bundle_backend(Bundle.load(trt_bundle), threads=2)
+    assert sel.describe()["backend"] == "tensorrt"
+    assert any("threads=2 not applied" in n for n in sel.describe()["notes"])
+    sel.backend.close()
+
+
 # -- real TensorRT (skipped without it) -------------------------------------------------------
 def _build_real_engine(onnx_path, engine_path, max_batch=8):
     """A plain FP32 engine (TF32 off) from ``onnx_path`` with the TensorRT installed here."""
     import tensorrt as trt
 
-    from convdeploy.runtime.backends.tensorrt_backend import load_cuda_runtime, parse_version
+    from convdeploy.runtime.backends.cuda import load_cuda_runtime
+    from convdeploy.runtime.backends.tensorrt_backend import parse_version
 
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -264,7 +293,8 @@ def test_an_fp16_engine_of_the_fp32_onnx_is_found_by_profile_and_judged_as_fp16(
     assert sel.artifact == "engines/model.fp16.engine" and sel.precision == "fp16"
     sel.backend.close()
     result = verify_bundle(trt_bundle, profile="jetson-orin")
-    assert result.passed and result.precision == "fp16" and result.tolerances == TIERS["fp16"]
+    assert result.passed and result.context["precision"] == "fp16" and result.context["tolerances"] == TIERS["fp16"]
+    assert result.rows[0].precision == "fp16" and result.rows[0].tolerances == TIERS["fp16"]
     # asking for fp32 explicitly does not take the fp16 engine
     with pytest.raises(BundleError, match="no TensorRT engine for fp32"):
         open_bundle_backend(Bundle.load(trt_bundle), "tensorrt", precision="fp32")

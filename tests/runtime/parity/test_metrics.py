@@ -152,3 +152,25 @@ def test_decisions_against_the_accepted_baseline_count_only_what_changed():
     assert r["new_flips"] == 1 and r["accuracy_drop_new"] == pytest.approx(100 / 32)
     failed = {c["check"] for c in judge(r, "int8", tol).failed_checks}
     assert {"min_top1_agreement", "max_accuracy_drop"} <= failed
+
+
+def test_resolve_layers_defaults_profile_and_overrides(tmp_path):
+    from convdeploy.runtime.parity.tolerances import resolve
+    from convdeploy.runtime.targets import load_profile
+
+    toml = tmp_path / "p.toml"
+    toml.write_text('name = "p"\ndescription = "x"\nbackend = "openvino"\n'
+                    'allowed_precisions = ["fp32", "fp16"]\ndefault_precision = "fp32"\n'
+                    '[tolerances.fp16]\nmin_top1_agreement = 0.999\nmax_rel_err = 0.02\n', encoding="utf-8")
+    prof = load_profile(toml)
+    assert resolve("fp16") == TIERS["fp16"]
+    assert resolve("fp16", prof)["min_top1_agreement"] == 0.999
+    # BF16 has no profile table of its own: the fp16 table applies over the bf16 tier
+    bf16 = resolve("bf16", prof)
+    assert bf16["min_top1_agreement"] == 0.999 and bf16["max_rel_err"] == 0.02
+    assert resolve("bf16")["max_rel_err"] == TIERS["bf16"]["max_rel_err"]
+    assert resolve("fp32", prof) == TIERS["fp32"]
+    # overrides win, flat or keyed by precision
+    assert resolve("fp16", prof, {"max_rel_err": 0.5})["max_rel_err"] == 0.5
+    assert resolve("fp16", prof, {"fp16": {"max_rel_err": None}, "int8": {"max_rel_err": 1.0}})["max_rel_err"] is None
+    assert resolve("fp16", prof, {"int8": {"max_rel_err": 1.0}})["max_rel_err"] == 0.02

@@ -473,3 +473,22 @@ def test_jpeg_draft_decode_is_opt_in_and_within_its_stated_tolerance(photos, tmp
     assert draft_size_for(PreprocessSpec(resize=None, crop=(32, 32))) is None
     assert draft_size_for(digits_spec(28)) == (28, 28)
     assert draft_size_for(PreprocessSpec(resize=(100, 300), crop=None)) == (300, 300)
+
+
+@pytest.mark.parametrize("antialias,interpolation", [(True, "bilinear"), (True, "bicubic"), (False, "bilinear"),
+                                                     (False, "nearest")])
+def test_preprocessing_and_augmentation_share_one_resize(antialias, interpolation):
+    from convdeploy.runtime.transforms.augment import Resize
+    from convdeploy.runtime.transforms.preprocess import INTERPOLATIONS, resize_image, resize_to
+
+    rng = np.random.default_rng(0)
+    img = Image.fromarray(rng.integers(0, 256, (37, 53, 3), dtype=np.uint8))
+    spec = PreprocessSpec(resize=[20, 24], crop=None, interpolation=interpolation, antialias=antialias,
+                          mean=[0.0, 0.0, 0.0], std=[1.0, 1.0, 1.0])
+    ours = np.asarray(resize_to(img, (24, 20), interpolation, antialias))
+    assert ours.shape == (20, 24, 3)
+    np.testing.assert_array_equal(ours, np.asarray(resize_image(img, spec)))
+    np.testing.assert_array_equal(ours, np.asarray(Resize((20, 24), interpolation, antialias)(img, rng)))
+    if antialias:
+        np.testing.assert_array_equal(ours, np.asarray(img.resize((24, 20), INTERPOLATIONS[interpolation])))
+    assert resize_to(img, img.size, interpolation, antialias) is img
