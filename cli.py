@@ -203,6 +203,16 @@ def _echo_backend(info: dict[str, Any]) -> None:
         click.secho(f"warning: requested provider(s) not in use: {', '.join(fallback)}", fg="yellow", err=True)
 
 
+def _ray_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``--ray [ADDRESS]`` and ``--ray-workers``: run on a Ray cluster (needs convdeploy[ray])."""
+    fn = click.option("--ray-workers", type=click.IntRange(min=1), default=None,
+                      help="Ray actors (default: as many as the cluster's CPUs, or GPUs, allow).")(fn)
+    return click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None,
+                        metavar="[ADDRESS]",
+                        help="Run on a Ray cluster: a local one when no ADDRESS is given (put --ray last, "
+                             "or write --ray=ADDRESS). Needs pip install 'convdeploy[ray]'.")(fn)
+
+
 @main.command("predict")
 @click.argument("bundle", type=click.Path(file_okay=False, path_type=str))
 @click.argument("paths", nargs=-1, required=True)
@@ -215,10 +225,14 @@ def _echo_backend(info: dict[str, Any]) -> None:
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="Decode threads.")
 @click.option("--csv", "as_csv", is_flag=True, help="Print CSV instead of a table.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+@_ray_options
+@click.option("--out", "out_file", default=None, type=click.Path(dir_okay=False, path_type=str),
+              help="Also write the predictions to this .parquet or .csv file (the --csv columns).")
 @json_option
 def predict_cmd(bundle: str, paths: tuple[str, ...], backend: str, precision: str | None, profile_name: str | None,
                 threads: int | None, tta: str | None, topk: int, batch_size: int | None, workers: int | None,
-                as_csv: bool, no_progress: bool, as_json: bool) -> None:
+                as_csv: bool, no_progress: bool, ray_address: str | None, ray_workers: int | None,
+                out_file: str | None, as_json: bool) -> None:
     """Classify images (files, folders searched recursively, globs) with a bundle.
 
     A file that cannot be read is reported in the output; the others are still
@@ -228,36 +242,52 @@ def predict_cmd(bundle: str, paths: tuple[str, ...], backend: str, precision: st
     Example:
       convdeploy predict bundles/resnet18 photos/ extra/*.jpg --topk 3
       convdeploy predict bundles/alexnet cat.jpg --tta ten_crop --json
+      convdeploy predict bundles/resnet18 photos/ --out preds.parquet --ray
+      convdeploy predict bundles/resnet18 listing.parquet --ray=ray://head:10001 --out preds.parquet
     """
     from tqdm import tqdm
 
     from convdeploy.runtime.errors import InputError
-    from convdeploy.runtime.predictor import Predictor, expand_sources
+    from convdeploy.runtime.predictor import PREDICTION_COLUMNS, Predictor, expand_sources
 
-    files, missing = expand_sources(paths)
-    predictor = Predictor.from_bundle(bundle, backend, tta=tta, precision=precision, profile=profile_name,
-                                      threads=threads, batch_size=batch_size, workers=workers)
-    with predictor:
-        info = predictor.info()
+    if ray_address is not None:
+        from convdeploy.runtime.serve.ray_batch import predict_on_ray
+
+        ran = predict_on_ray(bundle, paths, address=ray_address, workers=ray_workers, topk=topk, backend=backend,
+                             precision=precision, profile=profile_name, tta=tta, batch_size=batch_size,
+                             threads=threads)
+        results, bundle_name = ran.predictions, bundle
+        info: dict[str, Any] = {"ray": ran.address, "workers": ran.workers, "resources": ran.resources}
         if not as_json:
-            _echo_backend(info)
-        results = list(missing)
-        with tqdm(total=len(files), unit="img", file=sys.stderr, disable=True if no_progress else None,
-                  leave=False) as bar:
-            results += predictor.predict_iter(files, topk, on_result=lambda _: bar.update(1))
+            click.echo(f"ray: {ran.workers} worker(s) on {ran.address}, each {ran.resources}", err=True)
+    else:
+        files, missing = expand_sources(paths)
+        predictor = Predictor.from_bundle(bundle, backend, tta=tta, precision=precision, profile=profile_name,
+                                          threads=threads, batch_size=batch_size, workers=workers)
+        with predictor:
+            info = predictor.info()
+            if not as_json:
+                _echo_backend(info)
+            results = list(missing)
+            with tqdm(total=len(files), unit="img", file=sys.stderr, disable=True if no_progress else None,
+                      leave=False) as bar:
+                results += predictor.predict_iter(files, topk, on_result=lambda _: bar.update(1))
+        bundle_name = predictor.bundle.name
+    if out_file:
+        from convdeploy.runtime.serve.ray_batch import write_predictions
+
+        click.echo(f"predictions: {write_predictions(results, out_file)}", err=True)
     failed = [r for r in results if not r.ok]
     if as_json:
-        echo_json({"bundle": predictor.bundle.name, "backend": info,
+        echo_json({"bundle": bundle_name, "backend": info,
                    "predictions": [r.to_dict() for r in results], "errors": len(failed)})
     elif as_csv:
         import csv
 
-        writer = csv.writer(click.get_text_stream("stdout"), lineterminator="\n")
-        writer.writerow(["source", "label", "index", "probability", "topk", "error"])
-        for r in results:
-            writer.writerow([r.source, r.label or "", r.indices[0] if r.indices else "",
-                             f"{r.probabilities[0]:.6f}" if r.probabilities else "",
-                             ";".join(f"{lab}:{p:.6f}" for lab, p in zip(r.labels, r.probabilities)), r.error or ""])
+        writer = csv.DictWriter(click.get_text_stream("stdout"), fieldnames=list(PREDICTION_COLUMNS),
+                                lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(r.to_row() for r in results)
     else:
         rows = [{"source": r.source, "label": r.label if r.ok else "ERROR",
                  "prob": f"{r.probabilities[0]:.4f}" if r.ok else "",
@@ -523,11 +553,12 @@ def export_cmd(source: str, out: str, precision: str, profile_name: str, exporte
 @click.option("--no-tta", is_flag=True, help="Do not compare the bundle's test-time augmentation.")
 @click.option("--report", "report_path", default=None, type=click.Path(dir_okay=False, path_type=str),
               help="Also write the full report as JSON to this file.")
+@_ray_options
 @json_option
 @needs_torch
 def check_cmd(bundle: str, checkpoint: str | None, data: str | None, samples: int, precision: str | None,
               profile_name: str | None, tolerance: tuple[str, ...], no_tta: bool, report_path: str | None,
-              as_json: bool) -> None:
+              ray_address: str | None, ray_workers: int | None, as_json: bool) -> None:
     """Re-run a bundle's parity gate against its source checkpoint on labelled data.
 
     Exit status 1 when the exported model does not decide like the source: the
@@ -537,14 +568,21 @@ def check_cmd(bundle: str, checkpoint: str | None, data: str | None, samples: in
     Example:
       convdeploy check bundles/resnet18 --checkpoint runs/resnet18/best --data val_images/
       convdeploy check bundles/lenet5 --tolerance int8.max_accuracy_drop=0.5 --report parity.json
+      convdeploy check bundles/lenet5 --data digits --ray
     """
     from convdeploy.exporter.export.writer import check_bundle
     from convdeploy.runtime.parity.tolerances import parse_tolerance_overrides
     from convdeploy.runtime.errors import CheckFailedError
     from convdeploy.runtime.fsutil import atomic_write_json
 
-    report = check_bundle(bundle, checkpoint, data=data, samples=samples, precisions=precision,
-                          profile=profile_name, tolerances=parse_tolerance_overrides(tolerance), tta=not no_tta)
+    options = dict(data=data, samples=samples, precisions=precision, profile=profile_name,
+                   tolerances=parse_tolerance_overrides(tolerance), tta=not no_tta)
+    if ray_address is not None:
+        from convdeploy.exporter.export.ray_check import check_bundle_on_ray
+
+        report = check_bundle_on_ray(bundle, checkpoint, address=ray_address, workers=ray_workers, **options)
+    else:
+        report = check_bundle(bundle, checkpoint, **options)
     doc = report.to_dict()
     if report_path:
         atomic_write_json(report_path, doc)
@@ -784,6 +822,104 @@ def demo_cmd(out: str, epochs: int | None, overwrite: bool, no_progress: bool, a
     else:
         click.echo(f"done: bundle at {summary['bundle']}; try `convdeploy predict {summary['bundle']} "
                    f"{summary['out']}/digits/val/7`")
+
+
+# --------------------------------------------------------------------------- serve (Triton, DeepStream)
+@main.group("serve", cls=ConvDeployGroup)
+def serve_group() -> None:
+    """Serve a bundle with NVIDIA Triton or DeepStream: generated configs, no home-made server.
+
+    \b
+    Example:
+      convdeploy serve triton bundles/resnet18 --out triton-repo --profile server-gpu
+      convdeploy serve deepstream bundles/resnet18 --out ds-resnet18
+    """
+
+
+def _serve_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    for option in reversed([
+        click.option("--out", required=True, type=click.Path(file_okay=False, path_type=str),
+                     help="Directory to write (atomically; an existing one only with --overwrite)."),
+        click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default=None,
+                     help="ONNX artifact to serve (default: the profile's, else the bundle's)."),
+        click.option("--engine", type=click.Path(dir_okay=False, path_type=str), default=None,
+                     help="A TensorRT engine built for the target (with its sidecar) instead of the ONNX file."),
+        click.option("--profile", "profile_name", default=None, metavar="NAME|FILE",
+                     help="Target profile: batch sizes, GPU or CPU (default: the bundle's)."),
+        click.option("--overwrite", is_flag=True, help="Replace an --out that convdeploy serve wrote."),
+    ]):
+        fn = option(fn)
+    return fn
+
+
+@serve_group.command("triton")
+@click.argument("bundle", type=click.Path(file_okay=False, path_type=str))
+@_serve_options
+@json_option
+def serve_triton_cmd(bundle: str, out: str, precision: str | None, engine: str | None, profile_name: str | None,
+                     overwrite: bool, as_json: bool) -> None:
+    """Write a Triton model repository: the model, a Python preprocessing step, an ensemble.
+
+    Clients send encoded image bytes to the ensemble (named after the bundle) and get
+    class names back through Triton's classification extension; the preprocessing (and
+    TTA) is the bundle's own code, copied into the repository.
+
+    \b
+    Example:
+      convdeploy serve triton bundles/resnet18 --out triton-repo --profile server-gpu --precision fp16
+      tritonserver --model-repository triton-repo
+    """
+    from convdeploy.runtime.serve.triton import write_triton_repository
+
+    repo = write_triton_repository(bundle, out, precision=precision, engine=engine, profile=profile_name,
+                                   overwrite=overwrite)
+    if as_json:
+        echo_json(repo.to_dict())
+        return
+    click.echo(f"triton repository: {repo.out} ({repo.platform}, {repo.precision}, profile {repo.profile})")
+    click.echo(f"  ensemble {repo.ensemble}: IMAGE (bytes) -> {repo.preprocess} (python) -> {repo.network}")
+    click.echo(f"  max_batch_size {repo.max_batch_size}, preferred {repo.preferred_batch_sizes}, "
+               f"{repo.instance_kind}, accelerator {repo.accelerator or 'none'}")
+    for note in repo.notes:
+        click.echo(f"note: {note}", err=True)
+
+
+@serve_group.command("deepstream")
+@click.argument("bundle", type=click.Path(file_okay=False, path_type=str))
+@_serve_options
+@json_option
+def serve_deepstream_cmd(bundle: str, out: str, precision: str | None, engine: str | None,
+                         profile_name: str | None, overwrite: bool, as_json: bool) -> None:
+    """Write DeepStream's nvinfer config and a sample pipeline, after gating its normalisation.
+
+    nvinfer normalises with one net-scale-factor: the golden images are normalised as
+    nvinfer would, and the command refuses (exit 1, with the table) when that changes
+    the model's decisions beyond the tier. The result is also recorded in the bundle.
+
+    \b
+    Example:
+      convdeploy serve deepstream bundles/resnet18 --out ds-resnet18 --profile jetson-orin
+      deepstream-app -c ds-resnet18/deepstream_app_config.txt
+    """
+    from convdeploy.runtime.serve.deepstream import DeepStreamRefused, write_deepstream_config
+
+    try:
+        result = write_deepstream_config(bundle, out, precision=precision, engine=engine, profile=profile_name,
+                                         overwrite=overwrite)
+    except DeepStreamRefused as exc:
+        if as_json:
+            echo_json({"status": "refused", "gate": exc.gate.to_dict()})
+        else:
+            click.echo(exc.gate.table())
+        raise
+    if as_json:
+        echo_json(result.to_dict())
+        return
+    click.echo(result.gate.table())
+    click.echo(result.gate.summary())
+    click.echo(f"deepstream config: {result.out} ({', '.join(result.files)})")
+    for note in result.notes:
+        click.echo(f"note: {note}", err=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -39,6 +39,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
 ImageLike = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]
 
+# The columns of ``predict --csv`` and of the Parquet/CSV files that ``predict --out`` writes.
+PREDICTION_COLUMNS = ("source", "label", "index", "probability", "topk", "error")
+
 
 @dataclass
 class Prediction:
@@ -66,6 +69,14 @@ class Prediction:
             d["top"] = [{"label": lab, "index": i, "probability": p}
                         for lab, i, p in zip(self.labels, self.indices, self.probabilities)]
         return d
+
+    def to_row(self) -> dict[str, Any]:
+        """One row of :data:`PREDICTION_COLUMNS`: what ``predict --csv`` prints for this image."""
+        return {"source": self.source, "label": self.label or "",
+                "index": self.indices[0] if self.indices else "",
+                "probability": f"{self.probabilities[0]:.6f}" if self.probabilities else "",
+                "topk": ";".join(f"{lab}:{p:.6f}" for lab, p in zip(self.labels, self.probabilities)),
+                "error": self.error or ""}
 
 
 def expand_sources(items: Sequence[str | os.PathLike], *,
@@ -299,4 +310,4 @@ class Predictor:
         self.close()
 
 
-__all__ = ["Predictor", "Prediction", "expand_sources"]
+__all__ = ["Predictor", "Prediction", "expand_sources", "PREDICTION_COLUMNS"]

@@ -482,6 +482,7 @@ def check_bundle(
     tta: bool = True,
     seed: int = 0,
     threads: int | None = None,
+    parity_runner: Callable[..., ParityReport] = run_parity,
 ) -> ParityReport:
     """Re-run the parity gate of an existing bundle against its source model.
 
@@ -489,7 +490,9 @@ def check_bundle(
     exists). ``data``: labelled images (ImageFolder or ``digits``); default: digits for
     digits models, else the bundle's golden inputs. ``precisions``: the artifacts to
     check (default: all). ``profile``: the tolerances' profile (default: the one the
-    bundle was exported for). Returns the report; the caller decides (the CLI exits 1).
+    bundle was exported for). ``parity_runner``: :func:`run_parity` or a function with
+    its signature that runs it elsewhere (``exporter.export.ray_check``). Returns the
+    report; the caller decides (the CLI exits 1).
     """
     from convdeploy.runtime.bundle.reader import Bundle
 
@@ -526,7 +529,7 @@ def check_bundle(
                            arrays=golden["inputs"], labels=golden.get("labels"), random=bool(info.get("random")))
         if src.preprocess != bundle.preprocess:
             notes.append("golden inputs are already preprocessed: pass --data to test the bundle's preprocessing")
-    report = run_parity(src.model, {p: bundle.artifact_path(p) for p in chosen}, pdata,
+    report = parity_runner(src.model, {p: bundle.artifact_path(p) for p in chosen}, pdata,
                         reference_spec=src.preprocess, candidate_spec=bundle.preprocess,
                         tta=bundle.tta if tta else None, profile=prof, overrides=tolerances, threads=threads)
     report.notes = notes + report.notes

@@ -1,0 +1,47 @@
+"""The directories that ``convdeploy serve`` writes: atomic, and replaced only when ours.
+
+Each output directory carries a marker file naming what wrote it. ``--overwrite`` replaces
+a directory only when that marker is there, so a typo in ``--out`` can never delete a
+user's folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+from convdeploy.runtime.errors import InputError
+from convdeploy.runtime.fsutil import atomic_directory, atomic_write_json
+
+MARKER_FILE = ".convdeploy-serve.json"
+MARKER_FORMAT = "convdeploy-serve"
+
+
+def written_by_convdeploy(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a directory that ``convdeploy serve`` wrote (its marker is there)."""
+    try:
+        marker = json.loads((Path(path) / MARKER_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(marker, dict) and marker.get("format") == MARKER_FORMAT
+
+
+@contextlib.contextmanager
+def serve_directory(out: str | os.PathLike, *, kind: str, bundle: str, overwrite: bool = False,
+                    **details: Any) -> Iterator[Path]:
+    """Yield a temporary directory that becomes ``out`` when the block succeeds.
+
+    An existing ``out`` is refused, or with ``overwrite`` replaced only if convdeploy wrote it.
+    """
+    target = Path(out)
+    if target.exists() and overwrite and not written_by_convdeploy(target):
+        raise InputError(f"{target} exists and was not written by `convdeploy serve`",
+                         "choose another --out; --overwrite only replaces a directory convdeploy wrote")
+    if target.exists() and not target.is_dir():
+        raise InputError(f"{target} exists and is not a directory", "choose another --out")
+    with atomic_directory(target, overwrite=overwrite) as tmp:
+        atomic_write_json(tmp / MARKER_FILE, {"format": MARKER_FORMAT, "kind": kind, "bundle": bundle, **details})
+        yield tmp

@@ -1,0 +1,41 @@
+"""check --ray: the gate's forward passes on a local Ray give the single-machine report."""
+
+from __future__ import annotations
+
+import pytest
+
+from convdeploy.exporter.export.writer import check_bundle, export_bundle
+from tests.exporter.export.export_helpers import cached_lenet_checkpoint
+
+ray = pytest.importorskip("ray")
+pytest.importorskip("torch")
+
+# The metrics both paths must agree on (PyTorch's logits may differ in the last bits with
+# another thread count, so the numeric ones are compared closely, the decisions exactly).
+EXACT = ("samples", "flips", "flips_on_near_ties", "top1_agreement", "top5_overlap", "accuracy_reference",
+         "accuracy_candidate", "accuracy_drop")
+CLOSE = ("max_abs_err", "max_rel_err", "min_cosine", "mean_abs_err")
+
+
+def test_check_on_ray_reports_what_check_reports(tmp_path):
+    from convdeploy.exporter.export.ray_check import check_bundle_on_ray
+
+    ckpt = cached_lenet_checkpoint()
+    out = tmp_path / "lenet5"
+    export_bundle(ckpt, out, precisions="fp32,fp16", profile="jetson-orin", parity_samples=32, tta="hflip")
+    local = check_bundle(out, ckpt, data="digits", samples=40)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        on_ray = check_bundle_on_ray(out, ckpt, data="digits", samples=40, workers=2)
+    finally:
+        ray.shutdown()
+    assert [r.name for r in on_ray.rows] == [r.name for r in local.rows]
+    assert "fp16-emulated" in [r.name for r in on_ray.rows] and any("+tta" in r.name for r in on_ray.rows)
+    assert on_ray.passed == local.passed and on_ray.samples == local.samples == 40
+    for a, b in zip(on_ray.rows, local.rows):
+        assert a.verdict.passed == b.verdict.passed, a.name
+        for key in EXACT:
+            if key in b.report:
+                assert a.report[key] == b.report[key], (a.name, key)
+        for key in CLOSE:
+            assert a.report[key] == pytest.approx(b.report[key], rel=1e-3, abs=1e-6), (a.name, key)
