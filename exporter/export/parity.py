@@ -136,6 +136,47 @@ def _preprocess_views(images: Sequence[Any], spec: PreprocessSpec, tta: TTASpec)
     return np.concatenate([make_views(img, spec, tta) for img in images])
 
 
+@dataclass(frozen=True)
+class CandidateRun:
+    """One row the gate computes: an artifact, or its FP16-storage-emulated twin."""
+
+    name: str  # the row's name: "fp32", "fp16", "fp16-emulated", "int8"
+    precision: str  # the tier that judges it
+    artifact: str  # what the row ran, as the report says it
+    emulated: bool = False
+
+
+def candidate_runs(artifacts: Mapping[str, str | os.PathLike], emulate_fp16: bool = True) -> list[CandidateRun]:
+    """The rows the gate computes for ``artifacts`` ({precision: path}), in report order.
+
+    An FP16 artifact is also judged as ``fp16-emulated``: the same graph with its FP16
+    activations rounded explicitly, since onnxruntime's CPU provider computes FP16 graphs
+    in FP32 and would hide overflow and rounding that a GPU shows.
+    """
+    runs = []
+    for precision, path in artifacts.items():
+        name = Path(path).name
+        runs.append(CandidateRun(precision, precision, name))
+        if precision == "fp16" and emulate_fp16:
+            runs.append(CandidateRun("fp16-emulated", precision, f"{name} (FP16 storage emulated)", emulated=True))
+    return runs
+
+
+def tta_row_name(name: str, tta: TTASpec) -> str:
+    """The row that compares ``name``'s merged TTA outputs."""
+    return f"{name}+tta({tta.views})"
+
+
+def judge_row(name: str, precision: str, artifact: str, reference: np.ndarray, candidate: np.ndarray,
+              labels: np.ndarray | None, *, profile: Any | None = None,
+              overrides: Mapping[str, Mapping[str, float | None]] | None = None, tta: str | None = None) -> ParityRow:
+    """Measure ``candidate`` logits against ``reference`` and judge them by ``precision``'s tier
+    (its defaults, then the profile's table, then ``overrides``): one row of a report."""
+    tol = resolve(precision, profile, overrides)
+    report = compare_outputs(reference, candidate, labels, near_tie=float(tol.get("near_tie") or 0.0))
+    return ParityRow(name, precision, artifact, report, judge(report, precision, tol), tol, tta=tta)
+
+
 def run_parity(
     model: Any,
     artifacts: Mapping[str, str | os.PathLike],
@@ -205,25 +246,20 @@ def run_parity(
     candidates: dict[str, Any] = {}
     labels = data.labels
     with tempfile.TemporaryDirectory(prefix="convdeploy-parity-") as scratch:
-        runs: list[tuple[str, str, Path, str]] = []  # (row name, precision, file to run, artifact name)
-        for precision, path in artifacts.items():
-            runs.append((precision, precision, Path(path), Path(path).name))
-            if precision == "fp16" and emulate_fp16:
-                emu = fp16_storage_emulation(path, Path(scratch) / "fp16-emulated.onnx")
-                runs.append(("fp16-emulated", precision, emu, f"{Path(path).name} (FP16 storage emulated)"))
-        for name, precision, path, artifact in runs:
-            tol = resolve(precision, profile, overrides)
-            near_tie = float(tol.get("near_tie") or 0.0)
-            out, info = backend_logits(path, cand_in, precision=precision, batch_size=batch_size, threads=threads)
-            report = compare_outputs(ref_out, out, labels, near_tie=near_tie)
-            rows.append(ParityRow(name, precision, artifact, report, judge(report, precision, tol), tol))
-            candidates[name] = info
+        for run in candidate_runs(artifacts, emulate_fp16):
+            path = Path(artifacts[run.precision])
+            if run.emulated:
+                path = fp16_storage_emulation(path, Path(scratch) / "fp16-emulated.onnx")
+            out, info = backend_logits(path, cand_in, precision=run.precision, batch_size=batch_size, threads=threads)
+            rows.append(judge_row(run.name, run.precision, run.artifact, ref_out, out, labels,
+                                  profile=profile, overrides=overrides))
+            candidates[run.name] = info
             if ref_tta is not None and cand_tta_in is not None:
-                merged = merge_views(backend_logits(path, cand_tta_in, precision=precision, batch_size=batch_size,
+                merged = merge_views(backend_logits(path, cand_tta_in, precision=run.precision, batch_size=batch_size,
                                                     threads=threads)[0], tta)
-                rep = compare_outputs(ref_tta, merged, None if labels is None else labels[:n_tta], near_tie=near_tie)
-                rows.append(ParityRow(f"{name}+tta({tta.views})", precision, artifact, rep, judge(rep, precision, tol),
-                                      tol, tta=tta.views))
+                rows.append(judge_row(tta_row_name(run.name, tta), run.precision, run.artifact, ref_tta, merged,
+                                      None if labels is None else labels[:n_tta], profile=profile,
+                                      overrides=overrides, tta=tta.views))
     reference = {
         "framework": "pytorch",
         "torch": torch.__version__,
@@ -241,5 +277,6 @@ def run_parity(
                         reference_outputs=ref_out)
 
 
-__all__ = ["DEFAULT_PARITY_SAMPLES", "DEFAULT_TTA_SAMPLES", "RANDOM_SAMPLES", "ParityData", "ParityFailedError",
-           "ParityReport", "ParityRow", "backend_logits", "run_parity"]
+__all__ = ["DEFAULT_PARITY_SAMPLES", "DEFAULT_TTA_SAMPLES", "RANDOM_SAMPLES", "CandidateRun", "ParityData",
+           "ParityFailedError", "ParityReport", "ParityRow", "backend_logits", "candidate_runs", "judge_row",
+           "run_parity", "tta_row_name"]

@@ -5,8 +5,8 @@ actor (a callable class in ``map_batches``) holds the PyTorch source model and t
 bundle's artifacts and returns, per image, the reference logits and every candidate's
 logits (TTA views merged where the gate compares TTA). The driver then measures and judges
 the gathered logits with the same functions as the single-machine gate
-(``runtime.parity.metrics.compare_outputs`` and ``judge``, tiers from
-``resolve_tolerances``), so both paths give the same report for the same samples.
+(``exporter.export.parity.judge_row``: ``compare_outputs`` and ``judge`` with the tiers
+of ``runtime.parity.tolerances``), so both paths give the same report for the same samples.
 Images travel as PNG bytes (lossless) and models as bytes: workers need no shared disk.
 """
 
@@ -22,9 +22,9 @@ from typing import Any, Mapping
 import numpy as np
 
 from convdeploy.exporter.export.parity import (DEFAULT_TTA_SAMPLES, ParityData, ParityReport, ParityRow,
-                                               resolve_tolerances)
+                                               candidate_runs, judge_row, tta_row_name)
 from convdeploy.runtime.errors import UsageError
-from convdeploy.runtime.parity.metrics import compare_outputs, judge
+from convdeploy.runtime.parity.report import ParityInputs
 from convdeploy.runtime.serve.ray_batch import connect, import_ray, quiet_data_context
 from convdeploy.runtime.transforms.preprocess import PreprocessSpec
 from convdeploy.runtime.transforms.tta import TTASpec
@@ -170,29 +170,25 @@ def run_parity_on_ray(
     n_tta = min(n, tta_samples) if tta_on else 0
     labels = data.labels
     rows: list[ParityRow] = []
-    runs = [(p, p, Path(path).name) for p, path in artifacts.items()]
-    if "fp16" in artifacts and emulate_fp16:
-        runs.insert([r[0] for r in runs].index("fp16") + 1,
-                    ("fp16-emulated", "fp16", f"{Path(artifacts['fp16']).name} (FP16 storage emulated)"))
-    for name, precision, artifact in runs:
-        tol = resolve_tolerances(precision, profile, overrides)
-        near_tie = float(tol.get("near_tie") or 0.0)
-        report = compare_outputs(ref_out, column(f"candidate:{name}"), labels, near_tie=near_tie)
-        rows.append(ParityRow(name, precision, artifact, report, judge(report, precision, tol), tol))
+    for run in candidate_runs(artifacts, emulate_fp16):
+        rows.append(judge_row(run.name, run.precision, run.artifact, ref_out, column(f"candidate:{run.name}"), labels,
+                              profile=profile, overrides=overrides))
         if n_tta:
-            rep = compare_outputs(column("reference_tta")[:n_tta], column(f"candidate_tta:{name}")[:n_tta],
-                                  None if labels is None else labels[:n_tta], near_tie=near_tie)
-            rows.append(ParityRow(f"{name}+tta({tta.views})", precision, artifact, rep, judge(rep, precision, tol),
-                                  tol, tta=tta.views))
-    return ParityReport(
-        rows=rows, data_source=data.source, random_inputs=data.random, samples=n, labelled=labels is not None,
-        preprocessing_identical=identical,
-        reference={"framework": "pytorch", "device": "cpu", "precision": "fp32", "ray": address or "local",
-                   "workers": workers, "preprocess": reference_spec.to_dict()},
-        candidates={name: {"backend": "onnxruntime", "providers": ["CPUExecutionProvider"]} for name, _, _ in runs},
-        notes=notes + [f"forward passes on Ray ({address or 'local'}, {workers} worker(s))"],
-        seconds=time.perf_counter() - start, reference_outputs=ref_out,
-    )
+            rows.append(judge_row(tta_row_name(run.name, tta), run.precision, run.artifact,
+                                  column("reference_tta")[:n_tta], column(f"candidate_tta:{run.name}")[:n_tta],
+                                  None if labels is None else labels[:n_tta], profile=profile, overrides=overrides,
+                                  tta=tta.views))
+    inputs = ParityInputs(source=data.source, samples=n, labelled=labels is not None, random=data.random,
+                          preprocessing_identical=identical, advice="pass --data DIR (or digits)")
+    reference = {"framework": "pytorch", "device": "cpu", "precision": "fp32", "ray": address or "local",
+                 "workers": workers, "preprocess": reference_spec.to_dict()}
+    candidates = {run.name: {"backend": "onnxruntime", "providers": ["CPUExecutionProvider"]}
+                  for run in candidate_runs(artifacts, emulate_fp16)}
+    return ParityReport(rows=rows, inputs=inputs, subject="parity",
+                        notes=notes + [f"forward passes on Ray ({address or 'local'}, {workers} worker(s))"],
+                        context={"reference": reference, "candidates": candidates,
+                                 "seconds": round(time.perf_counter() - start, 3)},
+                        reference_outputs=ref_out)
 
 
 def check_bundle_on_ray(bundle_dir: str | os.PathLike, source: str | os.PathLike | None = None, *,

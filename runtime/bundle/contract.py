@@ -46,8 +46,6 @@ from typing import Any, Mapping
 
 from convdeploy.runtime.errors import BundleError, ConvDeployError, EngineMismatchError, InternalError
 from convdeploy.runtime.fsutil import atomic_write_json, sha256_file
-from convdeploy.runtime.transforms.preprocess import PreprocessSpec
-from convdeploy.runtime.transforms.tta import TTASpec
 
 MANIFEST_FORMAT = "convdeploy-bundle"
 MANIFEST_SCHEMA_VERSION = 1
@@ -192,6 +190,11 @@ def validate_manifest(manifest: Any) -> dict[str, Any]:
     out_shape = manifest["outputs"][0]["shape"]
     _need(out_shape[-1] == len(classes), f"the output has {out_shape[-1]} classes but 'classes' lists {len(classes)}")
     try:
+        # Imported here, not at the top: the CLI reads this module's names (precisions,
+        # backends) at start-up, and --help should not load numpy and Pillow for that.
+        from convdeploy.runtime.transforms.preprocess import PreprocessSpec
+        from convdeploy.runtime.transforms.tta import TTASpec
+
         spec = PreprocessSpec.from_dict(manifest.get("preprocess"))
         TTASpec.from_dict(manifest.get("tta"))
     except ConvDeployError as exc:

@@ -31,7 +31,7 @@ def test_check_on_ray_reports_what_check_reports(tmp_path):
         ray.shutdown()
     assert [r.name for r in on_ray.rows] == [r.name for r in local.rows]
     assert "fp16-emulated" in [r.name for r in on_ray.rows] and any("+tta" in r.name for r in on_ray.rows)
-    assert on_ray.passed == local.passed and on_ray.samples == local.samples == 40
+    assert on_ray.passed == local.passed and on_ray.inputs.samples == local.inputs.samples == 40
     for a, b in zip(on_ray.rows, local.rows):
         assert a.verdict.passed == b.verdict.passed, a.name
         for key in EXACT:
