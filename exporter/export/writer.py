@@ -229,7 +229,8 @@ def export_bundle(
     Raises :class:`ParityFailedError` (exit 1) after writing ``<out>.failed/`` when the
     gate fails; :class:`runtime.errors.ConvDeployError` subclasses (exit 2) for bad input.
     """
-    from convdeploy.exporter.export.onnx_export import DEFAULT_OPSET, embed_metadata, export_onnx
+    from convdeploy.exporter.export.onnx_export import DEFAULT_OPSET, export_onnx
+    from convdeploy.exporter.export.onnx_utils import embed_metadata
     from convdeploy.exporter.export.precision import CALIB_METHODS, INT8_FLAVORS, convert_fp16, int8_flavor_for, quantize_int8
 
     t_start = time.perf_counter()

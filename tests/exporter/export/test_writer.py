@@ -11,14 +11,14 @@ import onnxruntime as ort
 import pytest
 
 from convdeploy.exporter.export.writer import check_bundle, export_bundle
-from convdeploy.exporter.export.onnx_export import read_metadata
 from convdeploy.exporter.export.parity import ParityFailedError
 from convdeploy.runtime.bundle.reader import Bundle
 from convdeploy.runtime.errors import InputError, ProfileError, UsageError
 from convdeploy.runtime.fsutil import sha256_file
 from convdeploy.runtime.bundle.contract import validate_manifest
 from tests.conftest import run_without_torch
-from tests.exporter.export.export_helpers import bundle_files, cached_lenet_checkpoint, leftovers, write_factory
+from tests.exporter.export.export_helpers import (bundle_files, cached_lenet_checkpoint, leftovers, read_metadata,
+                                                  write_factory)
 
 
 @pytest.fixture(scope="module")
