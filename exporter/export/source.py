@@ -64,6 +64,13 @@ class SourceModel:
             return f"{self.architecture}-{Path(str(data['root'])).name}"
         return self.architecture.replace(":", "-")
 
+    def describe(self) -> str:
+        """One line saying what was loaded: ``checkpoint runs/x (lenet5)``, ``lenet5 (random weights)``."""
+        if self.kind == "checkpoint":
+            return f"checkpoint {self.source} ({self.architecture})"
+        if self.kind == "architecture":
+            return f"{self.source} (random weights)"
+        return f"{self.source} ({self.architecture})"
 
 
 def _output_classes(model: Any, spec: PreprocessSpec) -> int:

@@ -261,3 +261,15 @@ def test_static_batch_bundle(lenet_ckpt, tmp_path):
         model = onnx.load(str(tmp_path / "s" / art["file"]))
         assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1
     assert Bundle.load(tmp_path / "s").golden()["inputs"].shape == (4, 1, 32, 32)
+
+
+def test_torch_bench_loads_through_load_source(lenet_ckpt):
+    """--compare-torch takes what export takes: a checkpoint or a registered name."""
+    from convdeploy.exporter.export.torch_bench import bench_torch
+
+    t = bench_torch(lenet_ckpt, sample_shape=(1, 32, 32), batch_sizes=(1,), warmup=0, iterations=2)
+    assert t["model"] == f"checkpoint {lenet_ckpt} (lenet5)" and t["model_only"][0]["batch"] == 1
+    t = bench_torch("lenet5", sample_shape=(1, 32, 32), batch_sizes=(2,), warmup=0, iterations=1)
+    assert t["model"] == "lenet5 (random weights)"
+    with pytest.raises(UsageError, match="unknown architecture"):
+        bench_torch("no-such-net", sample_shape=(1, 32, 32))
