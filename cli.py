@@ -416,6 +416,28 @@ def bench_cmd(bundle: str, backend: str, precision: str | None, profile_name: st
 
 
 # --------------------------------------------------------------------------- export / check
+def _preprocess_argument(value: str | None) -> Any:
+    """``--preprocess``: a JSON object, or the path of a .json file holding one -> a PreprocessSpec."""
+    from pathlib import Path
+
+    from convdeploy.runtime.errors import UsageError
+    from convdeploy.runtime.transforms.preprocess import PreprocessSpec
+
+    if value is None:
+        return None
+    path = Path(value)
+    if path.is_file():
+        try:
+            return PreprocessSpec.from_dict(json.loads(path.read_text(encoding="utf-8")))
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"{value} is not valid JSON ({exc})") from None
+    try:
+        return PreprocessSpec.from_dict(json.loads(value))
+    except json.JSONDecodeError:
+        raise UsageError(f"cannot read a preprocessing spec from {value!r}",
+                         "pass a JSON object or a .json file") from None
+
+
 def _echo_parity_text(report: Any) -> None:
     """The parity report as the CLI prints it: first line says what the inputs were."""
     lines = report.text().splitlines()
@@ -485,14 +507,14 @@ def export_cmd(source: str, out: str, precision: str, profile_name: str, exporte
     """
     from tqdm import tqdm
 
-    from convdeploy.exporter.export.writer import export_bundle, split_precisions
     from convdeploy.exporter.export.parity import ParityFailedError
+    from convdeploy.exporter.export.writer import export_bundle, export_stages
     from convdeploy.runtime.parity.tolerances import parse_tolerance_overrides
 
-    wanted = split_precisions(precision)
+    stages = export_stages(precision)
     overrides = parse_tolerance_overrides(tolerance)
-    stages = 4 + ("fp16" in wanted) + ("int8" in wanted)
-    with tqdm(total=stages, unit="step", file=sys.stderr, disable=True if (no_progress or as_json) else None,
+    spec = _preprocess_argument(preprocess)
+    with tqdm(total=len(stages), unit="step", file=sys.stderr, disable=True if (no_progress or as_json) else None,
               leave=False, bar_format="{desc:<10} {bar} {n_fmt}/{total_fmt} [{elapsed}]") as bar:
         started: list[str] = []
 
@@ -504,10 +526,10 @@ def export_cmd(source: str, out: str, precision: str, profile_name: str, exporte
 
         try:
             result = export_bundle(
-                source, out, precisions=wanted, profile=profile_name, exporter=exporter, opset=opset, data=data,
+                source, out, precisions=precision, profile=profile_name, exporter=exporter, opset=opset, data=data,
                 calib_samples=calib_samples, calib_method=calib_method, int8_flavor=int8_flavor, tta=tta,
                 dynamic_batch=not static_batch, parity=not no_parity, parity_samples=parity_samples,
-                tolerances=overrides, preprocess=preprocess, name=name, overwrite=overwrite, progress=progress,
+                tolerances=overrides, preprocess=spec, name=name, overwrite=overwrite, progress=progress,
             )
         except ParityFailedError as exc:
             bar.close()

@@ -200,7 +200,7 @@ def main() -> None:
     import onnxruntime as ort
     import torch
 
-    from convdeploy.exporter.export.writer import load_source
+    from convdeploy.exporter.export.source import load_source
     from convdeploy.runtime.predictor import Predictor, expand_sources
     from convdeploy.runtime.verify import verify_bundle
 

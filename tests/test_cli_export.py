@@ -60,6 +60,20 @@ def test_broken_export_exits_1_with_the_table_and_no_bundle(cli, lenet_ckpt, tmp
     assert not leftovers(tmp_path)
 
 
+def test_preprocess_option_reads_a_json_file_and_refuses_garbage(cli, lenet_ckpt, tmp_path):
+    spec = tmp_path / "spec.json"
+    spec.write_text(WRONG_SPEC)
+    r = cli("export", lenet_ckpt, "--out", tmp_path / "b", "--preprocess", spec, "--parity-samples", "32",
+            "--no-progress")
+    assert r.exit_code == 1 and "preprocessing differs" in r.output
+    r = cli("export", lenet_ckpt, "--out", tmp_path / "c", "--preprocess", "{not json")
+    assert r.exit_code == 2 and "cannot read a preprocessing spec" in r.output
+    (tmp_path / "bad.json").write_text("{")
+    r = cli("export", lenet_ckpt, "--out", tmp_path / "c", "--preprocess", tmp_path / "bad.json")
+    assert r.exit_code == 2 and "is not valid JSON" in r.output
+    assert not (tmp_path / "c").exists()
+
+
 def test_traced_control_flow_fails_through_a_factory(cli, tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     module = write_factory(tmp_path)

@@ -26,12 +26,19 @@ import logging
 import os
 import time
 import warnings
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
+import onnx
+import onnx.version_converter
+import torch
+from torch import nn
+
+from convdeploy.exporter.export.onnx_utils import (ExportError, check_model, count_nodes, graph_opset, op_counts,
+                                                   set_metadata)
 from convdeploy.runtime.errors import UsageError
+from convdeploy.runtime.fsutil import atomic_write_bytes
 
 EXPORTERS = ("torchscript", "dynamo")
 DEFAULT_OPSET = 17
@@ -40,10 +47,6 @@ OUTPUT_NAME = "logits"
 BATCH_AXIS = "batch"
 # The lowest opset the dynamo exporter's translation table implements.
 DYNAMO_NATIVE_OPSET = 18
-
-
-class ExportError(UsageError):
-    """The model could not be exported at the requested exporter/opset."""
 
 
 @dataclass
@@ -76,29 +79,24 @@ class OnnxExportInfo:
 
 
 # --------------------------------------------------------------------------- the wrapper
-def _logits_only(model: Any) -> Any:
-    """A module returning only the main logits tensor (auxiliary heads and extras dropped)."""
-    import torch
-    from torch import nn
+class LogitsOnly(nn.Module):
+    """Wraps a model so that it returns only its main logits tensor (auxiliary heads and extras dropped)."""
 
-    class LogitsOnly(nn.Module):
-        def __init__(self, inner: nn.Module) -> None:
-            super().__init__()
-            self.inner = inner
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
 
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            out = self.inner(x)
-            if isinstance(out, torch.Tensor):
-                return out
-            if isinstance(out, Mapping):
-                return out["logits"] if "logits" in out else next(iter(out.values()))
-            if hasattr(out, "logits"):  # namedtuple outputs such as GoogLeNetOutputs
-                return out.logits
-            if isinstance(out, (tuple, list)) and out:
-                return out[0]
-            raise TypeError(f"the model returned {type(out).__name__}; convdeploy exports one logits tensor")
-
-    return LogitsOnly(model)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.inner(x)
+        if isinstance(out, torch.Tensor):
+            return out
+        if isinstance(out, Mapping):
+            return out["logits"] if "logits" in out else next(iter(out.values()))
+        if hasattr(out, "logits"):  # namedtuple outputs such as GoogLeNetOutputs
+            return out.logits
+        if isinstance(out, (tuple, list)) and out:
+            return out[0]
+        raise TypeError(f"the model returned {type(out).__name__}; convdeploy exports one logits tensor")
 
 
 @contextlib.contextmanager
@@ -130,81 +128,11 @@ def _quiet() -> Iterator[None]:
 
 
 # --------------------------------------------------------------------------- helpers
-def graph_opset(model: Any) -> int:
-    """The default-domain opset of an ONNX ModelProto."""
-    for imp in model.opset_import:
-        if imp.domain in ("", "ai.onnx"):
-            return int(imp.version)
-    raise ExportError("the ONNX graph imports no default-domain opset")
-
-
-def count_nodes(model: Any) -> int:
-    return len(model.graph.node)
-
-
-def op_counts(model: Any) -> dict[str, int]:
-    return dict(sorted(Counter(n.op_type for n in model.graph.node).items()))
-
-
 def _dims(value_info: Any) -> list[int | str]:
     dims: list[int | str] = []
     for d in value_info.type.tensor_type.shape.dim:
         dims.append(d.dim_param if d.dim_param else int(d.dim_value) if d.HasField("dim_value") else "?")
     return dims
-
-
-def check_model(model: Any) -> Any:
-    """``onnx.checker`` with ``full_check`` plus strict shape inference; returns the inferred model."""
-    import onnx
-
-    try:
-        onnx.checker.check_model(model, full_check=True)
-        return onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
-    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-        raise ExportError(f"the exported ONNX graph is invalid: {str(exc).splitlines()[0]}",
-                          "try the other --exporter or another --opset") from None
-
-
-def check_onnx_file(path: str | os.PathLike) -> None:
-    """Run ``onnx.checker`` (full check) on a file written to disk."""
-    import onnx
-
-    try:
-        onnx.checker.check_model(str(path), full_check=True)
-    except onnx.checker.ValidationError as exc:
-        raise ExportError(f"{Path(path).name} fails onnx.checker: {str(exc).splitlines()[0]}") from None
-
-
-def set_metadata(model: Any, props: Mapping[str, str]) -> Any:
-    """Set ``metadata_props`` entries on a ModelProto (replacing entries of the same key)."""
-    keep = [p for p in model.metadata_props if p.key not in props]
-    del model.metadata_props[:]
-    for p in keep:
-        model.metadata_props.add(key=p.key, value=p.value)
-    for key, value in props.items():
-        model.metadata_props.add(key=str(key), value=str(value))
-    return model
-
-
-def read_metadata(path_or_model: Any) -> dict[str, str]:
-    """``metadata_props`` of an ONNX file (or ModelProto) as a dict."""
-    import onnx
-
-    model = path_or_model
-    if not hasattr(model, "metadata_props"):
-        model = onnx.load(str(path_or_model), load_external_data=False)
-    return {p.key: p.value for p in model.metadata_props}
-
-
-def embed_metadata(path: str | os.PathLike, props: Mapping[str, str]) -> None:
-    """Rewrite an ONNX file with ``props`` in its metadata_props (atomically)."""
-    import onnx
-
-    from convdeploy.runtime.fsutil import atomic_write_bytes
-
-    model = onnx.load(str(path))
-    set_metadata(model, props)
-    atomic_write_bytes(path, model.SerializeToString())
 
 
 def _fix_downconverted(model: Any) -> None:
@@ -223,9 +151,6 @@ def _fix_downconverted(model: Any) -> None:
 
 
 def _convert_opset(model: Any, target: int) -> Any:
-    import onnx
-    import onnx.version_converter
-
     source = graph_opset(model)
     try:
         converted = onnx.version_converter.convert_version(model, target)
@@ -243,9 +168,6 @@ def _convert_opset(model: Any, target: int) -> Any:
 # --------------------------------------------------------------------------- export
 def _torch_export(wrapper: Any, example: Any, exporter: str, opset: int, dynamic_batch: bool,
                   input_name: str, output_name: str) -> tuple[Any, str | None]:
-    import onnx
-    import torch
-
     dynamic_axes = {input_name: {0: BATCH_AXIS}, output_name: {0: BATCH_AXIS}} if dynamic_batch else None
     conversion = None
     if exporter == "torchscript":
@@ -309,11 +231,6 @@ def export_onnx(
     ``batch``; otherwise it is fixed to ``batch_size``. Raises :class:`ExportError`
     (exit code 2) with a hint when the graph cannot be produced or fails the checker.
     """
-    import onnx
-    import torch
-
-    from convdeploy.runtime.fsutil import atomic_write_bytes
-
     if exporter not in EXPORTERS:
         raise UsageError(f"unknown exporter {exporter!r}", f"use one of {', '.join(EXPORTERS)}")
     if not isinstance(opset, int) or not 9 <= opset <= 23:
@@ -330,7 +247,7 @@ def export_onnx(
 
     start = time.perf_counter()
     with eval_mode(model), torch.no_grad():
-        wrapper = _logits_only(model).eval()
+        wrapper = LogitsOnly(model).eval()
         try:
             proto, conversion = _torch_export(wrapper, example, exporter, opset, dynamic_batch, input_name, output_name)
         except ExportError:

@@ -13,7 +13,7 @@ come near the FP16 range kept in FP32 too.
 INT8 (:func:`quantize_int8`): explicit quantization with QuantizeLinear/DequantizeLinear
 pairs (onnxruntime's static QDQ), per-channel symmetric weights, calibrated on real
 preprocessed images with MinMax, entropy or percentile. Two flavors, because the
-fastest graph differs by target (see ANCHORS.md, INT8 section):
+fastest graph differs by target:
 
 - ``s8s8``: signed, symmetric activations (zero point 0), what TensorRT expects of Q/DQ
   graphs. Used for TensorRT profiles.
@@ -31,14 +31,19 @@ import hashlib
 import os
 import tempfile
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
 
-from convdeploy.runtime.errors import UsageError
-from convdeploy.runtime.fsutil import atomic_write_bytes
+from convdeploy.exporter.export.onnx_utils import graph_opset, op_counts, save_checked
+from convdeploy.runtime.errors import InternalError, UsageError
+
+# onnxruntime's converters and quantizer are imported in the functions that use them:
+# each takes ~0.1 s to import, and the parity gate imports this module for the FP16
+# storage emulation alone.
 
 FP16_MAX = 65504.0
 # Ops whose FP16 evaluation loses too much: sums of squares and exponentials overflow
@@ -57,20 +62,24 @@ INT8_FLAVORS = ("s8s8", "u8s8")
 CALIB_METHODS = ("minmax", "entropy", "percentile")
 
 
-
-def _write_checked(model: Any, dst: str | os.PathLike, what: str) -> None:
-    """Full onnx.checker pass, then an atomic write: no invalid graph reaches a bundle."""
-    import onnx
-
-    try:
-        onnx.checker.check_model(model, full_check=True)
-    except onnx.checker.ValidationError as exc:
-        raise UsageError(f"the {what} graph fails onnx.checker: {str(exc).splitlines()[0]}") from None
-    atomic_write_bytes(dst, model.SerializeToString())
-
 def int8_flavor_for(backend: str) -> str:
     """The INT8 graph a target's backend wants: S8S8 Q/DQ for TensorRT, U8S8 for CPU runtimes."""
     return "s8s8" if backend == "tensorrt" else "u8s8"
+
+
+def validate_int8_options(flavor: str, method: str, backend: str | None = None) -> None:
+    """Refuse an unknown INT8 flavor or calibration method, and a flavor ``backend`` cannot run.
+
+    ``backend``: the backend of the target the INT8 graph is made for, when there is one
+    (TensorRT needs symmetric S8S8 Q/DQ graphs).
+    """
+    if method not in CALIB_METHODS:
+        raise UsageError(f"unknown calibration method {method!r}", f"use one of {', '.join(CALIB_METHODS)}")
+    if flavor not in INT8_FLAVORS:
+        raise UsageError(f"unknown INT8 flavor {flavor!r}", f"use one of {', '.join(INT8_FLAVORS)}")
+    if flavor == "u8s8" and backend == "tensorrt":
+        raise UsageError("TensorRT needs symmetric S8S8 Q/DQ graphs; u8s8 is for CPU targets",
+                         "drop --int8-flavor or use a CPU profile")
 
 
 def array_sha256(arr: np.ndarray) -> str:
@@ -82,10 +91,6 @@ def array_sha256(arr: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def _op_histogram(model: Any) -> dict[str, int]:
-    return dict(sorted(Counter(n.op_type for n in model.graph.node).items()))
-
-
 # --------------------------------------------------------------------------- FP16
 def _drop_cast_round_trips(graph: Any) -> int:
     """Remove FP32 -> FP16 -> FP32 Cast pairs; return how many consumers were rewired.
@@ -95,7 +100,6 @@ def _drop_cast_round_trips(graph: Any) -> int:
     exactly what a blocked node must avoid (an activation of 1e5 becomes inf), so the
     FP32 consumer reads the FP32 tensor directly.
     """
-    from onnx import TensorProto
 
     def cast_to(node: Any) -> int | None:
         if node.op_type != "Cast":
@@ -157,7 +161,7 @@ def _topological_sort(graph: Any) -> None:
             else:
                 rest.append(node)
         if len(rest) == len(pending):
-            raise UsageError("the FP16 graph has a cycle or a dangling input", "report this model to convdeploy")
+            raise InternalError("the FP16 converter produced a graph with a cycle or a dangling input")
         pending = rest
     copies = [type(n)() for n in ordered]
     for dst, src in zip(copies, ordered):
@@ -168,7 +172,6 @@ def _topological_sort(graph: Any) -> None:
 
 def _large_activation_nodes(model_path: Path, samples: np.ndarray, input_name: str) -> tuple[list[str], float]:
     """Names of nodes whose outputs (or inputs) on ``samples`` approach the FP16 range."""
-    import onnx
     import onnxruntime as ort
 
     model = onnx.load(str(model_path))
@@ -215,9 +218,7 @@ def convert_fp16(
     ``samples``: a few real preprocessed inputs used to find nodes whose activations
     come near the FP16 range (kept in FP32). Returns what was done, for the manifest.
     """
-    import onnx
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
-
 
     start = time.perf_counter()
     src, dst = Path(src), Path(dst)
@@ -237,8 +238,8 @@ def convert_fp16(
     )
     _topological_sort(converted.graph)
     round_trips = _drop_cast_round_trips(converted.graph)
-    _write_checked(converted, dst, "FP16")
-    hist = _op_histogram(converted)
+    save_checked(converted, dst, "FP16")
+    hist = op_counts(converted)
     return {
         "converter": "onnxruntime.transformers.float16",
         "keep_io_types": True,
@@ -264,10 +265,6 @@ def fp16_storage_emulation(fp16_path: str | os.PathLike, dst: str | os.PathLike)
     explicit Cast to FP16 and back (explicit casts are kept), compute in FP32, as
     TensorRT's FP16 kernels accumulate. Used by the parity gate only; never shipped.
     """
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-
     model = onnx.load(str(fp16_path))
     graph = model.graph
     half = {vi.name for vi in list(graph.value_info) + list(graph.output) + list(graph.input)
@@ -302,7 +299,7 @@ def fp16_storage_emulation(fp16_path: str | os.PathLike, dst: str | os.PathLike)
     graph.node.extend(nodes)
     del graph.value_info[:]
     dst = Path(dst)
-    _write_checked(model, dst, "FP16-emulation")
+    save_checked(model, dst, "FP16-emulation")
     return dst
 
 
@@ -403,15 +400,11 @@ def quantize_int8(
     preprocessing as the model. ``flavor``: ``s8s8`` (TensorRT) or ``u8s8`` (CPU).
     ``method``: ``minmax``, ``entropy`` or ``percentile``. Returns what was done.
     """
-    import onnx
+    import onnxruntime
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-
-    if flavor not in INT8_FLAVORS:
-        raise UsageError(f"unknown INT8 flavor {flavor!r}", f"use one of {', '.join(INT8_FLAVORS)}")
-    if method not in CALIB_METHODS:
-        raise UsageError(f"unknown calibration method {method!r}", f"use one of {', '.join(CALIB_METHODS)}")
+    validate_int8_options(flavor, method)
     calibration = np.ascontiguousarray(calibration, dtype=np.float32)
     if calibration.ndim != 4 or len(calibration) == 0:
         raise UsageError("INT8 calibration needs a non-empty N x C x H x W batch of preprocessed images")
@@ -422,7 +415,7 @@ def quantize_int8(
     fixed_batch = int(dim0.dim_value) if dim0.HasField("dim_value") else None
     if fixed_batch and len(calibration) < fixed_batch:
         raise UsageError(f"{len(calibration)} calibration samples for a fixed batch of {fixed_batch}")
-    opset = next(int(o.version) for o in base.opset_import if o.domain in ("", "ai.onnx"))
+    opset = graph_opset(base)
     if per_channel and opset < 13:
         raise UsageError(f"per-channel INT8 needs opset >= 13; the graph has opset {opset}", "export with --opset 13 or newer")
 
@@ -471,14 +464,12 @@ def quantize_int8(
         )
         model = onnx.load(str(out))
     _prune_opset_imports(model)
-    new_opset = next(int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    new_opset = graph_opset(model)
     if new_opset != opset:
         notes.append(f"the quantizer changed the opset from {opset} to {new_opset}")
     foreign = sorted({n.domain for n in model.graph.node if n.domain not in ("", "ai.onnx")})
-    _write_checked(model, dst, "INT8")
-    hist = _op_histogram(model)
-    import onnxruntime
-
+    save_checked(model, dst, "INT8")
+    hist = op_counts(model)
     return {
         "format": "qdq",
         "flavor": flavor,

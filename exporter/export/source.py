@@ -16,7 +16,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+import torch
 
+from convdeploy.exporter.architectures.registry import create_model, get_entry
+from convdeploy.exporter.export.onnx_export import LogitsOnly, eval_mode
+from convdeploy.exporter.training.checkpoint import load_checkpoint
 from convdeploy.runtime.errors import UsageError
 from convdeploy.runtime.transforms.preprocess import IMAGENET_EVAL, PreprocessSpec
 from convdeploy.runtime.transforms.tta import TTASpec
@@ -26,13 +30,9 @@ _FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 def reference_logits(model: Any, inputs: np.ndarray, *, batch_size: int = 32) -> np.ndarray:
     """The source model's logits (eval mode, FP32, no grad) for preprocessed ``inputs``."""
-    import torch
-
-    from convdeploy.exporter.export.onnx_export import _logits_only, eval_mode
-
     outs = []
     with eval_mode(model), torch.inference_mode():
-        wrapper = _logits_only(model).eval()
+        wrapper = LogitsOnly(model).eval()
         for i in range(0, len(inputs), batch_size):
             x = torch.from_numpy(np.ascontiguousarray(inputs[i:i + batch_size], dtype=np.float32))
             outs.append(wrapper(x).detach().float().cpu().numpy())
@@ -64,6 +64,14 @@ class SourceModel:
             return f"{self.architecture}-{Path(str(data['root'])).name}"
         return self.architecture.replace(":", "-")
 
+    def describe(self) -> str:
+        """One line saying what was loaded: ``checkpoint runs/x (lenet5)``, ``lenet5 (random weights)``."""
+        if self.kind == "checkpoint":
+            return f"checkpoint {self.source} ({self.architecture})"
+        if self.kind == "architecture":
+            return f"{self.source} (random weights)"
+        return f"{self.source} ({self.architecture})"
+
 
 def _output_classes(model: Any, spec: PreprocessSpec) -> int:
     x = np.zeros((2, *spec.input_shape), dtype=np.float32)
@@ -79,13 +87,9 @@ def load_source(
 ) -> SourceModel:
     """Resolve ``source``: a checkpoint directory, a registered architecture name (random
     weights, said in the notes) or ``module:function`` returning an ``nn.Module``."""
-    import torch
-
     text = str(source)
     path = Path(text)
     if path.exists():
-        from convdeploy.exporter.training.checkpoint import load_checkpoint
-
         ckpt = load_checkpoint(path)
         meta = dict(ckpt.meta)
         data = meta.get("data") or {}
@@ -131,8 +135,6 @@ def load_source(
         given = getattr(model, "classes", None)
         src.classes = [str(c) for c in given] if given else [str(i) for i in range(_output_classes(model, spec))]
     else:
-        from convdeploy.exporter.architectures.registry import create_model, get_entry
-
         entry = get_entry(text)  # raises a UsageError with suggestions for unknown names
         torch.manual_seed(seed)
         model = create_model(text).eval()

@@ -8,36 +8,17 @@ as :mod:`runtime.bench` are used, so the ratio compares like with like.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
+from convdeploy.exporter.export.source import load_source
 from convdeploy.runtime.bench import latency_stats, time_callable
-from convdeploy.runtime.errors import UsageError
-
-
-def load_torch_model(checkpoint: str | os.PathLike) -> tuple[torch.nn.Module, str]:
-    """A checkpoint directory (or its model.safetensors), or a registered architecture name
-    (random weights: fine for timing, meaningless for accuracy)."""
-    p = Path(checkpoint)
-    if p.exists():
-        from convdeploy.exporter.training.checkpoint import load_checkpoint
-
-        ck = load_checkpoint(p)
-        return ck.model.eval(), f"checkpoint {p} ({ck.architecture})"
-    from convdeploy.exporter.architectures.registry import create_model, list_models
-
-    name = str(checkpoint)
-    if name not in list_models():
-        raise UsageError(f"--compare-torch: {name} is neither a checkpoint nor a registered model",
-                         "pass a checkpoint directory or a name from `convdeploy models`")
-    return create_model(name).eval(), f"{name} (random weights)"
 
 
 def bench_torch(
-    checkpoint: str | os.PathLike,
+    source: str | os.PathLike,
     *,
     sample_shape: Sequence[int],
     batch_sizes: Sequence[int] = (1, 8),
@@ -49,11 +30,16 @@ def bench_torch(
 ) -> dict[str, Any]:
     """Eager PyTorch latency per batch size, under ``torch.inference_mode`` on the CPU.
 
+    ``source``: what :func:`~convdeploy.exporter.export.source.load_source` takes: a
+    checkpoint directory, a registered architecture (random weights: fine for timing,
+    meaningless for accuracy) or ``module:function``.
+
     ``threads`` sets ``torch.set_num_threads`` for the run (restored afterwards) so
     that both sides use the same number of cores. ``inputs``: real preprocessed rows
     (e.g. the bundle's golden inputs), tiled to the batch size.
     """
-    model, what = load_torch_model(checkpoint)
+    src = load_source(source)
+    model, what = src.model.eval(), src.describe()
     old_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
@@ -75,4 +61,4 @@ def bench_torch(
     return {"model": what, "torch": torch.__version__, "threads": threads or old_threads, "model_only": rows}
 
 
-__all__ = ["bench_torch", "load_torch_model"]
+__all__ = ["bench_torch"]

@@ -1,25 +1,24 @@
 """``export_bundle``: a checkpoint (or an architecture, or a user's factory) -> a deploy bundle.
 
-The bundle (DESIGN.md, "The bundle") is a directory::
+The bundle's files and manifest are defined by :mod:`convdeploy.runtime.bundle.contract`:
+one ONNX graph per precision (``model.onnx`` in FP32 always; the FP16 and INT8 variants
+derive from it), ``golden.npz`` (real preprocessed inputs and the source model's
+outputs), ``parity.json`` (the gate's report) and ``manifest.json`` (the sha256 of every
+other file). Each ONNX file also carries the manifest, without its ``files`` table since
+a file cannot hold its own hash, in its metadata_props.
 
-    model.onnx          FP32 graph (always; the FP16/INT8 variants derive from it)
-    model.fp16.onnx     FP16 graph with FP32 inputs/outputs          (--precision fp16)
-    model.int8.onnx     static Q/DQ INT8 graph, calibrated on real images (--precision int8)
-    manifest.json       schema-validated; sha256 of every other file
-    golden.npz          real preprocessed inputs + the source model's outputs
-    parity.json         the gate's report
-
-Each ONNX file also carries the manifest (without its ``files`` table, since a file
-cannot hold its own hash) in ``metadata_props["convdeploy.manifest"]``.
-
-Everything is built in a private temporary directory and renamed into place at the end
-(:func:`runtime.fsutil.atomic_directory`), so ``--out`` never holds a half bundle.
+An export runs as stages (:func:`export_stages`), each a function below that returns a
+small record: plan (validate the options), load (the source model, the gate's data and
+the INT8 calibration images), export, fp16, int8, parity, and write (golden file,
+manifest, commit). Everything is built in a private temporary directory and renamed
+into place at the end (:func:`runtime.fsutil.atomic_directory`), so ``--out`` never
+holds a half bundle.
 
 **A failed gate leaves no bundle at** ``--out``: the command prints the table, writes
 the complete bundle with ``parity.status = "failed"`` to ``<out>.failed/`` for
 inspection (replacing an earlier one), leaves whatever was at ``<out>`` untouched, and
-raises :class:`exporter.parity.ParityFailedError` (exit code 1). ``parity=False`` is an
-explicit opt-out recorded as ``"skipped"`` in the manifest and parity.json.
+raises :class:`ParityFailedError` (exit code 1). ``parity=False`` is an explicit
+opt-out recorded as ``"skipped"`` in the manifest and parity.json.
 
 :func:`check_bundle` re-runs the gate of an existing bundle against its source model on
 a user's labelled data (the "validate before it ships, gate CI on it" use case).
@@ -27,6 +26,7 @@ a user's labelled data (the "validate before it ships, gate CI on it" use case).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
@@ -35,19 +35,13 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from convdeploy.runtime.errors import BundleError, InputError, UsageError
-from convdeploy.runtime.targets import resolve_profile
-from convdeploy.runtime.versions import package_versions
-from convdeploy.runtime.fsutil import atomic_directory, atomic_write_json, sha256_file
-from convdeploy.runtime.bundle.contract import (GOLDEN_FILE, MANIFEST_FILE, MANIFEST_FORMAT, MANIFEST_SCHEMA_VERSION,
-                                                MODEL_FILES, PARITY_FILE, onnx_metadata, validate_manifest)
-from convdeploy.runtime.transforms.preprocess import PreprocessSpec, preprocess_batch
-from convdeploy.runtime.transforms.tta import TTASpec, make_views, merge_views
-
+from convdeploy.exporter.data.datasets import labelled_images
+from convdeploy.exporter.export.onnx_export import DEFAULT_OPSET, OnnxExportInfo, export_onnx
+from convdeploy.exporter.export.onnx_utils import embed_metadata
 from convdeploy.exporter.export.parity import (
     DEFAULT_PARITY_SAMPLES,
     RANDOM_SAMPLES,
@@ -57,17 +51,71 @@ from convdeploy.exporter.export.parity import (
     backend_logits,
     run_parity,
 )
+from convdeploy.exporter.export.precision import (
+    convert_fp16,
+    int8_flavor_for,
+    quantize_int8,
+    validate_int8_options,
+)
 from convdeploy.exporter.export.source import SourceModel, load_source, reference_logits
+from convdeploy.runtime.bundle.contract import (
+    GOLDEN_FILE,
+    GOLDEN_INPUTS,
+    GOLDEN_LABELS,
+    GOLDEN_OUTPUTS,
+    GOLDEN_TTA_INPUTS,
+    GOLDEN_TTA_OUTPUTS,
+    MANIFEST_FILE,
+    MANIFEST_FORMAT,
+    MODEL_FILES,
+    PARITY_FILE,
+    PRECISIONS,
+    accepted_key,
+    build_manifest,
+    io_spec,
+    onnx_metadata,
+    seal_manifest,
+)
+from convdeploy.runtime.bundle.reader import Bundle
+from convdeploy.runtime.errors import InputError, InternalError, UsageError
+from convdeploy.runtime.fsutil import atomic_directory, atomic_write_json
+from convdeploy.runtime.targets import Profile, resolve_profile
+from convdeploy.runtime.transforms.preprocess import PreprocessSpec, preprocess_batch
+from convdeploy.runtime.transforms.tta import TTASpec, make_views, merge_views
+from convdeploy.runtime.versions import package_versions
 
 DEFAULT_CALIB_SAMPLES = 128
 DEFAULT_GOLDEN_SAMPLES = 32
 GOLDEN_TTA_IMAGES = 8
-STAGES = ("load", "export", "fp16", "int8", "parity", "write")
+FP16_RANGE_SAMPLES = 8  # inputs the FP16 conversion measures activation ranges on
 
 Progress = Callable[[str], None]
+Tolerances = Mapping[str, Mapping[str, float | None]]
 
 
-# --------------------------------------------------------------------------- the result
+# --------------------------------------------------------------------------- precisions and stages
+def parse_precisions(precisions: str | Sequence[str]) -> list[str]:
+    """``"fp32,fp16"`` or a sequence -> the validated names, in the contract's order (fp32, fp16, int8)."""
+    items = precisions.split(",") if isinstance(precisions, str) else list(precisions)
+    wanted = [p.strip().lower() for p in items if p and p.strip()]
+    bad = [p for p in wanted if p not in PRECISIONS]
+    if bad:
+        raise UsageError(f"unknown precision {bad[0]!r}", f"use a comma-separated list of {', '.join(PRECISIONS)}")
+    if not wanted:
+        raise UsageError("no precision given", f"use a comma-separated list of {', '.join(PRECISIONS)}")
+    return [p for p in PRECISIONS if p in wanted]
+
+
+def export_stages(precisions: str | Sequence[str]) -> list[str]:
+    """The stages :func:`export_bundle` reports to its ``progress`` callback, in order.
+
+    Each derived precision (fp16, int8) is a stage of its own, named after it.
+    """
+    derived = [p for p in parse_precisions(precisions) if p != "fp32"]
+    return ["load", "export", *derived, "parity", "write"]
+
+
+# --------------------------------------------------------------------------- records
 @dataclass
 class ExportResult:
     """What :func:`export_bundle` wrote and measured."""
@@ -76,7 +124,7 @@ class ExportResult:
     status: str  # "passed" | "failed" | "skipped" (parity)
     manifest: dict[str, Any]
     parity: ParityReport | None
-    onnx: Any  # exporter.onnx_export.OnnxExportInfo
+    onnx: OnnxExportInfo
     timings: dict[str, float]
     notes: list[str] = field(default_factory=list)
 
@@ -99,91 +147,100 @@ class ExportResult:
         }
 
 
-# --------------------------------------------------------------------------- helpers
-def split_precisions(precisions: str | Sequence[str]) -> list[str]:
-    """``"fp32,fp16"`` or a sequence -> the validated names, in fp32/fp16/int8 order."""
-    items = precisions.split(",") if isinstance(precisions, str) else list(precisions)
-    wanted = [p.strip().lower() for p in items if p and p.strip()]
-    bad = [p for p in wanted if p not in MODEL_FILES]
-    if bad:
-        raise UsageError(f"unknown precision {bad[0]!r}", f"use a comma-separated list of {', '.join(MODEL_FILES)}")
-    if not wanted:
-        raise UsageError("no precision given", f"use a comma-separated list of {', '.join(MODEL_FILES)}")
-    return [p for p in MODEL_FILES if p in wanted]
+@dataclass(frozen=True)
+class ExportPlan:
+    """The validated options of one export: what it writes, where, and for which target."""
+
+    out: Path
+    precisions: list[str]  # the artifacts written: fp32 (the base graph) plus the ones asked for
+    profile: Profile
+    exporter: str
+    opset: int
+    int8_flavor: str
+    calib_method: str
+    calib_samples: int
+    dynamic_batch: bool
+    batch_size: int
+    simplify: bool
+    parity: bool
+    parity_samples: int
+    golden_samples: int
+    tolerances: Tolerances | None
+    overwrite: bool
+    seed: int
+    threads: int | None
+
+    @property
+    def failed_dir(self) -> Path:
+        """Where a bundle that failed its gate goes, for inspection."""
+        return self.out.with_name(self.out.name + ".failed")
 
 
-def parse_precisions(precisions: str | Sequence[str]) -> list[str]:
-    """The precisions an export writes: fp32 (the base graph) plus the ones asked for."""
-    return ["fp32"] + [p for p in split_precisions(precisions) if p != "fp32"]
+@dataclass(frozen=True)
+class ShippedSpecs:
+    """The preprocessing and TTA the bundle ships: the ones given, or the source's."""
+
+    preprocess: PreprocessSpec
+    tta: TTASpec
+    notes: list[str]
 
 
-def _as_spec(value: PreprocessSpec | Mapping[str, Any] | str | os.PathLike | None) -> PreprocessSpec | None:
-    if value is None or isinstance(value, PreprocessSpec):
-        return value
-    if isinstance(value, Mapping):
-        return PreprocessSpec.from_dict(dict(value))
-    text = str(value)
-    if Path(text).is_file():
-        try:
-            return PreprocessSpec.from_dict(json.loads(Path(text).read_text(encoding="utf-8")))
-        except json.JSONDecodeError as exc:
-            raise UsageError(f"{text} is not valid JSON ({exc})") from None
-    try:
-        return PreprocessSpec.from_dict(json.loads(text))
-    except json.JSONDecodeError:
-        raise UsageError(f"cannot read a preprocessing spec from {text!r}", "pass a JSON object or a .json file") from None
+@dataclass(frozen=True)
+class Calibration:
+    """The INT8 calibration images, decoded; preprocessed with the bundle's spec when used."""
+
+    images: list[Any]
+    description: str  # "digits (train split)"
 
 
-def _as_tta(value: TTASpec | str | Mapping[str, Any] | None) -> TTASpec | None:
-    if value is None or isinstance(value, TTASpec):
-        return value
-    if isinstance(value, Mapping):
-        return TTASpec.from_dict(dict(value))
-    return TTASpec.parse(str(value))
+@dataclass(frozen=True)
+class GateInputs:
+    """The data an export is judged on, and calibrated on for INT8."""
+
+    data: ParityData  # the gate's samples: real images, or random arrays said loudly
+    candidate_inputs: np.ndarray  # ``data`` through the bundle's preprocessing: golden inputs, FP16 ranges
+    calibration: Calibration | None  # with int8 only
+    notes: list[str]
 
 
-def _default_data(src: SourceModel) -> tuple[str | None, str | None]:
-    """The data a gate uses when none is given, and why."""
-    if src.digits:
-        return "digits", "the model is a digits model: parity uses the built-in digits"
-    if src.data_root:
-        return src.data_root, f"parity uses the ImageFolder the checkpoint was trained on ({src.data_root})"
-    return None, None
+@dataclass(frozen=True)
+class GateOutcome:
+    """The parity gate's verdict and its parity.json document."""
+
+    status: str  # "passed" | "failed" | "skipped"
+    report: ParityReport | None  # None when skipped
+    document: dict[str, Any]
 
 
-def _gate_data(source: str, classes: Sequence[str], limit: int | None, seed: int, notes: list[str]) -> ParityData:
-    """The val split of ``source`` for a gate, labelled only where its classes are the
-    model's; why the labels were dropped goes into ``notes``."""
-    pdata, note = ParityData.from_source(source, split="val", limit=limit, seed=seed).with_labels_for(classes)
-    if note:
-        notes.append(note)
-    return pdata
+@dataclass(frozen=True)
+class GoldenSummary:
+    """What went into golden.npz, for the manifest's ``golden_info``."""
+
+    samples: int
+    tta_images: int
+    num_classes: int
 
 
-def _tta_golden(src: SourceModel, images: list[Any], spec: PreprocessSpec, tta: TTASpec) -> dict[str, np.ndarray]:
-    views = np.concatenate([make_views(img, spec, tta) for img in images])
-    return {"tta_inputs": views, "tta_outputs": merge_views(reference_logits(src.model, views), tta)}
+class _StageClock:
+    """Says each stage to ``progress`` as it starts and records how long it took."""
 
+    def __init__(self, progress: Progress | None) -> None:
+        self._say = progress or (lambda stage: None)
+        self._start = time.perf_counter()
+        self.timings: dict[str, float] = {}
 
-def _plain_permissions(directory: Path) -> None:
-    """Give the bundle the permissions of an ordinary copy (temp files are created 0600)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(directory, 0o777 & ~umask)
-    for f in directory.iterdir():
-        os.chmod(f, 0o666 & ~umask)
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        self._say(name)
+        start = time.perf_counter()
+        yield
+        self.timings[name] = time.perf_counter() - start
 
+    def rounded(self) -> dict[str, float]:
+        return {k: round(v, 3) for k, v in self.timings.items()}
 
-def _remove_stale_failed(failed_dir: Path) -> bool:
-    """Remove ``<out>.failed`` left by an earlier failed export (only if it is ours)."""
-    try:
-        manifest = json.loads((failed_dir / MANIFEST_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    if manifest.get("format") == MANIFEST_FORMAT and (manifest.get("parity") or {}).get("status") == "failed":
-        shutil.rmtree(failed_dir, ignore_errors=True)
-        return True
-    return False
+    def stop(self) -> None:
+        self.timings["total"] = time.perf_counter() - self._start
 
 
 # --------------------------------------------------------------------------- export
@@ -205,8 +262,8 @@ def export_bundle(
     parity: bool = True,
     parity_samples: int = DEFAULT_PARITY_SAMPLES,
     golden_samples: int = DEFAULT_GOLDEN_SAMPLES,
-    tolerances: Mapping[str, Mapping[str, float | None]] | None = None,
-    preprocess: PreprocessSpec | Mapping[str, Any] | str | None = None,
+    tolerances: Tolerances | None = None,
+    preprocess: PreprocessSpec | Mapping[str, Any] | None = None,
     name: str | None = None,
     overwrite: bool = False,
     simplify: bool = True,
@@ -222,251 +279,367 @@ def export_bundle(
     ImageFolder directory or ``"digits"`` for parity, calibration and golden inputs
     (default: digits for digits models; random tensors otherwise, said loudly; INT8
     refuses to calibrate on random data). ``int8_flavor``: ``s8s8``/``u8s8``, default by
-    the profile's backend. ``tta``: default from the checkpoint. ``preprocess``: the
-    preprocessing written into the bundle (default: the source's; the gate compares the
-    two). ``tolerances``: ``{precision: {key: value}}`` over the tier and the profile.
+    the profile's backend. ``tta``: a spec, its dict or its text (``"hflip"``); default
+    from the checkpoint. ``preprocess``: the preprocessing written into the bundle, a
+    spec or its dict (default: the source's; the gate compares the two). ``tolerances``:
+    ``{precision: {key: value}}`` over the tier and the profile. ``progress`` is called
+    with the name of each stage as it starts (:func:`export_stages`).
 
     Raises :class:`ParityFailedError` (exit 1) after writing ``<out>.failed/`` when the
     gate fails; :class:`runtime.errors.ConvDeployError` subclasses (exit 2) for bad input.
     """
-    from convdeploy.exporter.export.onnx_export import DEFAULT_OPSET, embed_metadata, export_onnx
-    from convdeploy.exporter.export.precision import CALIB_METHODS, INT8_FLAVORS, convert_fp16, int8_flavor_for, quantize_int8
+    clock = _StageClock(progress)
+    plan = _plan(out_dir, precisions=precisions, profile=profile, exporter=exporter, opset=opset,
+                 int8_flavor=int8_flavor, calib_method=calib_method, calib_samples=calib_samples,
+                 dynamic_batch=dynamic_batch, batch_size=batch_size, simplify=simplify, parity=parity,
+                 parity_samples=parity_samples, golden_samples=golden_samples, tolerances=tolerances,
+                 overwrite=overwrite, seed=seed, threads=threads)
+    given_spec = _preprocess_spec(preprocess)
+    with clock.stage("load"):
+        src = load_source(source, preprocess=given_spec, seed=seed)
+        shipped = _shipped_specs(src, given_spec, tta)
+        inputs = _gate_inputs(src, shipped, plan, data)
 
-    t_start = time.perf_counter()
-    say = progress or (lambda stage: None)
-    timings: dict[str, float] = {}
+    plan.out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{plan.out.name}.", suffix=".partial", dir=plan.out.parent) as tmp:
+        work = Path(tmp)
+        with clock.stage("export"):
+            onnx_info, artifacts = _export_fp32(src, shipped, plan, work)
+        if "fp16" in plan.precisions:
+            with clock.stage("fp16"):
+                artifacts["fp16"] = _export_fp16(work, inputs.candidate_inputs[:FP16_RANGE_SAMPLES])
+        if "int8" in plan.precisions:
+            with clock.stage("int8"):
+                artifacts["int8"] = _export_int8(work, plan, shipped.preprocess, inputs.calibration)
+        with clock.stage("parity"):
+            gate = _run_gate(src, shipped, inputs, plan, {p: work / a["file"] for p, a in artifacts.items()})
+        with clock.stage("write"):
+            golden = _write_golden(src, shipped, inputs, gate, artifacts, plan, work)
+            notes = [*src.notes, *shipped.notes, *inputs.notes, *onnx_info.notes]
+            manifest = _write_manifest(name or src.default_name(), src, shipped, inputs, plan, onnx_info, artifacts,
+                                       gate, golden, notes=list(notes), timings=clock.rounded(), work=work)
+            dest = _commit(work, plan, gate.status)
+        clock.stop()
+
+    if gate.status != "failed" and plan.failed_dir.exists() and _remove_stale_failed(plan.failed_dir):
+        notes.append(f"removed {plan.failed_dir} left by an earlier failed export")
+    result = ExportResult(out_dir=dest, status=gate.status, manifest=manifest, parity=gate.report, onnx=onnx_info,
+                          timings=clock.rounded(), notes=notes)
+    if gate.report is not None and gate.status == "failed":
+        raise ParityFailedError(
+            f"{gate.report.summary()}; no bundle was written to {plan.out}",
+            f"the failed bundle is in {plan.failed_dir} for inspection (parity.json)",
+            report=gate.report, result=result,
+        )
+    return result
+
+
+# --------------------------------------------------------------------------- stage: plan
+def _plan(
+    out_dir: str | os.PathLike,
+    *,
+    precisions: str | Sequence[str],
+    profile: Any,
+    exporter: str,
+    opset: int | None,
+    int8_flavor: str | None,
+    calib_method: str,
+    calib_samples: int,
+    dynamic_batch: bool,
+    batch_size: int,
+    simplify: bool,
+    parity: bool,
+    parity_samples: int,
+    golden_samples: int,
+    tolerances: Tolerances | None,
+    overwrite: bool,
+    seed: int,
+    threads: int | None,
+) -> ExportPlan:
+    """Every check that needs no model: refuse a bad option before anything is loaded."""
     out = Path(out_dir)
-    failed_dir = out.with_name(out.name + ".failed")
     if out.exists() and not overwrite:
         raise InputError(f"{out} already exists", "pass --overwrite or choose another --out")
-    wanted = parse_precisions(precisions)
+    asked = parse_precisions(precisions)
     prof = resolve_profile(profile)
-    for p in split_precisions(precisions):  # refuse, never downgrade (fp32 is always written as the base)
+    for p in asked:  # refuse, never downgrade (fp32 is always written as the base)
         prof.check_precision(p)
     opset = int(opset or prof.opset or DEFAULT_OPSET)
     if opset > prof.opset and prof.backend == "tensorrt":
         raise UsageError(f"opset {opset} is above what profile {prof.name!r} (TensorRT {prof.tensorrt}) parses "
                          f"({prof.opset})", f"drop --opset or use --opset {prof.opset}")
-    if calib_method not in CALIB_METHODS:
-        raise UsageError(f"unknown calibration method {calib_method!r}", f"use one of {', '.join(CALIB_METHODS)}")
     flavor = int8_flavor or int8_flavor_for(prof.backend)
-    if flavor not in INT8_FLAVORS:
-        raise UsageError(f"unknown INT8 flavor {flavor!r}", f"use one of {', '.join(INT8_FLAVORS)}")
-    if "int8" in wanted and flavor == "u8s8" and prof.backend == "tensorrt":
-        raise UsageError("TensorRT needs symmetric S8S8 Q/DQ graphs; u8s8 is for CPU targets",
-                         "drop --int8-flavor or use a CPU profile")
+    validate_int8_options(flavor, calib_method, prof.backend if "int8" in asked else None)
     for key, value in (("calib_samples", calib_samples), ("parity_samples", parity_samples),
                        ("golden_samples", golden_samples), ("batch_size", batch_size)):
         if int(value) < 1:
             raise UsageError(f"{key} must be >= 1, got {value}")
+    return ExportPlan(
+        out=out, precisions=["fp32", *(p for p in asked if p != "fp32")], profile=prof, exporter=exporter,
+        opset=opset, int8_flavor=flavor, calib_method=calib_method, calib_samples=calib_samples,
+        dynamic_batch=dynamic_batch, batch_size=batch_size, simplify=simplify, parity=parity,
+        parity_samples=parity_samples, golden_samples=golden_samples, tolerances=tolerances, overwrite=overwrite,
+        seed=seed, threads=threads,
+    )
 
-    # ---------------------------------------------------------------- load
-    say("load")
-    t = time.perf_counter()
-    src = load_source(source, preprocess=_as_spec(preprocess), seed=seed)
-    notes = list(src.notes)
-    spec = _as_spec(preprocess) or src.preprocess
+
+# --------------------------------------------------------------------------- stage: load
+def _preprocess_spec(value: PreprocessSpec | Mapping[str, Any] | None) -> PreprocessSpec | None:
+    if value is None or isinstance(value, PreprocessSpec):
+        return value
+    if isinstance(value, Mapping):
+        return PreprocessSpec.from_dict(dict(value))
+    raise UsageError(f"preprocess must be a PreprocessSpec or its dict, got {type(value).__name__}")
+
+
+def _shipped_specs(src: SourceModel, preprocess: PreprocessSpec | None,
+                   tta: TTASpec | str | Mapping[str, Any] | None) -> ShippedSpecs:
+    """The bundle's preprocessing and TTA: the ones given, checked, or the source's."""
+    notes: list[str] = []
+    spec = preprocess or src.preprocess
     if spec.layout != "NCHW" or spec.dtype != "float32":
         raise UsageError(f"export needs an NCHW float32 preprocessing spec (got {spec.layout}, {spec.dtype})")
     if spec != src.preprocess:
         notes.append("the bundle's preprocessing was overridden; the gate compares it with the source's")
-    tta_spec = _as_tta(tta) or src.tta
-    if tta_spec.views != "identity" and spec.crop is None and tta_spec.views in ("five_crop", "ten_crop"):
+    if isinstance(tta, str):
+        tta = TTASpec.parse(tta)
+    elif isinstance(tta, Mapping):
+        tta = TTASpec.from_dict(dict(tta))
+    tta_spec = tta or src.tta
+    if tta_spec.views in ("five_crop", "ten_crop") and spec.crop is None:
         raise UsageError(f"{tta_spec.views} TTA needs a preprocessing spec with a crop size")
+    return ShippedSpecs(preprocess=spec, tta=tta_spec, notes=notes)
 
+
+def _default_data(src: SourceModel) -> tuple[str | None, str | None]:
+    """The data a gate uses when none is given, and why."""
+    if src.digits:
+        return "digits", "the model is a digits model: parity uses the built-in digits"
+    if src.data_root:
+        return src.data_root, f"parity uses the ImageFolder the checkpoint was trained on ({src.data_root})"
+    return None, None
+
+
+def _gate_data(source: str, classes: Sequence[str], limit: int | None, seed: int, notes: list[str]) -> ParityData:
+    """The val split of ``source`` for a gate, labelled only where its classes are the
+    model's; why the labels were dropped goes into ``notes``."""
+    pdata, note = ParityData.from_source(source, split="val", limit=limit, seed=seed).with_labels_for(classes)
+    if note:
+        notes.append(note)
+    return pdata
+
+
+def _calibration(data_source: str, plan: ExportPlan, notes: list[str]) -> Calibration:
+    """The INT8 calibration images: the train split, or the val split where there is none."""
+    split = "train"
+    try:
+        calib = labelled_images(data_source, split, limit=plan.calib_samples, seed=plan.seed)
+    except InputError:
+        split = "val"
+        calib = labelled_images(data_source, split, limit=plan.calib_samples, seed=plan.seed)
+        notes.append("no train split to calibrate on: calibrated on the parity (val) images")
+    return Calibration(images=list(calib.images), description=f"{data_source} ({split} split)")
+
+
+def _gate_inputs(src: SourceModel, shipped: ShippedSpecs, plan: ExportPlan,
+                 data: str | os.PathLike | None) -> GateInputs:
+    """The gate's data (given, the source's default, or random), and the calibration images for INT8."""
+    notes: list[str] = []
     data_source = str(data) if data is not None else None
     if data_source is None:
         data_source, why = _default_data(src)
         if why:
             notes.append(why)
-    pdata: ParityData
-    calib_images = None
+    calibration = None
     if data_source is not None:
-        pdata = _gate_data(data_source, src.classes, parity_samples, seed, notes)
+        pdata = _gate_data(data_source, src.classes, plan.parity_samples, plan.seed, notes)
+        if "int8" in plan.precisions:
+            calibration = _calibration(data_source, plan, notes)
+    elif "int8" in plan.precisions:
+        raise UsageError("INT8 needs real calibration images and none were given",
+                         "pass --data DIR (an ImageFolder) or --data digits")
     else:
-        if "int8" in wanted:
-            raise UsageError("INT8 needs real calibration images and none were given",
-                             "pass --data DIR (an ImageFolder) or --data digits")
-        pdata = ParityData.random_inputs(spec.input_shape, n=min(RANDOM_SAMPLES, parity_samples), seed=seed)
-    if "int8" in wanted:
-        from convdeploy.exporter.data.datasets import labelled_images
-
-        assert data_source is not None
-        calib_split = "train"
-        try:
-            calib = labelled_images(data_source, "train", limit=calib_samples, seed=seed)
-        except InputError:
-            calib_split = "val"
-            calib = labelled_images(data_source, "val", limit=calib_samples, seed=seed)
-            notes.append("no train split to calibrate on: calibrated on the parity (val) images")
-        calib_images = calib.images
-        calib_name = "digits" if data_source == "digits" else data_source
-        calib_desc = f"{calib_name} ({calib_split} split)"
-    timings["load"] = time.perf_counter() - t
-
-    # Candidate inputs (the bundle's preprocessing): golden file, FP16 range check.
+        pdata = ParityData.random_inputs(shipped.preprocess.input_shape, n=min(RANDOM_SAMPLES, plan.parity_samples),
+                                         seed=plan.seed)
     if pdata.images is not None:
-        cand_inputs = preprocess_batch(pdata.images, spec)
+        candidate_inputs = preprocess_batch(pdata.images, shipped.preprocess)
+    elif pdata.arrays is not None:
+        candidate_inputs = pdata.arrays
     else:
-        assert pdata.arrays is not None
-        cand_inputs = pdata.arrays
+        raise InternalError("parity data with neither images nor arrays")
+    return GateInputs(data=pdata, candidate_inputs=candidate_inputs, calibration=calibration, notes=notes)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{out.name}.", suffix=".partial", dir=out.parent) as tmp_name:
-        work = Path(tmp_name)
-        # ------------------------------------------------------------ export
-        say("export")
-        t = time.perf_counter()
-        info = export_onnx(src.model, work / MODEL_FILES["fp32"], input_shape=spec.input_shape, exporter=exporter,
-                           opset=opset, dynamic_batch=dynamic_batch, batch_size=batch_size, simplify=simplify)
-        timings["export"] = time.perf_counter() - t
-        notes.extend(info.notes)
-        artifacts: dict[str, dict[str, Any]] = {
-            "fp32": {"file": MODEL_FILES["fp32"], "precision": "fp32", "opset": info.opset,
-                     "nodes": info.nodes_simplified},
-        }
-        # ------------------------------------------------------------ fp16
-        if "fp16" in wanted:
-            say("fp16")
-            t = time.perf_counter()
-            conv = convert_fp16(work / MODEL_FILES["fp32"], work / MODEL_FILES["fp16"], samples=cand_inputs[:8])
-            artifacts["fp16"] = {"file": MODEL_FILES["fp16"], "precision": "fp16", "io_dtype": "float32",
-                                 "conversion": conv}
-            timings["fp16"] = time.perf_counter() - t
-        # ------------------------------------------------------------ int8
-        if "int8" in wanted:
-            say("int8")
-            t = time.perf_counter()
-            calib_arr = preprocess_batch(calib_images, spec)  # the bundle's own preprocessing
-            q = quantize_int8(work / MODEL_FILES["fp32"], work / MODEL_FILES["int8"], calib_arr, flavor=flavor,
-                              method=calib_method)
-            q["source"] = calib_desc
-            q["preprocess"] = "the bundle's preprocessing (runtime.preprocess)"
-            artifacts["int8"] = {"file": MODEL_FILES["int8"], "precision": "int8", "int8_flavor": flavor,
-                                 "calibration": q}
-            timings["int8"] = time.perf_counter() - t
-        # ------------------------------------------------------------ parity
-        say("parity")
-        t = time.perf_counter()
-        report: ParityReport | None = None
-        if parity:
-            report = run_parity(src.model, {p: work / a["file"] for p, a in artifacts.items()}, pdata,
-                                reference_spec=src.preprocess, candidate_spec=spec, tta=tta_spec, profile=prof,
-                                overrides=tolerances, threads=threads)
-            status = report.status
-            parity_doc = report.to_dict()
-        else:
-            status = "skipped"
-            parity_doc = {
-                "status": "skipped",
-                "headline": "PARITY SKIPPED (--no-parity): the exported model was NOT compared with the source",
-                "summary": "parity skipped on request",
-                "inputs": {"source": pdata.source, "random": pdata.random, "samples": len(pdata)},
-                "rows": [],
-            }
-        timings["parity"] = time.perf_counter() - t
 
-        # ------------------------------------------------------------ golden + manifest
-        say("write")
-        t = time.perf_counter()
-        g = min(golden_samples, len(cand_inputs))
-        golden: dict[str, np.ndarray] = {"inputs": np.ascontiguousarray(cand_inputs[:g], dtype=np.float32)}
-        if report is not None and report.preprocessing_identical and report.reference_outputs is not None:
-            golden["outputs"] = report.reference_outputs[:g]
-        else:
-            golden["outputs"] = reference_logits(src.model, golden["inputs"])
-        if pdata.labels is not None:
-            golden["labels"] = np.asarray(pdata.labels[:g], dtype=np.int64)
-        # Each artifact's outputs as the gate accepted them: on-device verify judges what
-        # a device changes from these, not the gate's decisions over again (runtime.metrics).
-        for precision, art in artifacts.items():
-            golden[f"accepted_{precision}"], _ = backend_logits(work / art["file"], golden["inputs"],
-                                                                precision=precision, threads=threads)
-        tta_images = 0
-        if tta_spec.views != "identity" and pdata.images is not None:
-            tta_images = min(GOLDEN_TTA_IMAGES, len(pdata.images))
-            golden.update(_tta_golden(src, pdata.images[:tta_images], spec, tta_spec))
-        np.savez(work / GOLDEN_FILE, **golden)
+# --------------------------------------------------------------------------- stages: export, fp16, int8
+def _export_fp32(src: SourceModel, shipped: ShippedSpecs, plan: ExportPlan,
+                 work: Path) -> tuple[OnnxExportInfo, dict[str, dict[str, Any]]]:
+    """The base FP32 graph; returns what the exporter did and the artifacts table, started."""
+    info = export_onnx(src.model, work / MODEL_FILES["fp32"], input_shape=shipped.preprocess.input_shape,
+                       exporter=plan.exporter, opset=plan.opset, dynamic_batch=plan.dynamic_batch,
+                       batch_size=plan.batch_size, simplify=plan.simplify)
+    entry = {"file": MODEL_FILES["fp32"], "precision": "fp32", "opset": info.opset, "nodes": info.nodes_simplified}
+    return info, {"fp32": entry}
 
-        num_classes = int(golden["outputs"].shape[1])
-        if num_classes != len(src.classes):
-            raise UsageError(f"the model has {num_classes} outputs but {len(src.classes)} class names")
-        batch_dim: int | str = "batch" if dynamic_batch else int(batch_size)
-        default_precision = prof.default_precision if prof.default_precision in artifacts else "fp32"
-        versions = package_versions("convdeploy", "torch", "onnx", "onnxruntime", "onnxslim", "numpy")
-        manifest: dict[str, Any] = {
-            "format": MANIFEST_FORMAT,
-            "schema_version": MANIFEST_SCHEMA_VERSION,
-            "name": name or src.default_name(),
-            "architecture": src.architecture,
-            "classes": list(src.classes),
-            "inputs": [{"name": info.input_name, "shape": [batch_dim, *spec.input_shape], "dtype": "float32"}],
-            "outputs": [{"name": info.output_name, "shape": [batch_dim, num_classes], "dtype": "float32"}],
-            "preprocess": spec.to_dict(),
-            "tta": tta_spec.to_dict(),
-            "artifacts": artifacts,
-            "default_precision": default_precision,
-            "golden": GOLDEN_FILE,
-            "golden_info": {"samples": g, "source": pdata.source, "random": pdata.random,
-                            "labels": pdata.labels is not None, "tta_images": tta_images,
-                            "outputs": "source model (PyTorch, fp32) logits on these inputs"},
-            "parity": {"status": status, "file": PARITY_FILE, "summary": parity_doc["summary"],
-                       "inputs": pdata.source, "random_inputs": pdata.random},
-            "provenance": {
-                **{k: v for k, v in versions.items()},
-                "exporter": info.exporter,
-                "opset": info.opset,
-                "requested_opset": info.requested_opset,
-                "version_conversion": info.version_conversion,
-                "dynamic_batch": dynamic_batch,
-                "simplifier": info.simplifier,
-                "nodes_exported": info.nodes_exported,
-                "nodes_simplified": info.nodes_simplified,
-                "source": {"kind": src.kind, "value": src.source},
-                "checkpoint_sha256": src.checkpoint_sha256,
-                "checkpoint_meta": {k: src.meta.get(k) for k in ("epoch", "metrics", "data", "seed", "model_kwargs",
-                                                                 "numerics")}
-                if src.kind == "checkpoint" else None,
-                "profile": {"name": prof.name, "backend": prof.backend, "tensorrt": prof.tensorrt,
-                            "jetpack": prof.jetpack, "opset": prof.opset},
-                "int8_flavor": flavor if "int8" in artifacts else None,
-                "parity_skipped": not parity,
-                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                "notes": notes,
-            },
-        }
-        manifest["provenance"]["timings"] = {k: round(v, 3) for k, v in timings.items()}
-        parity_doc = {**parity_doc, "bundle": manifest["name"], "profile": prof.name}
-        atomic_write_json(work / PARITY_FILE, parity_doc)
-        for precision, art in artifacts.items():
-            embed_metadata(work / art["file"], onnx_metadata(manifest, precision))
-        manifest["files"] = {f.name: sha256_file(f) for f in sorted(work.iterdir()) if f.name != MANIFEST_FILE}
-        try:
-            validate_manifest(manifest)
-        except BundleError as exc:  # a bug here, not the user's: say which field
-            raise BundleError(f"export produced an invalid manifest ({exc})", "please report this") from None
-        atomic_write_json(work / MANIFEST_FILE, manifest)
 
-        # ------------------------------------------------------------ commit
-        dest = failed_dir if status == "failed" else out
-        with atomic_directory(dest, overwrite=True if dest == failed_dir else overwrite) as final:
-            for f in work.iterdir():
-                os.replace(f, final / f.name)
-            _plain_permissions(final)
-        timings["write"] = time.perf_counter() - t
-        timings["total"] = time.perf_counter() - t_start
-    if status != "failed" and failed_dir.exists() and _remove_stale_failed(failed_dir):
-        notes.append(f"removed {failed_dir} left by an earlier failed export")
-    result = ExportResult(out_dir=dest, status=status, manifest=manifest, parity=report, onnx=info,
-                          timings={k: round(v, 3) for k, v in timings.items()}, notes=notes)
-    if status == "failed":
-        assert report is not None
-        raise ParityFailedError(
-            f"{report.summary()}; no bundle was written to {out}",
-            f"the failed bundle is in {failed_dir} for inspection (parity.json)",
-            report=report, result=result,
-        )
-    return result
+def _export_fp16(work: Path, range_samples: np.ndarray) -> dict[str, Any]:
+    """The FP16 graph (FP32 inputs and outputs), derived from the FP32 one."""
+    conversion = convert_fp16(work / MODEL_FILES["fp32"], work / MODEL_FILES["fp16"], samples=range_samples)
+    return {"file": MODEL_FILES["fp16"], "precision": "fp16", "io_dtype": "float32", "conversion": conversion}
+
+
+def _export_int8(work: Path, plan: ExportPlan, spec: PreprocessSpec, calibration: Calibration | None) -> dict[str, Any]:
+    """The static Q/DQ INT8 graph, calibrated on the images through the bundle's own preprocessing."""
+    if calibration is None:
+        raise InternalError("an INT8 export reached quantization without calibration images")
+    q = quantize_int8(work / MODEL_FILES["fp32"], work / MODEL_FILES["int8"],
+                      preprocess_batch(calibration.images, spec), flavor=plan.int8_flavor, method=plan.calib_method)
+    q["source"] = calibration.description
+    q["preprocess"] = "the bundle's preprocessing (runtime.preprocess)"
+    return {"file": MODEL_FILES["int8"], "precision": "int8", "int8_flavor": plan.int8_flavor, "calibration": q}
+
+
+# --------------------------------------------------------------------------- stage: parity
+def _run_gate(src: SourceModel, shipped: ShippedSpecs, inputs: GateInputs, plan: ExportPlan,
+              paths: Mapping[str, Path]) -> GateOutcome:
+    """Compare every artifact with the source model, or record that the gate was skipped."""
+    pdata = inputs.data
+    if not plan.parity:
+        return GateOutcome(status="skipped", report=None, document={
+            "status": "skipped",
+            "headline": "PARITY SKIPPED (--no-parity): the exported model was NOT compared with the source",
+            "summary": "parity skipped on request",
+            "inputs": {"source": pdata.source, "random": pdata.random, "samples": len(pdata)},
+            "rows": [],
+        })
+    report = run_parity(src.model, dict(paths), pdata, reference_spec=src.preprocess,
+                        candidate_spec=shipped.preprocess, tta=shipped.tta, profile=plan.profile,
+                        overrides=plan.tolerances, threads=plan.threads)
+    return GateOutcome(status=report.status, report=report, document=report.to_dict())
+
+
+# --------------------------------------------------------------------------- stage: write
+def _write_golden(src: SourceModel, shipped: ShippedSpecs, inputs: GateInputs, gate: GateOutcome,
+                  artifacts: Mapping[str, Mapping[str, Any]], plan: ExportPlan, work: Path) -> GoldenSummary:
+    """golden.npz: real preprocessed inputs, the source's outputs and each artifact's accepted outputs."""
+    pdata = inputs.data
+    g = min(plan.golden_samples, len(inputs.candidate_inputs))
+    golden: dict[str, np.ndarray] = {GOLDEN_INPUTS: np.ascontiguousarray(inputs.candidate_inputs[:g],
+                                                                         dtype=np.float32)}
+    report = gate.report
+    if report is not None and report.preprocessing_identical and report.reference_outputs is not None:
+        golden[GOLDEN_OUTPUTS] = report.reference_outputs[:g]
+    else:
+        golden[GOLDEN_OUTPUTS] = reference_logits(src.model, golden[GOLDEN_INPUTS])
+    if pdata.labels is not None:
+        golden[GOLDEN_LABELS] = np.asarray(pdata.labels[:g], dtype=np.int64)
+    # Each artifact's outputs as the gate accepted them: on-device verify judges what
+    # a device changes from these, not the gate's decisions over again (runtime.metrics).
+    for precision, art in artifacts.items():
+        golden[accepted_key(precision)], _ = backend_logits(work / art["file"], golden[GOLDEN_INPUTS],
+                                                            precision=precision, threads=plan.threads)
+    tta_images = 0
+    if shipped.tta.views != "identity" and pdata.images is not None:
+        tta_images = min(GOLDEN_TTA_IMAGES, len(pdata.images))
+        views = np.concatenate([make_views(img, shipped.preprocess, shipped.tta) for img in pdata.images[:tta_images]])
+        golden[GOLDEN_TTA_INPUTS] = views
+        golden[GOLDEN_TTA_OUTPUTS] = merge_views(reference_logits(src.model, views), shipped.tta)
+    np.savez(work / GOLDEN_FILE, **golden)
+    return GoldenSummary(samples=g, tta_images=tta_images, num_classes=int(golden[GOLDEN_OUTPUTS].shape[1]))
+
+
+def _provenance(src: SourceModel, plan: ExportPlan, info: OnnxExportInfo, artifacts: Mapping[str, Any],
+                notes: list[str], timings: dict[str, float]) -> dict[str, Any]:
+    """How the bundle was made: versions, exporter, source, profile, notes and timings."""
+    prof = plan.profile
+    return {
+        **package_versions("convdeploy", "torch", "onnx", "onnxruntime", "onnxslim", "numpy"),
+        "exporter": info.exporter,
+        "opset": info.opset,
+        "requested_opset": info.requested_opset,
+        "version_conversion": info.version_conversion,
+        "dynamic_batch": plan.dynamic_batch,
+        "simplifier": info.simplifier,
+        "nodes_exported": info.nodes_exported,
+        "nodes_simplified": info.nodes_simplified,
+        "source": {"kind": src.kind, "value": src.source},
+        "checkpoint_sha256": src.checkpoint_sha256,
+        "checkpoint_meta": {k: src.meta.get(k) for k in ("epoch", "metrics", "data", "seed", "model_kwargs",
+                                                         "numerics")}
+        if src.kind == "checkpoint" else None,
+        "profile": {"name": prof.name, "backend": prof.backend, "tensorrt": prof.tensorrt,
+                    "jetpack": prof.jetpack, "opset": prof.opset},
+        "int8_flavor": plan.int8_flavor if "int8" in artifacts else None,
+        "parity_skipped": not plan.parity,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "notes": notes,
+        "timings": timings,
+    }
+
+
+def _write_manifest(name: str, src: SourceModel, shipped: ShippedSpecs, inputs: GateInputs, plan: ExportPlan,
+                    info: OnnxExportInfo, artifacts: Mapping[str, Mapping[str, Any]], gate: GateOutcome,
+                    golden: GoldenSummary, *, notes: list[str], timings: dict[str, float],
+                    work: Path) -> dict[str, Any]:
+    """parity.json, the manifest in every ONNX file's metadata, and the sealed manifest.json."""
+    if golden.num_classes != len(src.classes):
+        raise UsageError(f"the model has {golden.num_classes} outputs but {len(src.classes)} class names")
+    pdata = inputs.data
+    batch_dim: int | str = "batch" if plan.dynamic_batch else int(plan.batch_size)
+    default = plan.profile.default_precision
+    manifest = build_manifest(
+        name=name,
+        architecture=src.architecture,
+        classes=list(src.classes),
+        inputs=[io_spec(info.input_name, [batch_dim, *shipped.preprocess.input_shape])],
+        outputs=[io_spec(info.output_name, [batch_dim, golden.num_classes])],
+        preprocess=shipped.preprocess.to_dict(),
+        tta=shipped.tta.to_dict(),
+        artifacts=artifacts,
+        default_precision=default if default in artifacts else "fp32",
+        golden_info={"samples": golden.samples, "source": pdata.source, "random": pdata.random,
+                     "labels": pdata.labels is not None, "tta_images": golden.tta_images,
+                     "outputs": "source model (PyTorch, fp32) logits on these inputs"},
+        # "file" is set by the contract; named here to keep it second in the written JSON.
+        parity={"status": gate.status, "file": PARITY_FILE, "summary": gate.document["summary"],
+                "inputs": pdata.source, "random_inputs": pdata.random},
+        provenance=_provenance(src, plan, info, artifacts, notes, timings),
+    )
+    atomic_write_json(work / PARITY_FILE, {**gate.document, "bundle": manifest["name"], "profile": plan.profile.name})
+    for precision, art in artifacts.items():
+        embed_metadata(work / art["file"], onnx_metadata(manifest, precision))
+    return seal_manifest(manifest, work)
+
+
+def _plain_permissions(directory: Path) -> None:
+    """Give the bundle the permissions of an ordinary copy (temp files are created 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(directory, 0o777 & ~umask)
+    for f in directory.iterdir():
+        os.chmod(f, 0o666 & ~umask)
+
+
+def _commit(work: Path, plan: ExportPlan, status: str) -> Path:
+    """Move the finished bundle into place atomically: ``out``, or ``<out>.failed`` after a failed gate."""
+    failed = status == "failed"
+    dest = plan.failed_dir if failed else plan.out
+    with atomic_directory(dest, overwrite=failed or plan.overwrite) as final:
+        for f in work.iterdir():
+            os.replace(f, final / f.name)
+        _plain_permissions(final)
+    return dest
+
+
+def _remove_stale_failed(failed_dir: Path) -> bool:
+    """Remove ``<out>.failed`` left by an earlier failed export (only if it is ours)."""
+    try:
+        manifest = json.loads((failed_dir / MANIFEST_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    if manifest.get("format") == MANIFEST_FORMAT and (manifest.get("parity") or {}).get("status") == "failed":
+        shutil.rmtree(failed_dir, ignore_errors=True)
+        return True
+    return False
 
 
 # --------------------------------------------------------------------------- check
@@ -478,7 +651,7 @@ def check_bundle(
     samples: int = DEFAULT_PARITY_SAMPLES,
     precisions: str | Sequence[str] | None = None,
     profile: Any | None = None,
-    tolerances: Mapping[str, Mapping[str, float | None]] | None = None,
+    tolerances: Tolerances | None = None,
     tta: bool = True,
     seed: int = 0,
     threads: int | None = None,
@@ -494,8 +667,6 @@ def check_bundle(
     its signature that runs it elsewhere (``exporter.export.ray_check``). Returns the
     report; the caller decides (the CLI exits 1).
     """
-    from convdeploy.runtime.bundle.reader import Bundle
-
     bundle = Bundle.load(bundle_dir)
     manifest = bundle.manifest
     prov = manifest.get("provenance") or {}
@@ -516,7 +687,7 @@ def check_bundle(
     if profile is None:
         profile = (prov.get("profile") or {}).get("name") or "cpu"
     prof = resolve_profile(profile)
-    chosen = bundle.precisions if precisions is None else split_precisions(precisions)
+    chosen = bundle.precisions if precisions is None else parse_precisions(precisions)
     for p in chosen:
         bundle.artifact(p)  # a precision the bundle lacks: one clear UsageError
     data_source = str(data) if data is not None else _default_data(src)[0]
@@ -526,7 +697,8 @@ def check_bundle(
         golden = bundle.golden()
         info = manifest.get("golden_info") or {}
         pdata = ParityData(source=f"the bundle's golden inputs ({info.get('source', 'recorded at export')})",
-                           arrays=golden["inputs"], labels=golden.get("labels"), random=bool(info.get("random")))
+                           arrays=golden[GOLDEN_INPUTS], labels=golden.get(GOLDEN_LABELS),
+                           random=bool(info.get("random")))
         if src.preprocess != bundle.preprocess:
             notes.append("golden inputs are already preprocessed: pass --data to test the bundle's preprocessing")
     report = parity_runner(src.model, {p: bundle.artifact_path(p) for p in chosen}, pdata,
@@ -536,5 +708,5 @@ def check_bundle(
     return report
 
 
-__all__ = ["MODEL_FILES", "STAGES", "SourceModel", "ExportResult", "load_source", "parse_precisions", "split_precisions",
-           "export_bundle", "check_bundle", "ParityFailedError"]
+__all__ = ["ExportResult", "export_bundle", "export_stages", "parse_precisions", "check_bundle",
+           "DEFAULT_CALIB_SAMPLES", "DEFAULT_GOLDEN_SAMPLES"]

@@ -1,11 +1,14 @@
-"""Shared helpers of the export/parity tests: a quickly trained LeNet-5 checkpoint and
-small user factories (``module:function``) written to a temporary directory."""
+"""Shared helpers of the export/parity tests: a quickly trained LeNet-5 checkpoint,
+small user factories (``module:function``) written to a temporary directory, and ONNX
+file checks."""
 
 from __future__ import annotations
 
 import textwrap
 import uuid
 from pathlib import Path
+
+from typing import Any
 
 import numpy as np
 
@@ -137,3 +140,20 @@ def bundle_files(path: Path) -> set[str]:
 def leftovers(parent: Path) -> list[str]:
     """Temporary build directories left in ``parent`` (there must be none)."""
     return sorted(p.name for p in parent.iterdir() if p.name.endswith(".partial") or ".old-" in p.name)
+
+
+def check_onnx_file(path: Path) -> None:
+    """``onnx.checker`` (full check) on a file written to disk; raises its ValidationError."""
+    import onnx
+
+    onnx.checker.check_model(str(path), full_check=True)
+
+
+def read_metadata(path_or_model: Any) -> dict[str, str]:
+    """``metadata_props`` of an ONNX file (or ModelProto) as a dict."""
+    import onnx
+
+    model = path_or_model
+    if not hasattr(model, "metadata_props"):
+        model = onnx.load(str(path_or_model), load_external_data=False)
+    return {p.key: p.value for p in model.metadata_props}

@@ -7,16 +7,11 @@ import onnx
 import pytest
 import torch
 
-from convdeploy.exporter.export.onnx_export import (
-    ExportError,
-    check_onnx_file,
-    export_onnx,
-    graph_opset,
-    read_metadata,
-    set_metadata,
-)
-from convdeploy.exporter.export.parity import ParityData, run_parity
 from convdeploy.exporter.architectures.registry import create_model, get_entry, list_models
+from convdeploy.exporter.export.onnx_export import export_onnx
+from convdeploy.exporter.export.onnx_utils import ExportError, graph_opset, set_metadata
+from convdeploy.exporter.export.parity import ParityData, run_parity
+from tests.exporter.export.export_helpers import check_onnx_file, read_metadata
 
 # The default run exports the cheapest model of every family plus every tiny variant;
 # the rest (the ImageNet-sized ResNets, VGGs, Inception-ResNet-v2, ...) run with -m slow.

@@ -9,8 +9,15 @@ import pytest
 import torch
 
 from convdeploy.exporter.export.onnx_export import export_onnx
-from convdeploy.exporter.export.precision import array_sha256, convert_fp16, fp16_storage_emulation, int8_flavor_for, quantize_int8
-from convdeploy.runtime.errors import UsageError
+from convdeploy.exporter.export.precision import (
+    array_sha256,
+    convert_fp16,
+    fp16_storage_emulation,
+    int8_flavor_for,
+    quantize_int8,
+    validate_int8_options,
+)
+from convdeploy.runtime.errors import InternalError, UsageError
 
 
 def _run(path, x):
@@ -176,3 +183,26 @@ def test_int8_refusals(small_cnn, tmp_path):
         quantize_int8(small_cnn, tmp_path / "x.onnx", calib, method="kl")
     with pytest.raises(UsageError, match="non-empty"):
         quantize_int8(small_cnn, tmp_path / "x.onnx", calib[:0])
+
+
+def test_int8_option_validation():
+    """One rule for the writer's plan and quantize_int8: names, then what the backend runs."""
+    validate_int8_options("s8s8", "entropy", "tensorrt")
+    validate_int8_options("u8s8", "minmax")  # no target: any known flavor
+    with pytest.raises(UsageError, match="calibration method"):
+        validate_int8_options("s8s8", "kl")
+    with pytest.raises(UsageError, match="INT8 flavor"):
+        validate_int8_options("u8u8", "minmax")
+    with pytest.raises(UsageError, match="TensorRT needs symmetric S8S8"):
+        validate_int8_options("u8s8", "minmax", "tensorrt")
+
+
+def test_a_cyclic_fp16_graph_is_a_bug_not_a_usage_error():
+    from onnx import helper
+
+    from convdeploy.exporter.export.precision import _topological_sort
+
+    graph = helper.make_graph([helper.make_node("Relu", ["b"], ["a"]), helper.make_node("Relu", ["a"], ["b"])],
+                              "cycle", [], [])
+    with pytest.raises(InternalError, match="cycle"):
+        _topological_sort(graph)

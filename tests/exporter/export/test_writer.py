@@ -10,15 +10,15 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from convdeploy.exporter.export.writer import check_bundle, export_bundle
-from convdeploy.exporter.export.onnx_export import read_metadata
+from convdeploy.exporter.export.writer import check_bundle, export_bundle, export_stages, parse_precisions
 from convdeploy.exporter.export.parity import ParityFailedError
 from convdeploy.runtime.bundle.reader import Bundle
 from convdeploy.runtime.errors import InputError, ProfileError, UsageError
 from convdeploy.runtime.fsutil import sha256_file
 from convdeploy.runtime.bundle.contract import validate_manifest
 from tests.conftest import run_without_torch
-from tests.exporter.export.export_helpers import bundle_files, cached_lenet_checkpoint, leftovers, write_factory
+from tests.exporter.export.export_helpers import (bundle_files, cached_lenet_checkpoint, leftovers, read_metadata,
+                                                  write_factory)
 
 
 @pytest.fixture(scope="module")
@@ -171,12 +171,12 @@ def test_opset_comes_from_the_profile(lenet_ckpt, tmp_path):
 
 
 def test_no_half_bundle_when_a_step_crashes(lenet_ckpt, tmp_path, monkeypatch):
-    from convdeploy.exporter.export import precision
+    from convdeploy.exporter.export import writer
 
     def boom(*args, **kwargs):
         raise RuntimeError("simulated crash during quantization")
 
-    monkeypatch.setattr(precision, "quantize_int8", boom)
+    monkeypatch.setattr(writer, "quantize_int8", boom)
     with pytest.raises(RuntimeError, match="simulated"):
         export_bundle(lenet_ckpt, tmp_path / "b", precisions="int8", profile="cpu")
     assert not (tmp_path / "b").exists() and not (tmp_path / "b.failed").exists()
@@ -261,3 +261,36 @@ def test_static_batch_bundle(lenet_ckpt, tmp_path):
         model = onnx.load(str(tmp_path / "s" / art["file"]))
         assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1
     assert Bundle.load(tmp_path / "s").golden()["inputs"].shape == (4, 1, 32, 32)
+
+
+def test_torch_bench_loads_through_load_source(lenet_ckpt):
+    """--compare-torch takes what export takes: a checkpoint or a registered name."""
+    from convdeploy.exporter.export.torch_bench import bench_torch
+
+    t = bench_torch(lenet_ckpt, sample_shape=(1, 32, 32), batch_sizes=(1,), warmup=0, iterations=2)
+    assert t["model"] == f"checkpoint {lenet_ckpt} (lenet5)" and t["model_only"][0]["batch"] == 1
+    t = bench_torch("lenet5", sample_shape=(1, 32, 32), batch_sizes=(2,), warmup=0, iterations=1)
+    assert t["model"] == "lenet5 (random weights)"
+    with pytest.raises(UsageError, match="unknown architecture"):
+        bench_torch("no-such-net", sample_shape=(1, 32, 32))
+
+
+def test_precisions_and_stages():
+    assert parse_precisions("int8, FP16") == ["fp16", "int8"]  # the contract's order
+    assert parse_precisions(["fp32"]) == ["fp32"]
+    for bad, message in (("fp8", "unknown precision 'fp8'"), (" , ", "no precision given")):
+        with pytest.raises(UsageError, match=message):
+            parse_precisions(bad)
+    assert export_stages("fp32") == ["load", "export", "parity", "write"]
+    assert export_stages("int8,fp16") == ["load", "export", "fp16", "int8", "parity", "write"]
+
+
+def test_progress_reports_the_stages_export_stages_lists(lenet_ckpt, tmp_path):
+    said: list[str] = []
+    result = export_bundle(lenet_ckpt, tmp_path / "b", precisions="fp16", profile="jetson-orin", parity_samples=16,
+                           progress=said.append)
+    assert said == export_stages("fp16")
+    assert list(result.timings) == [*said, "total"]
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert list(manifest["provenance"]["timings"]) == said[:-1]  # written before the write stage ends
+    assert manifest["provenance"]["notes"] == result.notes
