@@ -33,8 +33,8 @@ from typing import Any, Iterator, Mapping
 import onnx
 import onnx.version_converter
 import torch
-from torch import nn
 
+from convdeploy.exporter.architectures.base import LogitsOnly
 from convdeploy.exporter.export.onnx_utils import (ExportError, check_model, count_nodes, graph_opset, op_counts,
                                                    set_metadata)
 from convdeploy.runtime.errors import UsageError
@@ -79,26 +79,6 @@ class OnnxExportInfo:
 
 
 # --------------------------------------------------------------------------- the wrapper
-class LogitsOnly(nn.Module):
-    """Wraps a model so that it returns only its main logits tensor (auxiliary heads and extras dropped)."""
-
-    def __init__(self, inner: nn.Module) -> None:
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.inner(x)
-        if isinstance(out, torch.Tensor):
-            return out
-        if isinstance(out, Mapping):
-            return out["logits"] if "logits" in out else next(iter(out.values()))
-        if hasattr(out, "logits"):  # namedtuple outputs such as GoogLeNetOutputs
-            return out.logits
-        if isinstance(out, (tuple, list)) and out:
-            return out[0]
-        raise TypeError(f"the model returned {type(out).__name__}; convdeploy exports one logits tensor")
-
-
 @contextlib.contextmanager
 def eval_mode(model: Any) -> Iterator[Any]:
     """Put ``model`` in eval mode for the block, restoring its previous mode afterwards."""

@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from convdeploy.exporter.architectures.registry import create_model, get_entry
-from convdeploy.exporter.export.onnx_export import LogitsOnly, eval_mode
+from convdeploy.exporter.architectures.base import LogitsOnly
+from convdeploy.exporter.export.onnx_export import eval_mode
 from convdeploy.exporter.training.checkpoint import load_checkpoint
 from convdeploy.runtime.errors import UsageError
 from convdeploy.runtime.transforms.preprocess import IMAGENET_EVAL, PreprocessSpec

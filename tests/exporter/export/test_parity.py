@@ -114,7 +114,7 @@ def test_traced_control_flow_is_caught(tmp_path, monkeypatch, sample_photos):
     """A model whose traced graph froze one branch of data-dependent control flow."""
     from PIL import Image
 
-    from convdeploy.exporter.export.writer import load_source
+    from convdeploy.exporter.export.source import load_source
 
     monkeypatch.syspath_prepend(str(tmp_path))
     src = load_source(f"{write_factory(tmp_path)}:build_branchy")
