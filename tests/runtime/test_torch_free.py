@@ -1,4 +1,4 @@
-"""The runtime runs end to end where PyTorch cannot be imported (DESIGN.md contract)."""
+"""The runtime runs end to end where PyTorch cannot be imported: the contract of the target side."""
 
 from __future__ import annotations
 
