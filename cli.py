@@ -398,8 +398,8 @@ def bench_cmd(bundle: str, backend: str, precision: str | None, profile_name: st
     rows = [{**m, **{k: f"{m[k]:.2f}" for k in ("p50_ms", "p90_ms", "p99_ms", "throughput_ips")}}
             for m in result["model_only"]]
     click.echo("model-only (" + result["model_only"][0]["inputs"] + "):")
-    echo_table(rows, [("batch", "batch"), ("p50_ms", "p50 ms"), ("p90_ms", "p90 ms"), ("p99_ms", "p99 ms"),
-                      ("throughput_ips", "img/s"), ("iterations", "iters")])
+    echo_table(rows, [("batch", "batch"), ("precision", "precision"), ("p50_ms", "p50 ms"), ("p90_ms", "p90 ms"),
+                      ("p99_ms", "p99 ms"), ("throughput_ips", "img/s"), ("iterations", "iters")])
     if not result["end_to_end"]:
         click.echo("end-to-end: not measured (pass --images PATH to time decode + preprocess + infer)")
     else:
@@ -410,9 +410,10 @@ def bench_cmd(bundle: str, backend: str, precision: str | None, profile_name: st
                     ("fraction", "of model-only"), ("errors", "errors")])
     if "torch" in result:
         click.echo(f"PyTorch eager ({result['torch']['model']}, torch {result['torch']['torch']}):")
-        echo_table([{"batch": r["batch"], "p50_ms": f"{r['p50_ms']:.2f}",
+        echo_table([{"batch": r["batch"], "precision": r.get("precision"), "p50_ms": f"{r['p50_ms']:.2f}",
                      "speedup": f"{r['speedup_vs_torch']:.2f}x"} for r in result["torch"]["model_only"]],
-                   [("batch", "batch"), ("p50_ms", "torch p50 ms"), ("speedup", "runtime speedup")])
+                   [("batch", "batch"), ("precision", "precision"), ("p50_ms", "torch p50 ms"),
+                    ("speedup", "runtime speedup")])
 
 
 # --------------------------------------------------------------------------- build (TensorRT engines)
