@@ -124,6 +124,8 @@ def bench_bundle(
         views = predictor.tta.num_views
         golden = bundle.golden() if bundle.manifest.get("golden") else None
         sample_shape = tuple(bundle.manifest["inputs"][0]["shape"][1:])
+        # The precision that actually runs (an FP16 TensorRT engine, OpenVINO's bf16): every row says it.
+        ran = str(predictor.info().get("judged_precision") or predictor.info().get("precision"))
         result: dict[str, Any] = {"bundle": bundle.name, "backend": predictor.info(), "threads": threads,
                                   "tta": predictor.tta.to_dict(), "warmup": warmup, "model_only": [],
                                   "end_to_end": []}
@@ -134,7 +136,7 @@ def bench_bundle(
             times = time_callable(lambda: predictor.run_batch(x), warmup=warmup, iterations=iterations,
                                   duration=duration)
             stats = latency_stats(times, b)
-            stats.update({"batch": b, "rows_per_call": b * views, "inputs": source})
+            stats.update({"batch": b, "rows_per_call": b * views, "inputs": source, "precision": ran})
             result["model_only"].append(stats)
         if images:
             files = [Path(p) for p in images]
@@ -173,6 +175,7 @@ def add_torch_comparison(result: dict[str, Any], torch_result: dict[str, Any]) -
         if row["batch"] not in ours:
             raise InternalError(f"the PyTorch timings have batch size {row['batch']}, the runtime's do not")
         row["speedup_vs_torch"] = row["p50_ms"] / ours[row["batch"]]["p50_ms"]
+        row.setdefault("precision", torch_result.get("precision", "fp32"))  # eager PyTorch runs FP32 unless told
     result["torch"] = torch_result
     return result
 

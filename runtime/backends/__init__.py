@@ -96,12 +96,15 @@ def _engine_precisions(req: _Request) -> list[str]:
 
 
 def _open_tensorrt(req: _Request) -> _Opened:
-    from convdeploy.runtime.backends.tensorrt_backend import TensorRTBackend
+    from convdeploy.runtime.backends.tensorrt_backend import TensorRTBackend, running_tensorrt
 
     if req.engine:
         path = Path(req.engine)
     else:
-        path = req.bundle.find_engine(_engine_precisions(req), profile=req.profile.name if req.profile else None)
+        # Skip engines built for another TensorRT or GPU: the one built here wins.
+        here = running_tensorrt(int(req.opts.get("device_id") or 0))
+        path = req.bundle.find_engine(_engine_precisions(req), profile=req.profile.name if req.profile else None,
+                                      fits=here.mismatch)
     backend = TensorRTBackend(path, **req.passed_through(TensorRTBackend.OPTIONS))
     if req.threads is not None:
         req.notes.append(f"tensorrt: threads={req.threads} not applied (a TensorRT engine runs on the GPU)")

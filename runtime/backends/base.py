@@ -68,11 +68,21 @@ def run_batched(backend: "Backend", inputs: np.ndarray, batch_size: int) -> np.n
     """Run ``inputs`` through ``backend`` in chunks and concatenate the outputs.
 
     A fixed-batch model (its input's batch axis an int) is fed chunks of exactly that
-    size; ``batch_size`` applies to dynamic-batch models.
+    size, the last one padded with copies of its last row (their outputs are dropped);
+    ``batch_size`` applies to dynamic-batch models.
     """
     fixed = backend.inputs[0].shape[0]
     step = fixed if isinstance(fixed, int) else max(1, int(batch_size))
-    return np.concatenate([backend.run(inputs[i:i + step]) for i in range(0, len(inputs), step)])
+    outputs = []
+    for i in range(0, len(inputs), step):
+        chunk = inputs[i:i + step]
+        if isinstance(fixed, int) and len(chunk) < fixed:
+            # A fixed-batch model takes exactly its batch: pad the last chunk, keep its rows only.
+            padding = np.repeat(chunk[-1:], fixed - len(chunk), axis=0)
+            outputs.append(backend.run(np.concatenate([chunk, padding]))[:len(chunk)])
+        else:
+            outputs.append(backend.run(chunk))
+    return np.concatenate(outputs)
 
 
 @runtime_checkable

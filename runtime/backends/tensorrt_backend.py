@@ -70,6 +70,17 @@ def api_for_version(version: str) -> str:
 
 
 # ---------------------------------------------------------------------------- sidecar checks
+# Version-compatible engines (built >= 8.6 with kVERSION_COMPATIBLE) run on a newer
+# TensorRT. NVIDIA's version-compatibility page says engines built with TensorRT 8 run on
+# 9 and 10, and the 11.x engine-compatibility page says 10 -> 11; its 10.x support matrix
+# says "within the same major version". We accept the same major (newer or equal) and
+# the documented cross-major pairs below; anything else is refused before deserializing,
+# and a refusal TensorRT itself makes later is reported as "could not deserialize".
+VERSION_COMPATIBLE_SINCE = (8, 6)
+VERSION_COMPATIBLE_CROSS_MAJOR = {8: (9, 10), 10: (11,)}
+AMPERE = (8, 0)
+
+
 def _cc(value: Any) -> tuple[int, int]:
     if isinstance(value, (list, tuple)) and len(value) == 2:
         return int(value[0]), int(value[1])
@@ -82,6 +93,50 @@ def _cc(value: Any) -> tuple[int, int]:
     raise EngineMismatchError(f"unreadable compute capability {value!r} in the engine sidecar", "rebuild the engine")
 
 
+def _version_mismatch(sidecar: dict[str, Any], trt_version: str) -> str | None:
+    built = parse_version(sidecar["tensorrt_version"])
+    running = parse_version(trt_version)
+    if not sidecar.get("version_compatible"):
+        return None if built[:3] == running[:3] else "version"
+    if built[:2] < VERSION_COMPATIBLE_SINCE:
+        return "version-compatible-too-old"
+    if sidecar.get("exclude_lean_runtime"):
+        return "lean-runtime"
+    if built[0] == running[0]:
+        return None if running[:3] >= built[:3] else "version"
+    return None if running[0] in VERSION_COMPATIBLE_CROSS_MAJOR.get(built[0], ()) else "version"
+
+
+def sidecar_mismatch(sidecar: dict[str, Any], *, trt_version: str, gpu_name: str,
+                     compute_capability: tuple[int, int], engine_name: str = "engine") -> str | None:
+    """Why the engine of ``sidecar`` cannot run on this TensorRT and GPU (one line), or None."""
+    hint = "rebuild the engine here with `convdeploy build BUNDLE --profile NAME`"
+    problem = _version_mismatch(sidecar, trt_version)
+    if problem == "version-compatible-too-old":
+        return (f"{engine_name} claims version compatibility but was built with TensorRT "
+                f"{sidecar['tensorrt_version']} (version-compatible engines exist from TensorRT 8.6); {hint}")
+    if problem == "lean-runtime":
+        return (f"{engine_name} was built without its lean runtime (EXCLUDE_LEAN_RUNTIME), which convdeploy "
+                f"does not load; {hint}")
+    if problem:
+        return (f"{engine_name} was built with TensorRT {sidecar['tensorrt_version']} but this device runs "
+                f"TensorRT {trt_version}; {hint}")
+    want_cc, have_cc = _cc(sidecar["compute_capability"]), tuple(compute_capability)
+    level = str(sidecar.get("hardware_compatibility_level") or "NONE").upper()
+    if level == "AMPERE_PLUS" and want_cc >= AMPERE:
+        if have_cc < AMPERE:
+            return (f"{engine_name} is hardware-compatible with Ampere and newer GPUs, but this GPU is "
+                    f"{gpu_name} ({have_cc[0]}.{have_cc[1]}); {hint}")
+        return None
+    if want_cc != have_cc:
+        return (f"{engine_name} was built for {sidecar['gpu_name']} (compute capability {want_cc[0]}.{want_cc[1]}) "
+                f"but this GPU is {gpu_name} ({have_cc[0]}.{have_cc[1]}); {hint}")
+    if level != "SAME_COMPUTE_CAPABILITY" and str(sidecar["gpu_name"]).strip() != str(gpu_name).strip():
+        return (f"{engine_name} was built on {sidecar['gpu_name']} but this GPU is {gpu_name}; TensorRT tunes "
+                f"engines per GPU model: {hint}")
+    return None
+
+
 def check_sidecar(
     sidecar: dict[str, Any],
     *,
@@ -91,31 +146,11 @@ def check_sidecar(
     engine_name: str = "engine",
 ) -> None:
     """Refuse an engine built for another TensorRT or GPU, before TensorRT sees it."""
-    built = parse_version(sidecar["tensorrt_version"])
-    running = parse_version(trt_version)
-    if sidecar.get("version_compatible"):
-        # Version-compatible engines run on the same or a newer TensorRT of the same major.
-        ok = built[0] == running[0] and running[:3] >= built[:3]
-    else:
-        ok = built[:3] == running[:3]
-    if not ok:
-        raise EngineMismatchError(
-            f"{engine_name} was built with TensorRT {sidecar['tensorrt_version']} but this device runs TensorRT "
-            f"{trt_version}",
-            "rebuild the engine here with `convdeploy build`",
-        )
-    want_cc = _cc(sidecar["compute_capability"])
-    if want_cc != tuple(compute_capability):
-        raise EngineMismatchError(
-            f"{engine_name} was built for {sidecar['gpu_name']} (compute capability {want_cc[0]}.{want_cc[1]}) "
-            f"but this GPU is {gpu_name} ({compute_capability[0]}.{compute_capability[1]})",
-            "rebuild the engine here with `convdeploy build`",
-        )
-    if str(sidecar["gpu_name"]).strip() != str(gpu_name).strip():
-        raise EngineMismatchError(
-            f"{engine_name} was built on {sidecar['gpu_name']} but this GPU is {gpu_name}",
-            "TensorRT tunes engines per GPU model: rebuild it here with `convdeploy build`",
-        )
+    reason = sidecar_mismatch(sidecar, trt_version=trt_version, gpu_name=gpu_name,
+                              compute_capability=compute_capability, engine_name=engine_name)
+    if reason:
+        message, _, hint = reason.partition("; ")
+        raise EngineMismatchError(message, hint or None)
 
 
 def import_tensorrt() -> Any:
@@ -129,41 +164,73 @@ def import_tensorrt() -> Any:
     return tensorrt
 
 
+@dataclass(frozen=True)
+class RunningTensorRT:
+    """The TensorRT and GPU this process runs on: what an engine's sidecar must match."""
+
+    version: str
+    gpu_name: str
+    compute_capability: tuple[int, int]
+
+    def mismatch(self, sidecar: dict[str, Any], engine_name: str = "engine") -> str | None:
+        return sidecar_mismatch(sidecar, trt_version=self.version, gpu_name=self.gpu_name,
+                                compute_capability=self.compute_capability, engine_name=engine_name)
+
+
+def running_tensorrt(device_id: int = 0) -> RunningTensorRT:
+    """Import TensorRT and a CUDA binding, and say which TensorRT and GPU run here."""
+    trt = import_tensorrt()
+    cuda = cuda_runtime.load_cuda_runtime()
+    cuda.set_device(device_id)
+    name, cc = cuda.device_info(device_id)
+    return RunningTensorRT(str(trt.__version__), name, cc)
+
+
 # ---------------------------------------------------------------------------- engine I/O
-@dataclass
-class _IO:
+@dataclass(frozen=True)
+class EngineTensor:
+    """One input or output of a deserialized engine."""
+
     name: str
-    index: int  # binding index (v2) or I/O tensor position (v3)
+    index: int  # binding index (bindings API) or I/O tensor position (named tensors)
     is_input: bool
     shape: tuple[int, ...]  # -1 for dynamic axes
     dtype: np.dtype
-    max_shape: tuple[int, ...] | None = None  # inputs: the optimization profile's max
+    profile_shapes: tuple[tuple[int, ...], ...] | None = None  # inputs with dynamic axes: (min, opt, max)
+
+    @property
+    def max_shape(self) -> tuple[int, ...] | None:
+        return self.profile_shapes[2] if self.profile_shapes else None
 
 
-class _V3:
-    """TensorRT >= 9: named tensors, execute_async_v3."""
+class NamedTensorAPI:
+    """TensorRT >= 9 (and 8.5+): named tensors, execute_async_v3."""
+
+    SERVES = ("10.3.0", "10.13.3.9", "11.4.0.106")
+    name = "execute_async_v3"
 
     def __init__(self, trt: Any, engine: Any) -> None:
         self.trt, self.engine = trt, engine
 
-    def io(self) -> list[_IO]:
+    def io(self) -> list[EngineTensor]:
+        engine, trt = self.engine, self.trt
         out = []
-        for i in range(self.engine.num_io_tensors):
-            name = self.engine.get_tensor_name(i)
-            is_input = self.engine.get_tensor_mode(name) == self.trt.TensorIOMode.INPUT
-            shape = tuple(int(d) for d in self.engine.get_tensor_shape(name))
-            dtype = np.dtype(self.trt.nptype(self.engine.get_tensor_dtype(name)))
-            max_shape = None
+        for i in range(engine.num_io_tensors):
+            name = engine.get_tensor_name(i)
+            is_input = engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
+            shape = tuple(int(d) for d in engine.get_tensor_shape(name))
+            dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(name)))
+            shapes = None
             if is_input and any(d < 0 for d in shape):
-                max_shape = tuple(int(d) for d in self.engine.get_tensor_profile_shape(name, 0)[2])
-            out.append(_IO(name, i, is_input, shape, dtype, max_shape))
+                shapes = tuple(tuple(int(d) for d in s) for s in engine.get_tensor_profile_shape(name, 0))
+            out.append(EngineTensor(name, i, is_input, shape, dtype, shapes))
         return out
 
-    def set_input_shape(self, context: Any, io: _IO, shape: tuple[int, ...]) -> None:
+    def set_input_shape(self, context: Any, io: EngineTensor, shape: tuple[int, ...]) -> None:
         if not context.set_input_shape(io.name, shape):
             raise InputError(f"TensorRT refused input shape {shape} for {io.name}")
 
-    def output_shape(self, context: Any, io: _IO) -> tuple[int, ...]:
+    def output_shape(self, context: Any, io: EngineTensor) -> tuple[int, ...]:
         return tuple(int(d) for d in context.get_tensor_shape(io.name))
 
     def execute(self, context: Any, ptrs: dict[str, int], stream: int) -> bool:
@@ -172,37 +239,61 @@ class _V3:
         return bool(context.execute_async_v3(stream))
 
 
-class _V2:
-    """TensorRT 8.x: bindings, execute_async_v2."""
+class BindingAPI:
+    """TensorRT 8.x: bindings, execute_async_v2 (8.5/8.6 also have named tensors; 8.2 has only these)."""
+
+    SERVES = ("8.6.1",)
+    name = "execute_async_v2"
 
     def __init__(self, trt: Any, engine: Any) -> None:
         self.trt, self.engine = trt, engine
 
-    def io(self) -> list[_IO]:
+    def io(self) -> list[EngineTensor]:
+        engine, trt = self.engine, self.trt
         out = []
-        for i in range(self.engine.num_bindings):
-            name = self.engine.get_binding_name(i)
-            is_input = bool(self.engine.binding_is_input(i))
-            shape = tuple(int(d) for d in self.engine.get_binding_shape(i))
-            dtype = np.dtype(self.trt.nptype(self.engine.get_binding_dtype(i)))
-            max_shape = None
+        for i in range(engine.num_bindings):
+            name = engine.get_binding_name(i)
+            is_input = bool(engine.binding_is_input(i))
+            shape = tuple(int(d) for d in engine.get_binding_shape(i))
+            dtype = np.dtype(trt.nptype(engine.get_binding_dtype(i)))
+            shapes = None
             if is_input and any(d < 0 for d in shape):
-                max_shape = tuple(int(d) for d in self.engine.get_profile_shape(0, i)[2])
-            out.append(_IO(name, i, is_input, shape, dtype, max_shape))
+                shapes = tuple(tuple(int(d) for d in s) for s in engine.get_profile_shape(0, i))
+            out.append(EngineTensor(name, i, is_input, shape, dtype, shapes))
         return out
 
-    def set_input_shape(self, context: Any, io: _IO, shape: tuple[int, ...]) -> None:
+    def set_input_shape(self, context: Any, io: EngineTensor, shape: tuple[int, ...]) -> None:
         if not context.set_binding_shape(io.index, shape):
             raise InputError(f"TensorRT refused input shape {shape} for {io.name}")
 
-    def output_shape(self, context: Any, io: _IO) -> tuple[int, ...]:
+    def output_shape(self, context: Any, io: EngineTensor) -> tuple[int, ...]:
         return tuple(int(d) for d in context.get_binding_shape(io.index))
 
     def execute(self, context: Any, ptrs: dict[str, int], stream: int) -> bool:
-        bindings = [0] * self.engine.num_bindings
-        for i in range(self.engine.num_bindings):
-            bindings[i] = ptrs[self.engine.get_binding_name(i)]
+        engine = self.engine
+        bindings = [ptrs[engine.get_binding_name(i)] for i in range(engine.num_bindings)]
         return bool(context.execute_async_v2(bindings=bindings, stream_handle=stream))
+
+
+def engine_api(trt: Any, engine: Any, version: str) -> NamedTensorAPI | BindingAPI:
+    """The execution API for ``version`` (see :func:`api_for_version`)."""
+    return NamedTensorAPI(trt, engine) if api_for_version(version) == "v3" else BindingAPI(trt, engine)
+
+
+def open_runtime(trt: Any, logger: Any, sidecar: dict[str, Any], engine_name: str) -> Any:
+    """A ``trt.Runtime`` prepared for the engine of ``sidecar``: the DLA core it was built
+    for, and host code allowed for a version-compatible engine (its embedded lean runtime)."""
+    runtime = trt.Runtime(logger)
+    dla_core = sidecar.get("dla_core")
+    if dla_core is not None:
+        cores = int(runtime.num_DLA_cores)
+        if not 0 <= int(dla_core) < cores:
+            raise EngineMismatchError(f"{engine_name} was built for DLA core {dla_core} but this device has "
+                                      f"{cores} DLA core(s)", "rebuild it here with `convdeploy build`")
+        runtime.DLA_core = int(dla_core)
+    if sidecar.get("version_compatible"):
+        runtime.engine_host_code_allowed = True
+    return runtime
 
 
 class TensorRTBackend:
@@ -213,6 +304,8 @@ class TensorRTBackend:
     when given, the engine must have been built from that ONNX file. A batch larger
     than the engine's optimization profile allows is refused with one line. There is
     no ``threads`` option: the engine runs on the GPU, and its host side is one call.
+    ``run`` may be called from any thread: it makes the engine's GPU current in the
+    calling thread first (the CUDA current device is per host thread).
     """
 
     name = "tensorrt"
@@ -225,8 +318,10 @@ class TensorRTBackend:
         self._cuda: cuda_runtime.CudaRuntime | None = None
         self._buffers: dict[str, tuple[int, int]] = {}  # name -> (ptr, capacity in bytes)
         self._stream: int | None = None
+        self._lock = threading.Lock()
         if not self.model_path.is_file():
-            raise BundleError(f"engine file not found: {self.model_path}", "build it with `convdeploy build`")
+            raise BundleError(f"engine file not found: {self.model_path}",
+                              "build it with `convdeploy build BUNDLE --profile NAME`")
         self.sidecar = read_sidecar(self.model_path)
         trt = import_tensorrt()
         self.trt_version = str(trt.__version__)
@@ -246,7 +341,7 @@ class TensorRTBackend:
 
         self._trt = trt
         self._logger = trt.Logger(trt.Logger.WARNING)
-        self._runtime = trt.Runtime(self._logger)
+        self._runtime = open_runtime(trt, self._logger, self.sidecar, self.model_path.name)
         engine = self._runtime.deserialize_cuda_engine(self.model_path.read_bytes())
         if engine is None:
             raise EngineMismatchError(f"TensorRT {self.trt_version} could not deserialize {self.model_path.name}",
@@ -255,7 +350,7 @@ class TensorRTBackend:
         self.context = engine.create_execution_context()
         if self.context is None:
             raise BackendUnavailableError("TensorRT could not create an execution context (out of GPU memory?)")
-        self._api = _V3(trt, engine) if self.api == "v3" else _V2(trt, engine)
+        self._api: NamedTensorAPI | BindingAPI | None = engine_api(trt, engine, self.trt_version)
         io = self._api.io()
         self._in = [t for t in io if t.is_input]
         self._out = [t for t in io if not t.is_input]
@@ -265,7 +360,6 @@ class TensorRTBackend:
         self._cuda = cuda
         self.device_id = device_id
         self._stream = cuda.stream_create()
-        self._lock = threading.Lock()
         inp = self._in[0]
         self.max_batch = (inp.max_shape or inp.shape)[0]
 
@@ -291,8 +385,6 @@ class TensorRTBackend:
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """Run one batch and return the first output as float32 (N x K)."""
-        if self._cuda is None or self._stream is None:
-            raise UsageError("this backend was closed")
         inp = self._in[0]
         batch = conform_batch(batch, self.inputs[0], "the engine",
                               fixed_batch_hint="lower --batch-size or rebuild the engine with a larger profile")
@@ -300,53 +392,63 @@ class TensorRTBackend:
             raise InputError(f"batch of {batch.shape[0]} exceeds the engine's maximum of {self.max_batch}",
                              "lower --batch-size or rebuild the engine with a larger profile")
         with self._lock:
-            self._api.set_input_shape(self.context, inp, tuple(batch.shape))
+            cuda, api, stream = self._cuda, self._api, self._stream
+            if cuda is None or api is None or stream is None:
+                raise UsageError("this backend was closed")
+            # The current device is per host thread: this thread may not have it yet.
+            cuda.set_device(self.device_id)
+            api.set_input_shape(self.context, inp, tuple(batch.shape))
             ptrs = {inp.name: self._buffer(inp.name, batch.nbytes)}
             hosts = []
             for out in self._out:
-                shape = self._api.output_shape(self.context, out)
+                shape = api.output_shape(self.context, out)
                 host = np.empty(shape, dtype=out.dtype)
                 ptrs[out.name] = self._buffer(out.name, host.nbytes)
                 hosts.append((out, host))
-            self._cuda.memcpy_htod_async(ptrs[inp.name], batch, self._stream)
-            if not self._api.execute(self.context, ptrs, self._stream):
+            cuda.memcpy_htod_async(ptrs[inp.name], batch, stream)
+            if not api.execute(self.context, ptrs, stream):
                 raise BackendUnavailableError(f"TensorRT failed to execute {self.model_path.name}")
             first = hosts[0]
-            self._cuda.memcpy_dtoh_async(first[1], ptrs[first[0].name], self._stream)
-            self._cuda.stream_synchronize(self._stream)
+            cuda.memcpy_dtoh_async(first[1], ptrs[first[0].name], stream)
+            # Copies from pageable numpy memory: the synchronize is what makes the output valid.
+            cuda.stream_synchronize(stream)
         out_arr = first[1]
         return out_arr if out_arr.dtype == np.float32 else out_arr.astype(np.float32)
 
     def describe(self) -> BackendInfo:
         cc = self.compute_capability
-        return BackendInfo(
-            backend=self.name,
-            device=f"cuda:{self.device_id} ({self.gpu_name}, sm_{cc[0]}{cc[1]})",
-            precision=str(self.sidecar["precision"]),
-            details={"tensorrt": self.trt_version,
-                     "api": "execute_async_v3" if self.api == "v3" else "execute_async_v2",
-                     "cuda_binding": getattr(self._cuda, "kind", None), "engine": self.model_path.name,
-                     "max_batch": self.max_batch, "profile": self.sidecar.get("profile")},
-        )
+        details = {"tensorrt": self.trt_version, "api": "execute_async_v3" if self.api == "v3" else "execute_async_v2",
+                   "cuda_binding": getattr(self._cuda, "kind", None), "engine": self.model_path.name,
+                   "max_batch": self.max_batch, "profile": self.sidecar.get("profile"),
+                   "io_dtype": self._in[0].dtype.name}
+        if self.sidecar.get("dla_core") is not None:
+            details["dla_core"] = self.sidecar["dla_core"]
+        return BackendInfo(backend=self.name, device=f"cuda:{self.device_id} ({self.gpu_name}, sm_{cc[0]}{cc[1]})",
+                           precision=str(self.sidecar["precision"]), details=details)
 
     def close(self) -> None:
-        cuda, self._cuda = self._cuda, None
-        if cuda is None:
-            return
-        for ptr, _ in self._buffers.values():
-            try:
-                cuda.free(ptr)
-            except Exception:  # freeing during interpreter shutdown must not raise
-                pass
-        self._buffers.clear()
-        if self._stream is not None:
-            try:
-                cuda.stream_destroy(self._stream)
-            except Exception:
-                pass
-            self._stream = None
-        self.context = None
-        self.engine = None
+        """Free the buffers, the stream, the context and the engine (safe to call twice)."""
+        with self._lock:  # never free memory a run() in another thread is using
+            cuda, self._cuda = self._cuda, None
+            if cuda is None:
+                return
+            for ptr, _ in self._buffers.values():
+                try:
+                    cuda.free(ptr)
+                except BackendUnavailableError:  # freeing during interpreter shutdown must not raise
+                    pass
+            self._buffers.clear()
+            if self._stream is not None:
+                try:
+                    cuda.stream_destroy(self._stream)
+                except BackendUnavailableError:
+                    pass
+                self._stream = None
+            # The API adapter holds the engine too: drop every reference so the GPU memory goes now.
+            self._api = None
+            self.context = None
+            self.engine = None
+            self._runtime = None
 
     def __del__(self) -> None:  # pragma: no cover - best effort
         try:
@@ -355,4 +457,6 @@ class TensorRTBackend:
             pass
 
 
-__all__ = ["TensorRTBackend", "api_for_version", "check_sidecar", "import_tensorrt", "parse_version"]
+__all__ = ["BindingAPI", "EngineTensor", "NamedTensorAPI", "RunningTensorRT", "TensorRTBackend", "api_for_version",
+           "check_sidecar", "engine_api", "import_tensorrt", "open_runtime", "parse_version", "running_tensorrt",
+           "sidecar_mismatch"]

@@ -219,6 +219,13 @@ def validate_manifest(manifest: Any) -> dict[str, Any]:
         _need(art["file"] in files, f"artifact file {art['file']!r} has no sha256 in 'files'")
     if manifest.get("golden") is not None:
         _need(manifest["golden"] in files, "the golden file has no sha256 in 'files'")
+    engines = manifest.get("engines", {})  # optional: bundles from before `convdeploy build` lack it
+    _need(isinstance(engines, dict), "'engines' must map engine files to their records")
+    for name, record in engines.items():
+        _need(isinstance(record, dict) and record.get("precision") in PRECISIONS,
+              f"engine record {name!r} needs a precision in {PRECISIONS}")
+        _need(isinstance(record.get("engine_sha256"), str) and len(record["engine_sha256"]) == 64,
+              f"engine record {name!r} needs an engine_sha256")
     return manifest
 
 
@@ -239,11 +246,21 @@ SIDECAR_REQUIRED = ("tensorrt_version", "gpu_name", "compute_capability", "preci
 # Known optional keys (others are kept as they are):
 SIDECAR_OPTIONAL = (
     "profile",  # the target profile it was built for
-    "onnx_sha256",  # the ONNX file it was built from (must be one of the bundle's)
+    "onnx_file", "onnx_sha256",  # the ONNX file it was built from (must be one of the bundle's)
     "engine_sha256",
-    "version_compatible",  # built with kVERSION_COMPATIBLE: runs on newer TensorRT of the same major
-    "hardware_compatible",
+    "typing",  # "strong" (precision from the graph) or "weak" (precision from builder flags)
+    "builder_flags", "cleared_flags",  # BuilderFlag names set / cleared (TF32)
+    "input", "min_shape", "opt_shape", "max_shape",  # the optimization profile
+    "workspace_mb", "tf32", "builder_optimization_level",
+    "dla_core", "gpu_fallback", "dla_layers", "gpu_fallback_layers",  # DLA: which layers fell back to the GPU
+    "version_compatible",  # built with VERSION_COMPATIBLE (8.6+): runs on a newer TensorRT, see the backend
+    "exclude_lean_runtime",
+    "hardware_compatibility_level",  # NONE | AMPERE_PLUS | SAME_COMPUTE_CAPABILITY
+    "cuda_runtime", "jetpack", "l4t",  # the device's software
+    "build_seconds", "built_with", "adopted_from", "notes",
 )
+ENGINE_RECORD_KEYS = ("precision", "profile", "tensorrt_version", "gpu_name", "compute_capability", "engine_sha256",
+                      "sidecar")
 
 
 def sidecar_path(engine_path: str | os.PathLike) -> Path:
@@ -284,3 +301,22 @@ def write_sidecar(engine_path: str | os.PathLike, fields: Mapping[str, Any]) -> 
     path = sidecar_path(engine_path)
     atomic_write_json(path, dict(fields))
     return path
+
+
+def record_engine(bundle_root: str | os.PathLike, engine_file: str, sidecar: Mapping[str, Any]) -> dict[str, Any]:
+    """Add ``engine_file`` (bundle-relative) to the manifest's ``engines`` table, atomically.
+
+    Only verified engines are recorded (``convdeploy build`` records one after it passed
+    the golden verify). The manifest stays valid for runtimes that ignore the table.
+    """
+    root = Path(bundle_root)
+    manifest = json.loads((root / MANIFEST_FILE).read_text(encoding="utf-8"))
+    entry = {k: sidecar.get(k) for k in ENGINE_RECORD_KEYS if k != "sidecar"}
+    entry["sidecar"] = str(Path(engine_file).with_suffix(SIDECAR_SUFFIX).as_posix())
+    manifest.setdefault("engines", {})[engine_file] = entry
+    try:
+        validate_manifest(manifest)
+    except BundleError as exc:
+        raise InternalError(f"recording engine {engine_file} made the manifest invalid ({exc})") from exc
+    atomic_write_json(root / MANIFEST_FILE, manifest)
+    return manifest

@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -122,12 +122,16 @@ class Bundle:
             raise BundleError(f"cannot read {name}: {exc}") from None
 
     # -- engines built on the target ----------------------------------------------------
-    def find_engine(self, precisions: str | Sequence[str], *, profile: str | None = None) -> Path:
+    def find_engine(self, precisions: str | Sequence[str], *, profile: str | None = None,
+                    fits: Callable[[dict[str, Any], str], str | None] | None = None) -> Path:
         """The engine in ``engines/`` built for the first of ``precisions`` that has one.
 
         ``profile``: only engines built for that profile (or for none in particular).
-        An engine whose sidecar names an ONNX file that is not one of this bundle's was
-        built from another model: :class:`EngineMismatchError`. No engine at all:
+        ``fits(sidecar, engine_name)``: why an engine cannot run here (another TensorRT or
+        GPU), or None; such engines are skipped, so a stale or foreign engine never hides
+        the one built for this device. Engines built from an ONNX file that is not one of
+        this bundle's are skipped too. Nothing usable: :class:`EngineMismatchError` with
+        the first reason when engines of the precision exist but none fits, else
         :class:`BundleError` that lists what ``engines/`` holds.
         """
         wanted = [precisions] if isinstance(precisions, str) else list(precisions)
@@ -135,6 +139,7 @@ class Bundle:
         ours = {self.manifest["files"].get(a["file"]) for a in self.manifest["artifacts"].values()} - {None}
         usable: list[tuple[Path, dict[str, Any]]] = []
         seen: list[str] = []
+        refusals: dict[str, list[str]] = {}  # precision -> why its engines were skipped
         for engine in sorted(folder.glob(f"*{ENGINE_SUFFIX}")) if folder.is_dir() else []:
             try:
                 sidecar = read_sidecar(engine)
@@ -142,31 +147,46 @@ class Bundle:
                 seen.append(str(exc))
                 continue
             seen.append(f"{engine.name}: {sidecar['precision']}/{sidecar.get('profile')}")
-            if not profile or sidecar.get("profile") in (None, profile):
-                usable.append((engine, sidecar))
+            if profile and sidecar.get("profile") not in (None, profile):
+                continue
+            if sidecar.get("onnx_sha256") and sidecar["onnx_sha256"] not in ours:
+                refusals.setdefault(sidecar["precision"], []).append(
+                    f"engine {engine.name} was built from another ONNX model than this bundle's")
+                continue
+            reason = fits(sidecar, engine.name) if fits else None
+            if reason:
+                refusals.setdefault(sidecar["precision"], []).append(reason)
+                continue
+            usable.append((engine, sidecar))
         for precision in wanted:
             for engine, sidecar in usable:
-                if sidecar["precision"] != precision:
-                    continue
-                if sidecar.get("onnx_sha256") and sidecar["onnx_sha256"] not in ours:
-                    raise EngineMismatchError(f"engine {engine.name} was built from another ONNX model than this "
-                                              "bundle's", "rebuild it with `convdeploy build`")
-                return engine
+                if sidecar["precision"] == precision:
+                    return engine
+        for precision in wanted:
+            if precision in refusals:
+                message, _, hint = refusals[precision][0].partition("; ")
+                raise EngineMismatchError(message, hint or "rebuild it with `convdeploy build BUNDLE --profile NAME`")
         what = " or ".join(wanted) + (f" / profile {profile}" if profile else "")
         found = f" (found: {'; '.join(seen)})" if seen else ""
         raise BundleError(f"no TensorRT engine for {what} in {folder}{found}",
-                          "build one on this device with `convdeploy build`")
+                          "build one on this device with `convdeploy build BUNDLE --profile NAME`")
 
     def source_precision(self, artifact: str) -> str | None:
-        """The manifest precision of the ONNX file that ``artifact`` (bundle-relative) runs.
+        """Which precision's golden ``accepted_<precision>`` outputs ``artifact`` (bundle-relative) is held to.
 
-        A TensorRT engine maps through its sidecar's ``onnx_sha256`` to the ONNX file it
-        was built from; None when nothing in the bundle matches.
+        An ONNX file: its own precision. A TensorRT engine: the precision its sidecar says
+        it runs at, when the bundle has that precision (an FP16 engine built from the FP32
+        ONNX with the FP16 flag is held to the FP16 graph's accepted outputs, not the
+        FP32 graph's); None when the bundle has no such graph or the engine was built
+        from a foreign ONNX file.
         """
         artifacts = self.manifest["artifacts"]
         if artifact.endswith(ENGINE_SUFFIX):
             path = Path(artifact) if Path(artifact).is_absolute() else self.root / artifact
-            onnx_sha = read_sidecar(path).get("onnx_sha256")
+            sidecar = read_sidecar(path)
             files = self.manifest["files"]
-            return next((p for p, art in artifacts.items() if files.get(art["file"]) == onnx_sha), None)
+            ours = {files.get(art["file"]) for art in artifacts.values()} - {None}
+            if sidecar.get("onnx_sha256") and sidecar["onnx_sha256"] not in ours:
+                return None
+            return sidecar["precision"] if sidecar["precision"] in artifacts else None
         return next((p for p, art in artifacts.items() if art["file"] == artifact), None)

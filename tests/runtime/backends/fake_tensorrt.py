@@ -1,283 +1,872 @@
-"""A FAKE ``tensorrt`` module and a FAKE CUDA runtime, for machines without a GPU.
+"""A FAKE ``tensorrt`` module, built from a real release's API surface, and a FAKE CUDA runtime.
 
-Why a fake: TensorRT cannot be installed on the CPU-only CI machine, yet the engine
-backend's own logic (sidecar checks before deserializing, the TensorRT 8 vs 10 API
-dispatch, buffer sizing and copies, batch limits, error messages) must be tested
-there. The fake reproduces the *shape* of each real API generation and nothing more:
+Why a fake: TensorRT and a GPU cannot exist on the CPU-only CI machine, yet the engine
+builder and the engine backend must be exercised there against each TensorRT line they
+serve. The real tests (marked ``tensorrt``) live beside these and run on a GPU machine.
 
-- ``version="8.x"`` engines expose only the binding API (``num_bindings``,
-  ``get_binding_*``, ``set_binding_shape``, ``execute_async_v2``), as JetPack 5's
-  TensorRT 8.5 is used by the backend;
-- ``version>="9"`` engines expose only the named-tensor API (``num_io_tensors``,
-  ``get_tensor_*``, ``set_input_shape``, ``set_tensor_address``, ``execute_async_v3``),
-  as in TensorRT 10, where the binding API was removed.
+**Names come from the real bindings.** :func:`make_tensorrt` reads
+``tests/fixtures/tensorrt_api/tensorrt-<version>.json`` (every class, member and enum
+value of the real release, dumped from its bindings) and exposes exactly those names:
+an attribute the real release lacks raises AttributeError here too (8.6 has both the
+binding and the named-tensor API, 10.x only the named one; 11.x has no FP16/INT8 builder
+flags and no ``platform_has_fast_fp16``; ``ParserError.node_name`` is 10+). Enum values
+carry the real names (their numbers are the fake's own).
 
-Calling the wrong generation's method raises AttributeError, so a dispatch bug fails.
-The "engine" file is ``FAKEENGINE`` + real ONNX bytes, executed by onnxruntime when
-the context executes, reading and writing the fake device memory: the numbers that
-come back are real. The real-TensorRT tests live beside these, marked ``tensorrt``.
+**Behaviour is simulated, with real numbers.** The ONNX parser reads the graph with
+``onnx`` (refusing what the real parsers refuse: non-standard domains, INT32 into
+DequantizeLinear, implicit batch on 8.x); the builder checks the configuration the way
+TensorRT does (precision flags on a strongly typed network, Q/DQ without INT8 on a
+weakly typed one, dynamic inputs without an optimization profile, DLA with dynamic
+shapes); the "engine" is ``FAKEENGINE`` + a JSON header + the ONNX bytes, and runs the
+ONNX with onnxruntime, honouring the I/O dtypes (FP16 I/O included). The CUDA fake has
+a per-thread current device, device-owned buffers and streams, and *asynchronous*
+copies and execution that happen only at ``stream_synchronize``.
 """
 
 from __future__ import annotations
 
+import enum
+import functools
 import importlib.machinery
 import json
+import sys
+import threading
 import types
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
+SURFACE_DIR = Path(__file__).resolve().parents[2] / "fixtures" / "tensorrt_api"
+VERSIONS = ("8.6.1", "10.3.0", "10.13.3.9", "11.4.0.106")
 MAGIC = b"FAKEENGINE"
+CACHE_MAGIC = b"FAKECACHE"
 GPU_NAME = "NVIDIA Fake GPU"
 GPU_CC = (8, 7)
+DLA_OPS = {"Conv", "Relu", "MaxPool", "AveragePool", "GlobalAveragePool", "BatchNormalization", "Add", "Mul",
+           "Concat", "Sigmoid", "LRN", "Clip"}
+
+
+@functools.lru_cache(maxsize=None)
+def load_surface(version: str) -> dict[str, Any]:
+    return json.loads((SURFACE_DIR / f"tensorrt-{version}.json").read_text())
+
+
+def surface_for(version: str) -> str:
+    """The stored surface that stands for ``version`` (8.x -> 8.6.1, 10.0-10.3 -> 10.3.0, ...)."""
+    parts = tuple(int(p) for p in version.split(".")[:2] if p.isdigit())
+    if parts[0] <= 8:
+        return "8.6.1"
+    if parts[0] in (9, 10):
+        return "10.3.0" if parts[:2] <= (10, 3) else "10.13.3.9"
+    return "11.4.0.106"
+
+
+# ----------------------------------------------------------------------------- CUDA
+class FakeCudaError(RuntimeError):
+    """What CUDA would return as an error code (invalid resource handle, ...)."""
 
 
 class FakeCuda:
-    """Host memory standing in for device memory; records what the backend does."""
+    """Devices, buffers and streams in host memory, with CUDA's threading and stream rules."""
 
     kind = "fake-cuda"
 
-    def __init__(self, name: str = GPU_NAME, cc: tuple[int, int] = GPU_CC) -> None:
-        self.name, self.cc = name, cc
+    def __init__(self, name: str = GPU_NAME, cc: tuple[int, int] = GPU_CC, *, devices: int = 1, dla_cores: int = 0,
+                 fast_fp16: bool = True, fast_int8: bool = True) -> None:
+        self.gpus = [(name, tuple(cc))] * devices
+        self.dla_cores, self.fast_fp16, self.fast_int8 = dla_cores, fast_fp16, fast_int8
+        self._local = threading.local()
+        self._lock = threading.RLock()
         self.mem: dict[int, bytearray] = {}
+        self.owner: dict[int, int] = {}  # pointer -> device
+        self.streams: dict[int, int] = {}  # stream -> device
+        self.pending: dict[int, list[Callable[[], None]]] = {}
         self.next = 0x1000
-        self.streams: set[int] = set()
         self.freed: list[int] = []
-        self.device = None
+
+    @property
+    def current(self) -> int:
+        return getattr(self._local, "device", 0)  # a new host thread starts on device 0
 
     def set_device(self, device: int) -> None:
-        self.device = device
+        if not 0 <= device < len(self.gpus):
+            raise FakeCudaError(f"invalid device ordinal {device}")
+        self._local.device = device
 
     def device_info(self, device: int) -> tuple[str, tuple[int, int]]:
-        return self.name, self.cc
+        return self.gpus[device]
 
     def malloc(self, nbytes: int) -> int:
-        ptr = self.next
-        self.next += nbytes + 0x1000
-        self.mem[ptr] = bytearray(nbytes)
-        return ptr
+        with self._lock:
+            ptr, self.next = self.next, self.next + nbytes + 0x1000
+            self.mem[ptr], self.owner[ptr] = bytearray(nbytes), self.current
+            return ptr
 
     def free(self, ptr: int) -> None:
-        self.mem.pop(ptr)
-        self.freed.append(ptr)
+        with self._lock:
+            self.mem.pop(ptr)
+            self.owner.pop(ptr)
+            self.freed.append(ptr)
 
     def stream_create(self) -> int:
-        handle = 0xABC0 + len(self.streams) + 1
-        self.streams.add(handle)
-        return handle
+        with self._lock:
+            handle = 0xABC0 + len(self.streams) + len(self.freed) + 1
+            while handle in self.streams:
+                handle += 1
+            self.streams[handle], self.pending[handle] = self.current, []
+            return handle
 
     def stream_destroy(self, stream: int) -> None:
-        self.streams.discard(stream)
+        self.streams.pop(stream)
+        self.pending.pop(stream)
+
+    def check(self, stream: int, *ptrs: int) -> None:
+        """CUDA's rules: a stream and buffers of the current device; never the legacy default stream."""
+        if stream not in self.streams:
+            raise FakeCudaError(f"invalid resource handle: stream {stream:#x}")
+        if self.streams[stream] != self.current:
+            raise FakeCudaError(f"stream of device {self.streams[stream]} used while device {self.current} is "
+                                "current in this thread")
+        for ptr in ptrs:
+            if self.owner.get(ptr) != self.streams[stream]:
+                raise FakeCudaError(f"pointer {ptr:#x} is not memory of device {self.streams[stream]}")
+
+    def enqueue(self, stream: int, work: Callable[[], None]) -> None:
+        self.pending[stream].append(work)
 
     def stream_synchronize(self, stream: int) -> None:
-        assert stream in self.streams
+        self.check(stream)
+        work, self.pending[stream] = self.pending[stream], []
+        for step in work:
+            step()
 
     def memcpy_htod_async(self, dst: int, src: np.ndarray, stream: int) -> None:
-        assert stream in self.streams and len(self.mem[dst]) >= src.nbytes
-        self.mem[dst][: src.nbytes] = src.tobytes()
+        self.check(stream, dst)
+        if len(self.mem[dst]) < src.nbytes:
+            raise FakeCudaError("copy past the end of the device buffer")
+        data = src.tobytes()  # pageable memory is staged when the call returns
+
+        def copy() -> None:
+            self.mem[dst][: len(data)] = data
+        self.enqueue(stream, copy)
 
     def memcpy_dtoh_async(self, dst: np.ndarray, src: int, stream: int) -> None:
-        assert stream in self.streams
-        dst[...] = np.frombuffer(bytes(self.mem[src][: dst.nbytes]), dtype=dst.dtype).reshape(dst.shape)
+        self.check(stream, src)
+
+        def copy() -> None:  # lands in ``dst`` only when the stream is synchronized
+            dst[...] = np.frombuffer(bytes(self.mem[src][: dst.nbytes]), dtype=dst.dtype).reshape(dst.shape)
+        self.enqueue(stream, copy)
 
 
-class _Engine:
-    def __init__(self, trt: "FakeTensorRT", onnx_bytes: bytes, max_batch: int) -> None:
-        import onnxruntime as ort
-
-        self._trt = trt
-        self.session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
-        i, o = self.session.get_inputs()[0], self.session.get_outputs()[0]
-        self.names = [i.name, o.name]
-        self.shapes = {i.name: (-1, *i.shape[1:]), o.name: (-1, *o.shape[1:])}
-        self.max_batch = max_batch
-
-    def _profile(self, name: str) -> list[tuple[int, ...]]:
-        rest = self.shapes[name][1:]
-        return [(1, *rest), (max(1, self.max_batch // 2), *rest), (self.max_batch, *rest)]
+# ----------------------------------------------------------------------------- surface-gated classes
+_FAKE_CLASSES: set[type] = set()
 
 
-class _EngineV3(_Engine):
+def _fake(cls: type) -> type:
+    _FAKE_CLASSES.add(cls)
+    return cls
+
+
+@_fake
+class Surfaced:
+    """Only the names of the release's class exist (plus what a user subclass defines)."""
+
+    _surface: frozenset[str] = frozenset()
+    _release = ""
+    _class_name = ""
+    _trt: Any = None
+
+    def __getattribute__(self, name: str) -> Any:
+        if name[:1] != "_":
+            cls = type(self)
+            if name not in cls._surface and not _user_defined(self, cls, name):
+                raise AttributeError(f"tensorrt {cls._release}: '{cls._class_name}' object has no attribute '{name}'")
+        return object.__getattribute__(self, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        cls = type(self)
+        if name[:1] != "_" and name not in cls._surface and cls in _FAKE_CLASSES:
+            raise AttributeError(f"tensorrt {cls._release}: '{cls._class_name}' object has no attribute '{name}'")
+        object.__setattr__(self, name, value)
+
+
+def _user_defined(obj: Any, cls: type, name: str) -> bool:
+    """A name that the caller's own subclass (e.g. a logger) or instance defines."""
+    if cls in _FAKE_CLASSES:
+        return False
+    return name in object.__getattribute__(obj, "__dict__") or any(
+        name in k.__dict__ for k in cls.__mro__ if k not in _FAKE_CLASSES and k is not object)
+
+
+def _log(logger: Any, severity: str, message: str) -> None:
+    logger.log(getattr(type(logger)._trt.ILogger, severity), message)
+
+
+@_fake
+class _ILogger(Surfaced):
+    def __init__(self) -> None:
+        pass
+
+    def log(self, severity: Any, msg: str) -> None:
+        pass
+
+
+@_fake
+class _Logger(_ILogger):
+    def __init__(self, min_severity: Any = None) -> None:
+        self.min_severity = min_severity
+        self._messages: list[tuple[Any, str]] = []
+
+    def log(self, severity: Any, msg: str) -> None:
+        self._messages.append((severity, msg))
+
+
+@_fake
+class _TimingCache(Surfaced):
+    def __init__(self, key: str, entries: int) -> None:
+        self._key, self._entries = key, entries
+
+    def serialize(self) -> "_HostMemory":
+        return _new(self, "IHostMemory", CACHE_MAGIC + json.dumps([self._key, self._entries]).encode())
+
+
+@_fake
+class _HostMemory(Surfaced):
+    def __init__(self, data: bytes) -> None:
+        self._data = bytes(data)
+
+    def __bytes__(self) -> bytes:
+        return self._data
+
     @property
-    def num_io_tensors(self) -> int:
-        return 2
+    def nbytes(self) -> int:
+        return len(self._data)
 
-    def get_tensor_name(self, i: int) -> str:
-        return self.names[i]
+
+@_fake
+class _Tensor(Surfaced):
+    def __init__(self, name: str, shape: tuple[int, ...], dtype: Any) -> None:
+        self._name, self._shape, self._dtype = name, shape, dtype
+
+    name = property(lambda self: self._name)
+    shape = property(lambda self: self._shape)
+    dtype = property(lambda self: self._dtype)
+
+
+@_fake
+class _Network(Surfaced):
+    def __init__(self, flags: int) -> None:
+        self._flags = flags
+        self._model: Any = None
+        self._inputs: list[_Tensor] = []
+        self._outputs: list[_Tensor] = []
+
+    num_inputs = property(lambda self: len(self._inputs))
+    num_outputs = property(lambda self: len(self._outputs))
+    num_layers = property(lambda self: len(self._model.graph.node) if self._model is not None else 0)
+    flags = property(lambda self: self._flags)
+
+    def get_input(self, index: int) -> _Tensor:
+        return self._inputs[index]
+
+    def get_output(self, index: int) -> _Tensor:
+        return self._outputs[index]
+
+    def _bit(self, name: str) -> bool:
+        flag = getattr(self._trt.NetworkDefinitionCreationFlag, name, None)
+        return flag is not None and bool(self._flags & (1 << int(flag)))
+
+    @property
+    def _strongly_typed(self) -> bool:
+        return int(self._release.split(".")[0]) >= 11 or self._bit("STRONGLY_TYPED")
+
+
+@_fake
+class _ParserError(Surfaced):
+    def __init__(self, code: Any, desc: str, node: int, node_name: str, op: str) -> None:
+        self._v = (code, desc, node, node_name, op)
+
+    def code(self) -> Any:
+        return self._v[0]
+
+    def desc(self) -> str:
+        return self._v[1]
+
+    def node(self) -> int:
+        return self._v[2]
+
+    def node_name(self) -> str:
+        return self._v[3]
+
+    def node_operator(self) -> str:
+        return self._v[4]
+
+    def __str__(self) -> str:
+        return f"In node {self._v[2]} ({self._v[4]}): {self._v[1]}"
+
+
+def _dtype_of(trt: Any, elem_type: int) -> Any:
+    return {1: trt.DataType.FLOAT, 10: trt.DataType.HALF, 3: trt.DataType.INT8, 6: trt.DataType.INT32}[elem_type]
+
+
+@_fake
+class _OnnxParser(Surfaced):
+    def __init__(self, network: _Network, logger: Any) -> None:
+        self._network, self._logger = network, logger
+        self._errors: list[_ParserError] = []
+
+    num_errors = property(lambda self: len(self._errors))
+
+    def get_error(self, index: int) -> _ParserError:
+        return self._errors[index]
+
+    def clear_errors(self) -> None:
+        self._errors = []
+
+    def parse_from_file(self, model: str) -> bool:
+        return self.parse(Path(model).read_bytes())
+
+    def parse(self, model: bytes, path: str | None = None) -> bool:
+        import onnx
+
+        trt = self._trt
+        graph_model = onnx.load_from_string(bytes(model))
+        net = self._network
+        if self._release.startswith("8.") and not net._bit("EXPLICIT_BATCH"):
+            self._errors.append(_new(self, "ParserError", trt.ErrorCode.INVALID_GRAPH,
+                                     "the ONNX parser supports only explicit-batch networks", -1, "", ""))
+            return False
+        int32 = {i.name for i in graph_model.graph.initializer if i.data_type == 6}
+        for index, node in enumerate(graph_model.graph.node):
+            if node.domain not in ("", "ai.onnx"):
+                self._errors.append(_new(self, "ParserError", trt.ErrorCode.UNSUPPORTED_NODE,
+                                         f"No importer registered for op: {node.op_type}", index, node.name,
+                                         node.op_type))
+            if node.op_type == "DequantizeLinear" and node.input[0] in int32:
+                self._errors.append(_new(self, "ParserError", trt.ErrorCode.INVALID_NODE,
+                                         "only activation types allowed as input to this layer", index, node.name,
+                                         node.op_type))
+        if self._errors:
+            return False
+
+        def tensor(info: Any) -> _Tensor:
+            dims = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in info.type.tensor_type.shape.dim)
+            return _new(self, "ITensor", info.name, dims, _dtype_of(trt, info.type.tensor_type.elem_type))
+
+        inits = {i.name for i in graph_model.graph.initializer}
+        net._model = graph_model
+        net._onnx = bytes(model)
+        net._inputs = [tensor(i) for i in graph_model.graph.input if i.name not in inits]
+        net._outputs = [tensor(o) for o in graph_model.graph.output]
+        return True
+
+
+@_fake
+class _OptimizationProfile(Surfaced):
+    def __init__(self) -> None:
+        self._shapes: dict[str, tuple[tuple[int, ...], ...]] = {}
+
+    def set_shape(self, input: str, min: Any, opt: Any, max: Any) -> None:  # noqa: A002 - TensorRT's names
+        shapes = tuple(tuple(int(d) for d in s) for s in (min, opt, max))
+        if not all(a <= b <= c for a, b, c in zip(*shapes)):
+            raise ValueError(f"optimization profile for {input} needs min <= opt <= max")
+        self._shapes[input] = shapes
+
+    def get_shape(self, input: str) -> list[tuple[int, ...]]:  # noqa: A002
+        return list(self._shapes[input])
+
+
+@_fake
+class _BuilderConfig(Surfaced):
+    DLA_core = -1
+    builder_optimization_level = 3
+
+    def __init__(self) -> None:
+        trt = self._trt
+        self._flags = {trt.BuilderFlag.TF32}  # TF32 is on by default
+        self._pools: dict[Any, int] = {}
+        self._profiles: list[_OptimizationProfile] = []
+        self._cache: _TimingCache | None = None
+        self.default_device_type = trt.DeviceType.GPU
+        self.profiling_verbosity = trt.ProfilingVerbosity.LAYER_NAMES_ONLY
+        self.hardware_compatibility_level = trt.HardwareCompatibilityLevel.NONE
+
+    def set_flag(self, flag: Any) -> None:
+        self._flags.add(flag)
+
+    def clear_flag(self, flag: Any) -> None:
+        self._flags.discard(flag)
+
+    def get_flag(self, flag: Any) -> bool:
+        return flag in self._flags
+
+    def set_memory_pool_limit(self, pool: Any, pool_size: int) -> None:
+        self._pools[pool] = int(pool_size)
+
+    def get_memory_pool_limit(self, pool: Any) -> int:
+        return self._pools.get(pool, 1 << 40)
+
+    def add_optimization_profile(self, profile: _OptimizationProfile) -> int:
+        self._profiles.append(profile)
+        return len(self._profiles) - 1
+
+    num_optimization_profiles = property(lambda self: len(self._profiles))
+
+    def create_timing_cache(self, serialized_timing_cache: bytes) -> _TimingCache:
+        data = bytes(serialized_timing_cache)
+        if not data:
+            return _new(self, "ITimingCache", "", 0)
+        if not data.startswith(CACHE_MAGIC):
+            raise ValueError("not a timing cache")
+        key, entries = json.loads(data[len(CACHE_MAGIC):])
+        return _new(self, "ITimingCache", key, entries)
+
+    def set_timing_cache(self, cache: _TimingCache, ignore_mismatch: bool) -> bool:
+        self._cache = cache
+        return True
+
+    def get_timing_cache(self) -> _TimingCache | None:
+        return self._cache
+
+    def _has(self, name: str) -> bool:
+        flag = getattr(self._trt.BuilderFlag, name, None)
+        return flag is not None and flag in self._flags
+
+
+@_fake
+class _Builder(Surfaced):
+    max_DLA_batch_size = 32
+
+    def __init__(self, logger: Any) -> None:
+        self._logger = logger
+
+    platform_has_fast_fp16 = property(lambda self: self._cuda().fast_fp16)
+    platform_has_fast_int8 = property(lambda self: self._cuda().fast_int8)
+    platform_has_tf32 = property(lambda self: self._cuda().gpus[self._cuda().current][1] >= (8, 0))
+    num_DLA_cores = property(lambda self: self._cuda().dla_cores)
+
+    def _cuda(self) -> FakeCuda:
+        return FAKES[self._release_id].cuda
+
+    def create_network(self, flags: int = 0) -> _Network:
+        return _new(self, "INetworkDefinition", int(flags))
+
+    def create_builder_config(self) -> _BuilderConfig:
+        return _new(self, "IBuilderConfig")
+
+    def create_optimization_profile(self) -> _OptimizationProfile:
+        return _new(self, "IOptimizationProfile")
+
+    def _fail(self, message: str) -> None:
+        _log(self._logger, "ERROR", message)
+
+    def build_serialized_network(self, network: _Network, config: _BuilderConfig) -> _HostMemory | None:
+        trt, cuda = self._trt, self._cuda()
+        if network._model is None:
+            self._fail("network has no inputs (was the ONNX parsed?)")
+            return None
+        strong = network._strongly_typed
+        has_qdq = any(n.op_type == "QuantizeLinear" for n in network._model.graph.node)
+        precision_flags = [f for f in ("FP16", "INT8", "BF16") if config._has(f)]
+        if strong and precision_flags:
+            self._fail(f"a strongly typed network must not set the {'/'.join(precision_flags)} builder flag(s)")
+            return None
+        if not strong and has_qdq and not config._has("INT8"):
+            self._fail("the network has Q/DQ layers: set the INT8 builder flag")
+            return None
+        dla = config.default_device_type == trt.DeviceType.DLA
+        shapes = {}
+        for tensor in network._inputs:
+            found = [p._shapes[tensor.name] for p in config._profiles if tensor.name in p._shapes]
+            if any(d < 0 for d in tensor.shape) and not found:
+                self._fail(f"Network has dynamic or shape inputs, but no optimization profile covers {tensor.name}")
+                return None
+            if found:
+                lo, opt, hi = found[0]
+                if any(d >= 0 and not (a == d == c) for d, a, c in zip(tensor.shape, lo, hi)):
+                    self._fail(f"optimization profile for {tensor.name} does not match its static dimensions")
+                    return None
+                if dla and lo != hi:
+                    self._fail("DLA: dynamic shapes are not supported (min, opt and max must be equal)")
+                    return None
+                shapes[tensor.name] = [list(lo), list(opt), list(hi)]
+        if dla and (has_qdq or config._has("INT8")):
+            self._fail("DLA does not support explicit quantization (Q/DQ)")
+            return None
+        layers = []
+        for node in network._model.graph.node:
+            on_dla = dla and node.op_type in DLA_OPS
+            if dla and not on_dla and not config._has("GPU_FALLBACK"):
+                self._fail(f"layer {node.name} ({node.op_type}) is not supported on DLA and GPU fallback is off")
+                return None
+            layers.append({"Name": node.name or node.output[0], "LayerType": "DLA" if on_dla else node.op_type})
+        if dla:  # the DLA runs its layers as one subgraph: one {ForeignNode[...]} layer
+            names = [layer["Name"] for layer in layers if layer["LayerType"] == "DLA"]
+            gpu = [layer for layer in layers if layer["LayerType"] != "DLA"]
+            layers = ([{"Name": f"{{ForeignNode[{names[0]}...{names[-1]}]}}", "LayerType": "DLA"}] if names
+                      else []) + gpu
+        device = cuda.current
+        header = {
+            "version": self._trt.__version__, "gpu": list(cuda.gpus[device][0:1]) + [list(cuda.gpus[device][1])],
+            "strong": strong, "flags": sorted(f.name for f in config._flags),
+            "dla_core": config.DLA_core if dla else None, "profile": shapes,
+            "io": [[t.name, True, t.dtype.name, list(t.shape)] for t in network._inputs]
+            + [[t.name, False, t.dtype.name, list(t.shape)] for t in network._outputs],
+            "layers": layers, "verbosity": config.profiling_verbosity.name,
+            "version_compatible": config._has("VERSION_COMPATIBLE"),
+            "hardware": config.hardware_compatibility_level.name,
+            "workspace": config._pools.get(trt.MemoryPoolType.WORKSPACE),
+            "optimization_level": object.__getattribute__(config, "builder_optimization_level"),
+        }
+        if config._cache is not None:
+            config._cache._key = f"{self._trt.__version__}/{cuda.gpus[device][0]}"
+            config._cache._entries += len(layers)
+        FAKES[self._release_id].builds.append(header)
+        return _new(self, "IHostMemory", pack_engine(header, network._onnx))
+
+
+def pack_engine(header: dict[str, Any], onnx_bytes: bytes) -> bytes:
+    blob = json.dumps(header).encode()
+    return MAGIC + len(blob).to_bytes(8, "little") + blob + onnx_bytes
+
+
+def unpack_engine(data: bytes) -> tuple[dict[str, Any], bytes] | None:
+    if not data.startswith(MAGIC):
+        return None
+    size = int.from_bytes(data[len(MAGIC):len(MAGIC) + 8], "little")
+    start = len(MAGIC) + 8
+    return json.loads(data[start:start + size]), data[start + size:]
+
+
+@_fake
+class _Runtime(Surfaced):
+    DLA_core = -1
+    engine_host_code_allowed = False
+
+    def __init__(self, logger: Any) -> None:
+        self._logger = logger
+
+    num_DLA_cores = property(lambda self: FAKES[self._release_id].cuda.dla_cores)
+
+    def deserialize_cuda_engine(self, serialized_engine: bytes) -> Any:
+        fake = FAKES[self._release_id]
+        fake.deserialized += 1
+        unpacked = unpack_engine(bytes(serialized_engine))
+        if unpacked is None:
+            _log(self._logger, "ERROR", "Serialization assertion failed: magic tag does not match")
+            return None
+        header, onnx_bytes = unpacked
+        if header["version"].split(".")[:3] != self._trt.__version__.split(".")[:3]:
+            if not header.get("version_compatible"):
+                _log(self._logger, "ERROR", f"engine plan built by TensorRT {header['version']}: version mismatch")
+                return None
+            if not self.engine_host_code_allowed:
+                _log(self._logger, "ERROR", "engine host code is not allowed (set engine_host_code_allowed)")
+                return None
+        device_cc = tuple(fake.cuda.gpus[fake.cuda.current][1])
+        if tuple(header["gpu"][1]) != device_cc and header.get("hardware") != "AMPERE_PLUS":
+            _log(self._logger, "ERROR", "the engine was built for another compute capability")
+            return None
+        return _new(self, "ICudaEngine", header, onnx_bytes, fake.cuda.current, self.DLA_core)
+
+
+@_fake
+class _EngineInspector(Surfaced):
+    def __init__(self, engine: "_Engine") -> None:
+        self._engine = engine
+
+    def get_engine_information(self, format: Any) -> str:  # noqa: A002 - TensorRT's name
+        header = self._engine._header
+        if header["verbosity"] != "DETAILED":
+            return json.dumps({"Layers": [layer["Name"] for layer in header["layers"]]})
+        return json.dumps({"Layers": header["layers"], "Bindings": [io[0] for io in header["io"]]})
+
+
+@_fake
+class _Engine(Surfaced):
+    def __init__(self, header: dict[str, Any], onnx_bytes: bytes, device: int, dla_core: int) -> None:
+        self._header, self._onnx, self._device, self._dla_core = header, onnx_bytes, device, dla_core
+        self._io = [(name, is_in, dtype, tuple(shape)) for name, is_in, dtype, shape in header["io"]]
+        self._session: Any = None
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        if self._session is None:
+            import onnxruntime as ort
+
+            self._session = ort.InferenceSession(self._onnx, providers=["CPUExecutionProvider"])
+        if "FP16" in self._header["flags"]:  # weak typing with FP16: values pass through half precision
+            x = x.astype(np.float16).astype(x.dtype)
+        y = self._session.run(None, {self._io[0][0]: x})[0]
+        return y.astype(np.float16).astype(y.dtype) if "FP16" in self._header["flags"] else y
+
+    def _dtype(self, index: int) -> Any:
+        return getattr(self._trt.DataType, self._io[index][2])
+
+    def _index(self, name: str) -> int:
+        return [io[0] for io in self._io].index(name)
+
+    # named tensors (8.5+)
+    num_io_tensors = property(lambda self: len(self._io))
+    num_layers = property(lambda self: len(self._header["layers"]))
+    num_optimization_profiles = property(lambda self: 1)
+    hardware_compatibility_level = property(
+        lambda self: getattr(self._trt.HardwareCompatibilityLevel, self._header["hardware"]))
+
+    def get_tensor_name(self, index: int) -> str:
+        return self._io[index][0]
 
     def get_tensor_mode(self, name: str) -> Any:
-        return self._trt.TensorIOMode.INPUT if name == self.names[0] else self._trt.TensorIOMode.OUTPUT
+        mode = self._trt.TensorIOMode
+        return mode.INPUT if self._io[self._index(name)][1] else mode.OUTPUT
 
     def get_tensor_shape(self, name: str) -> tuple[int, ...]:
-        return self.shapes[name]
+        return self._io[self._index(name)][3]
 
     def get_tensor_dtype(self, name: str) -> Any:
-        return self._trt.DataType.FLOAT
+        return self._dtype(self._index(name))
 
-    def get_tensor_profile_shape(self, name: str, profile: int) -> list[tuple[int, ...]]:
-        assert profile == 0
-        return self._profile(name)
+    def get_tensor_profile_shape(self, name: str, profile_index: int) -> list[tuple[int, ...]]:
+        if profile_index != 0 or name not in self._header["profile"]:
+            raise ValueError(f"no optimization profile {profile_index} for {name}")
+        return [tuple(s) for s in self._header["profile"][name]]
 
-    def create_execution_context(self) -> "_ContextV3":
-        return _ContextV3(self)
+    # bindings (8.x)
+    num_bindings = property(lambda self: len(self._io))
 
+    def get_binding_name(self, index: int) -> str:
+        return self._io[index][0]
 
-class _EngineV2(_Engine):
-    @property
-    def num_bindings(self) -> int:
-        return 2
-
-    def get_binding_name(self, i: int) -> str:
-        return self.names[i]
-
-    def binding_is_input(self, i: int) -> bool:
-        return i == 0
-
-    def get_binding_shape(self, i: int) -> tuple[int, ...]:
-        return self.shapes[self.names[i]]
-
-    def get_binding_dtype(self, i: int) -> Any:
-        return self._trt.DataType.FLOAT
-
-    def get_profile_shape(self, profile: int, binding: int) -> list[tuple[int, ...]]:
-        assert profile == 0
-        return self._profile(self.names[binding])
-
-    def create_execution_context(self) -> "_ContextV2":
-        return _ContextV2(self)
-
-
-class _Context:
-    def __init__(self, engine: _Engine) -> None:
-        self.engine = engine
-        self.batch: int | None = None
-        self.executions = 0
-
-    def _shape_ok(self, shape: tuple[int, ...]) -> bool:
-        sample = self.engine.shapes[self.engine.names[0]][1:]
-        if not 1 <= shape[0] <= self.engine.max_batch or tuple(shape[1:]) != sample:
-            return False
-        self.batch = shape[0]
-        return True
-
-    def _out_shape(self) -> tuple[int, ...]:
-        assert self.batch is not None, "output shape asked before the input shape was set"
-        return (self.batch, *self.engine.shapes[self.engine.names[1]][1:])
-
-    def _execute(self, in_ptr: int, out_ptr: int, stream: int) -> bool:
-        cuda = self.engine._trt.cuda
-        assert stream != 0 and stream in cuda.streams, "must run on a stream of its own, not the default stream"
-        in_shape = (self.batch, *self.engine.shapes[self.engine.names[0]][1:])
-        n = int(np.prod(in_shape)) * 4
-        x = np.frombuffer(bytes(cuda.mem[in_ptr][:n]), dtype=np.float32).reshape(in_shape)
-        y = self.engine.session.run(None, {self.engine.names[0]: x})[0].astype(np.float32)
-        cuda.mem[out_ptr][: y.nbytes] = y.tobytes()
-        self.executions += 1
-        return True
-
-
-class _ContextV3(_Context):
-    def __init__(self, engine: _Engine) -> None:
-        super().__init__(engine)
-        self.addresses: dict[str, int] = {}
-
-    def set_input_shape(self, name: str, shape: tuple[int, ...]) -> bool:
-        assert name == self.engine.names[0]
-        return self._shape_ok(tuple(shape))
-
-    def get_tensor_shape(self, name: str) -> tuple[int, ...]:
-        return self._out_shape() if name == self.engine.names[1] else (self.batch, *self.engine.shapes[name][1:])
-
-    def set_tensor_address(self, name: str, ptr: int) -> bool:
-        self.addresses[name] = ptr
-        return True
-
-    def execute_async_v3(self, stream_handle: int) -> bool:
-        return self._execute(self.addresses[self.engine.names[0]], self.addresses[self.engine.names[1]], stream_handle)
-
-
-class _ContextV2(_Context):
-    def set_binding_shape(self, index: int, shape: tuple[int, ...]) -> bool:
-        assert index == 0
-        return self._shape_ok(tuple(shape))
+    def binding_is_input(self, index: int) -> bool:
+        return self._io[index][1]
 
     def get_binding_shape(self, index: int) -> tuple[int, ...]:
-        return self._out_shape() if index == 1 else (self.batch, *self.engine.shapes[self.engine.names[0]][1:])
+        return self._io[index][3]
+
+    def get_binding_dtype(self, index: int) -> Any:
+        return self._dtype(index)
+
+    def get_profile_shape(self, profile_index: int, binding: int) -> list[tuple[int, ...]]:
+        return self.get_tensor_profile_shape(self._io[binding][0], profile_index)
+
+    def create_execution_context(self) -> "_Context":
+        return _new(self, "IExecutionContext", self)
+
+    def create_engine_inspector(self) -> _EngineInspector:
+        return _new(self, "EngineInspector", self)
+
+    def serialize(self) -> _HostMemory:
+        return _new(self, "IHostMemory", pack_engine(self._header, self._onnx))
+
+
+@_fake
+class _Context(Surfaced):
+    def __init__(self, engine: _Engine) -> None:
+        self._engine = engine
+        self._input_shape: tuple[int, ...] | None = None
+        self._addresses: dict[str, int] = {}
+        self._executions = 0
+
+    def _set_shape(self, shape: tuple[int, ...]) -> bool:
+        name, _, _, static = self._engine._io[0]
+        profile = self._engine._header["profile"].get(name)
+        lo, hi = (profile[0], profile[2]) if profile else (static, static)
+        if len(shape) != len(static) or not all(a <= s <= b for a, s, b in zip(lo, shape, hi)):
+            return False
+        self._input_shape = tuple(shape)
+        return True
+
+    def _shape(self, index: int) -> tuple[int, ...]:
+        _, is_input, _, static = self._engine._io[index]
+        if is_input:
+            return self._input_shape or static
+        if self._input_shape is None:
+            return static
+        return (self._input_shape[0], *static[1:])
+
+    def set_input_shape(self, name: str, shape: Any) -> bool:
+        return self._engine._index(name) == 0 and self._set_shape(tuple(shape))
+
+    def get_tensor_shape(self, name: str) -> tuple[int, ...]:
+        return self._shape(self._engine._index(name))
+
+    def set_tensor_address(self, name: str, memory: int) -> bool:
+        self._engine._index(name)
+        self._addresses[name] = int(memory)
+        return True
+
+    def get_tensor_address(self, name: str) -> int:
+        return self._addresses.get(name, 0)
+
+    def set_binding_shape(self, binding: int, shape: Any) -> bool:
+        return binding == 0 and self._set_shape(tuple(shape))
+
+    def get_binding_shape(self, binding: int) -> tuple[int, ...]:
+        return self._shape(binding)
+
+    def execute_async_v3(self, stream_handle: int) -> bool:
+        missing = [io[0] for io in self._engine._io if not self._addresses.get(io[0])]
+        if missing:  # TensorRT refuses to enqueue with an I/O address unset
+            return False
+        return self._enqueue([self._addresses[io[0]] for io in self._engine._io], stream_handle)
 
     def execute_async_v2(self, bindings: list[int], stream_handle: int) -> bool:
-        return self._execute(bindings[0], bindings[1], stream_handle)
+        if len(bindings) != len(self._engine._io) or not all(bindings):
+            return False
+        return self._enqueue(list(bindings), stream_handle)
+
+    def _enqueue(self, pointers: list[int], stream: int) -> bool:
+        fake = FAKES[self._release_id]
+        cuda, engine = fake.cuda, self._engine
+        if stream == 0 or self._input_shape is None:
+            return False
+        if cuda.current != engine._device:
+            raise FakeCudaError(f"engine of device {engine._device} run while device {cuda.current} is current")
+        cuda.check(stream, *pointers)
+        in_dtype = np.dtype(self._trt.nptype(engine._dtype(0)))
+        out_dtype = np.dtype(self._trt.nptype(engine._dtype(1)))
+        in_shape = self._input_shape
+        out_shape = self._shape(1)
+
+        def run() -> None:
+            n = int(np.prod(in_shape)) * in_dtype.itemsize
+            x = np.frombuffer(bytes(cuda.mem[pointers[0]][:n]), dtype=in_dtype).reshape(in_shape)
+            y = np.ascontiguousarray(engine._run(x), dtype=out_dtype).reshape(out_shape)
+            cuda.mem[pointers[1]][: y.nbytes] = y.tobytes()
+            self._executions += 1
+        cuda.enqueue(stream, run)
+        return True
 
 
-class FakeTensorRT(types.ModuleType):
-    """``import tensorrt`` resolves to this when installed in ``sys.modules``."""
+IMPLEMENTED = {
+    "ILogger": _ILogger, "Logger": _Logger, "ITimingCache": _TimingCache, "IHostMemory": _HostMemory,
+    "ITensor": _Tensor, "INetworkDefinition": _Network, "ParserError": _ParserError, "OnnxParser": _OnnxParser,
+    "IOptimizationProfile": _OptimizationProfile, "IBuilderConfig": _BuilderConfig, "Builder": _Builder,
+    "Runtime": _Runtime, "EngineInspector": _EngineInspector, "ICudaEngine": _Engine, "IExecutionContext": _Context,
+}
 
-    class Logger:
-        WARNING = 2
 
-        def __init__(self, level: int = 2) -> None:
-            self.level = level
+def _new(owner: Any, class_name: str, *args: Any) -> Any:
+    """An instance of the release's ``class_name`` (the one ``owner`` belongs to)."""
+    return getattr(type(owner)._trt, class_name)(*args)
 
-    class TensorIOMode:
-        INPUT = "INPUT"
-        OUTPUT = "OUTPUT"
 
-    class DataType:
-        FLOAT = "FLOAT"
-        HALF = "HALF"
+# ----------------------------------------------------------------------------- the module
+class FakeTensorRT:
+    """A fake release: ``module`` is what ``import tensorrt`` returns; the rest is bookkeeping."""
 
-    def __init__(self, version: str, cuda: FakeCuda, max_batch: int = 8) -> None:
-        super().__init__("tensorrt")
-        self.__version__ = version
-        self.__spec__ = importlib.machinery.ModuleSpec("tensorrt", None)
-        self.cuda = cuda
-        self.max_batch = max_batch
+    def __init__(self, version: str, cuda: FakeCuda) -> None:
+        self.version, self.surface_version, self.cuda = version, surface_for(version), cuda
         self.deserialized = 0
-        trt = self
-
-        class Runtime:
-            def __init__(self, logger: Any) -> None:
-                self.logger = logger
-
-            def deserialize_cuda_engine(self, data: bytes) -> Any:
-                trt.deserialized += 1
-                if not data.startswith(MAGIC):
-                    return None  # what TensorRT does with a foreign or corrupt plan
-                major = int(trt.__version__.split(".")[0])
-                cls = _EngineV3 if major >= 9 else _EngineV2
-                return cls(trt, data[len(MAGIC):], trt.max_batch)
-
-        self.Runtime = Runtime
-
-    @staticmethod
-    def nptype(dtype: Any) -> Any:
-        return {"FLOAT": np.float32, "HALF": np.float16}[dtype]
+        self.builds: list[dict[str, Any]] = []
+        self.module = make_tensorrt(self.surface_version, version, release_id=id(self))
+        FAKES[id(self)] = self
 
 
-def install(monkeypatch: Any, version: str = "10.3.0", *, cuda: FakeCuda | None = None,
-            max_batch: int = 8) -> FakeTensorRT:
-    """Make ``import tensorrt`` return the fake and the backend use the fake CUDA runtime."""
-    import sys
+FAKES: dict[int, FakeTensorRT] = {}
 
+
+def _nptype(trt: Any) -> Callable[[Any], type]:
+    def nptype(trt_type: Any) -> type:
+        return {"FLOAT": np.float32, "HALF": np.float16, "INT8": np.int8, "INT32": np.int32, "BOOL": np.bool_,
+                "UINT8": np.uint8, "INT64": np.int64}[trt_type.name]
+    return nptype
+
+
+def make_tensorrt(surface_version: str, version: str | None = None, *, release_id: int = 0) -> types.ModuleType:
+    """A ``tensorrt`` module with exactly the names of the ``surface_version`` release."""
+    surface = load_surface(surface_version)
+    module = types.ModuleType("tensorrt")
+    module.__version__ = version or surface_version
+    module.__spec__ = importlib.machinery.ModuleSpec("tensorrt", None)
+    for class_name, members in surface["classes"].items():
+        values = [m for m, info in members.items() if info["kind"] == "enum_value"]
+        if class_name in IMPLEMENTED:
+            continue
+        if values:
+            setattr(module, class_name, enum.IntEnum(class_name, [(v, i) for i, v in enumerate(values)]))
+    severity = enum.IntEnum("Severity", [(n, i) for i, n in
+                                         enumerate(("INTERNAL_ERROR", "ERROR", "WARNING", "INFO", "VERBOSE"))])
+    for class_name, impl in IMPLEMENTED.items():
+        if class_name not in surface["classes"]:
+            continue
+        attrs: dict[str, Any] = {"_surface": frozenset(surface["classes"][class_name]), "_release": surface_version,
+                                 "_class_name": class_name, "_trt": module, "_release_id": release_id}
+        if class_name in ("ILogger", "Logger"):
+            attrs.update({"Severity": severity, **{s.name: s for s in severity}})
+        base = impl
+        if class_name == "Logger" and "ILogger" in surface["classes"]:
+            base = type("Logger", (impl, module.ILogger), {})  # a Logger is an ILogger
+        cls = type(class_name, (base,), attrs)
+        _FAKE_CLASSES.add(cls)
+        if base is not impl:
+            _FAKE_CLASSES.add(base)
+        setattr(module, class_name, cls)
+        if class_name == "ILogger":
+            module.ILogger = cls
+    for name in surface["functions"]:
+        if name == "nptype":
+            module.nptype = _nptype(module)
+        elif name == "volume":
+            module.volume = lambda shape: int(np.prod(list(shape)))
+        elif name == "get_nv_onnx_parser_version":
+            module.get_nv_onnx_parser_version = lambda: int(surface_version.split(".")[0]) * 1000
+    return module
+
+
+def install(monkeypatch: Any, version: str = "10.3.0", *, cuda: FakeCuda | None = None) -> FakeTensorRT:
+    """Make ``import tensorrt`` return the fake of ``version`` and the runtime use the fake CUDA."""
     import convdeploy.runtime.backends.cuda as cuda_runtime
 
     cuda = cuda or FakeCuda()
-    fake = FakeTensorRT(version, cuda, max_batch)
-    monkeypatch.setitem(sys.modules, "tensorrt", fake)
+    fake = FakeTensorRT(version, cuda)
+    monkeypatch.setitem(sys.modules, "tensorrt", fake.module)
     # The CUDA shim: the backend loads the fake runtime, and auto-selection finds a "libcudart".
     monkeypatch.setattr(cuda_runtime, "load_cuda_runtime", lambda: cuda)
     monkeypatch.setattr(cuda_runtime, "find_libcudart", lambda: "libcudart.so (fake)")
     return fake
 
 
+def engine_bytes(onnx_path: Path, *, tensorrt_version: str, gpu_name: str = GPU_NAME, cc: tuple[int, int] = GPU_CC,
+                 max_batch: int = 8, flags: tuple[str, ...] = (), dla_core: int | None = None,
+                 version_compatible: bool = False, hardware: str = "NONE") -> bytes:
+    """A fake plan for ``onnx_path`` as the fake builder would serialize it (dynamic batch 1..max_batch)."""
+    import onnx
+
+    model = onnx.load(str(onnx_path))
+    inits = {i.name for i in model.graph.initializer}
+    dtype = {1: "FLOAT", 10: "HALF"}
+
+    def io(info: Any, is_input: bool) -> list[Any]:
+        dims = [d.dim_value if d.HasField("dim_value") else -1 for d in info.type.tensor_type.shape.dim]
+        return [info.name, is_input, dtype[info.type.tensor_type.elem_type], dims]
+
+    inputs = [io(i, True) for i in model.graph.input if i.name not in inits]
+    outputs = [io(o, False) for o in model.graph.output]
+    profile = {}
+    name, _, _, dims = inputs[0]
+    if dims[0] < 0:
+        rest = dims[1:]
+        profile[name] = [[1, *rest], [max(1, max_batch // 2), *rest], [max_batch, *rest]]
+    header = {"version": tensorrt_version, "gpu": [gpu_name, list(cc)], "strong": False, "flags": list(flags),
+              "dla_core": dla_core, "profile": profile, "io": inputs + outputs,
+              "layers": [{"Name": n.name or n.output[0], "LayerType": n.op_type} for n in model.graph.node],
+              "verbosity": "DETAILED", "version_compatible": version_compatible, "hardware": hardware}
+    return pack_engine(header, onnx_path.read_bytes())
+
+
 def write_engine(onnx_path: Path, engine_path: Path, *, tensorrt_version: str = "10.3.0", gpu_name: str = GPU_NAME,
                  cc: str = "8.7", precision: str = "fp32", profile: str | None = "server-gpu",
-                 onnx_sha256: str | None = None, **extra: Any) -> Path:
-    """A fake engine file for ``onnx_path`` and its sidecar, as the builder would write them."""
+                 onnx_sha256: str | None = None, max_batch: int = 8, **extra: Any) -> Path:
+    """A fake engine file for ``onnx_path`` and its sidecar, as ``convdeploy build`` would write them."""
     from convdeploy.runtime.fsutil import sha256_file
 
+    major, minor = (int(x) for x in cc.split("."))
     engine_path.parent.mkdir(parents=True, exist_ok=True)
-    engine_path.write_bytes(MAGIC + onnx_path.read_bytes())
+    engine_path.write_bytes(engine_bytes(
+        onnx_path, tensorrt_version=tensorrt_version, gpu_name=gpu_name, cc=(major, minor), max_batch=max_batch,
+        dla_core=extra.get("dla_core"), version_compatible=bool(extra.get("version_compatible")),
+        hardware=str(extra.get("hardware_compatibility_level") or "NONE")))
     sidecar = {"tensorrt_version": tensorrt_version, "gpu_name": gpu_name, "compute_capability": cc,
                "precision": precision, "profile": profile,
                "onnx_sha256": onnx_sha256 or sha256_file(onnx_path), **extra}

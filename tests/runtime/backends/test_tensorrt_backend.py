@@ -1,11 +1,13 @@
 """TensorRT engine backend.
 
-Most tests below run against a FAKE ``tensorrt`` module and a FAKE CUDA runtime
-(tests/runtime/fake_tensorrt.py), because TensorRT cannot be installed on this CPU-only
-machine: they test our logic (sidecar checks before deserializing, TensorRT 8 vs 10 API
-dispatch, buffers, batch limits, messages), with a real ONNX model computing the
-numbers. The tests marked ``tensorrt`` at the end use the real TensorRT on a GPU and
-are skipped elsewhere.
+Most tests below run against a FAKE ``tensorrt`` module built from each real release's
+API surface (8.6.1, 10.3.0, 10.13.3.9, 11.4.0.106) and a FAKE CUDA runtime
+(tests/runtime/backends/fake_tensorrt.py), because TensorRT and a GPU cannot exist on
+this CPU-only machine: they test our logic (sidecar checks before deserializing, the API
+dispatch, the CUDA device per thread, stream synchronization, dtypes, DLA, version
+compatibility, batch limits, messages), with a real ONNX model computing the numbers.
+The tests marked ``tensorrt`` use the real TensorRT on a GPU (tests/runtime/build/
+test_real_tensorrt.py builds, verifies and benches real engines).
 """
 
 from __future__ import annotations
@@ -77,11 +79,27 @@ def test_sidecar_mismatch_is_one_clear_line(kwargs, message):
     assert exc.value.exit_code == 2
 
 
-def test_version_compatible_engines_accept_a_newer_runtime_of_the_same_major():
-    side = {**SIDE, "version_compatible": True}
-    check_sidecar(side, trt_version="10.5.0", gpu_name="Orin", compute_capability=(8, 7))
-    with pytest.raises(EngineMismatchError):
-        check_sidecar(side, trt_version="10.2.0", gpu_name="Orin", compute_capability=(8, 7))
+@pytest.mark.parametrize("built,running,ok", [
+    ("10.3.0", "10.5.0", True), ("10.3.0", "10.2.0", False),  # same major: newer or equal only
+    ("8.6.1", "10.3.0", True), ("10.3.0", "11.4.0", True),  # NVIDIA's documented cross-major pairs
+    ("8.6.1", "11.4.0", False), ("11.4.0", "10.3.0", False),
+    ("8.5.2", "8.6.1", False),  # version compatibility exists from 8.6 only
+])
+def test_version_compatible_engines(built, running, ok):
+    side = {**SIDE, "tensorrt_version": built, "version_compatible": True}
+    if ok:
+        check_sidecar(side, trt_version=running, gpu_name="Orin", compute_capability=(8, 7))
+    else:
+        with pytest.raises(EngineMismatchError):
+            check_sidecar(side, trt_version=running, gpu_name="Orin", compute_capability=(8, 7))
+
+
+def test_hardware_compatible_engines_run_on_any_ampere_or_newer_gpu():
+    side = {**SIDE, "gpu_name": "NVIDIA A100", "compute_capability": "8.0",
+            "hardware_compatibility_level": "AMPERE_PLUS"}
+    check_sidecar(side, trt_version="10.3.0", gpu_name="NVIDIA H100", compute_capability=(9, 0))
+    with pytest.raises(EngineMismatchError, match="Ampere and newer"):
+        check_sidecar(side, trt_version="10.3.0", gpu_name="Tesla V100", compute_capability=(7, 0))
 
 
 def test_sidecar_missing_or_incomplete(trt_bundle):
@@ -118,20 +136,42 @@ def test_find_engine_by_precision_profile_and_source_model(trt_bundle):
         bundle.find_engine("fp32")
 
 
-def test_an_engine_maps_to_the_onnx_precision_it_was_built_from(trt_bundle):
+def test_find_engine_skips_stale_and_foreign_engines_for_the_one_built_here(trt_bundle):
+    """Audit #6: an engine of another GPU or TensorRT that sorts first must not hide ours."""
+    from convdeploy.runtime.backends.tensorrt_backend import RunningTensorRT
+
+    bundle = Bundle.load(trt_bundle)
+    engines = trt_bundle / "engines"
+    fake.write_engine(trt_bundle / "model.onnx", engines / "a-foreign.engine", onnx_sha256="0" * 64)
+    fake.write_engine(trt_bundle / "model.onnx", engines / "b-a100.engine", gpu_name="NVIDIA A100", cc="8.0")
+    fake.write_engine(trt_bundle / "model.onnx", engines / "c-old.engine", tensorrt_version="10.0.1")
+    here = fake.write_engine(trt_bundle / "model.onnx", engines / "d-here.engine")
+    running = RunningTensorRT("10.3.0", fake.GPU_NAME, fake.GPU_CC)
+    assert bundle.find_engine("fp32", fits=running.mismatch) == here
+    here.unlink()
+    with pytest.raises(EngineMismatchError, match="another ONNX model|A100|10.0.1"):
+        bundle.find_engine("fp32", fits=running.mismatch)
+
+
+def test_an_engine_maps_to_the_golden_outputs_of_its_own_precision(trt_bundle):
+    """Audit #22: an FP16 engine built from the FP32 ONNX is held to fp16's accepted outputs (none
+    in this bundle), never to the FP32 graph's."""
     bundle = Bundle.load(trt_bundle)
     assert bundle.source_precision("model.onnx") == "fp32"
     assert bundle.source_precision("model.int8.onnx") == "int8"
     assert bundle.source_precision("other.onnx") is None
     engine_for(trt_bundle, precision="fp16", profile="jetson-orin")  # built from model.onnx (fp32)
-    assert bundle.source_precision("engines/model.fp16.engine") == "fp32"
+    assert bundle.source_precision("engines/model.fp16.engine") is None
+    engine_for(trt_bundle, precision="fp32")
+    assert bundle.source_precision("engines/model.fp32.engine") == "fp32"
     fake.write_engine(trt_bundle / "model.onnx", trt_bundle / "engines" / "x.engine", onnx_sha256="0" * 64)
     assert bundle.source_precision("engines/x.engine") is None
 
 
 # -- the backend on the fake TensorRT ---------------------------------------------------------
 @pytest.mark.parametrize("version,api", [("8.5.2.2", "execute_async_v2"), ("8.6.1", "execute_async_v2"),
-                                         ("10.3.0", "execute_async_v3"), ("11.0.0", "execute_async_v3")])
+                                         ("10.3.0", "execute_async_v3"), ("10.13.3.9", "execute_async_v3"),
+                                         ("11.4.0.106", "execute_async_v3")])
 def test_engine_runs_through_the_right_api_with_real_numbers(trt_bundle, monkeypatch, version, api):
     trt = fake.install(monkeypatch, version)
     engine = engine_for(trt_bundle, tensorrt_version=version)
@@ -147,7 +187,8 @@ def test_engine_runs_through_the_right_api_with_real_numbers(trt_bundle, monkeyp
     # smaller batch reuses the buffers; a larger one within the profile grows them
     np.testing.assert_allclose(be.run(golden["inputs"][:1]), golden["outputs"][:1], rtol=1e-6, atol=1e-6)
     be.close()
-    assert trt.cuda.streams == set() and len(trt.cuda.mem) == 0
+    assert trt.cuda.streams == {} and len(trt.cuda.mem) == 0
+    assert be.engine is None and be._api is None  # audit #9: nothing holds the engine after close()
 
 
 def test_sidecar_is_checked_before_deserializing(trt_bundle, monkeypatch):
@@ -184,8 +225,8 @@ def test_altered_or_foreign_engine_files(trt_bundle, monkeypatch):
 
 
 def test_batch_over_the_engine_profile_is_refused(trt_bundle, monkeypatch):
-    fake.install(monkeypatch, "10.3.0", max_batch=4)
-    be = TensorRTBackend(engine_for(trt_bundle))
+    fake.install(monkeypatch, "10.3.0")
+    be = TensorRTBackend(engine_for(trt_bundle, max_batch=4))
     assert be.max_batch == 4
     with pytest.raises(InputError, match="batch of 8 exceeds the engine's maximum of 4"):
         be.run(np.zeros((8, 3, 32, 32), np.float32))
@@ -226,34 +267,139 @@ def test_threads_do_not_apply_to_tensorrt_and_the_selection_says_so(trt_bundle, 
     sel.backend.close()
 
 
+# -- what the audit found the old fake let through ----------------------------------------------
+def test_run_from_another_thread_makes_the_engines_gpu_current_there(trt_bundle, monkeypatch):
+    """Audit #4: the CUDA current device is per host thread; a new thread starts on device 0."""
+    import threading
+
+    cuda = fake.FakeCuda(devices=2)
+    fake.install(monkeypatch, "10.3.0", cuda=cuda)
+    be = TensorRTBackend(engine_for(trt_bundle), device_id=1)
+    golden = Bundle.load(trt_bundle).golden()
+    results, errors = [], []
+
+    def work() -> None:
+        try:
+            results.append(be.run(golden["inputs"][:2]))
+        except Exception as exc:  # reported below
+            errors.append(exc)
+    thread = threading.Thread(target=work)
+    thread.start()
+    thread.join()
+    assert not errors, errors
+    np.testing.assert_allclose(results[0], golden["outputs"][:2], rtol=1e-6, atol=1e-6)
+    be.close()
+
+
+def test_the_fake_cuda_refuses_a_stream_of_another_device_and_copies_only_on_synchronize():
+    cuda = fake.FakeCuda(devices=2)
+    cuda.set_device(1)
+    stream, ptr = cuda.stream_create(), cuda.malloc(16)
+    cuda.set_device(0)
+    with pytest.raises(fake.FakeCudaError, match="device 1 used while device 0"):
+        cuda.memcpy_htod_async(ptr, np.ones(4, np.float32), stream)
+    cuda.set_device(1)
+    cuda.memcpy_htod_async(ptr, np.arange(4, dtype=np.float32), stream)
+    out = np.zeros(4, np.float32)
+    cuda.memcpy_dtoh_async(out, ptr, stream)
+    assert not out.any()  # asynchronous: nothing has landed before the synchronize
+    cuda.stream_synchronize(stream)
+    np.testing.assert_array_equal(out, np.arange(4, dtype=np.float32))
+
+
+def test_an_engine_with_fp16_io_takes_and_returns_half_precision(trt_bundle, tmp_path, monkeypatch):
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    half = tmp_path / "half.onnx"
+    onnx.save(convert_float_to_float16(onnx.load(str(trt_bundle / "model.onnx")), keep_io_types=False), str(half))
+    fake.install(monkeypatch, "10.13.3.9")
+    engine = fake.write_engine(half, tmp_path / "engines" / "half.engine", tensorrt_version="10.13.3.9",
+                               precision="fp16")
+    be = TensorRTBackend(engine)
+    assert be.inputs[0].dtype == "float16" and be.describe().details["io_dtype"] == "float16"
+    golden = Bundle.load(trt_bundle).golden()
+    out = be.run(golden["inputs"])
+    assert out.dtype == np.float32
+    assert (out.argmax(1) == golden["outputs"].argmax(1)).mean() >= 0.75
+    assert np.abs(out - golden["outputs"]).max() < 0.1
+    be.close()
+
+
+def test_a_dla_engine_is_pinned_to_its_core_on_the_runtime(trt_bundle, monkeypatch):
+    """Audit #8: Runtime.DLA_core comes from the sidecar, checked against the cores this device has."""
+    trt = fake.install(monkeypatch, "10.3.0", cuda=fake.FakeCuda(dla_cores=2))
+    be = TensorRTBackend(engine_for(trt_bundle, precision="fp16", dla_core=1))
+    assert be.engine._dla_core == 1 and be.describe().details["dla_core"] == 1
+    be.close()
+    trt.cuda.dla_cores = 1
+    with pytest.raises(EngineMismatchError, match="DLA core 1 but this device has 1 DLA core"):
+        TensorRTBackend(engine_for(trt_bundle, precision="fp16", dla_core=1))
+
+
+def test_a_version_compatible_engine_is_deserialized_with_host_code_allowed(trt_bundle, monkeypatch):
+    """Audit #3: a VC plan embeds its lean runtime; TensorRT loads it only with engine_host_code_allowed."""
+    fake.install(monkeypatch, "10.13.3.9")
+    engine = engine_for(trt_bundle, tensorrt_version="10.3.0", version_compatible=True)
+    be = TensorRTBackend(engine)
+    assert be._runtime.engine_host_code_allowed is True
+    golden = Bundle.load(trt_bundle).golden()
+    np.testing.assert_allclose(be.run(golden["inputs"]), golden["outputs"], rtol=1e-6, atol=1e-6)
+    be.close()
+
+
+@pytest.mark.parametrize("version", fake.VERSIONS)
+def test_the_fake_refuses_execute_async_v3_with_an_io_address_unset(trt_bundle, monkeypatch, version):
+    trt = fake.install(monkeypatch, version).module
+    plan = fake.engine_bytes(trt_bundle / "model.onnx", tensorrt_version=version)
+    engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(plan)
+    context = engine.create_execution_context()
+    assert context.set_input_shape("input", (2, 3, 32, 32))
+    context.set_tensor_address("input", 0x1000)
+    assert context.execute_async_v3(0xABC1) is False  # "logits" has no address
+
+
+@pytest.mark.parametrize("version,binding_api", [("8.6.1", True), ("10.3.0", False), ("10.13.3.9", False),
+                                                 ("11.4.0.106", False)])
+def test_each_fake_release_has_exactly_its_apis(trt_bundle, monkeypatch, version, binding_api):
+    trt = fake.install(monkeypatch, version).module
+    engine = trt.Runtime(trt.Logger()).deserialize_cuda_engine(
+        fake.engine_bytes(trt_bundle / "model.onnx", tensorrt_version=version))
+    assert engine.num_io_tensors == 2  # 8.5+ has the named-tensor API too
+    assert hasattr(engine, "num_bindings") is binding_api
+    assert hasattr(trt.BuilderFlag, "FP16") is (version != "11.4.0.106")
+    assert hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED") is (version != "8.6.1")
+    with pytest.raises(AttributeError, match=f"tensorrt {version}: 'ICudaEngine' object has no attribute"):
+        engine.no_such_member  # noqa: B018
+
+
+def test_a_static_batch_engine_verifies_a_golden_set_that_is_not_a_multiple_of_its_batch(tmp_path, monkeypatch,
+                                                                                        sample_photos):
+    """Audit #21: the last chunk is padded to the engine's fixed batch."""
+    from tests.runtime.conftest import build_classifier_onnx, write_bundle
+    from convdeploy.runtime.verify import verify_bundle
+
+    root = write_bundle(tmp_path / "static", sample_photos)
+    build_classifier_onnx(tmp_path / "static3.onnx", fixed_batch=3)  # the same weights, batch fixed to 3
+    fake.install(monkeypatch, "10.3.0")
+    engine = fake.write_engine(tmp_path / "static3.onnx", root / "engines" / "static.engine",
+                               onnx_sha256=sha256_file(root / "model.onnx"))
+    golden = Bundle.load(root).golden()
+    assert len(golden["inputs"]) % 3 != 0
+    be = TensorRTBackend(engine)
+    assert be.inputs[0].shape[0] == 3
+    be.close()
+    assert verify_bundle(root, "tensorrt", engine=engine).passed
+
+
 # -- real TensorRT (skipped without it) -------------------------------------------------------
-def _build_real_engine(onnx_path, engine_path, max_batch=8):
-    """A plain FP32 engine (TF32 off) from ``onnx_path`` with the TensorRT installed here."""
-    import tensorrt as trt
+def _build_real_engine(bundle_root, precision="fp32"):
+    """An engine built by `convdeploy build` with the TensorRT installed here (server-gpu profile)."""
+    from convdeploy.runtime.build import build_engines
 
-    from convdeploy.runtime.backends.cuda import load_cuda_runtime
-    from convdeploy.runtime.backends.tensorrt_backend import parse_version
-
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    major = parse_version(trt.__version__)[0]
-    flags = 0 if major >= 10 else 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
-    network = builder.create_network(flags)
-    parser = trt.OnnxParser(network, logger)
-    assert parser.parse(onnx_path.read_bytes()), [parser.get_error(i) for i in range(parser.num_errors)]
-    config = builder.create_builder_config()
-    config.clear_flag(trt.BuilderFlag.TF32)
-    profile = builder.create_optimization_profile()
-    profile.set_shape("input", (1, 3, 32, 32), (4, 3, 32, 32), (max_batch, 3, 32, 32))
-    config.add_optimization_profile(profile)
-    plan = builder.build_serialized_network(network, config)
-    engine_path.parent.mkdir(parents=True, exist_ok=True)
-    engine_path.write_bytes(bytes(plan))
-    name, cc = load_cuda_runtime().device_info(0)
-    engine_path.with_suffix(".json").write_text(json.dumps({
-        "tensorrt_version": trt.__version__, "gpu_name": name, "compute_capability": f"{cc[0]}.{cc[1]}",
-        "precision": "fp32", "profile": "server-gpu", "onnx_sha256": sha256_file(onnx_path)}))
-    return engine_path
+    outcome = build_engines(bundle_root, "server-gpu", [precision])
+    assert outcome.passed, outcome.failure_message()
+    return bundle_root / outcome.results[0].engine
 
 
 @pytest.mark.tensorrt
@@ -261,12 +407,12 @@ def test_real_tensorrt_engine_passes_fp32_verify(trt_bundle):
     pytest.importorskip("tensorrt")
     from convdeploy.runtime.verify import verify_bundle
 
-    _build_real_engine(trt_bundle / "model.onnx", trt_bundle / "engines" / "model.fp32.engine")
-    be = TensorRTBackend(trt_bundle / "engines" / "model.fp32.engine")
+    engine = _build_real_engine(trt_bundle)
+    be = TensorRTBackend(engine)
     golden = Bundle.load(trt_bundle).golden()
     assert be.run(golden["inputs"]).shape == golden["outputs"].shape
-    with pytest.raises(InputError, match="exceeds the engine's maximum of 8"):
-        be.run(np.zeros((9, 3, 32, 32), np.float32))
+    with pytest.raises(InputError, match="exceeds the engine's maximum of 256"):
+        be.run(np.zeros((257, 3, 32, 32), np.float32))
     be.close()
     result = verify_bundle(trt_bundle, "tensorrt")
     assert result.passed, result.summary()
@@ -275,11 +421,11 @@ def test_real_tensorrt_engine_passes_fp32_verify(trt_bundle):
 @pytest.mark.tensorrt
 def test_real_tensorrt_refuses_an_engine_from_another_version(trt_bundle):
     trt = pytest.importorskip("tensorrt")
-    engine = _build_real_engine(trt_bundle / "model.onnx", trt_bundle / "engines" / "model.fp32.engine")
+    engine = _build_real_engine(trt_bundle)
     side = json.loads(engine.with_suffix(".json").read_text())
     side["tensorrt_version"] = "8.5.2" if not trt.__version__.startswith("8.5") else "10.3.0"
     engine.with_suffix(".json").write_text(json.dumps(side))
-    with pytest.raises(EngineMismatchError, match="rebuild the engine here"):
+    with pytest.raises(EngineMismatchError, match="rebuild the engine here with `convdeploy build"):
         TensorRTBackend(engine)
 
 

@@ -1,0 +1,56 @@
+"""`convdeploy build` on the command line: one clear line without TensorRT, the dry run, exit codes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from convdeploy.cli import main
+from tests.runtime.backends import fake_tensorrt as fake
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_without_tensorrt_build_fails_in_one_line_that_says_what_to_install(bundle_dir, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # whatever this machine has: no TensorRT
+    r = run("build", bundle_dir, "--profile", "jetson-orin")
+    assert r.exit_code == 2, r.output
+    errors = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1 and errors[0].startswith("error: convdeploy build needs TensorRT"), r.stderr
+    assert "pip install 'convdeploy[tensorrt]'" in errors[0] and "JetPack" in errors[0]
+
+
+def test_dry_run_prints_the_trtexec_command_of_the_profile(bundle_dir):
+    r = run("build", bundle_dir, "--profile", "jetson-xavier", "--precision", "fp16", "--dry-run")
+    assert r.exit_code == 0, r.output
+    command = [line for line in r.stdout.splitlines() if line.startswith("trtexec ")]
+    assert len(command) == 1 and "--useDLACore=0 --allowGPUFallback" in command[0] and "--fp16" in command[0]
+    assert "pre-flight" in r.stdout
+    r = run("build", bundle_dir, "--profile", "jetson-orin", "--precision", "int8", "--dry-run", "--json")
+    assert json.loads(r.stdout)["results"][0]["command"].startswith("trtexec ")
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--precision", "fp64"], "unknown precision(s) fp64"),
+    (["--profile", "jetson-xavier", "--precision", "int8", "--dry-run"], "DLA runs INT8 only"),
+    ([], "was not exported for a TensorRT profile"),
+])
+def test_bad_requests_are_one_line_exit_2(bundle_dir, args, message):
+    r = run("build", bundle_dir, *args)
+    assert r.exit_code == 2 and message in r.stderr and "Traceback" not in r.output, r.output
+
+
+def test_a_failed_verify_exits_1_and_a_passing_build_0(bundle_dir, monkeypatch):
+    fake.install(monkeypatch, "10.3.0")
+    r = run("build", bundle_dir, "--profile", "server-gpu", "--precision", "fp32,int8")
+    assert r.exit_code == 0 and "fp32: built -> engines/server-gpu.fp32.trt10.3.0" in r.stdout, r.output
+    real_run = fake._Engine._run
+    monkeypatch.setattr(fake._Engine, "_run", lambda self, x: real_run(self, x)[:, ::-1].copy())
+    r = run("build", bundle_dir, "--profile", "server-gpu", "--precision", "fp32")
+    assert r.exit_code == 1 and "engines/.failed/" in r.stderr, r.output
