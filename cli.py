@@ -20,6 +20,7 @@ from typing import Any, Callable
 import click
 
 from convdeploy.runtime.errors import EXIT_INTERNAL, ConvDeployError
+from convdeploy.runtime.interrupts import interrupt_exit_code, sigterm_raises
 from convdeploy.runtime.versions import package_version
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -35,15 +36,16 @@ class ConvDeployGroup(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            with sigterm_raises():  # SIGTERM unwinds like Ctrl-C: temporary files go, artifacts stay whole
+                return super().invoke(ctx)
         except ConvDeployError as exc:
             if ctx.meta.get("convdeploy.debug"):
                 raise
             click.secho(f"error: {exc}", fg="red", err=True)
             ctx.exit(exc.exit_code)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:  # SIGINT (130) or SIGTERM (143)
             click.echo("interrupted", err=True)
-            ctx.exit(130)
+            ctx.exit(interrupt_exit_code(exc))
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise  # click's own control flow and usage errors (exit 2)
         except Exception as exc:  # a bug: keep the traceback, say so, exit 3
