@@ -487,7 +487,8 @@ def _echo_parity_text(report: Any) -> None:
               help="Override a parity tolerance (repeatable), e.g. fp16.min_top1_agreement=0.999; "
                    "'none' disables a check.")
 @click.option("--name", default=None, help="Bundle name in the manifest (default: architecture-data).")
-@click.option("--overwrite", is_flag=True, help="Replace an existing bundle at --out.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace the bundle at --out (only a bundle convdeploy wrote; any other directory is refused).")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 @json_option
 @needs_torch
@@ -664,7 +665,8 @@ def _training_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--resume", is_flag=True,
                      help="Continue the run in --out from its last completed epoch, with its saved settings "
                           "(only --epochs, --workers, --device, --strict and --eval-batch-size may change)."),
-        click.option("--overwrite", is_flag=True, help="Start over in an --out that already holds a run."),
+        click.option("--overwrite", is_flag=True,
+                     help="Start over in an --out that holds a run convdeploy wrote (other files are refused)."),
         click.option("--train-limit", type=click.IntRange(min=1), default=None, hidden=True),
         click.option("--val-limit", type=click.IntRange(min=1), default=None, hidden=True),
         click.option("--no-progress", is_flag=True, help="Hide the progress bar and per-epoch lines."),
@@ -791,7 +793,8 @@ def finetune_cmd(arch: str, weights: str, freeze: str, data: str, out: str | Non
 
 @main.command("digits")
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=str))
-@click.option("--overwrite", is_flag=True, help="Replace an existing OUT_DIR.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace OUT_DIR if it is a digits tree convdeploy wrote (any other directory is refused).")
 @json_option
 def digits_cmd(out_dir: str, overwrite: bool, as_json: bool) -> None:
     """Write the built-in digits as an ImageFolder tree of PNG files.
