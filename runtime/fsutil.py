@@ -29,6 +29,7 @@ import os
 import re
 import secrets
 import shutil
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, List, Optional, Tuple
@@ -150,31 +151,47 @@ def process_alive(pid: int) -> bool:
     return True
 
 
-@contextlib.contextmanager
-def directory_lock(directory: str | os.PathLike) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``directory`` (a no-op where flock is unavailable).
+_held_locks: dict = {}  # realpath -> number of holders in this process
+_held_guard = threading.Lock()
 
-    Commits and repairs in one directory take it, so that no command sees another's
-    replacement half done. The kernel releases it when the process dies, even by SIGKILL.
+
+@contextlib.contextmanager
+def directory_lock(directory: str | os.PathLike, *, shared: bool = False) -> Iterator[None]:
+    """Hold an ``flock`` on ``directory``: exclusive for a commit or repair, ``shared`` for readers.
+
+    Commits and repairs in one directory take it exclusively, so no command sees another's
+    replacement half done; readers of a bundle take it shared while they read its files,
+    so no commit swaps the directory under them. The kernel releases it when the process
+    dies, even by SIGKILL. Re-entrant within a process (a nested call is a no-op, so a
+    reader that repairs cannot deadlock on itself); a no-op where flock is unavailable.
     """
     try:
         import fcntl
     except ImportError:  # Windows: no advisory directory locks
         yield
         return
+    key = os.path.realpath(directory)
+    with _held_guard:
+        nested = _held_locks.get(key, 0) > 0
+        _held_locks[key] = _held_locks.get(key, 0) + 1
+    fd = -1
     try:
-        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        yield
-        return
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        except OSError:  # a file system without flock (some network mounts): go on unlocked
-            pass
+        if not nested:
+            with contextlib.suppress(OSError):
+                fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+            if fd >= 0:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+                except OSError:  # a file system without flock (some network mounts): go on unlocked
+                    pass
         yield
     finally:
-        os.close(fd)
+        if fd >= 0:
+            os.close(fd)
+        with _held_guard:
+            _held_locks[key] -= 1
+            if not _held_locks[key]:
+                del _held_locks[key]
 
 
 def _remove(path: Path) -> None:

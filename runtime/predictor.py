@@ -185,13 +185,13 @@ class Predictor:
             prof.check_batch(batch_size)
         for _ in range(LOAD_ATTEMPTS):
             bundle = Bundle.load(path, verify_hashes=verify_hashes)
-            selection = open_bundle_backend(bundle, backend, precision=precision, profile=prof, threads=threads,
-                                            **backend_opts)
-            # The backend read its model file after the hashes were checked: if an export replaced the
-            # bundle in between, that file may be the new one under the old manifest; load again.
-            if bundle.is_current():
-                break
-            selection.backend.close()
+            # The backend reads its model file after the hashes were checked: held, so that an export
+            # --overwrite cannot swap in a new file under the old manifest; if one did before, load again.
+            with bundle.held() as current:
+                if current:
+                    selection = open_bundle_backend(bundle, backend, precision=precision, profile=prof,
+                                                    threads=threads, **backend_opts)
+                    break
         else:
             raise BundleError(f"{path} kept changing while it was loaded",
                               "wait until the export that is replacing it has finished")

@@ -73,10 +73,11 @@ def verify_bundle(
         # bundle meanwhile, verify the new one whole instead of a mix of both.
         for _ in range(LOAD_ATTEMPTS):
             bundle = Bundle.load(path)
-            report = verify_bundle(bundle, backend, precision, tolerances=tolerances, profile=prof, threads=threads,
-                                   batch_size=batch_size, engine=engine, check_tta=check_tta, **backend_opts)
-            if bundle.is_current():
-                return report
+            with bundle.held() as current:  # no export --overwrite swaps it while golden and model are read
+                if current:
+                    return verify_bundle(bundle, backend, precision, tolerances=tolerances, profile=prof,
+                                         threads=threads, batch_size=batch_size, engine=engine, check_tta=check_tta,
+                                         **backend_opts)
         raise BundleError(f"{path} kept changing while it was verified",
                           "wait until the export that is replacing it has finished")
     bundle = path

@@ -7,20 +7,21 @@ file is caught with one clear message instead of a wrong answer.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Optional, Sequence, Tuple
+from typing import Any, Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 
 from convdeploy.runtime.bundle.contract import (ENGINE_SUFFIX, ENGINES_DIR, GOLDEN_FILE, MANIFEST_FILE, read_sidecar,
                                                 validate_manifest)
 from convdeploy.runtime.errors import BundleError, EngineMismatchError, UsageError
-from convdeploy.runtime.fsutil import confined, directory_identity, repair_directory, sha256_file
+from convdeploy.runtime.fsutil import confined, directory_identity, directory_lock, repair_directory, sha256_file
 from convdeploy.runtime.transforms.preprocess import PreprocessSpec
 from convdeploy.runtime.transforms.tta import TTASpec
 
@@ -47,22 +48,34 @@ class Bundle:
         is repaired first (the previous bundle is put back).
         """
         root = Path(path)
-        repair_directory(root)
         for attempt in range(LOAD_ATTEMPTS):
-            seen = directory_identity(root)
-            try:
-                bundle = cls._load_once(root, verify_hashes)
-            except BundleError:
-                if attempt + 1 == LOAD_ATTEMPTS or directory_identity(root) == seen:
-                    raise
-            else:
-                if directory_identity(root) == seen:
-                    bundle.identity = seen
-                    return bundle
-            time.sleep(0.02 * (attempt + 1))
             repair_directory(root)  # waits for a writer's commit (its lock) and repairs a dead one's
+            with directory_lock(root.parent, shared=True):  # no commit swaps the directory meanwhile
+                seen = directory_identity(root)
+                try:
+                    bundle = cls._load_once(root, verify_hashes)
+                except BundleError:
+                    # A file system without flock: the directory may have changed under us; read again.
+                    if attempt + 1 == LOAD_ATTEMPTS or directory_identity(root) == seen:
+                        raise
+                else:
+                    if directory_identity(root) == seen:
+                        bundle.identity = seen
+                        return bundle
+            time.sleep(0.02 * (attempt + 1))
         raise BundleError(f"{root} kept changing while it was read",
                           "wait until the export that is replacing it has finished")
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[bool]:
+        """Keep the bundle from being replaced during the block; yield whether it is still the one loaded.
+
+        Readers that open files after :meth:`load` (the backend reads the model, verify the
+        golden file) do it inside this block: it holds the parent directory's lock shared,
+        which a commit of ``export --overwrite`` takes exclusively.
+        """
+        with directory_lock(self.root.parent, shared=True):
+            yield self.is_current()
 
     def is_current(self) -> bool:
         """Whether the directory is still the one that was loaded (not replaced since)."""
