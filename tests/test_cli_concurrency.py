@@ -43,6 +43,7 @@ def test_two_exports_to_the_same_out_exactly_one_wins(lenet_ckpt, tmp_path):
     assert not leftovers(tmp_path)
 
 
+@pytest.mark.slow
 def test_two_exports_with_overwrite_leave_one_complete_bundle(lenet_ckpt, tmp_path):
     out = tmp_path / "b"
     results = race("export", lenet_ckpt, "--out", out, "--overwrite", *ARGS)

@@ -80,7 +80,8 @@ def previous(exported, tmp_path) -> Path:
     return out
 
 
-@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143),
+                                       pytest.param(signal.SIGINT, 130, marks=pytest.mark.slow)])
 def test_export_interrupted_exits_with_the_signal_code_and_keeps_the_previous_bundle(lenet_ckpt, previous, sig,
                                                                                       code):
     before = fingerprint(previous)
@@ -108,6 +109,7 @@ def test_after_sigkill_the_next_export_removes_the_dead_ones_leftovers(lenet_ckp
     assert fingerprint(previous) == before
 
 
+@pytest.mark.slow  # the reader's repair runs in the default suite: tests/runtime/test_bundle_concurrency.py
 def test_after_sigkill_a_reader_removes_the_leftovers_and_reads_the_previous_bundle(lenet_ckpt, previous):
     before = fingerprint(previous)
     proc = start("export", lenet_ckpt, "--out", previous, "--overwrite", *EXPORT_ARGS)

@@ -155,7 +155,7 @@ def test_an_injected_enospc_gives_one_line_and_leaves_nothing(tmp_path, monkeypa
     def full(fd: int) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr("convdeploy.runtime.fsutil.os.fsync", full)
+    monkeypatch.setattr(os, "fsync", full)  # the write call of atomic_write_bytes
     with pytest.raises(InputError, match="cannot write .*No space left on device") as exc:
         with atomic_directory(target, overwrite=True, kind=MARKED) as tmp:
             atomic_write_bytes(tmp / "ours.txt", b"new")
