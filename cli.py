@@ -20,6 +20,7 @@ from typing import Any, Callable
 import click
 
 from convdeploy.runtime.errors import EXIT_INTERNAL, ConvDeployError
+from convdeploy.runtime.interrupts import interrupt_exit_code, sigterm_raises
 from convdeploy.runtime.versions import package_version
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -35,15 +36,16 @@ class ConvDeployGroup(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            with sigterm_raises():  # SIGTERM unwinds like Ctrl-C: temporary files go, artifacts stay whole
+                return super().invoke(ctx)
         except ConvDeployError as exc:
             if ctx.meta.get("convdeploy.debug"):
                 raise
             click.secho(f"error: {exc}", fg="red", err=True)
             ctx.exit(exc.exit_code)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:  # SIGINT (130) or SIGTERM (143)
             click.echo("interrupted", err=True)
-            ctx.exit(130)
+            ctx.exit(interrupt_exit_code(exc))
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise  # click's own control flow and usage errors (exit 2)
         except Exception as exc:  # a bug: keep the traceback, say so, exit 3
@@ -538,7 +540,8 @@ def _echo_parity_text(report: Any) -> None:
               help="Override a parity tolerance (repeatable), e.g. fp16.min_top1_agreement=0.999; "
                    "'none' disables a check.")
 @click.option("--name", default=None, help="Bundle name in the manifest (default: architecture-data).")
-@click.option("--overwrite", is_flag=True, help="Replace an existing bundle at --out.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace the bundle at --out (only a bundle convdeploy wrote; any other directory is refused).")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 @json_option
 @needs_torch
@@ -715,7 +718,8 @@ def _training_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--resume", is_flag=True,
                      help="Continue the run in --out from its last completed epoch, with its saved settings "
                           "(only --epochs, --workers, --device, --strict and --eval-batch-size may change)."),
-        click.option("--overwrite", is_flag=True, help="Start over in an --out that already holds a run."),
+        click.option("--overwrite", is_flag=True,
+                     help="Start over in an --out that holds a run convdeploy wrote (other files are refused)."),
         click.option("--train-limit", type=click.IntRange(min=1), default=None, hidden=True),
         click.option("--val-limit", type=click.IntRange(min=1), default=None, hidden=True),
         click.option("--no-progress", is_flag=True, help="Hide the progress bar and per-epoch lines."),
@@ -842,7 +846,8 @@ def finetune_cmd(arch: str, weights: str, freeze: str, data: str, out: str | Non
 
 @main.command("digits")
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=str))
-@click.option("--overwrite", is_flag=True, help="Replace an existing OUT_DIR.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace OUT_DIR if it is a digits tree convdeploy wrote (any other directory is refused).")
 @json_option
 def digits_cmd(out_dir: str, overwrite: bool, as_json: bool) -> None:
     """Write the built-in digits as an ImageFolder tree of PNG files.

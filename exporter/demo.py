@@ -16,11 +16,14 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from convdeploy.exporter.data.datasets import write_digits_imagefolder
+from convdeploy.exporter.data.datasets import DIGITS_KIND, write_digits_imagefolder
 from convdeploy.exporter.export.writer import export_bundle
 from convdeploy.exporter.training.config import suggested_config
+from convdeploy.exporter.training.run_dir import RunState
 from convdeploy.exporter.training.scratch import train
+from convdeploy.runtime.bundle.contract import BUNDLE_KIND
 from convdeploy.runtime.errors import CheckFailedError, InputError
+from convdeploy.runtime.fsutil import check_replaceable
 from convdeploy.runtime.predictor import Predictor
 from convdeploy.runtime.verify import verify_bundle
 
@@ -46,6 +49,10 @@ def run_demo(
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise InputError(f"{out} is not empty", "pass --overwrite or choose another --out")
+    # Refuse now, not after minutes of training, an --overwrite that would replace a user's folder.
+    RunState.open(out / "run", overwrite=overwrite)
+    check_replaceable(out / "bundle", BUNDLE_KIND, overwrite=overwrite)
+    check_replaceable(out / "digits", DIGITS_KIND, overwrite=True)
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
 

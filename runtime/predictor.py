@@ -27,8 +27,8 @@ import numpy as np
 from PIL import Image
 
 from convdeploy.runtime.backends.base import run_batched
-from convdeploy.runtime.bundle.reader import Bundle
-from convdeploy.runtime.errors import ConvDeployError, InputError, UsageError
+from convdeploy.runtime.bundle.reader import LOAD_ATTEMPTS, Bundle
+from convdeploy.runtime.errors import BundleError, ConvDeployError, InputError, UsageError
 from convdeploy.runtime.targets import resolve_profile
 from convdeploy.runtime.transforms.imageio import MAX_PIXELS, decode_image, is_image_file
 from convdeploy.runtime.transforms.tta import TTASpec, make_views, merge_views, softmax
@@ -181,11 +181,20 @@ class Predictor:
         from convdeploy.runtime.backends import open_bundle_backend
 
         prof = resolve_profile(profile)
-        bundle = Bundle.load(path, verify_hashes=verify_hashes)
         if batch_size is not None and prof is not None:
             prof.check_batch(batch_size)
-        selection = open_bundle_backend(bundle, backend, precision=precision, profile=prof, threads=threads,
-                                        **backend_opts)
+        for _ in range(LOAD_ATTEMPTS):
+            bundle = Bundle.load(path, verify_hashes=verify_hashes)
+            # The backend reads its model file after the hashes were checked: held, so that an export
+            # --overwrite cannot swap in a new file under the old manifest; if one did before, load again.
+            with bundle.held() as current:
+                if current:
+                    selection = open_bundle_backend(bundle, backend, precision=precision, profile=prof,
+                                                    threads=threads, **backend_opts)
+                    break
+        else:
+            raise BundleError(f"{path} kept changing while it was loaded",
+                              "wait until the export that is replacing it has finished")
         return cls(bundle, selection, tta=tta, batch_size=batch_size or (prof.batch_opt if prof else 8),
                    workers=workers, max_batch=prof.batch_max if prof else None)
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 from convdeploy.runtime.backends.base import run_batched
 from convdeploy.runtime.bundle.contract import (GOLDEN_INPUTS, GOLDEN_LABELS, GOLDEN_OUTPUTS, GOLDEN_TTA_INPUTS,
                                                 GOLDEN_TTA_OUTPUTS, accepted_key)
-from convdeploy.runtime.bundle.reader import Bundle
+from convdeploy.runtime.bundle.reader import LOAD_ATTEMPTS, Bundle
 from convdeploy.runtime.errors import BundleError
 from convdeploy.runtime.parity.metrics import compare_outputs, judge
 from convdeploy.runtime.parity.report import ParityInputs, ParityReport, ParityRow
@@ -68,7 +68,19 @@ def verify_bundle(
     from convdeploy.runtime.targets import resolve_profile
 
     prof = resolve_profile(profile)
-    bundle = path if isinstance(path, Bundle) else Bundle.load(path)
+    if not isinstance(path, Bundle):
+        # Golden outputs and the model are read after the hashes were checked: if an export replaced the
+        # bundle meanwhile, verify the new one whole instead of a mix of both.
+        for _ in range(LOAD_ATTEMPTS):
+            bundle = Bundle.load(path)
+            with bundle.held() as current:  # no export --overwrite swaps it while golden and model are read
+                if current:
+                    return verify_bundle(bundle, backend, precision, tolerances=tolerances, profile=prof,
+                                         threads=threads, batch_size=batch_size, engine=engine, check_tta=check_tta,
+                                         **backend_opts)
+        raise BundleError(f"{path} kept changing while it was verified",
+                          "wait until the export that is replacing it has finished")
+    bundle = path
     golden = bundle.golden()
     if GOLDEN_INPUTS not in golden or GOLDEN_OUTPUTS not in golden:
         raise BundleError(f"{bundle.manifest.get('golden')} lacks 'inputs' or 'outputs'", "re-export the bundle")

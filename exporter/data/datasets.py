@@ -25,7 +25,9 @@ workers and of their scheduling, and a resumed run sees exactly the same samples
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +37,7 @@ import numpy as np
 from PIL import Image
 
 from convdeploy.runtime.errors import InputError, InternalError, UsageError
-from convdeploy.runtime.fsutil import atomic_directory
+from convdeploy.runtime.fsutil import OwnedKind, atomic_directory, atomic_write_json
 from convdeploy.runtime.transforms.imageio import decode_image, is_image_file
 
 __all__ = [
@@ -206,16 +208,57 @@ def _digits_dataset() -> Dataset:
     )
 
 
+DIGITS_MARKER_FILE = ".convdeploy-digits.json"
+DIGITS_MARKER_FORMAT = "convdeploy-digits"
+_DIGITS_PNG = re.compile(r"^\d{4}\.png$")
+
+
+def is_digits_tree(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a digits tree that ``convdeploy digits`` wrote.
+
+    Its marker file says so; a tree written before the marker existed is recognised by
+    its exact layout (``train``/``val`` of ``0``..``9`` holding only ``NNNN.png``), which
+    holds nothing that rewriting it would not give back.
+    """
+    root = Path(path)
+    try:
+        marker = json.loads((root / DIGITS_MARKER_FILE).read_text(encoding="utf-8"))
+        if isinstance(marker, dict) and marker.get("format") == DIGITS_MARKER_FORMAT:
+            return True
+    except (OSError, ValueError, RecursionError):
+        pass
+    try:
+        if not root.is_dir() or {p.name for p in root.iterdir()} != {"train", "val"}:
+            return False
+        for split in ("train", "val"):
+            classes = list((root / split).iterdir())
+            if not classes or any(not c.is_dir() or c.name not in DIGITS_CLASSES for c in classes):
+                return False
+            if any(not f.is_file() or not _DIGITS_PNG.match(f.name) for c in classes for f in c.iterdir()):
+                return False
+    except OSError:
+        return False
+    return True
+
+
+# What ``digits --overwrite`` (and the demo) may replace.
+DIGITS_KIND = OwnedKind("digits tree", is_digits_tree)
+
+
 def write_digits_imagefolder(out_dir: str | os.PathLike, *, overwrite: bool = False) -> dict[str, int]:
     """Write the digits split as ``out_dir/{train,val}/<digit>/<index>.png`` (atomically).
 
     The PNGs are the 8x8 grayscale scans themselves (lossless), so training from the
     folder gives exactly the tensors of training from ``digits``. Returns image counts.
+    A marker file (hidden, ignored by ImageFolder) lets ``overwrite`` recognise the tree
+    later; a directory that is not a digits tree is never replaced.
     """
     images, labels = load_digits_arrays()
     train_idx, val_idx = _digits_indices(labels)
     counts = {}
-    with atomic_directory(out_dir, overwrite=overwrite) as tmp:
+    with atomic_directory(out_dir, overwrite=overwrite, kind=DIGITS_KIND) as tmp:
+        atomic_write_json(tmp / DIGITS_MARKER_FILE, {"format": DIGITS_MARKER_FORMAT,
+                                                     "source": "scikit-learn load_digits"})
         for split, idx in (("train", train_idx), ("val", val_idx)):
             for c in DIGITS_CLASSES:
                 (tmp / split / c).mkdir(parents=True)

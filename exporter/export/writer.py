@@ -30,8 +30,6 @@ import contextlib
 import datetime as _dt
 import json
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +57,7 @@ from convdeploy.exporter.export.precision import (
 )
 from convdeploy.exporter.export.source import SourceModel, load_source, reference_logits
 from convdeploy.runtime.bundle.contract import (
+    BUNDLE_KIND,
     GOLDEN_FILE,
     GOLDEN_INPUTS,
     GOLDEN_LABELS,
@@ -78,7 +77,8 @@ from convdeploy.runtime.bundle.contract import (
 )
 from convdeploy.runtime.bundle.reader import Bundle
 from convdeploy.runtime.errors import InputError, InternalError, UsageError
-from convdeploy.runtime.fsutil import atomic_directory, atomic_write_json
+from convdeploy.runtime.fsutil import (atomic_directory, atomic_write_json, check_replaceable, remove_owned_directory,
+                                       scratch_directory)
 from convdeploy.runtime.targets import Profile, resolve_profile
 from convdeploy.runtime.transforms.preprocess import PreprocessSpec, preprocess_batch
 from convdeploy.runtime.transforms.tta import TTASpec, make_views, merge_views
@@ -300,9 +300,7 @@ def export_bundle(
         shipped = _shipped_specs(src, given_spec, tta)
         inputs = _gate_inputs(src, shipped, plan, data)
 
-    plan.out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{plan.out.name}.", suffix=".partial", dir=plan.out.parent) as tmp:
-        work = Path(tmp)
+    with scratch_directory(plan.out) as work:
         with clock.stage("export"):
             onnx_info, artifacts = _export_fp32(src, shipped, plan, work)
         if "fp16" in plan.precisions:
@@ -358,8 +356,7 @@ def _plan(
 ) -> ExportPlan:
     """Every check that needs no model: refuse a bad option before anything is loaded."""
     out = Path(out_dir)
-    if out.exists() and not overwrite:
-        raise InputError(f"{out} already exists", "pass --overwrite or choose another --out")
+    check_replaceable(out, BUNDLE_KIND, overwrite=overwrite)  # again at the commit: another export may race us
     asked = parse_precisions(precisions)
     prof = resolve_profile(profile)
     for p in asked:  # refuse, never downgrade (fp32 is always written as the base)
@@ -623,7 +620,7 @@ def _commit(work: Path, plan: ExportPlan, status: str) -> Path:
     """Move the finished bundle into place atomically: ``out``, or ``<out>.failed`` after a failed gate."""
     failed = status == "failed"
     dest = plan.failed_dir if failed else plan.out
-    with atomic_directory(dest, overwrite=failed or plan.overwrite) as final:
+    with atomic_directory(dest, overwrite=failed or plan.overwrite, kind=BUNDLE_KIND) as final:
         for f in work.iterdir():
             os.replace(f, final / f.name)
         _plain_permissions(final)
@@ -637,8 +634,7 @@ def _remove_stale_failed(failed_dir: Path) -> bool:
     except (OSError, ValueError):
         return False
     if manifest.get("format") == MANIFEST_FORMAT and (manifest.get("parity") or {}).get("status") == "failed":
-        shutil.rmtree(failed_dir, ignore_errors=True)
-        return True
+        return remove_owned_directory(failed_dir, BUNDLE_KIND)
     return False
 
 

@@ -40,11 +40,12 @@ from torch import nn
 from convdeploy.exporter.architectures.registry import create_model
 from convdeploy.exporter.architectures.weights import load_state_dict_file, load_weights
 from convdeploy.runtime.errors import CheckpointError, ConvDeployError, InputError
-from convdeploy.runtime.fsutil import atomic_directory, atomic_write_json, sha256_file
+from convdeploy.runtime.fsutil import OwnedKind, atomic_directory, atomic_write_json, sha256_file
 from convdeploy.runtime.transforms.preprocess import PreprocessSpec
 from convdeploy.runtime.versions import package_version
 
 __all__ = [
+    "CHECKPOINT_KIND",
     "FORMAT_VERSION",
     "MODEL_FILE",
     "META_FILE",
@@ -57,6 +58,7 @@ __all__ = [
     "save_checkpoint",
     "read_meta",
     "load_checkpoint",
+    "is_checkpoint_dir",
     "load_train_state",
     "encode_state",
     "decode_state",
@@ -169,6 +171,21 @@ def _hashable(key: Any) -> Any:
 
 
 # -------------------------------------------------------------------------- save
+def is_checkpoint_dir(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a checkpoint directory convdeploy wrote (its metadata and weights files)."""
+    p = Path(path)
+    try:
+        meta = json.loads((p / META_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(meta, dict) and "format_version" in meta and "architecture" in meta and \
+        (p / MODEL_FILE).is_file()
+
+
+# What saving over an existing checkpoint directory may replace.
+CHECKPOINT_KIND = OwnedKind("checkpoint", is_checkpoint_dir)
+
+
 def save_checkpoint(
     directory: str | os.PathLike,
     model: nn.Module,
@@ -210,7 +227,7 @@ def save_checkpoint(
     full["created"] = meta.get("created") or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     full["has_train_state"] = bool(state)
     directory = Path(directory)
-    with atomic_directory(directory, overwrite=overwrite) as tmp:
+    with atomic_directory(directory, overwrite=overwrite, kind=CHECKPOINT_KIND) as tmp:
         save_file(model_state_tensors(model), str(tmp / MODEL_FILE), metadata={"format": "pt"})
         full["model_sha256"] = sha256_file(tmp / MODEL_FILE)
         # Fail here, before the rename, if the metadata is not JSON (never a half checkpoint).

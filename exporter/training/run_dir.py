@@ -2,8 +2,10 @@
 
 ``runs/NAME/`` holds ``best/`` and ``last/`` checkpoints and the metrics files. Starting
 a run there is refused when it already holds one (unless overwriting); resuming needs a
-``last/`` checkpoint. :meth:`RunState.open` applies these rules, first repairing a
-checkpoint replacement that a kill cut short, and reads ``last/checkpoint.json`` once.
+``last/`` checkpoint. A directory whose ``best``/``last``/metrics names hold something
+convdeploy did not write is refused even with ``--overwrite``: a run never replaces a
+user's files. :meth:`RunState.open` applies these rules, first repairing a checkpoint
+replacement that a kill cut short, and reads ``last/checkpoint.json`` once.
 """
 
 from __future__ import annotations
@@ -13,12 +15,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from convdeploy.exporter.training.checkpoint import read_meta
+from convdeploy.exporter.training.checkpoint import is_checkpoint_dir, read_meta
 from convdeploy.runtime.errors import CheckpointError, InputError, InternalError
-from convdeploy.runtime.fsutil import restore_interrupted_replace
+from convdeploy.runtime.fsutil import repair_directory
 from convdeploy.runtime.transforms.preprocess import PreprocessSpec
 
-__all__ = ["RunState"]
+__all__ = ["RUN_FILES", "RunState", "is_run_dir"]
+
+# The files a run writes next to its checkpoints (exporter.training.report).
+RUN_FILES = ("metrics.json", "metrics.csv", "curves.png")
+CHECKPOINT_NAMES = ("best", "last")
+
+
+def is_run_dir(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a training run convdeploy wrote: a checkpoint in ``best/`` or ``last/``."""
+    return any(is_checkpoint_dir(Path(path) / name) for name in CHECKPOINT_NAMES)
 
 
 @dataclass(frozen=True)
@@ -46,18 +57,22 @@ class RunState:
         """Refuse to start over an existing run by accident, or to resume a run that is not there."""
         out = Path(out)
         if out.is_dir():
-            restore_interrupted_replace(out / "last")
-            restore_interrupted_replace(out / "best")
+            repair_directory(out / "last")  # also repairs best/: same parent
         if resume:
             if not (out / "last").is_dir():
                 raise InputError(f"nothing to resume in {out}: it has no last/ checkpoint",
                                  "drop --resume to start a new run")
             return cls(out, read_meta(out / "last"))
-        if ((out / "last").exists() or (out / "best").exists()) and not overwrite:
-            raise InputError(f"{out} already holds a training run",
-                             "pass --resume to continue it, --overwrite to start over, or another --out")
         if out.exists() and not out.is_dir():
             raise InputError(f"--out {out} is a file", "choose a directory")
+        taken = [name for name in (*CHECKPOINT_NAMES, *RUN_FILES) if os.path.lexists(out / name)]
+        foreign = [name for name in CHECKPOINT_NAMES if name in taken and not is_checkpoint_dir(out / name)]
+        if taken and (foreign or not is_run_dir(out)):
+            raise InputError(f"{out} holds {', '.join(foreign or taken)} that convdeploy did not write",
+                             "choose another --out: a run never replaces files it did not write")
+        if taken and not overwrite:
+            raise InputError(f"{out} already holds a training run",
+                             "pass --resume to continue it, --overwrite to start over, or another --out")
         return cls(out)
 
     # ---------------------------------------------------------- what a resume continues with

@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from convdeploy.runtime.errors import BundleError, ConvDeployError, EngineMismatchError, InternalError
-from convdeploy.runtime.fsutil import atomic_write_json, sha256_file
+from convdeploy.runtime.fsutil import OwnedKind, atomic_write_json, sha256_file
 
 MANIFEST_FORMAT = "convdeploy-bundle"
 MANIFEST_SCHEMA_VERSION = 1
@@ -236,6 +236,10 @@ def is_bundle_dir(path: str | os.PathLike) -> bool:
     except (OSError, ValueError, RecursionError):
         return False
     return isinstance(manifest, dict) and manifest.get("format") == MANIFEST_FORMAT
+
+
+# What ``--overwrite`` may replace at an export's --out (and at ``<out>.failed``): a bundle.
+BUNDLE_KIND = OwnedKind("bundle", is_bundle_dir)
 
 
 # ----------------------------------------------------------------------------- engine sidecar

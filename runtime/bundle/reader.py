@@ -7,21 +7,25 @@ file is caught with one clear message instead of a wrong answer.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 
 from convdeploy.runtime.bundle.contract import (ENGINE_SUFFIX, ENGINES_DIR, GOLDEN_FILE, MANIFEST_FILE, read_sidecar,
                                                 validate_manifest)
 from convdeploy.runtime.errors import BundleError, EngineMismatchError, UsageError
-from convdeploy.runtime.fsutil import confined, sha256_file
+from convdeploy.runtime.fsutil import confined, directory_identity, directory_lock, repair_directory, sha256_file
 from convdeploy.runtime.transforms.preprocess import PreprocessSpec
 from convdeploy.runtime.transforms.tta import TTASpec
+
+LOAD_ATTEMPTS = 5
 
 
 @dataclass
@@ -30,10 +34,55 @@ class Bundle:
 
     root: Path
     manifest: dict[str, Any]
+    # The directory's identity when it was loaded (fsutil.directory_identity); see is_current().
+    identity: Optional[Tuple[int, int, int]] = field(default=None, compare=False, repr=False)
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, verify_hashes: bool = True) -> "Bundle":
+        """Load and check ``path``: one complete version of it, even while an export replaces it.
+
+        ``export --overwrite`` swaps the whole directory by two renames. The manifest and
+        the hashed files are read between two looks at the directory's identity; when it
+        changed, the read is retried, so a reader gets the old or the new bundle, never a
+        mix of both reported as "altered". A replacement a kill cut between its renames
+        is repaired first (the previous bundle is put back).
+        """
         root = Path(path)
+        for attempt in range(LOAD_ATTEMPTS):
+            repair_directory(root)  # waits for a writer's commit (its lock) and repairs a dead one's
+            with directory_lock(root.parent, shared=True):  # no commit swaps the directory meanwhile
+                seen = directory_identity(root)
+                try:
+                    bundle = cls._load_once(root, verify_hashes)
+                except BundleError:
+                    # A file system without flock: the directory may have changed under us; read again.
+                    if attempt + 1 == LOAD_ATTEMPTS or directory_identity(root) == seen:
+                        raise
+                else:
+                    if directory_identity(root) == seen:
+                        bundle.identity = seen
+                        return bundle
+            time.sleep(0.02 * (attempt + 1))
+        raise BundleError(f"{root} kept changing while it was read",
+                          "wait until the export that is replacing it has finished")
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[bool]:
+        """Keep the bundle from being replaced during the block; yield whether it is still the one loaded.
+
+        Readers that open files after :meth:`load` (the backend reads the model, verify the
+        golden file) do it inside this block: it holds the parent directory's lock shared,
+        which a commit of ``export --overwrite`` takes exclusively.
+        """
+        with directory_lock(self.root.parent, shared=True):
+            yield self.is_current()
+
+    def is_current(self) -> bool:
+        """Whether the directory is still the one that was loaded (not replaced since)."""
+        return self.identity is None or directory_identity(self.root) == self.identity
+
+    @classmethod
+    def _load_once(cls, root: Path, verify_hashes: bool) -> "Bundle":
         if not root.is_dir():
             raise BundleError(f"bundle not found: {root}", "pass the directory written by `convdeploy export`")
         manifest_path = root / MANIFEST_FILE

@@ -13,8 +13,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterator
 
-from convdeploy.runtime.errors import InputError
-from convdeploy.runtime.fsutil import atomic_directory, atomic_write_json
+from convdeploy.runtime.fsutil import OwnedKind, atomic_directory, atomic_write_json
 
 MARKER_FILE = ".convdeploy-serve.json"
 MARKER_FORMAT = "convdeploy-serve"
@@ -29,6 +28,9 @@ def written_by_convdeploy(path: str | os.PathLike) -> bool:
     return isinstance(marker, dict) and marker.get("format") == MARKER_FORMAT
 
 
+SERVE_KIND = OwnedKind("serve output", written_by_convdeploy)
+
+
 @contextlib.contextmanager
 def serve_directory(out: str | os.PathLike, *, kind: str, bundle: str, overwrite: bool = False,
                     **details: Any) -> Iterator[Path]:
@@ -36,12 +38,6 @@ def serve_directory(out: str | os.PathLike, *, kind: str, bundle: str, overwrite
 
     An existing ``out`` is refused, or with ``overwrite`` replaced only if convdeploy wrote it.
     """
-    target = Path(out)
-    if target.exists() and overwrite and not written_by_convdeploy(target):
-        raise InputError(f"{target} exists and was not written by `convdeploy serve`",
-                         "choose another --out; --overwrite only replaces a directory convdeploy wrote")
-    if target.exists() and not target.is_dir():
-        raise InputError(f"{target} exists and is not a directory", "choose another --out")
-    with atomic_directory(target, overwrite=overwrite) as tmp:
+    with atomic_directory(Path(out), overwrite=overwrite, kind=SERVE_KIND) as tmp:
         atomic_write_json(tmp / MARKER_FILE, {"format": MARKER_FORMAT, "kind": kind, "bundle": bundle, **details})
         yield tmp

@@ -12,7 +12,7 @@ import pytest
 
 from convdeploy.runtime.bundle.reader import Bundle
 from convdeploy.runtime.errors import BundleError, InputError, UsageError
-from convdeploy.runtime.fsutil import atomic_directory, atomic_write_json, confined, sha256_file
+from convdeploy.runtime.fsutil import OwnedKind, atomic_directory, atomic_write_json, confined, sha256_file
 from convdeploy.runtime.bundle.contract import MANIFEST_SCHEMA_VERSION, validate_manifest
 from convdeploy.runtime.transforms.preprocess import digits_spec
 
@@ -125,6 +125,10 @@ def test_golden_is_never_unpickled(bundle_dir):
         Bundle.load(bundle_dir).golden()
 
 
+# A kind of output these tests write: a directory holding whole.bin or v1.
+OURS = OwnedKind("test output", lambda p: (p / "whole.bin").exists() or (p / "v1").exists())
+
+
 def test_atomic_directory_leaves_nothing_on_failure(tmp_path):
     target = tmp_path / "out"
     with pytest.raises(RuntimeError):
@@ -138,7 +142,7 @@ def test_atomic_directory_leaves_nothing_on_failure(tmp_path):
     with pytest.raises(InputError, match="already exists"):
         with atomic_directory(target):
             pass
-    with atomic_directory(target, overwrite=True) as tmp:
+    with atomic_directory(target, overwrite=True, kind=OURS) as tmp:
         (tmp / "new.bin").write_bytes(b"y")
     assert sorted(p.name for p in target.iterdir()) == ["new.bin"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
@@ -156,7 +160,7 @@ def test_a_replacement_cut_between_its_renames_is_restored(tmp_path):
     assert (target / "v1").read_text() == "complete"
     assert not restore_interrupted_replace(target)  # nothing left to do
     os.replace(target, tmp_path / ".last.old-999")
-    with atomic_directory(target, overwrite=True) as tmp:  # the next write repairs it first
+    with atomic_directory(target, overwrite=True, kind=OURS) as tmp:  # the next write repairs it first
         (tmp / "v2").write_text("new")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last"]
 
