@@ -31,7 +31,15 @@ class ConvDeployGroup(click.Group):
     A user's error is one red line and its exit code (2 bad input, 1 failed check). Anything
     else is a bug in convdeploy: its traceback is printed, then one line that says so, and
     the exit code is 3, so that scripts never read a crash as "bad input" or "check failed".
+    Under ``--json`` the error is a JSON object on stdout instead, ``{"error", "hint",
+    "exit_code"}`` (unless the command already printed its JSON document, e.g. a failed
+    gate's report: then the line goes to stderr as usual).
     """
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        # Kept for errors raised before the subcommand's --json is parsed (a bad option value).
+        ctx.meta.setdefault("convdeploy.argv", list(args))
+        return super().parse_args(ctx, args)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -39,30 +47,64 @@ class ConvDeployGroup(click.Group):
         except ConvDeployError as exc:
             if ctx.meta.get("convdeploy.debug"):
                 raise
-            click.secho(f"error: {exc}", fg="red", err=True)
+            if not _echo_json_error(ctx, exc.message, exc.hint, exc.exit_code):
+                click.secho(f"error: {exc}", fg="red", err=True)
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
+            _echo_json_error(ctx, "interrupted", None, 130)
             click.echo("interrupted", err=True)
             ctx.exit(130)
-        except (click.exceptions.Exit, click.ClickException, click.Abort):
-            raise  # click's own control flow and usage errors (exit 2)
+        except click.ClickException as exc:  # usage errors (exit 2): JSON under --json, else click's own text
+            if _echo_json_error(ctx, exc.format_message(), "see --help", exc.exit_code):
+                ctx.exit(exc.exit_code)
+            raise
+        except (click.exceptions.Exit, click.Abort):
+            raise  # click's own control flow
         except Exception as exc:  # a bug: keep the traceback, say so, exit 3
             if ctx.meta.get("convdeploy.debug"):
                 raise
             click.echo(traceback.format_exc(), err=True, nl=False)
-            click.secho(f"internal error: {type(exc).__name__}: {exc}", fg="red", err=True)
-            click.echo("this is a bug in convdeploy, not in your input: please report it with the traceback above",
-                       err=True)
+            bug_hint = "this is a bug in convdeploy, not in your input: please report it with the traceback above"
+            if not _echo_json_error(ctx, f"internal error: {type(exc).__name__}: {exc}", bug_hint, EXIT_INTERNAL):
+                click.secho(f"internal error: {type(exc).__name__}: {exc}", fg="red", err=True)
+                click.echo(bug_hint, err=True)
             ctx.exit(EXIT_INTERNAL)
 
 
+def _wants_json(ctx: click.Context) -> bool:
+    """Whether the command line asked for ``--json`` (parsed, or still only in the arguments)."""
+    if "convdeploy.json" in ctx.meta:
+        return bool(ctx.meta["convdeploy.json"])
+    argv = ctx.meta.get("convdeploy.argv") or []
+    return "--json" in argv[: argv.index("--")] if "--" in argv else "--json" in argv
+
+
+def _echo_json_error(ctx: click.Context, message: str, hint: str | None, exit_code: int) -> bool:
+    """Print the error as a JSON object on stdout when ``--json`` was asked for; says whether it did."""
+    if not _wants_json(ctx) or ctx.meta.get("convdeploy.json_written"):
+        return False
+    click.echo(json.dumps({"error": message, "hint": hint, "exit_code": exit_code}, indent=2))
+    ctx.meta["convdeploy.json_written"] = True
+    return True
+
+
+def _remember_json(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
+    ctx.meta["convdeploy.json"] = bool(value)
+    return value
+
+
 def json_option(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """``--json``: machine-readable output on stdout instead of tables."""
-    return click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")(fn)
+    """``--json``: machine-readable output on stdout instead of tables (errors too: a JSON object)."""
+    return click.option("--json", "as_json", is_flag=True, is_eager=True, callback=_remember_json,
+                        help="Print machine-readable JSON (errors too: {error, hint, exit_code}); "
+                             "progress goes to stderr.")(fn)
 
 
 def echo_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=False, default=str))
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None:
+        ctx.meta["convdeploy.json_written"] = True
 
 
 def echo_table(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> None:
@@ -118,15 +160,23 @@ def main(ctx: click.Context, debug: bool) -> None:
 @json_option
 @needs_torch
 def models_cmd(pattern: str | None, as_json: bool) -> None:
-    """List the registered architectures: parameters, multiply-accumulates, input size.
+    """List the registered architectures, or show one with its builder options.
+
+    With an exact NAME: its paper, input and preprocessing, and each option that
+    `--model-arg KEY=VALUE` sets on train, finetune and export, with its default and what
+    changing it does to the parameter count.
 
     \b
     Example:
       convdeploy models 'resnet*'
+      convdeploy models lenet5
       convdeploy models --json
     """
     from convdeploy.exporter.architectures.registry import get_entry, list_models
 
+    if pattern and pattern in list_models():
+        _echo_model_options(pattern, as_json)
+        return
     rows = []
     for name in list_models(pattern):
         entry = get_entry(name)
@@ -140,6 +190,43 @@ def models_cmd(pattern: str | None, as_json: bool) -> None:
         return
     echo_table(rows, [("name", "name"), ("family", "family"), ("params_fmt", "params"),
                       ("macs_fmt", "GMACs"), ("input", "input"), ("num_classes", "classes"), ("paper", "paper")])
+
+
+def _echo_model_options(name: str, as_json: bool) -> None:
+    """``convdeploy models NAME``: the entry and its options with their effect on parameters."""
+    from convdeploy.exporter.architectures.options import format_value, option_effects
+    from convdeploy.exporter.architectures.registry import get_entry
+
+    entry = get_entry(name)
+    options = option_effects(name)
+    if as_json:
+        echo_json({**entry.as_dict(), "options": options})
+        return
+    click.echo(f"{name} ({entry.family}): {entry.paper}")
+    click.echo(f"input {'x'.join(map(str, entry.input_size))}, {entry.num_classes} classes by default"
+               + (f", {entry.params:,} parameters" if entry.params is not None else ""))
+    if not options:
+        click.echo("options: none")
+        return
+    rows = []
+    for o in options:
+        effects = []
+        for e in o["effects"]:
+            change = (f"{e['delta']:+,} params" if e["delta"] else "no change in params") \
+                if isinstance(e["params"], int) else e["params"]
+            effects.append(f"{format_value(e['value'])}: {change}")
+        kind = o["type"] + (f" ({'|'.join(map(format_value, o['choices']))})" if o["choices"] else "")
+        rows.append({"name": o["name"], "type": kind, "default": format_value(o["default"]),
+                     "effect": "; ".join(effects) or "-"})
+    click.echo(f"options (--model-arg KEY=VALUE on train, finetune and export; params at {entry.num_classes} classes):")
+    echo_table(rows, [("name", "option"), ("type", "type"), ("default", "default"), ("effect", "if changed")])
+
+
+def model_arg_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``--model-arg KEY=VALUE`` (repeatable): a builder option of the architecture."""
+    return click.option("--model-arg", "model_args", multiple=True, metavar="KEY=VALUE",
+                        help="A builder option of the architecture (repeatable), e.g. --model-arg variant=paper; "
+                             "`convdeploy models NAME` lists them.")(fn)
 
 
 # --------------------------------------------------------------------------- profiles
@@ -617,6 +704,31 @@ def check_cmd(bundle: str, checkpoint: str | None, data: str | None, samples: in
 
 
 # --------------------------------------------------------------------------- train / finetune / digits
+def _augment_list(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """``--augment list``: print each preset's steps and the magnitudes, then exit."""
+    if value != "list" or ctx.resilient_parsing:
+        return value
+    from convdeploy.runtime.transforms.augment_config import MAGNITUDES, describe_presets
+    from convdeploy.runtime.transforms.preprocess import IMAGENET_EVAL, digits_spec
+
+    presets = {"imagenet (resize 256, crop 224)": describe_presets(IMAGENET_EVAL),
+               "digits (resize 32x32)": describe_presets(digits_spec(32))}
+    magnitudes = {k: meaning for k, (_, _, meaning) in MAGNITUDES.items()}
+    if _wants_json(ctx):
+        echo_json({"presets": presets, "magnitudes": magnitudes})
+        ctx.exit(0)
+    for spec_name, table in presets.items():
+        click.echo(f"presets for a model whose preprocessing is {spec_name}:")
+        for name, steps in table.items():
+            click.echo(f"  {name}:")
+            for step in steps:
+                click.echo(f"    {step}")
+    click.echo("magnitudes (--augment PRESET:KEY=VALUE,...; 0 removes the step, a step the preset lacks is added):")
+    for key, meaning in magnitudes.items():
+        click.echo(f"  {key:<10} {meaning}")
+    ctx.exit(0)
+
+
 def _training_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Options shared by train and finetune (defaults: per architecture, see --help)."""
     for option in reversed([
@@ -639,11 +751,21 @@ def _training_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--label-smoothing", type=click.FloatRange(0, 1, max_open=True), default=None),
         click.option("--grad-clip", type=click.FloatRange(min=0, min_open=True), default=None,
                      help="Clip the global gradient norm to this value."),
-        click.option("--augment", default=None, metavar="PRESET",
-                     help="Augmentation preset: none, light, alexnet, standard, digits "
+        click.option("--augment", default=None, metavar="SPEC", callback=_augment_list, is_eager=True,
+                     help="Augmentation: a preset (none, light, alexnet, standard, digits), a preset with "
+                          "magnitudes (digits:rotation=15,shear=5,warp=0.3; standard:vflip=0.5,color=20), "
+                          "a .json/.toml pipeline file, or 'list' to show each preset's steps "
                           "(default: digits for digits-like data, else standard)."),
         click.option("--image-size", type=click.IntRange(1, 8192), default=None,
                      help="Resize images to SIZE x SIZE instead of the model's own preprocessing."),
+        click.option("--resize", default=None, metavar="SIZE|HxW",
+                     help="Resize: the shorter side to SIZE, or exactly HxW (replaces the model's own)."),
+        click.option("--crop", default=None, metavar="SIZE|HxW",
+                     help="Center crop after --resize (e.g. --resize 36 --crop 32): the model's input size; "
+                          "five_crop/ten_crop TTA need a crop."),
+        click.option("--model-arg", "model_args", multiple=True, metavar="KEY=VALUE",
+                     help="A builder option of ARCH (repeatable), e.g. --model-arg variant=paper; "
+                          "`convdeploy models ARCH` lists them."),
         click.option("--seed", type=int, default=None, help="Seed (default 0): fixed seed, same result on CPU."),
         click.option("--workers", "num_workers", type=click.IntRange(min=0), default=None,
                      help="DataLoader worker processes."),
@@ -713,17 +835,24 @@ def train_cmd(arch: str, data: str, out: str | None, num_classes: int | None, st
       convdeploy train resnet18 --data photos/ --epochs 30 --optimizer sgd --lr 0.1 --warmup 2
       convdeploy train lenet5 --data digits --out runs/lenet5 --resume
       convdeploy train resnet20 --data digits --compare-plain --epochs 10 --out runs/plain-vs-res
+      convdeploy train lenet5 --data digits --model-arg variant=paper --augment digits:rotation=15,warp=0.3
+      convdeploy train resnet20 --data photos/ --resize 36 --crop 32 --augment light:vflip=0.5
+      convdeploy train lenet5 --augment list
       torchrun --nproc_per_node 2 cli.py train lenet5 --data digits --out runs/ddp
     """
+    from convdeploy.exporter.architectures.options import parse_model_args
     from convdeploy.exporter.training.experiments import compare_plain_residual
     from convdeploy.exporter.training.scratch import train
     from convdeploy.runtime.errors import UsageError
 
     out = out or f"runs/{arch}"
+    model_kwargs = parse_model_args(arch, options.pop("model_args", ()))
     options = {**options, "strict": strict or None}
     if compare_plain:
         if resume:
             raise UsageError("--compare-plain cannot --resume", "rerun it with --overwrite")
+        if model_kwargs:
+            raise UsageError("--compare-plain trains each variant with its defaults", "drop --model-arg")
         comparison = compare_plain_residual(arch, data, options, out, progress=not no_progress, overwrite=overwrite)
         if comparison.rank != 0:  # under torchrun only rank 0 reports
             return
@@ -736,7 +865,7 @@ def train_cmd(arch: str, data: str, out: str | None, num_classes: int | None, st
         click.echo(f"curves: {out}/compare.png  summary: {out}/compare.json")
         return
     result = train(arch, data, options, out, resume=resume, overwrite=overwrite, progress=not no_progress,
-                   num_classes=num_classes)
+                   num_classes=num_classes, model_kwargs=model_kwargs)
     _echo_train_result(result, as_json)
 
 
@@ -770,12 +899,14 @@ def finetune_cmd(arch: str, weights: str, freeze: str, data: str, out: str | Non
           --image-size 32 --freeze all-but-head --out runs/r18-digits
       convdeploy finetune googlenet --weights googlenet.safetensors --data photos/ --freeze until:inception4e
     """
+    from convdeploy.exporter.architectures.options import parse_model_args
     from convdeploy.exporter.training.transfer import finetune
 
     out = out or f"runs/{arch}-finetune"
+    model_kwargs = parse_model_args(arch, options.pop("model_args", ()))
     options = {**options, "strict": strict or None}
     result = finetune(arch, weights, num_classes, freeze, data, options, out, resume=resume, overwrite=overwrite,
-                      progress=not no_progress)
+                      progress=not no_progress, model_kwargs=model_kwargs)
     if as_json or result.rank != 0:
         _echo_train_result(result, as_json)
         return

@@ -16,6 +16,7 @@ from typing import Any, Sequence
 from convdeploy.exporter.training.checkpoint import read_meta
 from convdeploy.runtime.errors import CheckpointError, InputError, InternalError
 from convdeploy.runtime.fsutil import restore_interrupted_replace
+from convdeploy.runtime.transforms.augment import Pipeline
 from convdeploy.runtime.transforms.preprocess import PreprocessSpec
 
 __all__ = ["RunState"]
@@ -82,6 +83,12 @@ class RunState:
     def saved_augmentation(self) -> str:
         """The augmentation preset the run trained with."""
         return self._saved().get("augmentation_preset") or "none"
+
+    @property
+    def saved_pipeline(self) -> Pipeline | None:
+        """The augmentation pipeline the run trained with (None for checkpoints that lack it)."""
+        saved = self._saved().get("augmentation")
+        return Pipeline.from_dict(saved) if isinstance(saved, dict) else None
 
     @property
     def saved_model_kwargs(self) -> dict[str, Any]:
