@@ -564,6 +564,17 @@ def _echo_parity_text(report: Any) -> None:
 @click.option("--preprocess", "preprocess", default=None, metavar="JSON|FILE",
               help="Preprocessing spec to ship (JSON object or .json file); default: the source's. "
                    "The gate compares it with the source's.")
+@click.option("--weights", default=None, type=click.Path(dir_okay=False, path_type=str),
+              help="With an architecture as SOURCE: a pretrained torchvision/timm state_dict (.pth/.pt, read with "
+                   "weights_only) or .safetensors file to ship as it is, without training.")
+@click.option("--classes", default=None, metavar="FILE|a,b,c",
+              help="Class names: a file (one per line, or a JSON list) or a comma-separated list "
+                   "(default: the checkpoint's, else 0..N-1).")
+@model_arg_option
+@click.option("--resize", default=None, metavar="SIZE|HxW",
+              help="Ship this resize (shorter side, or exactly HxW) instead of the source's.")
+@click.option("--crop", default=None, metavar="SIZE|HxW",
+              help="Ship this center crop (five_crop/ten_crop TTA need one), e.g. --resize 288 --crop 256.")
 @click.option("--static-batch", is_flag=True, help="Fix the batch axis to 1 instead of a dynamic 'batch' axis.")
 @click.option("--no-parity", is_flag=True, help="Skip the parity gate (recorded as skipped in the bundle).")
 @click.option("--parity-samples", type=click.IntRange(min=1), default=256, show_default=True,
@@ -578,8 +589,10 @@ def _echo_parity_text(report: Any) -> None:
 @needs_torch
 def export_cmd(source: str, out: str, precision: str, profile_name: str, exporter: str, opset: int | None,
                data: str | None, calib_samples: int, calib_method: str, int8_flavor: str | None, tta: str | None,
-               preprocess: str | None, static_batch: bool, no_parity: bool, parity_samples: int, tolerance: tuple[str, ...],
-               name: str | None, overwrite: bool, no_progress: bool, as_json: bool) -> None:
+               preprocess: str | None, weights: str | None, classes: str | None, model_args: tuple[str, ...],
+               resize: str | None, crop: str | None, static_batch: bool, no_parity: bool, parity_samples: int,
+               tolerance: tuple[str, ...], name: str | None, overwrite: bool, no_progress: bool,
+               as_json: bool) -> None:
     """Export a checkpoint, a registered architecture or MODULE:FUNCTION into a deploy bundle.
 
     The exported graph(s) are compared with the source model on real images; a
@@ -591,6 +604,9 @@ def export_cmd(source: str, out: str, precision: str, profile_name: str, exporte
       convdeploy export runs/lenet5/best --out bundles/lenet5 --precision fp32,fp16,int8 --profile jetson-orin
       convdeploy export runs/resnet18/best --out bundles/r18 --data photos/ --precision int8 --profile cpu
       convdeploy export mypkg.models:build --out bundles/custom --exporter dynamo --opset 18
+      convdeploy export resnet18 --weights resnet18-f37072fd.pth --classes imagenet_classes.txt --out bundles/r18
+      convdeploy export googlenet --weights googlenet.safetensors --model-arg transform_input=true \\
+          --classes cat,dog --resize 288 --crop 256 --tta ten_crop --out bundles/g
     """
     from tqdm import tqdm
 
@@ -617,6 +633,7 @@ def export_cmd(source: str, out: str, precision: str, profile_name: str, exporte
                 calib_samples=calib_samples, calib_method=calib_method, int8_flavor=int8_flavor, tta=tta,
                 dynamic_batch=not static_batch, parity=not no_parity, parity_samples=parity_samples,
                 tolerances=overrides, preprocess=spec, name=name, overwrite=overwrite, progress=progress,
+                weights=weights, classes=classes, model_kwargs=list(model_args), resize=resize, crop=crop,
             )
         except ParityFailedError as exc:
             bar.close()
