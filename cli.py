@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 import traceback
 from typing import Any, Callable
@@ -323,11 +324,13 @@ def predict_cmd(bundle: str, paths: tuple[str, ...], backend: str, precision: st
     """Classify images (files, folders searched recursively, globs) with a bundle.
 
     A file that cannot be read is reported in the output; the others are still
-    classified, and the command exits with status 2 at the end.
+    classified, and the command exits with status 2 at the end. A folder in ImageFolder
+    layout (photos/<class>/*.jpg, with the bundle's class names) also prints the accuracy.
 
     \b
     Example:
       convdeploy predict bundles/resnet18 photos/ extra/*.jpg --topk 3
+      convdeploy predict bundles/lenet5 data/digits/val      # labelled folders: accuracy too
       convdeploy predict bundles/alexnet cat.jpg --tta ten_crop --json
       convdeploy predict bundles/resnet18 photos/ --out preds.parquet --ray
       convdeploy predict bundles/resnet18 listing.parquet --ray=ray://head:10001 --out preds.parquet
@@ -360,6 +363,7 @@ def predict_cmd(bundle: str, paths: tuple[str, ...], backend: str, precision: st
                       leave=False) as bar:
                 results += predictor.predict_iter(files, topk, on_result=lambda _: bar.update(1))
         bundle_name = predictor.bundle.name
+    accuracy = _folder_accuracy(bundle, paths, results)
     if out_file:
         from convdeploy.runtime.serve.ray_batch import write_predictions
 
@@ -367,7 +371,8 @@ def predict_cmd(bundle: str, paths: tuple[str, ...], backend: str, precision: st
     failed = [r for r in results if not r.ok]
     if as_json:
         echo_json({"bundle": bundle_name, "backend": info,
-                   "predictions": [r.to_dict() for r in results], "errors": len(failed)})
+                   "predictions": [r.to_dict() for r in results], "errors": len(failed),
+                   **({"accuracy": accuracy.to_dict()} if accuracy is not None else {})})
     elif as_csv:
         import csv
 
@@ -382,9 +387,23 @@ def predict_cmd(bundle: str, paths: tuple[str, ...], backend: str, precision: st
                  else r.error} for r in results]
         echo_table(rows, [("source", "image"), ("label", "label"), ("prob", "prob"),
                           ("top", f"next {topk - 1}" if topk > 1 else "")])
+    if accuracy is not None and not as_json:
+        # After the table on stdout; with --csv on stderr, so that the CSV stays a table.
+        click.secho(accuracy.line(), bold=True, err=as_csv)
     if failed:
         raise InputError(f"{len(failed)} of {len(results)} input(s) could not be classified",
                          "see the errors listed above")
+
+
+def _folder_accuracy(bundle: str, paths: tuple[str, ...], results: list[Any]) -> Any:
+    """Accuracy when the folders given are labelled (ImageFolder layout: the parent folder is the class)."""
+    from convdeploy.runtime.bundle.reader import Bundle
+    from convdeploy.runtime.labelled import folder_accuracy, imagefolder_labels
+
+    if not any(os.path.isdir(p) for p in paths):
+        return None
+    classes = Bundle.load(bundle, verify_hashes=False).classes
+    return folder_accuracy(results, imagefolder_labels(paths, (r.source for r in results), classes))
 
 
 @main.command("verify")
@@ -485,8 +504,8 @@ def bench_cmd(bundle: str, backend: str, precision: str | None, profile_name: st
     rows = [{**m, **{k: f"{m[k]:.2f}" for k in ("p50_ms", "p90_ms", "p99_ms", "throughput_ips")}}
             for m in result["model_only"]]
     click.echo("model-only (" + result["model_only"][0]["inputs"] + "):")
-    echo_table(rows, [("batch", "batch"), ("p50_ms", "p50 ms"), ("p90_ms", "p90 ms"), ("p99_ms", "p99 ms"),
-                      ("throughput_ips", "img/s"), ("iterations", "iters")])
+    echo_table(rows, [("batch", "batch"), ("precision", "precision"), ("p50_ms", "p50 ms"), ("p90_ms", "p90 ms"),
+                      ("p99_ms", "p99 ms"), ("throughput_ips", "img/s"), ("iterations", "iters")])
     if not result["end_to_end"]:
         click.echo("end-to-end: not measured (pass --images PATH to time decode + preprocess + infer)")
     else:
@@ -496,10 +515,22 @@ def bench_cmd(bundle: str, backend: str, precision: str | None, profile_name: st
                    [("batch", "batch"), ("images", "images"), ("throughput_ips", "img/s"),
                     ("fraction", "of model-only"), ("errors", "errors")])
     if "torch" in result:
-        click.echo(f"PyTorch eager ({result['torch']['model']}, torch {result['torch']['torch']}):")
-        echo_table([{"batch": r["batch"], "p50_ms": f"{r['p50_ms']:.2f}",
-                     "speedup": f"{r['speedup_vs_torch']:.2f}x"} for r in result["torch"]["model_only"]],
-                   [("batch", "batch"), ("p50_ms", "torch p50 ms"), ("speedup", "runtime speedup")])
+        click.echo(f"PyTorch eager ({result['torch']['model']}, torch {result['torch']['torch']}), "
+                   "compared at the same precision:")
+        table = []
+        for r in result["torch"]["model_only"]:
+            row = {"batch": r["batch"], "torch": f"{r['p50_ms']:.2f} ({r['precision']})",
+                   "runtime": f"{r['runtime_p50_ms']:.2f} ({r['runtime_precision']})",
+                   "speedup": f"{r['speedup_vs_torch']:.2f}x"}
+            if "selected_precision" in r:
+                row["selected"] = (f"{r['selected_p50_ms']:.2f} ({r['selected_precision']}): "
+                                   f"{r['selected_speedup_vs_torch']:.2f}x")
+            table.append(row)
+        columns = [("batch", "batch"), ("torch", "torch p50 ms"), ("runtime", "runtime p50 ms"),
+                   ("speedup", "speedup (same precision)")]
+        if any("selected" in r for r in table):
+            columns.append(("selected", "benchmarked artifact vs torch fp32"))
+        echo_table(table, columns)
 
 
 # --------------------------------------------------------------------------- export / check
