@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 import traceback
 from typing import Any, Callable
@@ -32,7 +33,15 @@ class ConvDeployGroup(click.Group):
     A user's error is one red line and its exit code (2 bad input, 1 failed check). Anything
     else is a bug in convdeploy: its traceback is printed, then one line that says so, and
     the exit code is 3, so that scripts never read a crash as "bad input" or "check failed".
+    Under ``--json`` the error is a JSON object on stdout instead, ``{"error", "hint",
+    "exit_code"}`` (unless the command already printed its JSON document, e.g. a failed
+    gate's report: then the line goes to stderr as usual).
     """
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        # Kept for errors raised before the subcommand's --json is parsed (a bad option value).
+        ctx.meta.setdefault("convdeploy.argv", list(args))
+        return super().parse_args(ctx, args)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -41,30 +50,65 @@ class ConvDeployGroup(click.Group):
         except ConvDeployError as exc:
             if ctx.meta.get("convdeploy.debug"):
                 raise
-            click.secho(f"error: {exc}", fg="red", err=True)
+            if not _echo_json_error(ctx, exc.message, exc.hint, exc.exit_code):
+                click.secho(f"error: {exc}", fg="red", err=True)
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt as exc:  # SIGINT (130) or SIGTERM (143)
+            code = interrupt_exit_code(exc)
+            _echo_json_error(ctx, "interrupted", None, code)
             click.echo("interrupted", err=True)
-            ctx.exit(interrupt_exit_code(exc))
-        except (click.exceptions.Exit, click.ClickException, click.Abort):
-            raise  # click's own control flow and usage errors (exit 2)
+            ctx.exit(code)
+        except click.ClickException as exc:  # usage errors (exit 2): JSON under --json, else click's own text
+            if _echo_json_error(ctx, exc.format_message(), "see --help", exc.exit_code):
+                ctx.exit(exc.exit_code)
+            raise
+        except (click.exceptions.Exit, click.Abort):
+            raise  # click's own control flow
         except Exception as exc:  # a bug: keep the traceback, say so, exit 3
             if ctx.meta.get("convdeploy.debug"):
                 raise
             click.echo(traceback.format_exc(), err=True, nl=False)
-            click.secho(f"internal error: {type(exc).__name__}: {exc}", fg="red", err=True)
-            click.echo("this is a bug in convdeploy, not in your input: please report it with the traceback above",
-                       err=True)
+            bug_hint = "this is a bug in convdeploy, not in your input: please report it with the traceback above"
+            if not _echo_json_error(ctx, f"internal error: {type(exc).__name__}: {exc}", bug_hint, EXIT_INTERNAL):
+                click.secho(f"internal error: {type(exc).__name__}: {exc}", fg="red", err=True)
+                click.echo(bug_hint, err=True)
             ctx.exit(EXIT_INTERNAL)
 
 
+def _wants_json(ctx: click.Context) -> bool:
+    """Whether the command line asked for ``--json`` (parsed, or still only in the arguments)."""
+    if "convdeploy.json" in ctx.meta:
+        return bool(ctx.meta["convdeploy.json"])
+    argv = ctx.meta.get("convdeploy.argv") or []
+    return "--json" in argv[: argv.index("--")] if "--" in argv else "--json" in argv
+
+
+def _echo_json_error(ctx: click.Context, message: str, hint: str | None, exit_code: int) -> bool:
+    """Print the error as a JSON object on stdout when ``--json`` was asked for; says whether it did."""
+    if not _wants_json(ctx) or ctx.meta.get("convdeploy.json_written"):
+        return False
+    click.echo(json.dumps({"error": message, "hint": hint, "exit_code": exit_code}, indent=2))
+    ctx.meta["convdeploy.json_written"] = True
+    return True
+
+
+def _remember_json(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
+    ctx.meta["convdeploy.json"] = bool(value)
+    return value
+
+
 def json_option(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """``--json``: machine-readable output on stdout instead of tables."""
-    return click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")(fn)
+    """``--json``: machine-readable output on stdout instead of tables (errors too: a JSON object)."""
+    return click.option("--json", "as_json", is_flag=True, is_eager=True, callback=_remember_json,
+                        help="Print machine-readable JSON (errors too: {error, hint, exit_code}); "
+                             "progress goes to stderr.")(fn)
 
 
 def echo_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=False, default=str))
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None:
+        ctx.meta["convdeploy.json_written"] = True
 
 
 def echo_table(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> None:
@@ -120,15 +164,23 @@ def main(ctx: click.Context, debug: bool) -> None:
 @json_option
 @needs_torch
 def models_cmd(pattern: str | None, as_json: bool) -> None:
-    """List the registered architectures: parameters, multiply-accumulates, input size.
+    """List the registered architectures, or show one with its builder options.
+
+    With an exact NAME: its paper, input and preprocessing, and each option that
+    `--model-arg KEY=VALUE` sets on train, finetune and export, with its default and what
+    changing it does to the parameter count.
 
     \b
     Example:
       convdeploy models 'resnet*'
+      convdeploy models lenet5
       convdeploy models --json
     """
     from convdeploy.exporter.architectures.registry import get_entry, list_models
 
+    if pattern and pattern in list_models():
+        _echo_model_options(pattern, as_json)
+        return
     rows = []
     for name in list_models(pattern):
         entry = get_entry(name)
@@ -142,6 +194,43 @@ def models_cmd(pattern: str | None, as_json: bool) -> None:
         return
     echo_table(rows, [("name", "name"), ("family", "family"), ("params_fmt", "params"),
                       ("macs_fmt", "GMACs"), ("input", "input"), ("num_classes", "classes"), ("paper", "paper")])
+
+
+def _echo_model_options(name: str, as_json: bool) -> None:
+    """``convdeploy models NAME``: the entry and its options with their effect on parameters."""
+    from convdeploy.exporter.architectures.options import format_value, option_effects
+    from convdeploy.exporter.architectures.registry import get_entry
+
+    entry = get_entry(name)
+    options = option_effects(name)
+    if as_json:
+        echo_json({**entry.as_dict(), "options": options})
+        return
+    click.echo(f"{name} ({entry.family}): {entry.paper}")
+    click.echo(f"input {'x'.join(map(str, entry.input_size))}, {entry.num_classes} classes by default"
+               + (f", {entry.params:,} parameters" if entry.params is not None else ""))
+    if not options:
+        click.echo("options: none")
+        return
+    rows = []
+    for o in options:
+        effects = []
+        for e in o["effects"]:
+            change = (f"{e['delta']:+,} params" if e["delta"] else "no change in params") \
+                if isinstance(e["params"], int) else e["params"]
+            effects.append(f"{format_value(e['value'])}: {change}")
+        kind = o["type"] + (f" ({'|'.join(map(format_value, o['choices']))})" if o["choices"] else "")
+        rows.append({"name": o["name"], "type": kind, "default": format_value(o["default"]),
+                     "effect": "; ".join(effects) or "-"})
+    click.echo(f"options (--model-arg KEY=VALUE on train, finetune and export; params at {entry.num_classes} classes):")
+    echo_table(rows, [("name", "option"), ("type", "type"), ("default", "default"), ("effect", "if changed")])
+
+
+def model_arg_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``--model-arg KEY=VALUE`` (repeatable): a builder option of the architecture."""
+    return click.option("--model-arg", "model_args", multiple=True, metavar="KEY=VALUE",
+                        help="A builder option of the architecture (repeatable), e.g. --model-arg variant=paper; "
+                             "`convdeploy models NAME` lists them.")(fn)
 
 
 # --------------------------------------------------------------------------- profiles
@@ -238,11 +327,13 @@ def predict_cmd(bundle: str, paths: tuple[str, ...], backend: str, precision: st
     """Classify images (files, folders searched recursively, globs) with a bundle.
 
     A file that cannot be read is reported in the output; the others are still
-    classified, and the command exits with status 2 at the end.
+    classified, and the command exits with status 2 at the end. A folder in ImageFolder
+    layout (photos/<class>/*.jpg, with the bundle's class names) also prints the accuracy.
 
     \b
     Example:
       convdeploy predict bundles/resnet18 photos/ extra/*.jpg --topk 3
+      convdeploy predict bundles/lenet5 data/digits/val      # labelled folders: accuracy too
       convdeploy predict bundles/alexnet cat.jpg --tta ten_crop --json
       convdeploy predict bundles/resnet18 photos/ --out preds.parquet --ray
       convdeploy predict bundles/resnet18 listing.parquet --ray=ray://head:10001 --out preds.parquet
@@ -275,6 +366,7 @@ def predict_cmd(bundle: str, paths: tuple[str, ...], backend: str, precision: st
                       leave=False) as bar:
                 results += predictor.predict_iter(files, topk, on_result=lambda _: bar.update(1))
         bundle_name = predictor.bundle.name
+    accuracy = _folder_accuracy(bundle, paths, results)
     if out_file:
         from convdeploy.runtime.serve.ray_batch import write_predictions
 
@@ -282,7 +374,8 @@ def predict_cmd(bundle: str, paths: tuple[str, ...], backend: str, precision: st
     failed = [r for r in results if not r.ok]
     if as_json:
         echo_json({"bundle": bundle_name, "backend": info,
-                   "predictions": [r.to_dict() for r in results], "errors": len(failed)})
+                   "predictions": [r.to_dict() for r in results], "errors": len(failed),
+                   **({"accuracy": accuracy.to_dict()} if accuracy is not None else {})})
     elif as_csv:
         import csv
 
@@ -297,9 +390,23 @@ def predict_cmd(bundle: str, paths: tuple[str, ...], backend: str, precision: st
                  else r.error} for r in results]
         echo_table(rows, [("source", "image"), ("label", "label"), ("prob", "prob"),
                           ("top", f"next {topk - 1}" if topk > 1 else "")])
+    if accuracy is not None and not as_json:
+        # After the table on stdout; with --csv on stderr, so that the CSV stays a table.
+        click.secho(accuracy.line(), bold=True, err=as_csv)
     if failed:
         raise InputError(f"{len(failed)} of {len(results)} input(s) could not be classified",
                          "see the errors listed above")
+
+
+def _folder_accuracy(bundle: str, paths: tuple[str, ...], results: list[Any]) -> Any:
+    """Accuracy when the folders given are labelled (ImageFolder layout: the parent folder is the class)."""
+    from convdeploy.runtime.bundle.reader import Bundle
+    from convdeploy.runtime.labelled import folder_accuracy, imagefolder_labels
+
+    if not any(os.path.isdir(p) for p in paths):
+        return None
+    classes = Bundle.load(bundle, verify_hashes=False).classes
+    return folder_accuracy(results, imagefolder_labels(paths, (r.source for r in results), classes))
 
 
 @main.command("verify")
@@ -411,11 +518,22 @@ def bench_cmd(bundle: str, backend: str, precision: str | None, profile_name: st
                    [("batch", "batch"), ("images", "images"), ("throughput_ips", "img/s"),
                     ("fraction", "of model-only"), ("errors", "errors")])
     if "torch" in result:
-        click.echo(f"PyTorch eager ({result['torch']['model']}, torch {result['torch']['torch']}):")
-        echo_table([{"batch": r["batch"], "precision": r.get("precision"), "p50_ms": f"{r['p50_ms']:.2f}",
-                     "speedup": f"{r['speedup_vs_torch']:.2f}x"} for r in result["torch"]["model_only"]],
-                   [("batch", "batch"), ("precision", "precision"), ("p50_ms", "torch p50 ms"),
-                    ("speedup", "runtime speedup")])
+        click.echo(f"PyTorch eager ({result['torch']['model']}, torch {result['torch']['torch']}), "
+                   "compared at the same precision:")
+        table = []
+        for r in result["torch"]["model_only"]:
+            row = {"batch": r["batch"], "torch": f"{r['p50_ms']:.2f} ({r['precision']})",
+                   "runtime": f"{r['runtime_p50_ms']:.2f} ({r['runtime_precision']})",
+                   "speedup": f"{r['speedup_vs_torch']:.2f}x"}
+            if "selected_precision" in r:
+                row["selected"] = (f"{r['selected_p50_ms']:.2f} ({r['selected_precision']}): "
+                                   f"{r['selected_speedup_vs_torch']:.2f}x")
+            table.append(row)
+        columns = [("batch", "batch"), ("torch", "torch p50 ms"), ("runtime", "runtime p50 ms"),
+                   ("speedup", "speedup (same precision)")]
+        if any("selected" in r for r in table):
+            columns.append(("selected", "benchmarked artifact vs torch fp32"))
+        echo_table(table, columns)
 
 
 # --------------------------------------------------------------------------- build (TensorRT engines)
@@ -532,6 +650,17 @@ def _echo_parity_text(report: Any) -> None:
 @click.option("--preprocess", "preprocess", default=None, metavar="JSON|FILE",
               help="Preprocessing spec to ship (JSON object or .json file); default: the source's. "
                    "The gate compares it with the source's.")
+@click.option("--weights", default=None, type=click.Path(dir_okay=False, path_type=str),
+              help="With an architecture as SOURCE: a pretrained torchvision/timm state_dict (.pth/.pt, read with "
+                   "weights_only) or .safetensors file to ship as it is, without training.")
+@click.option("--classes", default=None, metavar="FILE|a,b,c",
+              help="Class names: a file (one per line, or a JSON list) or a comma-separated list "
+                   "(default: the checkpoint's, else 0..N-1).")
+@model_arg_option
+@click.option("--resize", default=None, metavar="SIZE|HxW",
+              help="Ship this resize (shorter side, or exactly HxW) instead of the source's.")
+@click.option("--crop", default=None, metavar="SIZE|HxW",
+              help="Ship this center crop (five_crop/ten_crop TTA need one), e.g. --resize 288 --crop 256.")
 @click.option("--static-batch", is_flag=True, help="Fix the batch axis to 1 instead of a dynamic 'batch' axis.")
 @click.option("--no-parity", is_flag=True, help="Skip the parity gate (recorded as skipped in the bundle).")
 @click.option("--parity-samples", type=click.IntRange(min=1), default=256, show_default=True,
@@ -547,8 +676,10 @@ def _echo_parity_text(report: Any) -> None:
 @needs_torch
 def export_cmd(source: str, out: str, precision: str, profile_name: str, exporter: str, opset: int | None,
                data: str | None, calib_samples: int, calib_method: str, int8_flavor: str | None, tta: str | None,
-               preprocess: str | None, static_batch: bool, no_parity: bool, parity_samples: int, tolerance: tuple[str, ...],
-               name: str | None, overwrite: bool, no_progress: bool, as_json: bool) -> None:
+               preprocess: str | None, weights: str | None, classes: str | None, model_args: tuple[str, ...],
+               resize: str | None, crop: str | None, static_batch: bool, no_parity: bool, parity_samples: int,
+               tolerance: tuple[str, ...], name: str | None, overwrite: bool, no_progress: bool,
+               as_json: bool) -> None:
     """Export a checkpoint, a registered architecture or MODULE:FUNCTION into a deploy bundle.
 
     The exported graph(s) are compared with the source model on real images; a
@@ -560,6 +691,9 @@ def export_cmd(source: str, out: str, precision: str, profile_name: str, exporte
       convdeploy export runs/lenet5/best --out bundles/lenet5 --precision fp32,fp16,int8 --profile jetson-orin
       convdeploy export runs/resnet18/best --out bundles/r18 --data photos/ --precision int8 --profile cpu
       convdeploy export mypkg.models:build --out bundles/custom --exporter dynamo --opset 18
+      convdeploy export resnet18 --weights resnet18-f37072fd.pth --classes imagenet_classes.txt --out bundles/r18
+      convdeploy export googlenet --weights googlenet.safetensors --model-arg transform_input=true \\
+          --classes cat,dog --resize 288 --crop 256 --tta ten_crop --out bundles/g
     """
     from tqdm import tqdm
 
@@ -586,6 +720,7 @@ def export_cmd(source: str, out: str, precision: str, profile_name: str, exporte
                 calib_samples=calib_samples, calib_method=calib_method, int8_flavor=int8_flavor, tta=tta,
                 dynamic_batch=not static_batch, parity=not no_parity, parity_samples=parity_samples,
                 tolerances=overrides, preprocess=spec, name=name, overwrite=overwrite, progress=progress,
+                weights=weights, classes=classes, model_kwargs=list(model_args), resize=resize, crop=crop,
             )
         except ParityFailedError as exc:
             bar.close()
@@ -673,6 +808,31 @@ def check_cmd(bundle: str, checkpoint: str | None, data: str | None, samples: in
 
 
 # --------------------------------------------------------------------------- train / finetune / digits
+def _augment_list(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """``--augment list``: print each preset's steps and the magnitudes, then exit."""
+    if value != "list" or ctx.resilient_parsing:
+        return value
+    from convdeploy.runtime.transforms.augment_config import MAGNITUDES, describe_presets
+    from convdeploy.runtime.transforms.preprocess import IMAGENET_EVAL, digits_spec
+
+    presets = {"imagenet (resize 256, crop 224)": describe_presets(IMAGENET_EVAL),
+               "digits (resize 32x32)": describe_presets(digits_spec(32))}
+    magnitudes = {k: meaning for k, (_, _, meaning) in MAGNITUDES.items()}
+    if _wants_json(ctx):
+        echo_json({"presets": presets, "magnitudes": magnitudes})
+        ctx.exit(0)
+    for spec_name, table in presets.items():
+        click.echo(f"presets for a model whose preprocessing is {spec_name}:")
+        for name, steps in table.items():
+            click.echo(f"  {name}:")
+            for step in steps:
+                click.echo(f"    {step}")
+    click.echo("magnitudes (--augment PRESET:KEY=VALUE,...; 0 removes the step, a step the preset lacks is added):")
+    for key, meaning in magnitudes.items():
+        click.echo(f"  {key:<10} {meaning}")
+    ctx.exit(0)
+
+
 def _training_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Options shared by train and finetune (defaults: per architecture, see --help)."""
     for option in reversed([
@@ -695,11 +855,21 @@ def _training_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--label-smoothing", type=click.FloatRange(0, 1, max_open=True), default=None),
         click.option("--grad-clip", type=click.FloatRange(min=0, min_open=True), default=None,
                      help="Clip the global gradient norm to this value."),
-        click.option("--augment", default=None, metavar="PRESET",
-                     help="Augmentation preset: none, light, alexnet, standard, digits "
+        click.option("--augment", default=None, metavar="SPEC", callback=_augment_list, is_eager=True,
+                     help="Augmentation: a preset (none, light, alexnet, standard, digits), a preset with "
+                          "magnitudes (digits:rotation=15,shear=5,warp=0.3; standard:vflip=0.5,color=20), "
+                          "a .json/.toml pipeline file, or 'list' to show each preset's steps "
                           "(default: digits for digits-like data, else standard)."),
         click.option("--image-size", type=click.IntRange(1, 8192), default=None,
                      help="Resize images to SIZE x SIZE instead of the model's own preprocessing."),
+        click.option("--resize", default=None, metavar="SIZE|HxW",
+                     help="Resize: the shorter side to SIZE, or exactly HxW (replaces the model's own)."),
+        click.option("--crop", default=None, metavar="SIZE|HxW",
+                     help="Center crop after --resize (e.g. --resize 36 --crop 32): the model's input size; "
+                          "five_crop/ten_crop TTA need a crop."),
+        click.option("--model-arg", "model_args", multiple=True, metavar="KEY=VALUE",
+                     help="A builder option of ARCH (repeatable), e.g. --model-arg variant=paper; "
+                          "`convdeploy models ARCH` lists them."),
         click.option("--seed", type=int, default=None, help="Seed (default 0): fixed seed, same result on CPU."),
         click.option("--workers", "num_workers", type=click.IntRange(min=0), default=None,
                      help="DataLoader worker processes."),
@@ -770,17 +940,24 @@ def train_cmd(arch: str, data: str, out: str | None, num_classes: int | None, st
       convdeploy train resnet18 --data photos/ --epochs 30 --optimizer sgd --lr 0.1 --warmup 2
       convdeploy train lenet5 --data digits --out runs/lenet5 --resume
       convdeploy train resnet20 --data digits --compare-plain --epochs 10 --out runs/plain-vs-res
+      convdeploy train lenet5 --data digits --model-arg variant=paper --augment digits:rotation=15,warp=0.3
+      convdeploy train resnet20 --data photos/ --resize 36 --crop 32 --augment light:vflip=0.5
+      convdeploy train lenet5 --augment list
       torchrun --nproc_per_node 2 cli.py train lenet5 --data digits --out runs/ddp
     """
+    from convdeploy.exporter.architectures.options import parse_model_args
     from convdeploy.exporter.training.experiments import compare_plain_residual
     from convdeploy.exporter.training.scratch import train
     from convdeploy.runtime.errors import UsageError
 
     out = out or f"runs/{arch}"
+    model_kwargs = parse_model_args(arch, options.pop("model_args", ()))
     options = {**options, "strict": strict or None}
     if compare_plain:
         if resume:
             raise UsageError("--compare-plain cannot --resume", "rerun it with --overwrite")
+        if model_kwargs:
+            raise UsageError("--compare-plain trains each variant with its defaults", "drop --model-arg")
         comparison = compare_plain_residual(arch, data, options, out, progress=not no_progress, overwrite=overwrite)
         if comparison.rank != 0:  # under torchrun only rank 0 reports
             return
@@ -793,7 +970,7 @@ def train_cmd(arch: str, data: str, out: str | None, num_classes: int | None, st
         click.echo(f"curves: {out}/compare.png  summary: {out}/compare.json")
         return
     result = train(arch, data, options, out, resume=resume, overwrite=overwrite, progress=not no_progress,
-                   num_classes=num_classes)
+                   num_classes=num_classes, model_kwargs=model_kwargs)
     _echo_train_result(result, as_json)
 
 
@@ -827,12 +1004,14 @@ def finetune_cmd(arch: str, weights: str, freeze: str, data: str, out: str | Non
           --image-size 32 --freeze all-but-head --out runs/r18-digits
       convdeploy finetune googlenet --weights googlenet.safetensors --data photos/ --freeze until:inception4e
     """
+    from convdeploy.exporter.architectures.options import parse_model_args
     from convdeploy.exporter.training.transfer import finetune
 
     out = out or f"runs/{arch}-finetune"
+    model_kwargs = parse_model_args(arch, options.pop("model_args", ()))
     options = {**options, "strict": strict or None}
     result = finetune(arch, weights, num_classes, freeze, data, options, out, resume=resume, overwrite=overwrite,
-                      progress=not no_progress)
+                      progress=not no_progress, model_kwargs=model_kwargs)
     if as_json or result.rank != 0:
         _echo_train_result(result, as_json)
         return

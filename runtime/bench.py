@@ -161,21 +161,67 @@ def bench_bundle(
             reference = compare_with(sample_shape=sample_shape, batch_sizes=list(batch_sizes), threads=threads,
                                      warmup=warmup, iterations=iterations, duration=duration,
                                      inputs=golden.get(GOLDEN_INPUTS) if golden is not None else None)
-            add_torch_comparison(result, reference)
+            fp32_rows = None
+            if predictor.selection.precision != "fp32" and "fp32" in bundle.precisions:
+                # PyTorch eager runs FP32: time the bundle's FP32 artifact too, to compare like with like.
+                if progress:
+                    progress("the FP32 artifact, for the comparison with PyTorch")
+                fp32_rows = _time_model_only(bundle, backend, prof, threads, batch_sizes, views, golden, warmup,
+                                             iterations, duration, tta, workers, backend_opts)
+            add_torch_comparison(result, reference, fp32_rows)
         return result
     finally:
         predictor.close()
 
 
-def add_torch_comparison(result: dict[str, Any], torch_result: dict[str, Any]) -> dict[str, Any]:
-    """Put ``torch_result`` (the source model's timings) under ``result["torch"]``, each
-    row with ``speedup_vs_torch``: PyTorch's p50 latency over the runtime's at that batch size."""
+def _time_model_only(bundle: Bundle, backend: str, prof: Any, threads: int | None, batch_sizes: Sequence[int],
+                     views: int, golden: dict[str, np.ndarray] | None, warmup: int, iterations: int | None,
+                     duration: float | None, tta: str | None, workers: int | None,
+                     backend_opts: dict[str, Any]) -> list[dict[str, Any]]:
+    """Model-only timings of the bundle's FP32 artifact (the comparison with PyTorch eager)."""
+    from convdeploy.runtime.predictor import Predictor
+
+    sample_shape = tuple(bundle.manifest["inputs"][0]["shape"][1:])
+    rows = []
+    with Predictor.from_bundle(bundle.root, backend, tta=tta, precision="fp32", profile=prof, threads=threads,
+                               batch_size=max(batch_sizes), workers=workers, verify_hashes=False,
+                               **backend_opts) as fp32:
+        for b in batch_sizes:
+            x, _ = _rows(golden, sample_shape, b * views, bundle.preprocess.dtype)
+            stats = latency_stats(time_callable(lambda: fp32.run_batch(x), warmup=warmup, iterations=iterations,
+                                                duration=duration), b)
+            stats.update({"batch": b, "precision": fp32.selection.precision})
+            rows.append(stats)
+    return rows
+
+
+def add_torch_comparison(result: dict[str, Any], torch_result: dict[str, Any],
+                         fp32_rows: Sequence[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Put ``torch_result`` (the source model's timings, FP32 eager) under ``result["torch"]``,
+    each row labelled with its precision and with ``speedup_vs_torch``: PyTorch's p50 latency
+    over the runtime's at that batch size, at the same precision.
+
+    When the artifact benchmarked is not FP32, ``fp32_rows`` (the bundle's FP32 artifact,
+    timed alike) are what ``speedup_vs_torch`` compares with, and the row also says what
+    the benchmarked artifact gains over PyTorch FP32 (``selected_speedup_vs_torch``,
+    precision change included).
+    """
     ours = {m["batch"]: m for m in result["model_only"]}
+    like = {m["batch"]: m for m in fp32_rows} if fp32_rows else ours
     for row in torch_result["model_only"]:
-        if row["batch"] not in ours:
+        if row["batch"] not in ours or row["batch"] not in like:
             raise InternalError(f"the PyTorch timings have batch size {row['batch']}, the runtime's do not")
-        row["speedup_vs_torch"] = row["p50_ms"] / ours[row["batch"]]["p50_ms"]
         row.setdefault("precision", torch_result.get("precision", "fp32"))  # eager PyTorch runs FP32 unless told
+        same = like[row["batch"]]
+        row["runtime_precision"] = same.get("precision", "fp32")
+        row["runtime_p50_ms"] = same["p50_ms"]
+        row["speedup_vs_torch"] = row["p50_ms"] / same["p50_ms"]
+        selected = ours[row["batch"]]
+        if fp32_rows:
+            row["selected_precision"] = selected.get("precision")
+            row["selected_p50_ms"] = selected["p50_ms"]
+            row["selected_speedup_vs_torch"] = row["p50_ms"] / selected["p50_ms"]
+    torch_result.setdefault("precision", "fp32")
     result["torch"] = torch_result
     return result
 

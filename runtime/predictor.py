@@ -168,6 +168,7 @@ class Predictor:
         batch_size: int | None = None,
         workers: int | None = None,
         verify_hashes: bool = True,
+        prefer_fast: bool = True,
         **backend_opts: Any,
     ) -> "Predictor":
         """Load ``path`` (hashes checked), pick the backend, and get ready to predict.
@@ -176,7 +177,10 @@ class Predictor:
         ``onnxruntime``, ``tensorrt`` or ``openvino``. ``tta``: override the bundle's
         test-time augmentation (a :class:`TTASpec` or its CLI form, e.g. ``"hflip"``).
         ``profile``: a profile name, TOML path or :class:`runtime.targets.Profile`; it sets the
-        provider order, the default precision and the batch limits.
+        provider order, the default precision and the batch limits. ``prefer_fast``: with
+        no ``precision``, run the fastest artifact that passed the gate on this device
+        when the declared default is slow here (FP32 or INT8 instead of FP16 on a CPU;
+        :func:`runtime.backends.open_bundle_backend` says which and why).
         """
         from convdeploy.runtime.backends import open_bundle_backend
 
@@ -190,7 +194,8 @@ class Predictor:
             with bundle.held() as current:
                 if current:
                     selection = open_bundle_backend(bundle, backend, precision=precision, profile=prof,
-                                                    threads=threads, **backend_opts)
+                                                    threads=threads, prefer_fast=prefer_fast,
+                                                    **backend_opts)
                     break
         else:
             raise BundleError(f"{path} kept changing while it was loaded",

@@ -45,7 +45,7 @@ Where this code departs from the paper, on purpose:
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Sequence
+from typing import Literal, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -274,7 +274,7 @@ class LeNet5(ClassifierBase):
     macs=0.00041652,
     tags=("digits", "small-input"),
 )
-def lenet5(num_classes: int = 10, variant: str = "modern", in_chans: int = 1) -> LeNet5:
+def lenet5(num_classes: int = 10, variant: Literal["modern", "paper"] = "modern", in_chans: int = 1) -> LeNet5:
     """LeNet-5 at 32x32. ``variant="modern"`` (ReLU, max pooling, full C3; 61,706
     parameters for 10 classes) or ``variant="paper"`` (scaled tanh, trainable
     subsampling, Table I connections; 60,850 parameters for 10 classes)."""

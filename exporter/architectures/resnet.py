@@ -21,7 +21,7 @@ for 32x32 images (3x3 stride-1 stem, no max pool), ``in_chans=1`` for grayscale.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -244,7 +244,7 @@ class CifarResNet(ClassifierBase):
         *,
         in_chans: int = 3,
         residual: bool = True,
-        shortcut: str = "A",
+        shortcut: Literal["A", "B"] = "A",
         zero_init_residual: bool = False,
     ) -> None:
         super().__init__()

@@ -25,7 +25,7 @@ from torch import nn
 
 from convdeploy.runtime.errors import CheckpointError, InputError, UsageError
 
-__all__ = ["LoadReport", "load_state_dict_file", "load_weights", "normalize_state_dict"]
+__all__ = ["LoadReport", "load_state_dict_file", "load_weights", "normalize_state_dict", "weights_format"]
 
 #: keys under which training scripts commonly nest the model's state_dict
 _CONTAINER_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "network", "model_ema", "state_dict_ema")
@@ -100,6 +100,11 @@ def _is_safetensors(path: Path) -> bool:
     if len(head) < 9 or head[8:9] != b"{":
         return False
     return 0 < int.from_bytes(head[:8], "little") <= path.stat().st_size - 8
+
+
+def weights_format(path: str | os.PathLike) -> str:
+    """``"safetensors"`` or ``"pytorch"`` (a torch.save file, read with weights_only): what a bundle records."""
+    return "safetensors" if _is_safetensors(Path(path)) else "pytorch"
 
 
 def _first_line(exc: BaseException) -> str:
@@ -274,7 +279,8 @@ def load_weights(
         if matching < len(target) // 2:
             hint = f"only {matching} of {len(target)} tensors match: it looks like a checkpoint of another architecture"
         else:
-            hint = "check that the model options (num_classes, in_chans, small_input, aux_logits, ...) match the checkpoint's"
+            hint = ("check that the model options (num_classes, in_chans, small_input, aux_logits, ...) match the "
+                    "checkpoint's: --model-arg KEY=VALUE, listed by `convdeploy models ARCH`")
         raise CheckpointError(f"{source} does not fit {arch}: " + "; ".join(problems), hint)
 
     full = {k: (state[k] if k in state else v) for k, v in target.items()}

@@ -8,21 +8,26 @@ preprocessing, TTA, the checkpoint's hash and metadata, the data it was trained 
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from convdeploy.exporter.architectures.registry import create_model, get_entry
 from convdeploy.exporter.architectures.base import LogitsOnly
+from convdeploy.exporter.architectures.options import parse_model_args
+from convdeploy.exporter.architectures.weights import load_state_dict_file, load_weights, weights_format
 from convdeploy.exporter.export.onnx_export import eval_mode
-from convdeploy.exporter.training.checkpoint import load_checkpoint
-from convdeploy.runtime.errors import UsageError
+from convdeploy.exporter.training.checkpoint import META_FILE, MODEL_FILE, load_checkpoint
+from convdeploy.exporter.training.prepare import resolve_spec
+from convdeploy.runtime.errors import InputError, UsageError
+from convdeploy.runtime.fsutil import sha256_file
 from convdeploy.runtime.transforms.preprocess import IMAGENET_EVAL, PreprocessSpec
 from convdeploy.runtime.transforms.tta import TTASpec
 
@@ -56,6 +61,10 @@ class SourceModel:
     digits: bool = False
     data_root: str | None = None  # an ImageFolder the checkpoint was trained on, if it still exists
     notes: list[str] = field(default_factory=list)
+    # For an architecture built here (kind "architecture" or "weights"): its builder options and,
+    # with --weights, the file loaded: {"path", "sha256", "format", "load"}. Both go into provenance.
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    weights: dict[str, Any] | None = None
 
     def default_name(self) -> str:
         data = self.meta.get("data") or {}
@@ -71,6 +80,8 @@ class SourceModel:
             return f"checkpoint {self.source} ({self.architecture})"
         if self.kind == "architecture":
             return f"{self.source} (random weights)"
+        if self.kind == "weights" and self.weights is not None:
+            return f"{self.architecture} with weights {self.weights['path']}"
         return f"{self.source} ({self.architecture})"
 
 
@@ -79,18 +90,104 @@ def _output_classes(model: Any, spec: PreprocessSpec) -> int:
     return int(reference_logits(model, x).shape[1])
 
 
+def parse_classes(value: str | Sequence[str] | None) -> list[str] | None:
+    """``--classes``: a file (one name per line, or a JSON list) or ``a,b,c`` -> the class names."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        names = [str(v) for v in value]
+    else:
+        path = Path(value)
+        if path.is_file():
+            try:
+                text = path.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise InputError(f"cannot read the class names in {path}: {exc}") from None
+            if path.suffix == ".json":
+                try:
+                    names = json.loads(text)
+                except (ValueError, RecursionError) as exc:
+                    raise UsageError(f"{path} is not valid JSON ({str(exc).splitlines()[0]})") from None
+                if not isinstance(names, list) or not all(isinstance(n, (str, int)) for n in names):
+                    raise UsageError(f"{path} must hold a JSON list of class names")
+                names = [str(n) for n in names]
+            else:
+                names = [line.strip() for line in text.splitlines() if line.strip()]
+        elif "," in value or not (path.suffix or os.sep in value):
+            names = [n.strip() for n in value.split(",")]
+        else:
+            raise InputError(f"class names file {value} not found", "pass a file, one name per line, or a,b,c")
+    if not names or any(not n for n in names):
+        raise UsageError("--classes needs at least one non-empty class name", "e.g. --classes cat,dog or a file")
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise UsageError(f"class name {dup!r} appears twice in --classes")
+    return names
+
+
+def _from_weights(arch: str, weights: str | os.PathLike, classes: Sequence[str] | None,
+                  model_kwargs: Mapping[str, Any], seed: int) -> SourceModel:
+    """A registered architecture filled from a weights file (torchvision, timm, safetensors), no training."""
+    wpath = Path(weights)
+    if wpath.is_dir() or (wpath.name == MODEL_FILE and (wpath.parent / META_FILE).is_file()):
+        raise UsageError(f"{wpath} is a convdeploy checkpoint: export it directly",
+                         f"convdeploy export {wpath.parent if wpath.is_file() else wpath} --out ...")
+    entry = get_entry(arch)
+    state = load_state_dict_file(wpath)  # one clear error for a missing, corrupt or code-carrying file
+    torch.manual_seed(seed)
+    probe = create_model(arch, **model_kwargs)
+    head = f"{getattr(probe, 'classifier_name', 'fc')}.weight"
+    outputs = int(state[head].shape[0]) if head in state and state[head].ndim >= 1 else None
+    if classes is not None and outputs is not None and len(classes) != outputs:
+        raise UsageError(f"{wpath} has a {outputs}-class classifier but --classes names {len(classes)}",
+                         f"pass {outputs} class names, or fine-tune for {len(classes)} classes "
+                         f"(convdeploy finetune {arch} --weights {wpath} --data DIR)")
+    k = outputs or (len(classes) if classes is not None else entry.num_classes)
+    model = probe if k == getattr(probe, "num_classes", None) else create_model(arch, num_classes=k, **model_kwargs)
+    report = load_weights(model, state, strict_head=True, source=str(wpath))
+    model.eval()
+    notes = [report.summary()]
+    if classes is None:
+        notes.append(f"no --classes: the {k} classes are named 0..{k - 1}; pass --classes FILE|a,b,c to name them")
+    spec = resolve_spec(entry.preprocess, in_chans=model_kwargs.get("in_chans"))
+    digest = sha256_file(wpath)
+    return SourceModel(
+        model=model, kind="weights", source=arch, architecture=arch,
+        classes=list(classes) if classes is not None else [str(i) for i in range(k)],
+        preprocess=spec, tta=TTASpec(), checkpoint_sha256=digest, digits="digits" in entry.tags, notes=notes,
+        model_kwargs=dict(model_kwargs),
+        weights={"path": str(wpath), "sha256": digest, "format": weights_format(wpath), "load": report.as_dict()},
+    )
+
+
 def load_source(
     source: str | os.PathLike,
     *,
     preprocess: PreprocessSpec | None = None,
     classes: Sequence[str] | None = None,
     seed: int = 0,
+    weights: str | os.PathLike | None = None,
+    model_kwargs: Mapping[str, Any] | None = None,
 ) -> SourceModel:
     """Resolve ``source``: a checkpoint directory, a registered architecture name (random
-    weights, said in the notes) or ``module:function`` returning an ``nn.Module``."""
+    weights, said in the notes; or ``weights``, a torchvision/timm/safetensors file loaded as
+    it is, without training) or ``module:function`` returning an ``nn.Module``.
+
+    ``model_kwargs``: builder options of an architecture (``--model-arg``), checked against
+    its signature. ``classes``: the class names (their count must match the model's outputs).
+    """
     text = str(source)
     path = Path(text)
-    if path.exists():
+    kwargs: dict[str, Any] = {}
+    if model_kwargs or weights is not None:
+        if path.exists() or _FACTORY.match(text):
+            what = "--weights" if weights is not None else "--model-arg"
+            raise UsageError(f"{what} goes with an architecture name, not {text}",
+                             "a checkpoint records its own weights and options; a factory builds its own model")
+        kwargs = parse_model_args(text, model_kwargs) if model_kwargs else {}
+    if weights is not None:
+        src = _from_weights(text, weights, classes, kwargs, seed)
+    elif path.exists():
         ckpt = load_checkpoint(path)
         meta = dict(ckpt.meta)
         data = meta.get("data") or {}
@@ -138,13 +235,15 @@ def load_source(
     else:
         entry = get_entry(text)  # raises a UsageError with suggestions for unknown names
         torch.manual_seed(seed)
-        model = create_model(text).eval()
+        k = len(classes) if classes is not None else entry.num_classes
+        model = create_model(text, num_classes=k, **kwargs).eval()
         src = SourceModel(
             model=model, kind="architecture", source=text, architecture=text,
-            classes=[str(i) for i in range(entry.num_classes)], preprocess=entry.preprocess, tta=TTASpec(),
-            digits="digits" in entry.tags,
+            classes=[str(i) for i in range(k)],
+            preprocess=resolve_spec(entry.preprocess, in_chans=kwargs.get("in_chans")), tta=TTASpec(),
+            digits="digits" in entry.tags, model_kwargs=kwargs,
             notes=[f"{text} has random weights (seed {seed}, no checkpoint): the bundle is for testing the "
-                   "toolchain, its predictions mean nothing"],
+                   f"toolchain, its predictions mean nothing (load trained ones with --weights FILE)"],
         )
     if classes is not None:
         src.classes = [str(c) for c in classes]

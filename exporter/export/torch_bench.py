@@ -58,7 +58,10 @@ def bench_torch(
                 rows.append(stats)
     finally:
         torch.set_num_threads(old_threads)
-    return {"model": what, "torch": torch.__version__, "threads": threads or old_threads, "model_only": rows}
+    for row in rows:
+        row["precision"] = "fp32"  # eager PyTorch in float32: what the runtime's FP32 artifact is compared with
+    return {"model": what, "torch": torch.__version__, "threads": threads or old_threads, "precision": "fp32",
+            "model_only": rows}
 
 
 __all__ = ["bench_torch"]

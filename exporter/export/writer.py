@@ -55,7 +55,7 @@ from convdeploy.exporter.export.precision import (
     quantize_int8,
     validate_int8_options,
 )
-from convdeploy.exporter.export.source import SourceModel, load_source, reference_logits
+from convdeploy.exporter.export.source import SourceModel, load_source, parse_classes, reference_logits
 from convdeploy.runtime.bundle.contract import (
     BUNDLE_KIND,
     GOLDEN_FILE,
@@ -80,6 +80,7 @@ from convdeploy.runtime.errors import InputError, InternalError, UsageError
 from convdeploy.runtime.fsutil import (atomic_directory, atomic_write_json, check_replaceable, remove_owned_directory,
                                        scratch_directory)
 from convdeploy.runtime.targets import Profile, resolve_profile
+from convdeploy.runtime.transforms.augment_config import with_geometry
 from convdeploy.runtime.transforms.preprocess import PreprocessSpec, preprocess_batch
 from convdeploy.runtime.transforms.tta import TTASpec, make_views, merge_views
 from convdeploy.runtime.versions import package_versions
@@ -270,6 +271,11 @@ def export_bundle(
     seed: int = 0,
     threads: int | None = None,
     progress: Progress | None = None,
+    weights: str | os.PathLike | None = None,
+    classes: Sequence[str] | str | None = None,
+    model_kwargs: Mapping[str, Any] | Sequence[str] | None = None,
+    resize: Any = None,
+    crop: Any = None,
 ) -> ExportResult:
     """Export ``source`` into a deploy bundle at ``out_dir`` and gate it on parity.
 
@@ -285,6 +291,13 @@ def export_bundle(
     ``{precision: {key: value}}`` over the tier and the profile. ``progress`` is called
     with the name of each stage as it starts (:func:`export_stages`).
 
+    ``weights``: with an architecture name as ``source``, a torchvision/timm state_dict or
+    safetensors file to ship as it is (no training); the bundle records its sha256 and
+    format. ``classes``: class names (a list, a file or ``a,b,c``). ``model_kwargs``:
+    the architecture's builder options (``--model-arg``). ``resize`` / ``crop``: the
+    shipped preprocessing's geometry (``--resize 288 --crop 256``); for an architecture
+    (with or without weights) the source is judged with the same geometry.
+
     Raises :class:`ParityFailedError` (exit 1) after writing ``<out>.failed/`` when the
     gate fails; :class:`runtime.errors.ConvDeployError` subclasses (exit 2) for bad input.
     """
@@ -296,7 +309,9 @@ def export_bundle(
                  overwrite=overwrite, seed=seed, threads=threads)
     given_spec = _preprocess_spec(preprocess)
     with clock.stage("load"):
-        src = load_source(source, preprocess=given_spec, seed=seed)
+        src = load_source(source, preprocess=given_spec, seed=seed, weights=weights, classes=parse_classes(classes),
+                          model_kwargs=model_kwargs)
+        given_spec = _with_geometry(src, given_spec, resize, crop)
         shipped = _shipped_specs(src, given_spec, tta)
         inputs = _gate_inputs(src, shipped, plan, data)
 
@@ -381,6 +396,17 @@ def _plan(
 
 
 # --------------------------------------------------------------------------- stage: load
+def _with_geometry(src: SourceModel, given: PreprocessSpec | None, resize: Any, crop: Any) -> PreprocessSpec | None:
+    """``--resize`` / ``--crop`` over the given or the source's spec. An architecture has no
+    trained spec of its own (the registry's is a default), so its source side follows."""
+    if resize is None and crop is None:
+        return given
+    spec = with_geometry(given or src.preprocess, resize, crop)
+    if src.kind in ("architecture", "weights"):
+        src.preprocess = spec
+    return spec
+
+
 def _preprocess_spec(value: PreprocessSpec | Mapping[str, Any] | None) -> PreprocessSpec | None:
     if value is None or isinstance(value, PreprocessSpec):
         return value
@@ -558,7 +584,9 @@ def _provenance(src: SourceModel, plan: ExportPlan, info: OnnxExportInfo, artifa
         "simplifier": info.simplifier,
         "nodes_exported": info.nodes_exported,
         "nodes_simplified": info.nodes_simplified,
-        "source": {"kind": src.kind, "value": src.source},
+        "source": {"kind": src.kind, "value": src.source,
+                   **({"model_kwargs": src.model_kwargs} if src.model_kwargs else {}),
+                   **({"weights": src.weights} if src.weights else {})},
         "checkpoint_sha256": src.checkpoint_sha256,
         "checkpoint_meta": {k: src.meta.get(k) for k in ("epoch", "metrics", "data", "seed", "model_kwargs",
                                                          "numerics")}
@@ -666,13 +694,24 @@ def check_bundle(
     bundle = Bundle.load(bundle_dir)
     manifest = bundle.manifest
     prov = manifest.get("provenance") or {}
+    recorded_source = prov.get("source") or {}
+    recorded_weights = (recorded_source.get("weights") or {}).get("path")
+    source_options: dict[str, Any] = {}
+    if source is None and recorded_source.get("kind") == "weights" and recorded_weights \
+            and Path(recorded_weights).is_file():
+        # Shipped from a weights file (export ARCH --weights FILE): the same file, options and names.
+        source = recorded_source.get("value")
+        source_options = {"weights": recorded_weights, "model_kwargs": recorded_source.get("model_kwargs") or None,
+                          "classes": bundle.classes}
     if source is None:
-        recorded = (prov.get("source") or {}).get("value")
-        if not recorded or (prov.get("source") or {}).get("kind") != "checkpoint" or not Path(recorded).exists():
+        recorded = recorded_source.get("value")
+        if not recorded or recorded_source.get("kind") != "checkpoint" or not Path(recorded).exists():
             raise UsageError(f"bundle {bundle.name!r} needs its source model to be checked",
                              "pass the checkpoint the bundle was exported from (--checkpoint)")
         source = recorded
-    src = load_source(source, seed=seed)
+    src = load_source(source, seed=seed, **source_options)
+    if source_options:  # the export judged the source with the shipped geometry (--resize/--crop)
+        src.preprocess = bundle.preprocess
     notes = list(src.notes)
     if src.checkpoint_sha256 and prov.get("checkpoint_sha256") and src.checkpoint_sha256 != prov["checkpoint_sha256"]:
         notes.append(f"this checkpoint ({src.checkpoint_sha256[:12]}...) is not the one the bundle was exported from "

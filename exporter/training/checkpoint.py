@@ -253,7 +253,8 @@ def _checkpoint_dir(path: str | os.PathLike) -> Path:
     if not p.is_dir() or not (p / META_FILE).is_file() or not (p / MODEL_FILE).is_file():
         raise CheckpointError(
             f"{p} is not a convdeploy checkpoint (needs {META_FILE} and {MODEL_FILE})",
-            "pass a directory written by `convdeploy train` or `finetune`, or load raw weights with --weights",
+            "pass a directory written by `convdeploy train` or `finetune`; for a torchvision/timm/safetensors "
+            "file use `convdeploy export ARCH --weights FILE` or `convdeploy finetune ARCH --weights FILE`",
         )
     return p
 

@@ -58,8 +58,10 @@ class TrainConfig:
     seed: int = 0
     num_workers: int = 0  # DataLoader worker processes
     threads: int | None = None  # torch intra-op threads in the training process (None: torch's default)
-    augment: str | None = None  # preset name; None: digits for small grayscale data, else standard
+    augment: str | None = None  # preset, PRESET:KEY=VALUE,..., or a .json/.toml file; None: by the data
     image_size: int | None = None  # resize to size x size (no crop) instead of the model's spec
+    resize: int | list[int] | None = None  # the spec's resize: shorter side, or [h, w] (--resize)
+    crop: list[int] | None = None  # the spec's center crop [h, w] (--crop); with resize, crop-based TTA works
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     val_fraction: float = 0.2  # folders without train/ and val/
     split_seed: int = 0
@@ -91,6 +93,19 @@ class TrainConfig:
         need(0.0 < float(self.val_fraction) < 1.0, f"val fraction must be in (0, 1), got {self.val_fraction}")
         need(int(self.step_size) >= 1, f"step size must be >= 1 epoch, got {self.step_size}")
         need(self.image_size is None or 1 <= int(self.image_size) <= 8192, f"bad image size {self.image_size}")
+        need(self.image_size is None or (self.resize is None and self.crop is None),
+             "--image-size cannot be combined with --resize/--crop (it is --resize SIZExSIZE without a crop)")
+        if self.resize is not None or self.crop is not None:
+            from convdeploy.runtime.transforms.augment_config import parse_size
+
+            resize, crop = parse_size(self.resize, "--resize"), parse_size(self.crop, "--crop")
+            # JSON-friendly, as the checkpoint stores it: an int, or [h, w].
+            self.resize = list(resize) if isinstance(resize, tuple) else resize
+            self.crop = None if crop is None else ([crop, crop] if isinstance(crop, int) else list(crop))
+        if self.augment is not None and not str(self.augment).lower().endswith((".json", ".toml")):
+            from convdeploy.runtime.transforms.augment_config import parse_augment
+
+            parse_augment(self.augment)  # a typo fails before the data loads (files are read by the run)
         need(float(self.aux_weight) >= 0, f"aux weight must be >= 0, got {self.aux_weight}")
         for name in ("train_limit", "val_limit", "eval_batch_size", "threads"):
             value = getattr(self, name)

@@ -44,7 +44,7 @@ from convdeploy.exporter.training.prepare import PreparedRun
 from convdeploy.exporter.training.report import data_name, log, progress_bar, run_summary, write_metrics
 from convdeploy.exporter.training.run_dir import RunState
 from convdeploy.runtime.errors import UsageError
-from convdeploy.runtime.transforms.augment import augmentation_preset
+from convdeploy.runtime.transforms.augment_config import build_augmentation
 
 __all__ = [
     "TrainResult",
@@ -339,7 +339,7 @@ def fit(
     ddp = Distributed.start(device)
     show = progress and ddp.main
 
-    pipeline = augmentation_preset(prepared.augment, prepared.spec)
+    pipeline = prepared.pipeline or build_augmentation(prepared.augment, prepared.spec)
     amp = device.type == "cuda" and config.amp != "off"
     if config.amp == "on" and device.type != "cuda":
         log("note: mixed precision needs a CUDA GPU; training in float32", show)

@@ -18,18 +18,23 @@ from convdeploy.exporter.training.config import TrainConfig, resolve_config
 from convdeploy.exporter.training.environment import seed_everything
 from convdeploy.exporter.training.run_dir import RunState
 from convdeploy.runtime.errors import ImageDecodeError, UsageError
+from convdeploy.runtime.transforms.augment import Pipeline
+from convdeploy.runtime.transforms.augment_config import build_augmentation, parse_augment, with_geometry
 from convdeploy.runtime.transforms.preprocess import IMAGENET_MEAN, IMAGENET_STD, PreprocessSpec
 
 __all__ = ["PreparedRun", "prepare_run", "resolve_spec", "default_augmentation", "prepare_data"]
 
 
 def resolve_spec(
-    default: PreprocessSpec, *, in_chans: int | None = None, image_size: int | None = None
+    default: PreprocessSpec, *, in_chans: int | None = None, image_size: int | None = None,
+    resize: Any = None, crop: Any = None,
 ) -> PreprocessSpec:
     """The model's preprocessing, adapted to its input channels and an optional size.
 
     ``image_size`` resizes the whole image to ``size x size`` (no crop): what small
     images like the 8x8 digits need when a model's own spec is ImageNet's 256/224.
+    ``resize`` (shorter side, or [h, w]) and ``crop`` ([h, w]) replace the spec's own
+    (``--resize 36 --crop 32``): a spec with a crop is what crop-based TTA needs.
     """
     spec = default
     if in_chans is not None and in_chans != spec.channels:
@@ -41,7 +46,7 @@ def resolve_spec(
             raise UsageError(f"models with {in_chans} input channels are not supported", "use 1 (gray) or 3 (RGB)")
     if image_size is not None:
         spec = spec.replace(resize=[int(image_size), int(image_size)], crop=None)
-    return spec
+    return with_geometry(spec, resize, crop)
 
 
 def _first_image_mode_size(split: DataSplit) -> tuple[str, tuple[int, int]]:
@@ -111,8 +116,9 @@ class PreparedRun:
     config: TrainConfig
     spec: PreprocessSpec
     dataset: Dataset
-    augment: str  # the augmentation preset
+    augment: str  # what --augment said (a preset, PRESET:KEY=VALUE,..., or a file), or the default preset
     model_kwargs: dict[str, Any]
+    pipeline: Pipeline | None = None  # the training augmentation built from ``augment`` (None: build it)
 
 
 def prepare_run(
@@ -144,9 +150,13 @@ def prepare_run(
         run.check_architecture(arch)
         config = resolve_config(config, defaults, run.saved_config)
         kwargs = run.saved_model_kwargs
+        changed = sorted(k for k, v in (model_kwargs or {}).items() if kwargs.get(k) != v)
+        if changed:
+            raise UsageError(f"--model-arg {changed[0]} cannot change on --resume",
+                             f"the run continues with its saved model options: {kwargs or 'the defaults'}")
     else:
         config = resolve_config(config, defaults)
-        if config.image_size is None and default_image_size is not None:
+        if config.image_size is None and config.resize is None and config.crop is None and default_image_size is not None:
             config = config.replace(image_size=default_image_size)
         kwargs = dict(model_kwargs or {})
     if preprocess is not None:
@@ -154,7 +164,8 @@ def prepare_run(
     elif run.resume:
         spec = run.saved_preprocess
     else:
-        spec = resolve_spec(entry.preprocess, in_chans=kwargs.get("in_chans"), image_size=config.image_size)
+        spec = resolve_spec(entry.preprocess, in_chans=kwargs.get("in_chans"), image_size=config.image_size,
+                            resize=config.resize, crop=config.crop)
     dataset = prepare_data(data, config, spec.color_mode)
     if num_classes is not None and int(num_classes) != dataset.num_classes:
         raise UsageError(
@@ -164,7 +175,10 @@ def prepare_run(
     if run.resume:
         run.check_classes(dataset.classes)
         augment = run.saved_augmentation
+        # The pipeline the run trained with, as saved: a file given to --augment may have changed since.
+        pipeline = run.saved_pipeline or build_augmentation(augment, spec)
     else:
         augment = config.augment or default_augmentation(data, dataset, spec)
+        pipeline = build_augmentation(parse_augment(augment), spec)
     seed_everything(config.seed)
-    return PreparedRun(arch, run, config, spec, dataset, augment, kwargs)
+    return PreparedRun(arch, run, config, spec, dataset, augment, kwargs, pipeline)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import sys
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -24,9 +25,12 @@ def progress_bar(total: int, desc: str, enabled: bool) -> Any:
 
 
 def log(message: str, enabled: bool) -> None:
-    """A line above the progress bar (nothing when ``enabled`` is false)."""
+    """A line above the progress bar, on stderr like the bar (nothing when ``enabled`` is false).
+
+    Never stdout: that is where ``--json`` prints its document.
+    """
     if enabled:
-        tqdm.write(message)
+        tqdm.write(message, file=sys.stderr)
 
 
 def data_name(dataset: Dataset) -> str:

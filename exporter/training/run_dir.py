@@ -18,6 +18,7 @@ from typing import Any, Sequence
 from convdeploy.exporter.training.checkpoint import is_checkpoint_dir, read_meta
 from convdeploy.runtime.errors import CheckpointError, InputError, InternalError
 from convdeploy.runtime.fsutil import repair_directory
+from convdeploy.runtime.transforms.augment import Pipeline
 from convdeploy.runtime.transforms.preprocess import PreprocessSpec
 
 __all__ = ["RUN_FILES", "RunState", "is_run_dir"]
@@ -97,6 +98,12 @@ class RunState:
     def saved_augmentation(self) -> str:
         """The augmentation preset the run trained with."""
         return self._saved().get("augmentation_preset") or "none"
+
+    @property
+    def saved_pipeline(self) -> Pipeline | None:
+        """The augmentation pipeline the run trained with (None for checkpoints that lack it)."""
+        saved = self._saved().get("augmentation")
+        return Pipeline.from_dict(saved) if isinstance(saved, dict) else None
 
     @property
     def saved_model_kwargs(self) -> dict[str, Any]:

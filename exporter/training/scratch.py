@@ -63,7 +63,7 @@ def train(
         if arch is None:
             raise UsageError("the model has no registered architecture name", "build it with exporter.create_model")
     kwargs = dict(model_kwargs or {})
-    if arch == "googlenet" and model is None and "aux_logits" not in kwargs:
+    if arch == "googlenet" and model is None and "aux_logits" not in kwargs and not resume:
         kwargs["aux_logits"] = True  # the paper trains with both auxiliary classifiers
     prepared = prepare_run(
         arch, data, config, out_dir, defaults=suggested_config(arch), resume=resume, overwrite=overwrite,

@@ -75,6 +75,8 @@ class _Request:
     allow_fallback: bool
     opts: dict[str, Any]
     notes: list[str]
+    prefer_fast: bool = False  # no precision asked for: may trade a slow default for a faster passing artifact
+    precision_reason: str | None = None  # why the precision differs from the declared default
 
     def passed_through(self, keys: tuple[str, ...]) -> dict[str, Any]:
         """The caller's extra options that a backend's constructor takes."""
@@ -113,6 +115,34 @@ def _open_tensorrt(req: _Request) -> _Opened:
     return backend, backend.describe().precision, os.path.relpath(path, req.bundle.root)
 
 
+def _fast_cpu_precision(req: _Request, providers: list[str]) -> None:
+    """On onnxruntime's CPU provider alone, run a passing INT8 artifact of the CPU flavor (u8s8)
+    or else FP32 instead of a declared FP16 default: the CPU provider has no FP16 kernels for
+    most operators and casts around them, so FP16 runs slower than FP32 there
+    (benchmarks/precision_on_cpu.py). The s8s8 INT8 graph is TensorRT's format, not reliably
+    faster than FP32 on a CPU (benchmarks/int8_vs_fp32.py), so it is not picked.
+    Only when no precision was asked for; the reason goes into the backend line."""
+    from convdeploy.runtime.backends.onnxruntime_backend import GPU_PROVIDERS, available_providers, normalize_providers
+
+    if not req.prefer_fast or req.explicit_precision or req.precision != "fp16":
+        return
+    usable = set(available_providers())
+    if any(p in usable for p in normalize_providers(providers) if p in GPU_PROVIDERS):
+        return  # a GPU provider runs FP16 natively
+    allowed = req.profile.allowed_precisions if req.profile is not None else None
+    gate_passed = (req.bundle.manifest.get("parity") or {}).get("status") == "passed"
+    for candidate in ("int8", "fp32"):
+        if candidate not in req.bundle.precisions or (allowed is not None and candidate not in allowed):
+            continue
+        if candidate == "int8" and (not gate_passed or req.bundle.artifact("int8").get("int8_flavor") != "u8s8"):
+            continue
+        req.precision_reason = (f"{candidate} instead of the declared default fp16: onnxruntime's CPU provider has no "
+                                f"fast FP16 path{' (int8 passed the parity gate)' if candidate == 'int8' else ''}; "
+                                "--precision fp16 runs it anyway")
+        req.precision = candidate
+        return
+
+
 def _open_onnxruntime(req: _Request) -> _Opened:
     from convdeploy.runtime.backends.onnxruntime_backend import CPU, CUDA, OnnxRuntimeBackend, available_providers
 
@@ -124,6 +154,7 @@ def _open_onnxruntime(req: _Request) -> _Opened:
         # The CUDA EP when this build has it, never the TensorRT EP: it compiles engines
         # for minutes on first use, so only a profile asks for it.
         providers = ([CUDA] if CUDA in available_providers() else []) + [CPU]
+    _fast_cpu_precision(req, providers)
     backend = OnnxRuntimeBackend(req.bundle.artifact_path(req.precision), providers=providers, threads=req.threads,
                                  allow_fallback=req.allow_fallback, precision=req.precision,
                                  **req.passed_through(OnnxRuntimeBackend.OPTIONS))
@@ -259,6 +290,7 @@ def open_bundle_backend(
     threads: int | None = None,
     engine: str | os.PathLike | None = None,
     allow_fallback: bool = True,
+    prefer_fast: bool = False,
     **opts: Any,
 ) -> Selection:
     """Open the right artifact of ``bundle`` with ``backend`` (or the best one, ``auto``).
@@ -268,6 +300,11 @@ def open_bundle_backend(
     use instead of searching ``bundle/engines``. ``threads`` applies to the CPU
     backends; a TensorRT selection says in its notes that it did not apply it. Returns a
     :class:`Selection` that says what runs and why.
+
+    ``prefer_fast`` (predict and bench; not verify, which checks the declared artifact):
+    with no ``precision`` asked for, a default that is slow on the device that runs it
+    gives way to the fastest artifact that passed the gate: on onnxruntime's CPU
+    provider, INT8 (gate passed) or FP32 instead of FP16. The reason says so.
     """
     if backend != "auto":
         _kind(backend)  # an unknown name: one clear UsageError before anything loads
@@ -279,13 +316,17 @@ def open_bundle_backend(
             precision = bundle.default_precision
     if profile is not None:
         profile.check_precision(precision)
-    req = _Request(bundle, precision, explicit_precision, profile, threads, engine, allow_fallback, dict(opts), [])
+    req = _Request(bundle, precision, explicit_precision, profile, threads, engine, allow_fallback, dict(opts), [],
+                   prefer_fast=prefer_fast)
+
+    def because(reason: str) -> str:
+        return reason if req.precision_reason is None else f"{reason}; {req.precision_reason}"
 
     if backend != "auto":
         kind = _KINDS[backend]
         kind.require()  # the root cause first: the engine's package is not installed here
         opened = kind.open_bundle(req)
-        return Selection(*opened, f"asked for {backend}", req.notes)
+        return Selection(*opened, because(f"asked for {backend}"), req.notes)
 
     last_error: ConvDeployError | None = None
     for name in _AUTO_ORDER.get(profile.backend if profile else None, _AUTO_ORDER[None]):
@@ -302,7 +343,7 @@ def open_bundle_backend(
             req.notes.append(f"{name}: {exc}")
             last_error = exc
             continue
-        return Selection(*opened, kind.auto_reason(req), req.notes)
+        return Selection(*opened, because(kind.auto_reason(req)), req.notes)
     raise BackendUnavailableError(
         "no backend can run this bundle here" + (f" ({'; '.join(req.notes)})" if req.notes else ""),
         "pip install 'convdeploy[cpu]'",
