@@ -269,8 +269,12 @@ def _confusion(doc: Mapping[str, Any]) -> str:
     return _section("confusion", "Artifact against the source's decisions", body)
 
 
+def _logit(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
 def _top2(doc: Mapping[str, Any], top: Sequence[Mapping[str, Any]]) -> str:
-    return " / ".join(f"{_e(t.get('name'))} ({_num(t.get('logit'))})" for t in top)
+    return " / ".join(f"<b>{_e(t.get('name'))}</b> ({_logit(t.get('logit'))})" for t in top)
 
 
 def _flips(doc: Mapping[str, Any]) -> str:
@@ -294,7 +298,7 @@ def _flips(doc: Mapping[str, Any]) -> str:
             cards.append(
                 f'<div class="card {"tie" if f.get("near_tie") else "clear"}">{pic}<div>{where} {tie}</div>{label}'
                 f"<div>source: {_top2(doc, f.get('source_top2') or [])}<br><span class=muted>margin "
-                f"{_num(f.get('source_margin'))}</span></div>"
+                f"{_logit(f.get('source_margin'))}</span></div>"
                 f"<div>artifact: {_top2(doc, f.get('artifact_top2') or [])}</div></div>")
         parts.append(f'<div class="gallery">{"".join(cards)}</div>')
     if not parts:

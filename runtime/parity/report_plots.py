@@ -99,8 +99,9 @@ def per_class_figure(title: str, names: Sequence[str], source: Sequence[float | 
     arts = {n: np.array([np.nan if v is None else v for v in vals], dtype=float) for n, vals in artifacts.items()}
     chosen = np.arange(k)
     if k > MAX_CLASSES_DRAWN:
-        gap = np.nanmax(np.abs(np.vstack([a - src for a in arts.values()])), axis=0)
-        chosen = np.sort(np.argsort(-np.nan_to_num(gap, nan=-1.0), kind="stable")[:MAX_CLASSES_DRAWN])
+        # A class without samples has no accuracy (NaN): it ranks last.
+        gap = np.nan_to_num(np.abs(np.vstack([a - src for a in arts.values()])), nan=-1.0).max(axis=0)
+        chosen = np.sort(np.argsort(-gap, kind="stable")[:MAX_CLASSES_DRAWN])
         title = f"{title} ({MAX_CLASSES_DRAWN} of {k} classes: the largest differences)"
     series = [("source", src, SOURCE_COLOR)] + [(n, a, ARTIFACT_COLORS[i % len(ARTIFACT_COLORS)])
                                                 for i, (n, a) in enumerate(arts.items())]
@@ -116,7 +117,7 @@ def per_class_figure(title: str, names: Sequence[str], source: Sequence[float | 
     ax.set_ylim(max(0.0, low - 5.0), 101.0)
     ax.set_ylabel("accuracy, %")
     ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8, ncols=min(len(series), 4), loc="lower right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # beside the bars, never over them
     ax.grid(axis="y", alpha=0.3)
     return _uri(fig)
 

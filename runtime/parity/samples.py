@@ -34,7 +34,10 @@ def wilson_interval(successes: int, total: int, z: float = Z95) -> tuple[float, 
     denominator = 1.0 + z2 / total
     center = (p + z2 / (2 * total)) / denominator
     half = z * math.sqrt(p * (1 - p) / total + z2 / (4 * total * total)) / denominator
-    return (max(0.0, center - half), min(1.0, center + half))
+    # At 0 % and 100 % the bound is exactly 0 or 1; say so without float rounding.
+    lo = 0.0 if successes == 0 else max(0.0, center - half)
+    hi = 1.0 if successes == total else min(1.0, center + half)
+    return (lo, hi)
 
 
 def samples_needed(threshold: float) -> int:
