@@ -192,3 +192,14 @@ def test_a_small_folder_with_other_classes_warns_about_samples_labels_and_calibr
     parity = json.loads((out / "parity.json").read_text())
     assert [f"warning: {w}" for w in parity["warnings"]] == warnings
     assert json.loads((out / "report.json").read_text())["warnings"] == parity["warnings"]
+
+
+def test_the_readme_shows_a_small_screenshot_of_the_report():
+    from PIL import Image
+
+    from tests.conftest import REPO
+
+    shot = REPO / "benchmarks" / "report_screenshot.png"
+    assert "](benchmarks/report_screenshot.png)" in (REPO / "README.md").read_text(encoding="utf-8")
+    assert shot.stat().st_size < 300 * 1024
+    assert Image.open(shot).format == "PNG"

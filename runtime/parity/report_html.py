@@ -58,6 +58,7 @@ img.plot { max-width: 100%; height: auto; display: block; margin: 6px 0 12px; ba
 .card.clear { border-color: #e0a0a0; } .card img { image-rendering: pixelated; display: block; margin: 0 auto 4px;
   border: 1px solid var(--line); }
 .card .nopic { height: 64px; display: flex; align-items: center; justify-content: center; color: var(--muted); }
+.wide { overflow-x: auto; } .wide td:first-child { min-width: 150px; }
 code { font-size: 12px; background: #f3f3f3; padding: 0 3px; border-radius: 3px; word-break: break-all; }
 footer { margin-top: 36px; color: var(--muted); font-size: 12px; }
 """
@@ -178,8 +179,9 @@ def _checks(artifacts: Sequence[Mapping[str, Any]]) -> str:
                     f'<span class=muted>{_e(art.get("artifact"))}; {_e(art.get("precision"))} tier; '
                     f'{_e(art.get("samples"))} samples</span></td><td><span class="badge {verdict}">{verdict}</span>'
                     f'</td>{"".join(cells)}</tr>')
-    head = "".join(f"<th>{_e(n)}</th>" for n in names)
-    table = f"<table><tr><th>artifact</th><th>verdict</th>{head}</tr>{''.join(rows)}</table>"
+    head = "".join(f"<th>{_e(n).replace('_', '_<wbr>')}</th>" for n in names)  # headers may wrap at "_"
+    table = (f'<div class="wide"><table><tr><th>artifact</th><th>verdict</th>{head}</tr>{"".join(rows)}</table>'
+             f"</div>")
     explain = ("<p class=muted>Each cell: the measured value, and below it the limit of the precision's tier "
                "(after the profile's and the command line's overrides). A dash: the tier does not check it.</p>")
     return _section("checks", "Checks: measured value against the limit", table + explain)

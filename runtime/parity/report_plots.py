@@ -70,7 +70,7 @@ def accuracy_figure(artifacts: Sequence[Mapping[str, Any]]) -> str | None:
                   for a in labelled)
         ax.set_xlim(max(0.0, 100.0 * low - 5.0), 100.5)
         ax.set_xlabel("accuracy on the labels, % (95 % Wilson interval)")
-        ax.legend(loc="lower left", fontsize=8)
+        ax.legend(loc="lower left", bbox_to_anchor=(0.0, 1.0), ncols=2, fontsize=8, frameon=False)
         ax.grid(axis="x", alpha=0.3)
     ax = axes[-1]
     y = np.arange(len(artifacts))

@@ -242,3 +242,42 @@ def test_the_check_and_bench_reports_refuse_to_write_into_a_bundle(tmp_path, gat
         write_check_report(tmp_path, gate_report, tmp_path)
     with pytest.raises(UsageError, match="is a bundle"):
         write_bench_report(tmp_path, {}, tmp_path)
+
+
+def test_without_matplotlib_a_target_writes_report_json_and_says_why_there_is_no_html(tmp_path):
+    from tests.conftest import run_without_torch
+
+    code = f"""
+class _NoPlots:
+    def find_spec(self, name, path=None, target=None):
+        if name == "matplotlib" or name.startswith("matplotlib."):
+            raise ImportError("matplotlib is blocked")
+sys.meta_path.insert(0, _NoPlots())
+import numpy as np
+from pathlib import Path
+from convdeploy.runtime.errors import UsageError
+from convdeploy.runtime.parity.metrics import compare_outputs, judge
+from convdeploy.runtime.parity.report import ParityInputs, ParityReport, ParityRow
+from convdeploy.runtime.parity.report_document import build_report_document, write_report
+from convdeploy.runtime.parity.tolerances import tolerances_for
+
+ref = np.eye(3) * 4
+tol = tolerances_for("fp32")
+rep = compare_outputs(ref, ref, near_tie=1e-4)
+row = ParityRow("fp32", "fp32", "m.onnx", rep, judge(rep, "fp32", tol), tol, reference_logits=ref,
+                candidate_logits=ref)
+doc = build_report_document(ParityReport([row], ParityInputs("golden", 3, False)), classes=list("abc"),
+                            origin="check")
+files = write_report(Path({str(tmp_path)!r}), doc, html=None)
+assert files.html is None and files.json.is_file(), files
+print(files.note)
+try:
+    write_report(Path({str(tmp_path)!r}), doc, html=True)
+except UsageError as exc:
+    print("refused:", exc)
+"""
+    r = run_without_torch(code)
+    assert r.returncode == 0, r.stderr
+    assert "report.html not written: matplotlib is not installed" in r.stdout
+    assert "refused: the HTML report needs matplotlib" in r.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]
