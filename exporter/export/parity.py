@@ -286,5 +286,6 @@ def display_samples(data: ParityData) -> Sequence[Any] | np.ndarray | None:
 
 
 __all__ = ["DEFAULT_PARITY_SAMPLES", "DEFAULT_TTA_SAMPLES", "RANDOM_SAMPLES", "CandidateRun", "ParityData",
-           "ParityFailedError", "ParityReport", "ParityRow", "backend_logits", "candidate_runs", "display_samples", "judge_row",
+           "ParityFailedError", "ParityReport", "ParityRow", "backend_logits", "candidate_runs",
+           "display_samples", "judge_row",
            "run_parity", "tta_row_name"]

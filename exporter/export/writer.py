@@ -5,8 +5,8 @@ one ONNX graph per precision (``model.onnx`` in FP32 always; the FP16 and INT8 v
 derive from it), ``golden.npz`` (real preprocessed inputs and the source model's
 outputs), ``parity.json`` (the gate's report), ``report.json`` and ``report.html`` (the
 gate's evidence for a person: :mod:`runtime.parity.report_document`) and ``manifest.json``
-(the sha256 of every other file). Each ONNX file also carries the manifest, without its ``files`` table since
-a file cannot hold its own hash, in its metadata_props.
+(the sha256 of every other file). Each ONNX file also carries the manifest, without its
+``files`` table since a file cannot hold its own hash, in its metadata_props.
 
 An export runs as stages (:func:`export_stages`), each a function below that returns a
 small record: plan (validate the options), load (the source model, the gate's data and

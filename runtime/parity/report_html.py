@@ -285,7 +285,8 @@ def _flips(doc: Mapping[str, Any]) -> str:
         flips = art.get("flips") or []
         near = sum(1 for f in flips if f.get("near_tie"))
         parts.append(f"<h3>{_e(art['name'])}: {len(flips)} flipped of {_e(art.get('samples'))} "
-                     f"<span class=muted>({near} near-ties, near_tie={_num((art.get('agreement') or {}).get('near_tie'))}"
+                     f"<span class=muted>({near} near-ties, "
+                     f"near_tie={_num((art.get('agreement') or {}).get('near_tie'))}"
                      f" of the logit scale)</span></h3>")
         if not flips:
             parts.append("<p class=muted>no flipped sample: the artifact decides like the source on every input</p>")
@@ -296,7 +297,8 @@ def _flips(doc: Mapping[str, Any]) -> str:
             where = f"#{f['index']}" + (f" <code>{_e(f['path'])}</code>" if f.get("path") else "")
             tie = '<span class="badge tie">near-tie</span>' if f.get("near_tie") else \
                 '<span class="badge bad">clear flip</span>'
-            label = "" if f.get("label") is None else f"<div>true label: <b>{_e(_class_name(doc, f['label']))}</b></div>"
+            label = "" if f.get("label") is None else \
+                f"<div>true label: <b>{_e(_class_name(doc, f['label']))}</b></div>"
             cards.append(
                 f'<div class="card {"tie" if f.get("near_tie") else "clear"}">{pic}<div>{where} {tie}</div>{label}'
                 f"<div>source: {_top2(doc, f.get('source_top2') or [])}<br><span class=muted>margin "

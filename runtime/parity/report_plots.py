@@ -28,7 +28,8 @@ def _figure(width: float, height: float) -> Any:
     try:
         from matplotlib.figure import Figure
     except ImportError:
-        raise UsageError("the HTML report needs matplotlib", "pip install matplotlib (or 'convdeploy[torch]')") from None
+        raise UsageError("the HTML report needs matplotlib",
+                         "pip install matplotlib (or 'convdeploy[torch]')") from None
     return Figure(figsize=(width, height), dpi=DPI, layout="constrained")
 
 
@@ -44,7 +45,8 @@ def _interval_bars(ax: Any, y: np.ndarray, values: Sequence[float], intervals: S
     lo = 100.0 * np.asarray([i[0] for i in intervals], dtype=float)
     hi = 100.0 * np.asarray([i[1] for i in intervals], dtype=float)
     ax.barh(y, vals, height=height, color=color, label=label,
-            xerr=np.clip(np.vstack([vals - lo, hi - vals]), 0.0, None), error_kw={"ecolor": "#333333", "capsize": 3, "lw": 1})
+            xerr=np.clip(np.vstack([vals - lo, hi - vals]), 0.0, None),
+            error_kw={"ecolor": "#333333", "capsize": 3, "lw": 1})
 
 
 def accuracy_figure(artifacts: Sequence[Mapping[str, Any]]) -> str | None:
