@@ -462,17 +462,21 @@ def verify_cmd(bundle: str, backend: str, precision: str | None, profile_name: s
 @click.option("--tta", default=None, metavar="SPEC", help="Override the bundle's test-time augmentation.")
 @click.option("--compare-torch", "compare_torch", default=None, metavar="CHECKPOINT",
               help="Also time the PyTorch source (a checkpoint or a model name; needs PyTorch).")
+@click.option("--report", "report_dir", default=None, type=click.Path(file_okay=False, path_type=str), metavar="DIR",
+              help="Add these timings to the report in DIR (report.json/report.html; started from the "
+                   "bundle's own report when DIR has none).")
 @json_option
 def bench_cmd(bundle: str, backend: str, precision: str | None, profile_name: str | None, threads: int | None,
               batch_sizes: str, warmup: int, iterations: int | None, duration: float | None,
               image_paths: tuple[str, ...], e2e_images: int, tta: str | None, compare_torch: str | None,
-              as_json: bool) -> None:
+              report_dir: str | None, as_json: bool) -> None:
     """Latency (p50/p90/p99) and throughput, model-only and end to end.
 
     \b
     Example:
       convdeploy bench bundles/resnet18 --batch-sizes 1,8 --threads 2 --images photos/
       convdeploy bench bundles/resnet18 --compare-torch runs/resnet18/best --json
+      convdeploy bench bundles/resnet18 --report reports/resnet18
     """
     from convdeploy.runtime.bench import bench_bundle
     from convdeploy.runtime.errors import InputError, UsageError
@@ -500,6 +504,10 @@ def bench_cmd(bundle: str, backend: str, precision: str | None, profile_name: st
                           batch_sizes=sizes, warmup=warmup, iterations=iterations, duration=duration,
                           images=files, e2e_images=e2e_images, tta=tta, compare_with=compare_with,
                           progress=None if as_json else (lambda m: click.echo(f"timing {m}...", err=True)))
+    if report_dir:
+        from convdeploy.runtime.parity.report_document import write_bench_report
+
+        _echo_report_files(write_bench_report(report_dir, result, bundle))
     if as_json:
         echo_json(result)
         return
@@ -625,6 +633,19 @@ def _echo_parity_text(report: Any) -> None:
             click.echo(line)
 
 
+def _echo_warnings(warnings: list[str]) -> None:
+    """What limits a verdict: one line each on stderr (also in parity.json and the report)."""
+    for warning in warnings:
+        click.secho(f"warning: {warning}", fg="yellow", err=True)
+
+
+def _echo_report_files(files: Any) -> None:
+    """Where ``--report`` wrote (a :class:`runtime.parity.report_document.ReportFiles`)."""
+    click.echo(f"report: {files.html or files.json}", err=True)
+    if files.note:
+        click.echo(f"note: {files.note}", err=True)
+
+
 @main.command("export")
 @click.argument("source")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=str),
@@ -730,6 +751,9 @@ def export_cmd(source: str, out: str, precision: str, profile_name: str, exporte
                            "parity": exc.report.to_dict() if exc.report is not None else None})
             elif exc.report is not None:
                 _echo_parity_text(exc.report)
+                _echo_warnings(exc.report.warnings)
+                if exc.result is not None:
+                    click.echo(f"report: {exc.result.report_html}", err=True)
             raise
         bar.update(1)
     if as_json:
@@ -747,6 +771,8 @@ def export_cmd(source: str, out: str, precision: str, profile_name: str, exporte
                f"default {result.manifest['default_precision']}) in {result.timings.get('total', 0):.1f} s")
     for note in result.notes:
         click.echo(f"note: {note}", err=True)
+    _echo_warnings(result.warnings)
+    click.echo(f"report: {result.report_html}", err=True)
 
 
 @main.command("check")
@@ -764,8 +790,9 @@ def export_cmd(source: str, out: str, precision: str, profile_name: str, exporte
 @click.option("--tolerance", "--tol", "tolerance", multiple=True, metavar="[PREC.]KEY=VALUE",
               help="Override a parity tolerance (repeatable), e.g. int8.max_accuracy_drop=0.5.")
 @click.option("--no-tta", is_flag=True, help="Do not compare the bundle's test-time augmentation.")
-@click.option("--report", "report_path", default=None, type=click.Path(dir_okay=False, path_type=str),
-              help="Also write the full report as JSON to this file.")
+@click.option("--report", "report_path", default=None, type=click.Path(path_type=str), metavar="DIR",
+              help="Write report.json and report.html (accuracy, per class, flipped samples) into DIR. "
+                   "A path ending in .json still gets the parity JSON alone (deprecated).")
 @_ray_options
 @json_option
 @needs_torch
@@ -780,7 +807,7 @@ def check_cmd(bundle: str, checkpoint: str | None, data: str | None, samples: in
     \b
     Example:
       convdeploy check bundles/resnet18 --checkpoint runs/resnet18/best --data val_images/
-      convdeploy check bundles/lenet5 --tolerance int8.max_accuracy_drop=0.5 --report parity.json
+      convdeploy check bundles/lenet5 --tolerance int8.max_accuracy_drop=0.5 --report reports/lenet5
       convdeploy check bundles/lenet5 --data digits --ray
     """
     from convdeploy.exporter.export.writer import check_bundle
@@ -797,12 +824,19 @@ def check_cmd(bundle: str, checkpoint: str | None, data: str | None, samples: in
     else:
         report = check_bundle(bundle, checkpoint, **options)
     doc = report.to_dict()
-    if report_path:
+    if report_path and report_path.endswith(".json"):
         atomic_write_json(report_path, doc)
+        click.echo("note: --report FILE.json is deprecated: pass a directory to get report.json and report.html",
+                   err=True)
     if as_json:
         echo_json(doc)
     else:
         _echo_parity_text(report)
+    _echo_warnings(report.warnings)
+    if report_path and not report_path.endswith(".json"):
+        from convdeploy.runtime.parity.report_document import write_check_report
+
+        _echo_report_files(write_check_report(report_path, report, bundle))
     if not report.passed:
         raise CheckFailedError(report.summary(), "the exported model does not decide like the source")
 
@@ -1079,6 +1113,7 @@ def demo_cmd(out: str, epochs: int | None, overwrite: bool, no_progress: bool, a
     if as_json:
         echo_json(summary)
     else:
+        click.echo(f"report: {summary['report']} (open it in a browser)")
         click.echo(f"done: bundle at {summary['bundle']}; try `convdeploy predict {summary['bundle']} "
                    f"{summary['out']}/digits/val/7`")
 

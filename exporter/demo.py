@@ -1,4 +1,4 @@
-"""The end-to-end demo: train -> export (FP32/FP16/INT8, gated) -> predict -> verify.
+"""The end-to-end demo: train -> export (FP32/FP16/INT8, gated) -> predict -> verify -> report.
 
 Everything runs on data that ships with scikit-learn (1,797 real handwritten digits),
 so the demo needs no download. The bundle targets a Jetson Orin profile (opset 17,
@@ -6,7 +6,9 @@ S8S8 Q/DQ for TensorRT); its parity gate runs here on the CPU, before any engine
 exists, which is the point: precision problems are caught on the workstation.
 
 The prediction and verification steps use only :mod:`runtime` (no torch), the way a
-target device would, on the digits written out as real PNG files.
+target device would, on the digits written out as real PNG files. The last step times
+each artifact (``runtime.bench``) and writes ``report.html`` / ``report.json`` into the
+output folder: the gate's evidence (:mod:`runtime.parity.report_document`) with the timings.
 """
 
 from __future__ import annotations
@@ -21,14 +23,17 @@ from convdeploy.exporter.export.writer import export_bundle
 from convdeploy.exporter.training.config import suggested_config
 from convdeploy.exporter.training.run_dir import RunState
 from convdeploy.exporter.training.scratch import train
-from convdeploy.runtime.bundle.contract import BUNDLE_KIND
+from convdeploy.runtime.bench import bench_bundle
+from convdeploy.runtime.bundle.contract import BUNDLE_KIND, REPORT_JSON
 from convdeploy.runtime.errors import CheckFailedError, InputError
 from convdeploy.runtime.fsutil import check_replaceable
+from convdeploy.runtime.parity.report_document import load_report_document, with_bench, write_report
 from convdeploy.runtime.predictor import Predictor
 from convdeploy.runtime.verify import verify_bundle
 
 DEMO_ARCH = "lenet5"
 DEMO_PROFILE = "jetson-orin"
+BENCH_ITERATIONS = 20  # per batch size: enough for a p50 on LeNet-5, seconds in all
 
 
 def run_demo(
@@ -43,7 +48,8 @@ def run_demo(
     """Run the whole flow into ``out_dir`` and return a JSON-ready summary.
 
     Layout written: ``run/`` (training: checkpoints, metrics, curves.png),
-    ``bundle/`` (the deploy bundle), ``digits/`` (the digits as an ImageFolder of PNGs).
+    ``bundle/`` (the deploy bundle), ``digits/`` (the digits as an ImageFolder of PNGs),
+    ``report.html`` and ``report.json`` (the gate's report with the timings of each artifact).
     Raises :class:`CheckFailedError` when the export gate or a verify fails.
     """
     out = Path(out_dir)
@@ -56,7 +62,7 @@ def run_demo(
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
 
-    log(f"[1/4] training {DEMO_ARCH} on scikit-learn's handwritten digits")
+    log(f"[1/5] training {DEMO_ARCH} on scikit-learn's handwritten digits")
     t0 = time.perf_counter()
     overrides = {} if epochs is None else {"epochs": epochs}
     config = suggested_config(DEMO_ARCH, **overrides)
@@ -65,7 +71,7 @@ def run_demo(
     log(f"      best val accuracy {100 * trained.best_val_acc:.2f}% at epoch {trained.best_epoch} "
         f"({timings['train_s']:.1f} s)")
 
-    log(f"[2/4] exporting {', '.join(precisions)} for profile {DEMO_PROFILE} with the parity gate")
+    log(f"[2/5] exporting {', '.join(precisions)} for profile {DEMO_PROFILE} with the parity gate")
     t0 = time.perf_counter()
     exported = export_bundle(
         trained.best_dir, out / "bundle", precisions=precisions, profile=DEMO_PROFILE,
@@ -77,7 +83,7 @@ def run_demo(
     if not exported.passed:
         raise CheckFailedError(f"the parity gate failed; see {exported.out_dir}/parity.json")
 
-    log("[3/4] predicting the validation PNGs with the torch-free runtime")
+    log("[3/5] predicting the validation PNGs with the torch-free runtime")
     digits_dir = out / "digits"
     write_digits_imagefolder(digits_dir, overwrite=True)
     val_files = sorted((digits_dir / "val").glob("*/*.png"))
@@ -91,7 +97,7 @@ def run_demo(
         log(f"      {precision}: {correct}/{len(val_files)} correct ({100 * accuracy[precision]:.2f}%)")
     timings["predict_s"] = time.perf_counter() - t0
 
-    log("[4/4] verifying every artifact against the golden outputs, as on a device")
+    log("[4/5] verifying every artifact against the golden outputs, as on a device")
     verified = {}
     for precision in precisions:
         result = verify_bundle(exported.out_dir, backend="onnxruntime", precision=precision)
@@ -99,6 +105,18 @@ def run_demo(
         log(f"      {result.summary()}")
     if not all(verified.values()):
         raise CheckFailedError("on-device verify failed", f"see `convdeploy verify {exported.out_dir}`")
+
+    log("[5/5] timing each artifact and writing the report")
+    t0 = time.perf_counter()
+    document = load_report_document(exported.out_dir / REPORT_JSON)
+    for precision in precisions:
+        timed = bench_bundle(exported.out_dir, "onnxruntime", precision=precision, batch_sizes=(1, 8), warmup=3,
+                             iterations=BENCH_ITERATIONS, images=val_files[:64], e2e_images=64)
+        document = with_bench(document, timed)
+        best = timed["model_only"][-1]
+        log(f"      {precision}: {best['throughput_ips']:.0f} images/s at batch {best['batch']} (model only)")
+    files = write_report(out, document, html=True)
+    timings["report_s"] = time.perf_counter() - t0
 
     return {
         "out": str(out),
@@ -109,5 +127,6 @@ def run_demo(
         "parity": exported.status,
         "runtime_accuracy": accuracy,
         "verified": verified,
+        "report": str(files.html),
         "timings": timings,
     }

@@ -26,6 +26,12 @@ def test_demo_end_to_end(tmp_path):
     for name in ("model.onnx", "model.fp16.onnx", "model.int8.onnx", "manifest.json", "golden.npz", "parity.json"):
         assert (out / "bundle" / name).is_file()
     assert (out / "run" / "curves.png").is_file()
+    # The report, in the output folder: the gate's evidence with every artifact's timings.
+    assert summary["report"] == str(out / "report.html") and (out / "report.html").is_file()
+    report = json.loads((out / "report.json").read_text())
+    assert report["status"] == "passed" and [a["name"] for a in report["artifacts"]] == \
+        ["fp32", "fp16", "fp16-emulated", "int8"]
+    assert sorted(b["backend"]["precision"] for b in report["bench"]) == ["fp16", "fp32", "int8"]
 
 
 def test_demo_refuses_a_non_empty_out(tmp_path):

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -68,6 +68,8 @@ class ParityData:
     labels: np.ndarray | None = None
     classes: list[str] | None = None
     random: bool = False
+    paths: list[str] | None = None  # the images' files, when they came from a folder
+    skipped: list[str] = field(default_factory=list)  # "path: reason" of unreadable files
 
     def __post_init__(self) -> None:
         if (self.images is None) == (self.arrays is None):
@@ -90,7 +92,7 @@ class ParityData:
         got = labelled_images(str(source), split, limit=limit, seed=seed)
         name = "digits" if str(source) == "digits" else str(source)
         return cls(source=f"{name} ({split} split)", images=list(got.images), labels=np.asarray(got.labels),
-                   classes=list(got.classes))
+                   classes=list(got.classes), paths=got.paths, skipped=list(got.skipped))
 
     @classmethod
     def random_inputs(cls, input_shape: Sequence[int], n: int = RANDOM_SAMPLES, seed: int = 0) -> "ParityData":
@@ -108,7 +110,7 @@ class ParityData:
         note = (f"labels of {self.source} not used: its classes ({_short(self.classes)}) are not the model's "
                 f"({_short(classes)}); accuracy is not reported")
         return ParityData(source=self.source, images=self.images, arrays=self.arrays, labels=None,
-                          classes=self.classes, random=self.random), note
+                          classes=self.classes, random=self.random, paths=self.paths, skipped=self.skipped), note
 
 
 def _short(items: Sequence[str], n: int = 4) -> str:
@@ -174,7 +176,8 @@ def judge_row(name: str, precision: str, artifact: str, reference: np.ndarray, c
     (its defaults, then the profile's table, then ``overrides``): one row of a report."""
     tol = resolve(precision, profile, overrides)
     report = compare_outputs(reference, candidate, labels, near_tie=float(tol.get("near_tie") or 0.0))
-    return ParityRow(name, precision, artifact, report, judge(report, precision, tol), tol, tta=tta)
+    return ParityRow(name, precision, artifact, report, judge(report, precision, tol), tol, tta=tta,
+                     reference_logits=reference, candidate_logits=candidate, labels=labels)
 
 
 def run_parity(
@@ -274,9 +277,15 @@ def run_parity(
     return ParityReport(rows=rows, inputs=inputs, subject="parity", notes=notes,
                         context={"reference": reference, "candidates": candidates,
                                  "seconds": round(time.perf_counter() - start, 3)},
-                        reference_outputs=ref_out)
+                        reference_outputs=ref_out, sample_images=display_samples(data), sample_paths=data.paths)
+
+
+def display_samples(data: ParityData) -> Sequence[Any] | np.ndarray | None:
+    """What the report shows of each sample: the decoded image, else the array fed to the models."""
+    return data.images if data.images is not None else data.arrays
 
 
 __all__ = ["DEFAULT_PARITY_SAMPLES", "DEFAULT_TTA_SAMPLES", "RANDOM_SAMPLES", "CandidateRun", "ParityData",
-           "ParityFailedError", "ParityReport", "ParityRow", "backend_logits", "candidate_runs", "judge_row",
+           "ParityFailedError", "ParityReport", "ParityRow", "backend_logits", "candidate_runs",
+           "display_samples", "judge_row",
            "run_parity", "tta_row_name"]

@@ -22,7 +22,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from convdeploy.exporter.export.parity import (DEFAULT_TTA_SAMPLES, ParityData, ParityReport, ParityRow,
-                                               candidate_runs, judge_row, tta_row_name)
+                                               candidate_runs, display_samples, judge_row, tta_row_name)
 from convdeploy.runtime.errors import UsageError
 from convdeploy.runtime.parity.report import ParityInputs
 from convdeploy.runtime.serve.ray_batch import connect, import_ray, quiet_data_context
@@ -188,7 +188,7 @@ def run_parity_on_ray(
                         notes=notes + [f"forward passes on Ray ({address or 'local'}, {workers} worker(s))"],
                         context={"reference": reference, "candidates": candidates,
                                  "seconds": round(time.perf_counter() - start, 3)},
-                        reference_outputs=ref_out)
+                        reference_outputs=ref_out, sample_images=display_samples(data), sample_paths=data.paths)
 
 
 def check_bundle_on_ray(bundle_dir: str | os.PathLike, source: str | os.PathLike | None = None, *,

@@ -3,9 +3,10 @@
 The bundle's files and manifest are defined by :mod:`convdeploy.runtime.bundle.contract`:
 one ONNX graph per precision (``model.onnx`` in FP32 always; the FP16 and INT8 variants
 derive from it), ``golden.npz`` (real preprocessed inputs and the source model's
-outputs), ``parity.json`` (the gate's report) and ``manifest.json`` (the sha256 of every
-other file). Each ONNX file also carries the manifest, without its ``files`` table since
-a file cannot hold its own hash, in its metadata_props.
+outputs), ``parity.json`` (the gate's report), ``report.json`` and ``report.html`` (the
+gate's evidence for a person: :mod:`runtime.parity.report_document`) and ``manifest.json``
+(the sha256 of every other file). Each ONNX file also carries the manifest, without its
+``files`` table since a file cannot hold its own hash, in its metadata_props.
 
 An export runs as stages (:func:`export_stages`), each a function below that returns a
 small record: plan (validate the options), load (the source model, the gate's data and
@@ -19,6 +20,12 @@ the complete bundle with ``parity.status = "failed"`` to ``<out>.failed/`` for
 inspection (replacing an earlier one), leaves whatever was at ``<out>`` untouched, and
 raises :class:`ParityFailedError` (exit code 1). ``parity=False`` is an explicit
 opt-out recorded as ``"skipped"`` in the manifest and parity.json.
+
+What limits a verdict is said, never silent: a gate or a calibration on fewer samples
+than asked, a sample too small for a threshold to mean what it says
+(:func:`runtime.parity.samples.sample_size_warnings`), labels that do not match the
+model's classes. Each is a line of ``warnings``: in parity.json, the report, and the
+CLI's stderr.
 
 :func:`check_bundle` re-runs the gate of an existing bundle against its source model on
 a user's labelled data (the "validate before it ships, gate CI on it" use case).
@@ -69,6 +76,8 @@ from convdeploy.runtime.bundle.contract import (
     MODEL_FILES,
     PARITY_FILE,
     PRECISIONS,
+    REPORT_HTML,
+    REPORT_JSON,
     accepted_key,
     build_manifest,
     io_spec,
@@ -79,6 +88,8 @@ from convdeploy.runtime.bundle.reader import Bundle
 from convdeploy.runtime.errors import InputError, InternalError, UsageError
 from convdeploy.runtime.fsutil import (atomic_directory, atomic_write_json, check_replaceable, remove_owned_directory,
                                        scratch_directory)
+from convdeploy.runtime.parity.report_document import build_report_document, skipped_report_document, write_report
+from convdeploy.runtime.parity.samples import fewer_samples_warning, sample_size_warnings
 from convdeploy.runtime.targets import Profile, resolve_profile
 from convdeploy.runtime.transforms.augment_config import with_geometry
 from convdeploy.runtime.transforms.preprocess import PreprocessSpec, preprocess_batch
@@ -128,10 +139,16 @@ class ExportResult:
     onnx: OnnxExportInfo
     timings: dict[str, float]
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # what limits the verdict (also in parity.json)
 
     @property
     def passed(self) -> bool:
         return self.status != "failed"
+
+    @property
+    def report_html(self) -> Path:
+        """The bundle's report.html: the gate's evidence, for a person to read."""
+        return self.out_dir / REPORT_HTML
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -145,6 +162,8 @@ class ExportResult:
             "parity": None if self.parity is None else self.parity.to_dict(),
             "timings": self.timings,
             "notes": self.notes,
+            "warnings": self.warnings,
+            "report": str(self.report_html),
         }
 
 
@@ -202,6 +221,7 @@ class GateInputs:
     candidate_inputs: np.ndarray  # ``data`` through the bundle's preprocessing: golden inputs, FP16 ranges
     calibration: Calibration | None  # with int8 only
     notes: list[str]
+    warnings: list[str] = field(default_factory=list)  # fewer samples than asked, labels not used
 
 
 @dataclass(frozen=True)
@@ -337,7 +357,7 @@ def export_bundle(
     if gate.status != "failed" and plan.failed_dir.exists() and _remove_stale_failed(plan.failed_dir):
         notes.append(f"removed {plan.failed_dir} left by an earlier failed export")
     result = ExportResult(out_dir=dest, status=gate.status, manifest=manifest, parity=gate.report, onnx=onnx_info,
-                          timings=clock.rounded(), notes=notes)
+                          timings=clock.rounded(), notes=notes, warnings=list(gate.document.get("warnings") or []))
     if gate.report is not None and gate.status == "failed":
         raise ParityFailedError(
             f"{gate.report.summary()}; no bundle was written to {plan.out}",
@@ -443,17 +463,31 @@ def _default_data(src: SourceModel) -> tuple[str | None, str | None]:
     return None, None
 
 
-def _gate_data(source: str, classes: Sequence[str], limit: int | None, seed: int, notes: list[str]) -> ParityData:
+def _gate_data(source: str, classes: Sequence[str], limit: int | None, seed: int,
+               warnings: list[str]) -> ParityData:
     """The val split of ``source`` for a gate, labelled only where its classes are the
-    model's; why the labels were dropped goes into ``notes``."""
+    model's; fewer samples than ``limit`` and dropped labels are said in ``warnings``."""
     pdata, note = ParityData.from_source(source, split="val", limit=limit, seed=seed).with_labels_for(classes)
+    if limit is not None:
+        warning = fewer_samples_warning("parity", len(pdata), limit, _short_split_reason(pdata.source, len(pdata),
+                                                                                         pdata.skipped))
+        if warning:
+            warnings.append(warning)
     if note:
-        notes.append(note)
+        warnings.append(note)
     return pdata
 
 
-def _calibration(data_source: str, plan: ExportPlan, notes: list[str]) -> Calibration:
-    """The INT8 calibration images: the train split, or the val split where there is none."""
+def _short_split_reason(source: str, got: int, skipped: Sequence[str]) -> str:
+    why = f"{source} holds only {got + len(skipped)} images"
+    if skipped:
+        why += f", {len(skipped)} of them unreadable ({skipped[0]}{', ...' if len(skipped) > 1 else ''})"
+    return why
+
+
+def _calibration(data_source: str, plan: ExportPlan, notes: list[str], warnings: list[str]) -> Calibration:
+    """The INT8 calibration images: the train split, or the val split where there is none;
+    fewer images than asked are said in ``warnings``."""
     split = "train"
     try:
         calib = labelled_images(data_source, split, limit=plan.calib_samples, seed=plan.seed)
@@ -461,6 +495,10 @@ def _calibration(data_source: str, plan: ExportPlan, notes: list[str]) -> Calibr
         split = "val"
         calib = labelled_images(data_source, split, limit=plan.calib_samples, seed=plan.seed)
         notes.append("no train split to calibrate on: calibrated on the parity (val) images")
+    warning = fewer_samples_warning("INT8 calibration", len(calib), plan.calib_samples, _short_split_reason(
+        f"{data_source} ({split} split)", len(calib), calib.skipped))
+    if warning:
+        warnings.append(warning)
     return Calibration(images=list(calib.images), description=f"{data_source} ({split} split)")
 
 
@@ -468,6 +506,7 @@ def _gate_inputs(src: SourceModel, shipped: ShippedSpecs, plan: ExportPlan,
                  data: str | os.PathLike | None) -> GateInputs:
     """The gate's data (given, the source's default, or random), and the calibration images for INT8."""
     notes: list[str] = []
+    warnings: list[str] = []
     data_source = str(data) if data is not None else None
     if data_source is None:
         data_source, why = _default_data(src)
@@ -475,9 +514,9 @@ def _gate_inputs(src: SourceModel, shipped: ShippedSpecs, plan: ExportPlan,
             notes.append(why)
     calibration = None
     if data_source is not None:
-        pdata = _gate_data(data_source, src.classes, plan.parity_samples, plan.seed, notes)
+        pdata = _gate_data(data_source, src.classes, plan.parity_samples, plan.seed, warnings)
         if "int8" in plan.precisions:
-            calibration = _calibration(data_source, plan, notes)
+            calibration = _calibration(data_source, plan, notes, warnings)
     elif "int8" in plan.precisions:
         raise UsageError("INT8 needs real calibration images and none were given",
                          "pass --data DIR (an ImageFolder) or --data digits")
@@ -490,7 +529,8 @@ def _gate_inputs(src: SourceModel, shipped: ShippedSpecs, plan: ExportPlan,
         candidate_inputs = pdata.arrays
     else:
         raise InternalError("parity data with neither images nor arrays")
-    return GateInputs(data=pdata, candidate_inputs=candidate_inputs, calibration=calibration, notes=notes)
+    return GateInputs(data=pdata, candidate_inputs=candidate_inputs, calibration=calibration, notes=notes,
+                      warnings=warnings)
 
 
 # --------------------------------------------------------------------------- stages: export, fp16, int8
@@ -533,10 +573,12 @@ def _run_gate(src: SourceModel, shipped: ShippedSpecs, inputs: GateInputs, plan:
             "summary": "parity skipped on request",
             "inputs": {"source": pdata.source, "random": pdata.random, "samples": len(pdata)},
             "rows": [],
+            "warnings": list(inputs.warnings),
         })
     report = run_parity(src.model, dict(paths), pdata, reference_spec=src.preprocess,
                         candidate_spec=shipped.preprocess, tta=shipped.tta, profile=plan.profile,
                         overrides=plan.tolerances, threads=plan.threads)
+    report.warnings = [*inputs.warnings, *report.warnings, *sample_size_warnings(report.rows)]
     return GateOutcome(status=report.status, report=report, document=report.to_dict())
 
 
@@ -626,13 +668,24 @@ def _write_manifest(name: str, src: SourceModel, shipped: ShippedSpecs, inputs: 
                      "outputs": "source model (PyTorch, fp32) logits on these inputs"},
         # "file" is set by the contract; named here to keep it second in the written JSON.
         parity={"status": gate.status, "file": PARITY_FILE, "summary": gate.document["summary"],
-                "inputs": pdata.source, "random_inputs": pdata.random},
+                "inputs": pdata.source, "random_inputs": pdata.random,
+                "report": {"json": REPORT_JSON, "html": REPORT_HTML}},
         provenance=_provenance(src, plan, info, artifacts, notes, timings),
     )
     atomic_write_json(work / PARITY_FILE, {**gate.document, "bundle": manifest["name"], "profile": plan.profile.name})
+    _write_report(work, gate, src.classes, manifest)
     for precision, art in artifacts.items():
         embed_metadata(work / art["file"], onnx_metadata(manifest, precision))
     return seal_manifest(manifest, work)
+
+
+def _write_report(work: Path, gate: GateOutcome, classes: Sequence[str], manifest: Mapping[str, Any]) -> None:
+    """report.json and report.html: the gate's evidence, sealed in the manifest like every file."""
+    if gate.report is None:
+        document = skipped_report_document(gate.document, classes=classes, manifest=manifest)
+    else:
+        document = build_report_document(gate.report, classes=classes, origin="export", manifest=manifest)
+    write_report(work, document, html=True)
 
 
 def _plain_permissions(directory: Path) -> None:
@@ -726,20 +779,26 @@ def check_bundle(
     for p in chosen:
         bundle.artifact(p)  # a precision the bundle lacks: one clear UsageError
     data_source = str(data) if data is not None else _default_data(src)[0]
+    warnings: list[str] = []
     if data_source is not None:
-        pdata = _gate_data(data_source, bundle.classes, samples, seed, notes)
+        pdata = _gate_data(data_source, bundle.classes, samples, seed, warnings)
     else:
         golden = bundle.golden()
         info = manifest.get("golden_info") or {}
         pdata = ParityData(source=f"the bundle's golden inputs ({info.get('source', 'recorded at export')})",
                            arrays=golden[GOLDEN_INPUTS], labels=golden.get(GOLDEN_LABELS),
                            random=bool(info.get("random")))
+        warning = fewer_samples_warning("parity", len(pdata), samples,
+                                        f"the bundle's golden inputs hold only {len(pdata)} (pass --data DIR for more)")
+        if warning:
+            warnings.append(warning)
         if src.preprocess != bundle.preprocess:
             notes.append("golden inputs are already preprocessed: pass --data to test the bundle's preprocessing")
     report = parity_runner(src.model, {p: bundle.artifact_path(p) for p in chosen}, pdata,
                         reference_spec=src.preprocess, candidate_spec=bundle.preprocess,
                         tta=bundle.tta if tta else None, profile=prof, overrides=tolerances, threads=threads)
     report.notes = notes + report.notes
+    report.warnings = [*warnings, *report.warnings, *sample_size_warnings(report.rows)]
     return report
 
 

@@ -13,6 +13,8 @@ A bundle directory::
     manifest.json                                   the manifest below; sha256 of every other file
     golden.npz                                      real preprocessed inputs and the source's outputs
     parity.json                                     the export gate's report
+    report.json, report.html                        the gate's evidence for a person to read
+                                                    (runtime.parity.report_document)
     engines/<name>.engine + <name>.json             built on the target: engine and its sidecar
 
 Shape of a manifest (schema version 1)::
@@ -59,6 +61,9 @@ PARITY_STATES = ("passed", "failed", "skipped")
 MANIFEST_FILE = "manifest.json"
 GOLDEN_FILE = "golden.npz"
 PARITY_FILE = "parity.json"
+# The accuracy report (runtime.parity.report_document): also written by check/bench --report DIR.
+REPORT_JSON = "report.json"
+REPORT_HTML = "report.html"
 MODEL_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
 ENGINES_DIR = "engines"
 ENGINE_SUFFIX = ".engine"

@@ -10,7 +10,7 @@ both print :meth:`ParityReport.text`. Torch-free.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -20,7 +20,13 @@ from convdeploy.runtime.parity.metrics import Verdict, format_table
 
 @dataclass
 class ParityRow:
-    """One compared artifact (and view mode): its measurements and its verdict."""
+    """One compared artifact (and view mode): its measurements and its verdict.
+
+    ``reference_logits``, ``candidate_logits`` and ``labels`` (not serialised) are the
+    per-sample outputs the row was measured on, kept for the accuracy report
+    (:mod:`runtime.parity.report_document`): sample ``i`` of a row is sample ``i`` of
+    the report's inputs.
+    """
 
     name: str
     precision: str  # the tier that judged it
@@ -29,6 +35,9 @@ class ParityRow:
     verdict: Verdict
     tolerances: dict[str, float | None]
     tta: str | None = None
+    reference_logits: np.ndarray | None = field(default=None, repr=False, compare=False)
+    candidate_logits: np.ndarray | None = field(default=None, repr=False, compare=False)
+    labels: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
     def passed(self) -> bool:
@@ -84,6 +93,12 @@ class ParityReport:
     bundle, the backend and the judging tier); :meth:`to_dict` puts its keys at the top
     level. ``reference_outputs`` (not serialised) are the reference's logits on the
     inputs, for the caller to reuse.
+
+    ``warnings`` say what limits the verdict (fewer samples than asked, a sample too
+    small for a threshold, labels not used): serialised, and printed by the CLI on
+    stderr, one line each. ``sample_images`` and ``sample_paths`` (not serialised) are
+    the inputs in sample order, for the report's thumbnails: decoded images, or the
+    preprocessed arrays when the comparison ran on arrays.
     """
 
     rows: list[ParityRow]
@@ -92,6 +107,9 @@ class ParityReport:
     notes: list[str] = field(default_factory=list)
     context: dict[str, Any] = field(default_factory=dict)
     reference_outputs: np.ndarray | None = field(default=None, repr=False)
+    warnings: list[str] = field(default_factory=list)
+    sample_images: Sequence[Any] | np.ndarray | None = field(default=None, repr=False)
+    sample_paths: list[str] | None = field(default=None, repr=False)
 
     # -- the verdict ------------------------------------------------------------------
     @property
@@ -166,6 +184,7 @@ class ParityReport:
             "rows": [r.to_dict() for r in self.rows],
             "table": self.table(),
             "notes": list(self.notes),
+            "warnings": list(self.warnings),
         }
         clash = sorted(set(doc) & set(self.context))
         if clash:

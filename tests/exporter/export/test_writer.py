@@ -38,7 +38,7 @@ def full_bundle(lenet_ckpt, tmp_path_factory):
 def test_layout_manifest_and_hashes(full_bundle, lenet_ckpt):
     out, result = full_bundle
     assert bundle_files(out) == {"model.onnx", "model.fp16.onnx", "model.int8.onnx", "manifest.json",
-                                 "golden.npz", "parity.json"}
+                                 "golden.npz", "parity.json", "report.json", "report.html"}
     manifest = json.loads((out / "manifest.json").read_text())
     validate_manifest(manifest)
     assert set(manifest["files"]) == bundle_files(out) - {"manifest.json"}

@@ -1,0 +1,56 @@
+"""Take the README's screenshot of a report.html with headless Chromium (Debian's, through Playwright).
+
+    convdeploy demo --out demo-run
+    python benchmarks/report_screenshot.py demo-run/report.html benchmarks/report_screenshot.png
+
+The page is opened from disk with the same flags as the report's browser test, the top
+of it (summary, checks, accuracy) is captured, and the PNG is reduced to a 256-colour
+palette so that the committed file stays small (< 300 KB). Prints the size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+from pathlib import Path
+
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def screenshot(page: Path, out: Path, *, width: int = 1100, height: int = 1500) -> int:
+    from PIL import Image
+    from playwright.sync_api import sync_playwright
+
+    executable = shutil.which("chromium") or shutil.which("chromium-browser")
+    if executable is None:
+        raise SystemExit("no Chromium: apt-get install -y chromium")
+    with tempfile.TemporaryDirectory() as profile, sync_playwright() as pw:
+        context = pw.chromium.launch_persistent_context(profile, executable_path=executable, headless=True,
+                                                        args=CHROMIUM_ARGS, viewport={"width": width,
+                                                                                      "height": height})
+        try:
+            tab = context.new_page()
+            tab.goto(page.resolve().as_uri(), wait_until="load")
+            raw = Path(profile) / "shot.png"
+            tab.screenshot(path=str(raw))
+            image = Image.open(raw).convert("RGB")
+        finally:
+            context.close()
+    image.quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(out, optimize=True)
+    return out.stat().st_size
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("page", type=Path, help="a report.html")
+    parser.add_argument("out", type=Path, help="the PNG to write")
+    parser.add_argument("--height", type=int, default=1500, help="pixels of the page's top to capture")
+    args = parser.parse_args()
+    size = screenshot(args.page, args.out, height=args.height)
+    print(f"{args.out}: {size / 1024:.0f} KB")
+
+
+if __name__ == "__main__":
+    main()
