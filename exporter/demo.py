@@ -25,7 +25,7 @@ from convdeploy.runtime.predictor import Predictor
 from convdeploy.runtime.verify import verify_bundle
 
 DEMO_ARCH = "lenet5"
-DEMO_PROFILE = "jetson-orin"
+DEMO_PROFILE = "jetson-agx-orin"
 
 
 def run_demo(

@@ -88,7 +88,7 @@ def test_the_wheel_holds_one_import_root(installed_wheel):
         names = zf.namelist()
     assert roots == {"convdeploy"}
     assert "convdeploy = convdeploy.cli:main" in entry_points
-    assert "convdeploy/profiles/jetson-orin.toml" in names  # package data travels
+    assert "convdeploy/profiles/jetson-agx-orin.toml" in names  # package data travels
     assert not any(n.startswith("convdeploy/tests/") or n.startswith("convdeploy/benchmarks/") for n in names)
 
 

@@ -22,6 +22,7 @@ from convdeploy.runtime.errors import BundleError, EngineMismatchError, UsageErr
 from convdeploy.runtime.fsutil import confined, sha256_file
 from convdeploy.runtime.transforms.preprocess import PreprocessSpec
 from convdeploy.runtime.transforms.tta import TTASpec
+from convdeploy.runtime.targets import ALIASES
 
 
 @dataclass
@@ -142,7 +143,9 @@ class Bundle:
                 seen.append(str(exc))
                 continue
             seen.append(f"{engine.name}: {sidecar['precision']}/{sidecar.get('profile')}")
-            if not profile or sidecar.get("profile") in (None, profile):
+            built_for = sidecar.get("profile")
+            # An engine built under a previous-release profile name serves the profile that replaced it.
+            if not profile or built_for is None or ALIASES.get(built_for, built_for) == ALIASES.get(profile, profile):
                 usable.append((engine, sidecar))
         for precision in wanted:
             for engine, sidecar in usable:
