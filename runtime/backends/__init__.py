@@ -18,7 +18,7 @@ import importlib.util
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Tuple
 
 from convdeploy.runtime.backends.base import Backend, BackendInfo, TensorSpec
 from convdeploy.runtime.bundle.contract import BACKENDS
@@ -82,7 +82,7 @@ class _Request:
 
 
 # Each opener returns (backend, the precision its results are judged at, the bundle-relative file it runs).
-_Opened = tuple[Backend, str, str]
+_Opened = Tuple[Backend, str, str]
 
 
 def _engine_precisions(req: _Request) -> list[str]:
@@ -122,7 +122,7 @@ def _open_onnxruntime(req: _Request) -> _Opened:
         # for minutes on first use, so only a profile asks for it.
         providers = ([CUDA] if CUDA in available_providers() else []) + [CPU]
     backend = OnnxRuntimeBackend(req.bundle.artifact_path(req.precision), providers=providers, threads=req.threads,
-                                 allow_fallback=req.allow_fallback, precision=req.precision,
+                                 allow_fallback=req.allow_fallback, precision=req.precision, profile=req.profile,
                                  **req.passed_through(OnnxRuntimeBackend.OPTIONS))
     return backend, req.precision, req.bundle.artifact(req.precision)["file"]
 
