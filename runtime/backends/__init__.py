@@ -101,7 +101,9 @@ def _open_tensorrt(req: _Request) -> _Opened:
     if req.engine:
         path = Path(req.engine)
     else:
-        path = req.bundle.find_engine(_engine_precisions(req), profile=req.profile.name if req.profile else None)
+        # An engine built under a profile's previous-release name serves the profile that replaced it.
+        path = req.bundle.find_engine(_engine_precisions(req),
+                                      profile=[req.profile.name, *req.profile.aliases] if req.profile else None)
     backend = TensorRTBackend(path, **req.passed_through(TensorRTBackend.OPTIONS))
     if req.threads is not None:
         req.notes.append(f"tensorrt: threads={req.threads} not applied (a TensorRT engine runs on the GPU)")

@@ -22,7 +22,6 @@ from convdeploy.runtime.errors import BundleError, EngineMismatchError, UsageErr
 from convdeploy.runtime.fsutil import confined, sha256_file
 from convdeploy.runtime.transforms.preprocess import PreprocessSpec
 from convdeploy.runtime.transforms.tta import TTASpec
-from convdeploy.runtime.targets import ALIASES
 
 
 @dataclass
@@ -123,15 +122,18 @@ class Bundle:
             raise BundleError(f"cannot read {name}: {exc}") from None
 
     # -- engines built on the target ----------------------------------------------------
-    def find_engine(self, precisions: str | Sequence[str], *, profile: str | None = None) -> Path:
+    def find_engine(self, precisions: str | Sequence[str], *, profile: str | Sequence[str] | None = None) -> Path:
         """The engine in ``engines/`` built for the first of ``precisions`` that has one.
 
-        ``profile``: only engines built for that profile (or for none in particular).
+        ``profile``: only engines built for that profile (or for none in particular); a
+        sequence gives a profile with its previous-release names (``Profile.aliases``).
         An engine whose sidecar names an ONNX file that is not one of this bundle's was
         built from another model: :class:`EngineMismatchError`. No engine at all:
         :class:`BundleError` that lists what ``engines/`` holds.
         """
         wanted = [precisions] if isinstance(precisions, str) else list(precisions)
+        names = [profile] if isinstance(profile, str) else list(profile or ())
+        profile = names[0] if names else None
         folder = self.root / ENGINES_DIR
         ours = {self.manifest["files"].get(a["file"]) for a in self.manifest["artifacts"].values()} - {None}
         usable: list[tuple[Path, dict[str, Any]]] = []
@@ -143,9 +145,7 @@ class Bundle:
                 seen.append(str(exc))
                 continue
             seen.append(f"{engine.name}: {sidecar['precision']}/{sidecar.get('profile')}")
-            built_for = sidecar.get("profile")
-            # An engine built under a previous-release profile name serves the profile that replaced it.
-            if not profile or built_for is None or ALIASES.get(built_for, built_for) == ALIASES.get(profile, profile):
+            if not names or sidecar.get("profile") in (None, *names):
                 usable.append((engine, sidecar))
         for precision in wanted:
             for engine, sidecar in usable:
