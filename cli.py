@@ -16,6 +16,7 @@ import json
 import os
 import sys
 import traceback
+import warnings
 from typing import Any, Callable
 
 import click
@@ -156,6 +157,8 @@ def main(ctx: click.Context, debug: bool) -> None:
       convdeploy verify bundles/lenet5
     """
     ctx.meta["convdeploy.debug"] = debug
+    # Warnings are notices for a person: one line each, without Python's source excerpt.
+    warnings.formatwarning = lambda message, category, *_args, **_kwargs: f"warning: {message}\n"
 
 
 # --------------------------------------------------------------------------- models
@@ -243,9 +246,9 @@ def profiles_cmd(name: str | None, as_json: bool) -> None:
     \b
     Example:
       convdeploy profiles
-      convdeploy profiles jetson-orin --json
+      convdeploy profiles jetson-agx-orin --json
     """
-    from convdeploy.runtime.targets import list_profiles, load_profile
+    from convdeploy.runtime.targets import ALIASES, list_profiles, load_profile
 
     if name:
         profile = load_profile(name)
@@ -261,8 +264,14 @@ def profiles_cmd(name: str | None, as_json: bool) -> None:
         return
     for r in rows:
         r["precisions"] = ",".join(r["allowed_precisions"])
-    echo_table(rows, [("name", "name"), ("backend", "backend"), ("default_precision", "default"),
-                      ("precisions", "allowed"), ("opset", "opset"), ("description", "description")])
+        for key in ("jetpack", "tensorrt", "cuda", "python"):
+            r[key] = "/".join(r[key]) or "-"
+        r["cc"] = r["compute_capability"] or "-"
+    echo_table(rows, [("name", "name"), ("device", "device"), ("jetpack", "JetPack"), ("tensorrt", "TensorRT"),
+                      ("cuda", "CUDA"), ("cc", "CC"), ("python", "Python"), ("dla_cores", "DLA"),
+                      ("precisions", "precisions"), ("opset", "opset")])
+    click.echo("aliases (previous release, kept for one release): "
+               + ", ".join(f"{old} -> {new}" for old, new in sorted(ALIASES.items())))
 
 
 # --------------------------------------------------------------------------- predict / verify / bench
@@ -430,7 +439,7 @@ def verify_cmd(bundle: str, backend: str, precision: str | None, profile_name: s
     \b
     Example:
       convdeploy verify bundles/resnet18
-      convdeploy verify bundles/resnet18 --profile jetson-orin --precision fp16 --json
+      convdeploy verify bundles/resnet18 --profile jetson-agx-orin --precision fp16 --json
     """
     from convdeploy.runtime.errors import CheckFailedError
     from convdeploy.runtime.parity.tolerances import parse_tolerance_overrides
@@ -652,7 +661,7 @@ def _echo_report_files(files: Any) -> None:
               help="Bundle directory to write (written atomically; must not exist unless --overwrite).")
 @click.option("--precision", default="fp32", show_default=True, metavar="LIST",
               help="Comma-separated precisions: fp32,fp16,int8 (model.onnx in fp32 is always written).")
-@click.option("--profile", "profile_name", default="cpu", show_default=True, metavar="NAME|FILE",
+@click.option("--profile", "profile_name", default="cpu-x86", show_default=True, metavar="NAME|FILE",
               help="Target profile: opset, allowed precisions, INT8 flavor, tolerance overrides.")
 @click.option("--exporter", type=click.Choice(["torchscript", "dynamo"]), default="torchscript", show_default=True,
               help="PyTorch ONNX exporter (chosen explicitly, never the library default).")
@@ -709,7 +718,7 @@ def export_cmd(source: str, out: str, precision: str, profile_name: str, exporte
 
     \b
     Example:
-      convdeploy export runs/lenet5/best --out bundles/lenet5 --precision fp32,fp16,int8 --profile jetson-orin
+      convdeploy export runs/lenet5/best --out bundles/lenet5 --precision fp32,fp16,int8 --profile jetson-agx-orin
       convdeploy export runs/resnet18/best --out bundles/r18 --data photos/ --precision int8 --profile cpu
       convdeploy export mypkg.models:build --out bundles/custom --exporter dynamo --opset 18
       convdeploy export resnet18 --weights resnet18-f37072fd.pth --classes imagenet_classes.txt --out bundles/r18
@@ -1125,7 +1134,7 @@ def serve_group() -> None:
 
     \b
     Example:
-      convdeploy serve triton bundles/resnet18 --out triton-repo --profile server-gpu
+      convdeploy serve triton bundles/resnet18 --out triton-repo --profile server-a100
       convdeploy serve deepstream bundles/resnet18 --out ds-resnet18
     """
 
@@ -1160,7 +1169,7 @@ def serve_triton_cmd(bundle: str, out: str, precision: str | None, engine: str |
 
     \b
     Example:
-      convdeploy serve triton bundles/resnet18 --out triton-repo --profile server-gpu --precision fp16
+      convdeploy serve triton bundles/resnet18 --out triton-repo --profile server-a100 --precision fp16
       tritonserver --model-repository triton-repo
     """
     from convdeploy.runtime.serve.triton import write_triton_repository
@@ -1192,7 +1201,7 @@ def serve_deepstream_cmd(bundle: str, out: str, precision: str | None, engine: s
 
     \b
     Example:
-      convdeploy serve deepstream bundles/resnet18 --out ds-resnet18 --profile jetson-orin
+      convdeploy serve deepstream bundles/resnet18 --out ds-resnet18 --profile jetson-agx-orin
       deepstream-app -c ds-resnet18/deepstream_app_config.txt
     """
     from convdeploy.runtime.serve.deepstream import DeepStreamRefused, write_deepstream_config

@@ -32,7 +32,7 @@ from convdeploy.runtime.predictor import Predictor
 from convdeploy.runtime.verify import verify_bundle
 
 DEMO_ARCH = "lenet5"
-DEMO_PROFILE = "jetson-orin"
+DEMO_PROFILE = "jetson-agx-orin"
 BENCH_ITERATIONS = 20  # per batch size: enough for a p50 on LeNet-5, seconds in all
 
 

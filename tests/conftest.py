@@ -6,9 +6,13 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
+
+if TYPE_CHECKING:  # pragma: no cover
+    from click.testing import CliRunner
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -31,6 +35,20 @@ def run_without_torch(code: str, cwd: Path | None = None, timeout: float = 300) 
         [sys.executable, "-c", BLOCK_TORCH + code],
         cwd=cwd or REPO, env=env, capture_output=True, text=True, timeout=timeout,
     )
+
+
+def cli_runner() -> "CliRunner":
+    """A click test runner that keeps stdout and stderr apart on every supported click.
+
+    click 8.2+ (Python >= 3.10) separates them by default; click 8.1, the newest for the
+    Python 3.8 of JetPack 5, needs ``mix_stderr=False`` (an argument 8.2 removed).
+    """
+    from click.testing import CliRunner
+
+    try:
+        return CliRunner(mix_stderr=False)  # type: ignore[call-arg]
+    except TypeError:
+        return CliRunner()
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 from click.testing import CliRunner
@@ -50,9 +52,23 @@ def test_models_table_and_pattern(cli):
 def test_profiles(cli):
     r = cli("profiles", "--json")
     names = [p["name"] for p in json.loads(r.output)]
-    assert {"cpu", "jetson-nano", "jetson-orin", "server-gpu"} <= set(names)
+    assert {"cpu-x86", "jetson-nano", "jetson-agx-orin", "server-a100"} <= set(names)
+    assert not {"cpu", "jetson-orin", "server-gpu"} & set(names)  # aliases are not listed as profiles
+    facts = next(p for p in json.loads(r.output) if p["name"] == "jetson-xavier-nx")
+    assert facts["compute_capability"] == "7.2" and facts["tensorrt"] == ["8.5.2"] and facts["python"] == ["3.8"]
     r = cli("profiles", "jetson-nano")
     assert "opset" in r.output and "13" in r.output
+    table = cli("profiles").output
+    header = table.splitlines()[0].split()
+    assert header == ["name", "device", "JetPack", "TensorRT", "CUDA", "CC", "Python", "DLA", "precisions", "opset"]
+    assert "server-gpu -> server-a100" in table  # the aliases are listed below the table
+
+
+def test_an_old_profile_name_works_with_a_one_line_notice():
+    proc = subprocess.run([sys.executable, "-c", "from convdeploy.cli import main; main()", "profiles", "server-gpu",
+                           "--json"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and json.loads(proc.stdout)["name"] == "server-a100"
+    assert proc.stderr == "warning: profile 'server-gpu' is now 'server-a100'; the old name goes in the next release\n"
 
 
 def test_user_error_is_one_line_with_exit_2(cli):

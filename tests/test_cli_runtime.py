@@ -11,10 +11,9 @@ import zlib
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
-
 from convdeploy.cli import main
 from convdeploy.runtime.backends import available_backends
+from tests.conftest import cli_runner
 from tests.runtime.conftest import photo_folder, rehash, write_bundle  # noqa: F401 (a fixture)
 
 
@@ -34,7 +33,7 @@ def copy(tmp_path, bundle):
 
 def run(*args):
     # catch_exceptions=False: a traceback escaping the CLI fails the test.
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    return cli_runner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
 def one_error_line(result, code, text):
@@ -122,7 +121,7 @@ def test_bad_bundles_are_one_line_exit_2(copy, sample_photos, tmp_path):
 
 def test_bad_options_are_one_line_exit_2(bundle, sample_photos):
     one_error_line(run("predict", bundle, sample_photos[0], "--profile", "cpu", "--batch-size", "300"), 2,
-                   "batch size 300 is outside profile 'cpu' limits [1, 256]")
+                   "batch size 300 is outside profile 'cpu-x86' limits [1, 256]")  # 'cpu': the old name
     one_error_line(run("predict", bundle, sample_photos[0], "--tta", "twelve_crop"), 2, "unknown TTA views")
     one_error_line(run("predict", bundle, sample_photos[0], "--precision", "fp16"), 2, "has no fp16 model")
     one_error_line(run("predict", bundle, sample_photos[0], "--profile", "mars"), 2, "unknown profile 'mars'")

@@ -88,7 +88,7 @@ def test_the_wheel_holds_one_import_root(installed_wheel):
         names = zf.namelist()
     assert roots == {"convdeploy"}
     assert "convdeploy = convdeploy.cli:main" in entry_points
-    assert "convdeploy/profiles/jetson-orin.toml" in names  # package data travels
+    assert "convdeploy/profiles/jetson-agx-orin.toml" in names  # package data travels
     assert not any(n.startswith("convdeploy/tests/") or n.startswith("convdeploy/benchmarks/") for n in names)
 
 
@@ -98,7 +98,7 @@ def test_installed_convdeploy_imports_and_generic_names_do_not(installed_wheel):
         "from convdeploy.runtime.errors import ConvDeployError\n"
         f"leaked = [n for n in {GENERIC_NAMES!r} if importlib.util.find_spec(n) is not None]\n"
         "assert not leaked, leaked\n"
-        "assert convdeploy.profiles.PROFILE_DIR.joinpath('cpu.toml').is_file()\n"
+        "assert convdeploy.profiles.PROFILE_DIR.joinpath('cpu-x86.toml').is_file()\n"
         "print('ok')\n"))
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
 

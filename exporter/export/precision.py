@@ -1,7 +1,9 @@
 """Reduced-precision variants that live in the ONNX graph itself: FP16 and INT8 Q/DQ.
 
-TensorRT 10 deprecated (and 11 removed) the FP16/INT8 builder flags and the INT8
-calibrators: the precision must come from the graph. Both variants are derived from
+TensorRT 11 builds every network strongly typed: the precision comes from the graph
+alone (10.1 deprecated the INT8 calibrators, 10.12 the FP16/INT8 builder flags, 11.0
+removed both). On TensorRT 8.x and 10.3 (JetPack 4.6-6.2) the builder still needs its
+FP16/INT8 flags next to these graphs; the engine build sets them. Both variants are derived from
 the checked FP32 ``model.onnx`` and judged by the parity gate on the CPU before any
 engine is built.
 
@@ -16,7 +18,12 @@ preprocessed images with MinMax, entropy or percentile. Two flavors, because the
 fastest graph differs by target:
 
 - ``s8s8``: signed, symmetric activations (zero point 0), what TensorRT expects of Q/DQ
-  graphs. Used for TensorRT profiles.
+  graphs. Used for TensorRT profiles, and shaped for TensorRT's ONNX parser: biases stay
+  float (the parser takes only INT8 into a DequantizeLinear; onnxruntime's default makes
+  INT32 biases), no Q/DQ on the outputs of Conv/Gemm/MatMul (TensorRT fuses Q/DQ on the
+  inputs of weighted ops; an output pair only splits the fusion), one Q/DQ pair per
+  consumer, and no operator outside the standard ONNX domain.
+  :func:`tensorrt_int8_problems` checks the written graph for exactly this.
 - ``u8s8``: unsigned activations with a zero point, which onnxruntime's x86-64 kernels
   (VNNI's u8 x s8 dot product) run ~3x faster than ``s8s8``. Used for CPU profiles.
 
@@ -361,6 +368,48 @@ def _reader(inputs: np.ndarray, input_name: str, fixed_batch: int | None, batch:
     return Reader()
 
 
+#: onnxruntime quantizer options that shape an S8S8 Q/DQ graph for TensorRT's ONNX parser.
+TENSORRT_QDQ_OPTIONS: dict = {
+    # INT32 biases feeding DequantizeLinear: "only activation types allowed as input to this
+    # layer" (onnx-tensorrt#850); the parser takes INT8 (8.x), INT8/FP8/INT4 (10.x).
+    "QuantizeBias": False,
+    # onnxruntime's own note: in TensorRT, do not quantize the outputs of weighted ops.
+    "OpTypesToExcludeOutputQuantization": ["Conv", "ConvTranspose", "Gemm", "MatMul"],
+    # A Q/DQ pair per consumer, so that TensorRT can fuse each branch (residual adds) on its own.
+    "DedicatedQDQPair": True,
+}
+#: Element types TensorRT's parser accepts as the input of a DequantizeLinear (10.x; 8.x: INT8 only).
+TENSORRT_DQ_INPUT_TYPES = ("INT8",)
+
+
+def tensorrt_int8_problems(model: onnx.ModelProto) -> list[str]:
+    """Why TensorRT's ONNX parser would refuse this Q/DQ graph; [] when nothing is found.
+
+    Checks that every DequantizeLinear reads an INT8 tensor (an initializer of that type,
+    or a QuantizeLinear whose zero point is INT8) and that every node is in the standard
+    ONNX domain.
+    """
+    inits = {t.name: TensorProto.DataType.Name(t.data_type) for t in model.graph.initializer}
+    producers = {o: n for n in model.graph.node for o in n.output}
+    problems = []
+    for node in model.graph.node:
+        if node.domain not in ("", "ai.onnx"):
+            problems.append(f"{node.name or node.op_type}: operator domain {node.domain!r}")
+        if node.op_type != "DequantizeLinear":
+            continue
+        source = node.input[0]
+        if source in inits:
+            dtype = inits[source]
+        elif source in producers and producers[source].op_type == "QuantizeLinear":
+            q = producers[source]
+            dtype = inits.get(q.input[2], "UNKNOWN") if len(q.input) > 2 and q.input[2] else "UINT8"
+        else:
+            dtype = "UNKNOWN"
+        if dtype not in TENSORRT_DQ_INPUT_TYPES:
+            problems.append(f"{node.name}: DequantizeLinear input {source!r} is {dtype}, not INT8")
+    return problems
+
+
 ENTROPY_BINS = 2048  # histogram bins of the entropy calibration, as TensorRT's
 ENTROPY_QUANTIZED_BINS = 128  # candidate INT8 ranges searched within it
 
@@ -422,6 +471,8 @@ def quantize_int8(
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                "percentile": CalibrationMethod.Percentile}
     extra: dict[str, Any] = {"WeightSymmetric": True, "ActivationSymmetric": flavor == "s8s8"}
+    if flavor == "s8s8":
+        extra.update(TENSORRT_QDQ_OPTIONS)
     if method == "percentile":
         extra["CalibPercentile"] = float(percentile)
     act_type = QuantType.QInt8 if flavor == "s8s8" else QuantType.QUInt8
@@ -439,7 +490,8 @@ def quantize_int8(
         head = _float_head(onnx.load(str(pre), load_external_data=False))
         exclude_nodes: list[str] = []
         if head is not None and head.op_type in ("Gemm", "MatMul"):
-            extra["OpTypesToExcludeOutputQuantization"] = [head.op_type]
+            extra["OpTypesToExcludeOutputQuantization"] = sorted(
+                {head.op_type, *extra.get("OpTypesToExcludeOutputQuantization", ())})
         elif head is not None:
             exclude_nodes = [head.name]
         reader = _reader(calibration, input_name, fixed_batch, batch)
@@ -468,6 +520,10 @@ def quantize_int8(
     if new_opset != opset:
         notes.append(f"the quantizer changed the opset from {opset} to {new_opset}")
     foreign = sorted({n.domain for n in model.graph.node if n.domain not in ("", "ai.onnx")})
+    if flavor == "s8s8":
+        problems = tensorrt_int8_problems(model)
+        if problems:  # the options above make these impossible: a quantizer change would be a bug here
+            raise InternalError(f"the s8s8 INT8 graph is not one TensorRT parses: {'; '.join(problems[:3])}")
     save_checked(model, dst, "INT8")
     hist = op_counts(model)
     return {

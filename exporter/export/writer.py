@@ -270,7 +270,7 @@ def export_bundle(
     out_dir: str | os.PathLike,
     *,
     precisions: str | Sequence[str] = ("fp32",),
-    profile: Any = "cpu",
+    profile: Any = "cpu-x86",
     exporter: str = "torchscript",
     opset: int | None = None,
     data: str | os.PathLike | None = None,
@@ -333,6 +333,7 @@ def export_bundle(
                           model_kwargs=model_kwargs)
         given_spec = _with_geometry(src, given_spec, resize, crop)
         shipped = _shipped_specs(src, given_spec, tta)
+        plan.profile.check_input_size(*shipped.preprocess.input_shape[-2:])
         inputs = _gate_inputs(src, shipped, plan, data)
 
     with scratch_directory(plan.out) as work:
@@ -398,7 +399,7 @@ def _plan(
         prof.check_precision(p)
     opset = int(opset or prof.opset or DEFAULT_OPSET)
     if opset > prof.opset and prof.backend == "tensorrt":
-        raise UsageError(f"opset {opset} is above what profile {prof.name!r} (TensorRT {prof.tensorrt}) parses "
+        raise UsageError(f"opset {opset} is above what profile {prof.name!r} (TensorRT {'/'.join(prof.tensorrt)}) parses "
                          f"({prof.opset})", f"drop --opset or use --opset {prof.opset}")
     flavor = int8_flavor or int8_flavor_for(prof.backend)
     validate_int8_options(flavor, calib_method, prof.backend if "int8" in asked else None)
@@ -633,8 +634,9 @@ def _provenance(src: SourceModel, plan: ExportPlan, info: OnnxExportInfo, artifa
         "checkpoint_meta": {k: src.meta.get(k) for k in ("epoch", "metrics", "data", "seed", "model_kwargs",
                                                          "numerics")}
         if src.kind == "checkpoint" else None,
-        "profile": {"name": prof.name, "backend": prof.backend, "tensorrt": prof.tensorrt,
-                    "jetpack": prof.jetpack, "opset": prof.opset},
+        "profile": {"name": prof.name, "backend": prof.backend, "device": prof.device,
+                    "compute_capability": prof.compute_capability, "tensorrt": list(prof.tensorrt),
+                    "jetpack": list(prof.jetpack), "cuda": list(prof.cuda), "opset": prof.opset},
         "int8_flavor": plan.int8_flavor if "int8" in artifacts else None,
         "parity_skipped": not plan.parity,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -773,7 +775,7 @@ def check_bundle(
         raise UsageError(f"the source has {len(src.classes)} classes, the bundle {len(bundle.classes)}",
                          "pass the checkpoint the bundle was exported from")
     if profile is None:
-        profile = (prov.get("profile") or {}).get("name") or "cpu"
+        profile = (prov.get("profile") or {}).get("name") or "cpu-x86"
     prof = resolve_profile(profile)
     chosen = bundle.precisions if precisions is None else parse_precisions(precisions)
     for p in chosen:

@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data.distributed import DistributedSampler
 
-__all__ = ["Distributed", "Shard", "all_reduce"]
+__all__ = ["Distributed", "Shard", "all_reduce", "any_process"]
 
 
 @dataclass(frozen=True)
@@ -86,6 +86,16 @@ class Shard:
 
     def __getitem__(self, i: int) -> Any:
         return self.dataset[self.index[i]]
+
+
+def any_process(flag: bool, device: torch.device) -> bool:
+    """Whether ``flag`` is true on any process (``flag`` itself in a single process): a
+    decision every process then takes together, such as stopping on a non-finite loss."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], dtype=torch.float32, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)
 
 
 def all_reduce(values: list[float], device: torch.device) -> list[float]:

@@ -13,23 +13,60 @@ import torch
 
 from convdeploy.runtime.errors import BackendUnavailableError, UsageError
 
-__all__ = ["resolve_device", "seed_everything", "rng_state", "set_rng_state", "deterministic", "threads"]
+__all__ = ["device_for_process", "make_grad_scaler", "resolve_device", "seed_everything", "rng_state",
+           "set_rng_state", "deterministic", "threads"]
+
+
+def device_for_process(name: str, *, cuda_count: int, env: Mapping[str, str]) -> tuple[str, int | None]:
+    """The device this process trains on, as ``("cuda", index)`` or ``("cpu", None)``.
+
+    ``name``: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``; ``cuda_count``: the GPUs this process
+    sees (0 without CUDA); ``env``: the environment (torchrun sets ``LOCAL_RANK`` and
+    ``LOCAL_WORLD_SIZE``). Under torchrun every process of a machine gets its own GPU,
+    ``LOCAL_RANK``, for ``auto`` and ``cuda`` alike; ``cuda:N`` would put every process of
+    the machine on GPU N (NCCL: "Duplicate GPU detected") and is refused there.
+    """
+    local_rank = int(env.get("LOCAL_RANK", "0"))
+    local_world = int(env.get("LOCAL_WORLD_SIZE", env.get("WORLD_SIZE", "1")))
+    text = name.strip().lower()
+    if text == "cpu":
+        return "cpu", None
+    if text == "auto" and cuda_count == 0:
+        return "cpu", None
+    if text not in ("auto", "cuda") and not (text.startswith("cuda:") and text[5:].isdigit()):
+        raise UsageError(f"unknown device {name!r}", "use auto, cpu, cuda or cuda:N")
+    if cuda_count == 0:
+        raise BackendUnavailableError(f"--device {name} was asked for but no CUDA GPU is available", "use --device cpu")
+    if text in ("auto", "cuda"):
+        index = local_rank
+    else:
+        index = int(text[5:])
+        if local_world > 1:
+            raise UsageError(f"--device {name} puts all {local_world} processes of this machine on GPU {index}",
+                             "use --device cuda (one GPU per process, by LOCAL_RANK) or set CUDA_VISIBLE_DEVICES")
+    if index >= cuda_count:
+        raise BackendUnavailableError(f"GPU {index} was asked for (device {name!r}, LOCAL_RANK {local_rank}) but "
+                                      f"this process sees {cuda_count}",
+                                      "start at most one process per GPU (torchrun --nproc-per-node)")
+    return "cuda", index
 
 
 def resolve_device(name: str) -> torch.device:
     """``auto`` (this process's GPU under torchrun, else the first GPU, else the CPU),
-    ``cpu``, ``cuda`` or ``cuda:N``; a GPU that is not there is an error."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UsageError(f"unknown device {name!r}", "use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise BackendUnavailableError("--device cuda was asked for but no CUDA GPU is available", "use --device cpu")
-    return device
+    ``cpu``, ``cuda`` or ``cuda:N``; always with a GPU index, so that ``set_device`` and
+    DDP's ``device_ids`` get one. See :func:`device_for_process`."""
+    kind, index = device_for_process(name, cuda_count=torch.cuda.device_count() if torch.cuda.is_available() else 0,
+                                     env=os.environ)
+    return torch.device(kind) if index is None else torch.device(kind, index)
+
+
+def make_grad_scaler(enabled: bool) -> Any:
+    """A CUDA GradScaler on every supported torch: ``torch.amp.GradScaler("cuda")`` from
+    torch 2.3, ``torch.cuda.amp.GradScaler`` before (NVIDIA's JetPack 5 wheels are 2.0/2.1)."""
+    amp_scaler = getattr(torch.amp, "GradScaler", None)
+    if amp_scaler is not None:
+        return amp_scaler("cuda", enabled=enabled)
+    return torch.cuda.amp.GradScaler(enabled=enabled)
 
 
 def seed_everything(seed: int) -> None:

@@ -38,8 +38,9 @@ from convdeploy.exporter.architectures.weights import load_weights
 from convdeploy.exporter.data.loader import ImageDataset, make_loader
 from convdeploy.exporter.training.checkpoint import MODEL_FILE, load_train_state, save_checkpoint
 from convdeploy.exporter.training.config import TrainConfig
-from convdeploy.exporter.training.distributed import Distributed, all_reduce
-from convdeploy.exporter.training.environment import deterministic, resolve_device, rng_state, set_rng_state, threads
+from convdeploy.exporter.training.distributed import Distributed, all_reduce, any_process
+from convdeploy.exporter.training.environment import (deterministic, make_grad_scaler, resolve_device, rng_state,
+                                                      set_rng_state, threads)
 from convdeploy.exporter.training.prepare import PreparedRun
 from convdeploy.exporter.training.report import data_name, log, progress_bar, run_summary, write_metrics
 from convdeploy.exporter.training.run_dir import RunState
@@ -197,9 +198,11 @@ def train_one_epoch(
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with torch.autocast("cuda", dtype=torch.float16) if amp else nullcontext():
             loss, logits = compute_loss(net(x), y, label_smoothing=config.label_smoothing, aux_weight=config.aux_weight)
-        if not torch.isfinite(loss):
-            raise UsageError(f"the loss became {float(loss)} at epoch {epoch + 1}, step {i + 1}",
-                             "lower --lr or add --grad-clip")
+        # Every process stops at the same step: a rank that raised alone would leave the
+        # others waiting in the next collective until the process group times out.
+        if any_process(not bool(torch.isfinite(loss)), device):
+            raise UsageError(f"the loss became non-finite at epoch {epoch + 1}, step {i + 1} "
+                             f"(this process: {float(loss)})", "lower --lr or add --grad-clip")
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None and amp:
             scaler.scale(loss).backward()
@@ -354,7 +357,7 @@ def fit(
     params_trainable = sum(p.numel() for p in trainable)
     model.to(device)
     optimizer = make_optimizer(trainable, config)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp) if device.type == "cuda" else None
+    scaler = make_grad_scaler(amp) if device.type == "cuda" else None
 
     state = _resume(run, model, optimizer, scaler) if run.resume else _Progress()
     if run.resume and state.start_epoch >= config.epochs:

@@ -18,7 +18,7 @@ import importlib.util
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Tuple
 
 from convdeploy.runtime.backends.base import Backend, BackendInfo, TensorSpec
 from convdeploy.runtime.bundle.contract import BACKENDS
@@ -84,7 +84,7 @@ class _Request:
 
 
 # Each opener returns (backend, the precision its results are judged at, the bundle-relative file it runs).
-_Opened = tuple[Backend, str, str]
+_Opened = Tuple[Backend, str, str]
 
 
 def _engine_precisions(req: _Request) -> list[str]:
@@ -103,9 +103,11 @@ def _open_tensorrt(req: _Request) -> _Opened:
     if req.engine:
         path = Path(req.engine)
     else:
-        # Skip engines built for another TensorRT or GPU: the one built here wins.
+        # Skip engines built for another TensorRT or GPU: the one built here wins. An engine
+        # built under a profile's previous-release name serves the profile that replaced it.
         here = running_tensorrt(int(req.opts.get("device_id") or 0))
-        path = req.bundle.find_engine(_engine_precisions(req), profile=req.profile.name if req.profile else None,
+        path = req.bundle.find_engine(_engine_precisions(req),
+                                      profile=[req.profile.name, *req.profile.aliases] if req.profile else None,
                                       fits=here.mismatch)
     backend = TensorRTBackend(path, **req.passed_through(TensorRTBackend.OPTIONS))
     if req.threads is not None:
@@ -156,7 +158,7 @@ def _open_onnxruntime(req: _Request) -> _Opened:
         providers = ([CUDA] if CUDA in available_providers() else []) + [CPU]
     _fast_cpu_precision(req, providers)
     backend = OnnxRuntimeBackend(req.bundle.artifact_path(req.precision), providers=providers, threads=req.threads,
-                                 allow_fallback=req.allow_fallback, precision=req.precision,
+                                 allow_fallback=req.allow_fallback, precision=req.precision, profile=req.profile,
                                  **req.passed_through(OnnxRuntimeBackend.OPTIONS))
     return backend, req.precision, req.bundle.artifact(req.precision)["file"]
 

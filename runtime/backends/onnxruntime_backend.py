@@ -7,30 +7,50 @@ that is missing from the build, or that the session silently dropped while loadi
 *loud* fallback: a warning on stderr and ``describe().details["fallback"]``, or a
 :class:`BackendUnavailableError` with ``allow_fallback=False``. It is never silent.
 
-With a GPU provider the batch goes through IOBinding: the input is bound from host
-memory and the output is allocated by onnxruntime on the device and copied back once,
-instead of the extra staging copies of ``session.run``. On the CPU provider the plain
-``session.run`` is already zero-copy on the input and is used as is.
+With the CUDA or TensorRT provider the batch goes through IOBinding: the input is bound
+from host memory and the output is allocated by onnxruntime on the CUDA device and copied
+back once, instead of the extra staging copies of ``session.run``. Other accelerators
+(DirectML, ROCm, OpenVINO, CoreML, ...) keep ``session.run``: their memory is not CUDA
+memory, and onnxruntime copies for them. On the CPU ``session.run`` is zero-copy already.
+
+The TensorRT execution provider (the alternative to a TensorRT engine built by
+``convdeploy build``) is configured from the profile (:func:`tensorrt_provider_options`):
+optimization profile shapes from its batch min/opt/max (without them the provider rebuilds
+its engine, minutes on a Jetson, whenever a batch falls outside what it has seen), the
+workspace, the DLA core, and the precision flags from the artifact. Its engine and timing
+caches live outside the bundle, in a per-user directory keyed by the model's sha256, the
+onnxruntime and TensorRT versions, the GPU and the settings (:func:`tensorrt_cache_dir`),
+because an engine is only valid for exactly those.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import hashlib
 import os
+import re
 import threading
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
 from convdeploy.runtime.backends.base import BackendInfo, TensorSpec, conform_batch
 from convdeploy.runtime.errors import BackendUnavailableError, BundleError, UsageError
+from convdeploy.runtime.fsutil import sha256_file
+
+if TYPE_CHECKING:  # pragma: no cover
+    from convdeploy.runtime.targets import Profile
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 TENSORRT = "TensorrtExecutionProvider"
 GPU_PROVIDERS = (TENSORRT, CUDA, "ROCMExecutionProvider", "MIGraphXExecutionProvider", "DmlExecutionProvider",
                  "OpenVINOExecutionProvider", "CoreMLExecutionProvider")
+#: Providers whose device memory is CUDA memory: only these bind outputs on "cuda".
+CUDA_PROVIDERS = (TENSORRT, CUDA)
 _SHORT = {"tensorrt": TENSORRT, "trt": TENSORRT, "cuda": CUDA, "cpu": CPU}
 _ORT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
                "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(uint8)": "uint8", "tensor(int8)": "int8"}
@@ -102,6 +122,111 @@ def spinning_policy(value: str | bool) -> str:
     return value
 
 
+def user_cache_dir() -> Path:
+    """convdeploy's per-user cache: ``$CONVDEPLOY_CACHE_DIR``, else ``$XDG_CACHE_HOME/convdeploy``,
+    else ``~/.cache/convdeploy``. Never inside a bundle: a bundle travels between machines."""
+    explicit = os.environ.get("CONVDEPLOY_CACHE_DIR")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "convdeploy"
+
+
+def tensorrt_library_version() -> str:
+    """The TensorRT this process would load: ``tensorrt.__version__``, else libnvinfer's
+    ``getInferLibVersion()``; "unknown" when neither is found (the cache key says so)."""
+    try:
+        import tensorrt
+
+        return str(tensorrt.__version__)
+    except ImportError:
+        pass
+    name = ctypes.util.find_library("nvinfer")
+    if name is None:
+        return "unknown"
+    try:
+        lib = ctypes.CDLL(name)
+        lib.getInferLibVersion.restype = ctypes.c_int32
+        code = int(lib.getInferLibVersion())
+    except (OSError, AttributeError):
+        return "unknown"
+    # NV_TENSORRT_VERSION: major*1000 + minor*100 + patch up to 9.x; major*10000 + minor*100 + patch from 10.
+    if code >= 10000:
+        return f"{code // 10000}.{code // 100 % 100}.{code % 100}"
+    return f"{code // 1000}.{code // 100 % 10}.{code % 100}"
+
+
+def cuda_device_tag(device_id: int) -> str:
+    """``<gpu name>-sm<cc>`` of CUDA device ``device_id``, or ``cuda<id>`` when the CUDA runtime
+    cannot be asked (the key is then per device index only)."""
+    from convdeploy.runtime.backends.cuda import load_cuda_runtime
+
+    try:
+        name, (major, minor) = load_cuda_runtime().device_info(device_id)
+    except (BackendUnavailableError, OSError):
+        return f"cuda{device_id}"
+    return f"{name}-sm{major}{minor}"
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.+-]+", "_", text).strip("_") or "x"
+
+
+def tensorrt_cache_dir(model_path: Path, *, root: Path, onnxruntime_version: str, tensorrt_version: str,
+                       device: str, settings: str) -> Path:
+    """Where the TensorRT EP keeps the engine and timing cache of this model on this machine.
+
+    onnxruntime names its engine files by subgraph and compute capability only, not by the
+    TensorRT version, the precision flags or the profile shapes: each of those gets its own
+    directory here, so a changed setting builds a new engine instead of loading a wrong one.
+    """
+    model_key = sha256_file(model_path)[:16]
+    leaf = "_".join(_slug(part) for part in (f"ort{onnxruntime_version}", f"trt{tensorrt_version}", device, settings))
+    return root / "ort-trt" / model_key / leaf
+
+
+def tensorrt_provider_options(
+    *,
+    input_name: str,
+    input_shape: Sequence[Any],
+    precision: str,
+    fp16: bool = False,
+    profile: "Profile | None" = None,
+    device_id: int = 0,
+) -> tuple:
+    """The TensorRT EP options for one model (without the cache paths), and notes on what was not applied.
+
+    ``input_shape``: the model input's shape as onnxruntime reports it (a str or None for a
+    dynamic dimension). With a dynamic batch axis and a profile, the optimization profile
+    is the profile's batch min/opt/max at the model's C x H x W. INT8 (a Q/DQ graph) also
+    enables FP16, so that layers left unquantized run in FP16 rather than FP32.
+    """
+    notes: list = []
+    opts: dict = {"device_id": device_id,
+                  "trt_fp16_enable": bool(fp16 or precision in ("fp16", "int8")),
+                  "trt_int8_enable": precision == "int8"}
+    if profile is None:
+        return opts, notes
+    opts["trt_max_workspace_size"] = int(profile.workspace_mb) << 20
+    dims = list(input_shape)
+    rest = dims[1:]
+    if rest and all(isinstance(d, int) for d in rest) and not isinstance(dims[0], int):
+        tail = "x".join(str(d) for d in rest)
+        for key, batch in (("min", profile.batch_min), ("opt", profile.batch_opt), ("max", profile.batch_max)):
+            opts[f"trt_profile_{key}_shapes"] = f"{input_name}:{batch}x{tail}"
+    elif not all(isinstance(d, int) for d in dims):
+        notes.append(f"tensorrt EP: no optimization profile (input {input_name} has dynamic dimensions "
+                     f"{dims} besides the batch)")
+    if profile.dla_core is not None:
+        if precision == "fp16" or fp16:
+            opts["trt_dla_enable"] = True
+            opts["trt_dla_core"] = int(profile.dla_core)
+        else:
+            notes.append(f"tensorrt EP: DLA core {profile.dla_core} not used for {precision} (DLA runs FP16 "
+                         "engines; explicit Q/DQ INT8 is not supported on DLA by TensorRT 8.x)")
+    return opts, notes
+
+
 class OnnxRuntimeBackend:
     """Run an ONNX model through onnxruntime.
 
@@ -109,9 +234,11 @@ class OnnxRuntimeBackend:
     this build lacks are dropped loudly (or refused with ``allow_fallback=False``); CPU
     is always appended last so that every node has a home. ``threads``: intra-op
     threads (``None`` lets onnxruntime use all cores). ``precision`` is the artifact's
-    precision, reported by :meth:`describe`. ``cache_dir`` holds TensorRT EP engines
-    between runs (``trt_engine_cache_path``); ``fp16`` lets the TensorRT EP build FP16
-    kernels for an FP32 graph. ``iobinding``: ``None`` = use it when a GPU provider runs.
+    precision, reported by :meth:`describe`. ``profile``: the target profile whose batch
+    range, workspace and DLA core configure the TensorRT EP. ``cache_dir`` holds TensorRT
+    EP engines between runs (default: a key under :func:`user_cache_dir`, see
+    :func:`tensorrt_cache_dir`); ``fp16`` lets the TensorRT EP build FP16 kernels for an
+    FP32 graph. ``iobinding``: ``None`` = use it when the CUDA or TensorRT provider runs.
     ``spinning``: how intra-op threads wait for work (see :data:`SPINNING`). The default,
     ``"run"``, spins between the operators of a run and stops the moment the run returns.
     """
@@ -134,6 +261,7 @@ class OnnxRuntimeBackend:
         iobinding: bool | None = None,
         graph_optimization: str = "all",
         spinning: str | bool = "run",
+        profile: "Profile | None" = None,
     ) -> None:
         ort = import_onnxruntime()
         self._ort = ort
@@ -162,18 +290,13 @@ class OnnxRuntimeBackend:
             chosen.append(CPU)
 
         provider_args: list[Any] = []
+        self.notes: list[str] = []
+        self.tensorrt_options: dict[str, Any] | None = None
         for p in chosen:
             if p == TENSORRT:
-                cache = Path(cache_dir) if cache_dir else self.model_path.parent / "engines" / "ort-trt-cache"
-                opts = {"device_id": device_id, "trt_engine_cache_enable": True,
-                        "trt_engine_cache_path": str(cache), "trt_timing_cache_enable": True,
-                        "trt_timing_cache_path": str(cache), "trt_fp16_enable": bool(fp16 or precision == "fp16"),
-                        "trt_int8_enable": precision == "int8"}
-                try:
-                    cache.mkdir(parents=True, exist_ok=True)
-                except OSError:
-                    opts["trt_engine_cache_enable"] = False
-                    opts["trt_timing_cache_enable"] = False
+                opts = self._tensorrt_options(ort, precision=precision, fp16=fp16, profile=profile,
+                                              device_id=device_id, cache_dir=cache_dir)
+                self.tensorrt_options = opts
                 provider_args.append((p, opts))
             elif p == CUDA:
                 provider_args.append((p, {"device_id": device_id}))
@@ -218,7 +341,9 @@ class OnnxRuntimeBackend:
         self.providers = active
         self.fallback = fallback
         self._gpu = any(p in GPU_PROVIDERS for p in active)
-        self.use_iobinding = self._gpu if iobinding is None else bool(iobinding)
+        self._cuda = any(p in CUDA_PROVIDERS for p in active)
+        # IOBinding allocates the output in CUDA memory: only for the CUDA-family providers.
+        self.use_iobinding = self._cuda if iobinding is None else bool(iobinding)
         self.device_id = device_id
         self._lock = threading.Lock()
 
@@ -232,6 +357,39 @@ class OnnxRuntimeBackend:
                               "convdeploy models take one image batch")
         self._input_name = self._inputs[0].name
         self._output_names = [o.name for o in self._outputs]
+
+    def _tensorrt_options(self, ort: Any, *, precision: str, fp16: bool, profile: "Profile | None",
+                          device_id: int, cache_dir: "str | os.PathLike | None") -> dict[str, Any]:
+        # The input's shape, for the optimization profile: a CPU session without graph
+        # optimization reads it in milliseconds (the runtime has no onnx package to parse it).
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        so.log_severity_level = 3
+        try:
+            first = ort.InferenceSession(str(self.model_path), sess_options=so,
+                                         providers=["CPUExecutionProvider"]).get_inputs()[0]
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
+            raise BundleError(f"onnxruntime cannot load {self.model_path.name}: {str(exc).strip()[:300]}",
+                              "the model file may be corrupt; re-export the bundle") from None
+        opts, notes = tensorrt_provider_options(input_name=first.name, input_shape=first.shape, precision=precision,
+                                                fp16=fp16, profile=profile, device_id=device_id)
+        self.notes.extend(notes)
+        if cache_dir:
+            cache = Path(cache_dir)
+        else:
+            settings = "-".join(k.replace("trt_", "") + "=" + str(v) for k, v in sorted(opts.items())
+                                if k not in ("device_id",))
+            settings = f"{precision}-{hashlib.sha256(settings.encode()).hexdigest()[:12]}" + (f"-{profile.name}" if profile else "")
+            cache = tensorrt_cache_dir(self.model_path, root=user_cache_dir(), onnxruntime_version=ort.__version__,
+                                       tensorrt_version=tensorrt_library_version(),
+                                       device=cuda_device_tag(device_id), settings=settings)
+        try:
+            cache.mkdir(parents=True, exist_ok=True)
+            opts.update({"trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache),
+                         "trt_timing_cache_enable": True, "trt_timing_cache_path": str(cache)})
+        except OSError as exc:
+            self.notes.append(f"tensorrt EP: no engine cache ({cache}: {exc.strerror}); every start rebuilds")
+        return opts
 
     # -- protocol ---------------------------------------------------------------------
     @property
@@ -258,14 +416,15 @@ class OnnxRuntimeBackend:
         # One binding per call: IOBinding objects are not thread-safe, sessions are.
         binding = self.session.io_binding()
         binding.bind_cpu_input(self._input_name, batch)
-        device = "cuda" if self._gpu else "cpu"
-        binding.bind_output(self._output_names[0], device, self.device_id if self._gpu else 0)
+        device = "cuda" if self._cuda else "cpu"
+        binding.bind_output(self._output_names[0], device, self.device_id if self._cuda else 0)
         self.session.run_with_iobinding(binding)
         return binding.copy_outputs_to_cpu()[0]
 
     def describe(self) -> BackendInfo:
         gpu = next((p for p in self.providers if p in GPU_PROVIDERS), None)
-        device = f"cuda:{self.device_id}" if gpu in (TENSORRT, CUDA) else ("cpu" if gpu is None else gpu)
+        # A non-CUDA accelerator is named by its provider: its device index means nothing here.
+        device = f"cuda:{self.device_id}" if gpu in CUDA_PROVIDERS else ("cpu" if gpu is None else gpu)
         details: dict[str, Any] = {
             "onnxruntime": self._ort.__version__,
             "requested_providers": list(self.requested),
@@ -276,6 +435,10 @@ class OnnxRuntimeBackend:
         }
         if self.threads is None:
             details["threads_note"] = "onnxruntime default (all cores)"
+        if self.tensorrt_options is not None and TENSORRT in self.providers:
+            details["tensorrt_ep"] = dict(self.tensorrt_options)
+        if self.notes:
+            details["notes"] = list(self.notes)
         return BackendInfo(backend=self.name, device=device, precision=self.precision,
                            providers=list(self.providers), threads=self.threads, details=details)
 
@@ -293,4 +456,5 @@ class OnnxRuntimeBackend:
 
 
 __all__ = ["OnnxRuntimeBackend", "ProviderFallbackWarning", "available_providers", "import_onnxruntime",
-           "normalize_providers", "CPU", "CUDA", "TENSORRT"]
+           "normalize_providers", "tensorrt_provider_options", "tensorrt_cache_dir", "tensorrt_library_version",
+           "user_cache_dir", "CPU", "CUDA", "CUDA_PROVIDERS", "TENSORRT"]

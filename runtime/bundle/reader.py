@@ -171,11 +171,12 @@ class Bundle:
             raise BundleError(f"cannot read {name}: {exc}") from None
 
     # -- engines built on the target ----------------------------------------------------
-    def find_engine(self, precisions: str | Sequence[str], *, profile: str | None = None,
+    def find_engine(self, precisions: str | Sequence[str], *, profile: str | Sequence[str] | None = None,
                     fits: Callable[[dict[str, Any], str], str | None] | None = None) -> Path:
         """The engine in ``engines/`` built for the first of ``precisions`` that has one.
 
-        ``profile``: only engines built for that profile (or for none in particular).
+        ``profile``: only engines built for that profile (or for none in particular); a
+        sequence gives a profile with its previous-release names (``Profile.aliases``).
         ``fits(sidecar, engine_name)``: why an engine cannot run here (another TensorRT or
         GPU), or None; such engines are skipped, so a stale or foreign engine never hides
         the one built for this device. Engines built from an ONNX file that is not one of
@@ -184,6 +185,8 @@ class Bundle:
         :class:`BundleError` that lists what ``engines/`` holds.
         """
         wanted = [precisions] if isinstance(precisions, str) else list(precisions)
+        names = [profile] if isinstance(profile, str) else list(profile or ())
+        profile = names[0] if names else None
         folder = self.root / ENGINES_DIR
         ours = {self.manifest["files"].get(a["file"]) for a in self.manifest["artifacts"].values()} - {None}
         usable: list[tuple[Path, dict[str, Any]]] = []
@@ -196,7 +199,7 @@ class Bundle:
                 seen.append(str(exc))
                 continue
             seen.append(f"{engine.name}: {sidecar['precision']}/{sidecar.get('profile')}")
-            if profile and sidecar.get("profile") not in (None, profile):
+            if names and sidecar.get("profile") not in (None, *names):
                 continue
             if sidecar.get("onnx_sha256") and sidecar["onnx_sha256"] not in ours:
                 refusals.setdefault(sidecar["precision"], []).append(

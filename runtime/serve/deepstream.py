@@ -333,7 +333,7 @@ def write_deepstream_config(
     bundle = Bundle.load(bundle_dir)
     prof = resolve_profile(profile)
     if prof is None:
-        prof = load_profile(((bundle.manifest.get("provenance") or {}).get("profile") or {}).get("name") or "cpu")
+        prof = load_profile(((bundle.manifest.get("provenance") or {}).get("profile") or {}).get("name") or "cpu-x86")
     if not bundle.manifest.get("golden"):
         raise BundleError(f"bundle {bundle.name!r} has no golden inputs to gate nvinfer's normalisation on",
                           "re-export it with `convdeploy export`")

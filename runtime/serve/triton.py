@@ -131,7 +131,7 @@ def _profile_for(bundle: Bundle, profile: Profile | str | None) -> Profile:
     if resolved is not None:
         return resolved
     recorded = (bundle.manifest.get("provenance") or {}).get("profile") or {}
-    return load_profile(recorded.get("name") or "cpu")
+    return load_profile(recorded.get("name") or "cpu-x86")
 
 
 def _batch_dims(bundle: Bundle) -> tuple[list[int], list[int]]:

@@ -124,7 +124,7 @@ def test_rows_are_split_to_respect_the_batch_limit(tiny_bundle, sample_photos):
 
 
 def test_batch_size_over_the_profile_maximum_is_refused(tiny_bundle):
-    with pytest.raises(ProfileError, match="batch size 300 is outside profile 'cpu' limits"):
+    with pytest.raises(ProfileError, match="batch size 300 is outside profile 'cpu-x86' limits"):
         Predictor.from_bundle(tiny_bundle, profile="cpu", batch_size=300)
     with pytest.raises(UsageError, match="topk"):
         with Predictor.from_bundle(tiny_bundle) as p:

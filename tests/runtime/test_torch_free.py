@@ -46,16 +46,16 @@ if "openvino" in available_backends():
 b = bench_bundle(bundle, batch_sizes=[1, 2], iterations=2, warmup=1, images=photos, e2e_images=4)
 assert len(b["model_only"]) == 2 and b["end_to_end"][0]["errors"] == 0
 
-from click.testing import CliRunner
+from tests.conftest import cli_runner
 from convdeploy.cli import main
-r = CliRunner().invoke(main, ["predict", bundle, *photos, "--json", "--topk", "2"])
+r = cli_runner().invoke(main, ["predict", bundle, *photos, "--json", "--topk", "2"])
 assert r.exit_code == 0, r.output
 assert len(json.loads(r.stdout)["predictions"]) == 2
-r = CliRunner().invoke(main, ["verify", tta_bundle])
+r = cli_runner().invoke(main, ["verify", tta_bundle])
 assert r.exit_code == 0 and "PASSED" in r.stdout, r.output
-r = CliRunner().invoke(main, ["bench", bundle, "--iterations", "2", "--batch-sizes", "1", "--json"])
+r = cli_runner().invoke(main, ["bench", bundle, "--iterations", "2", "--batch-sizes", "1", "--json"])
 assert r.exit_code == 0, r.output
-r = CliRunner().invoke(main, ["bench", bundle, "--iterations", "2", "--compare-torch", "resnet18"])
+r = cli_runner().invoke(main, ["bench", bundle, "--iterations", "2", "--compare-torch", "resnet18"])
 assert r.exit_code == 2 and "needs PyTorch" in r.stderr, r.output
 
 leaked = sorted(m for m in sys.modules if m == "torch" or m.startswith("torch."))

@@ -15,6 +15,7 @@ from convdeploy.exporter.export.precision import (
     fp16_storage_emulation,
     int8_flavor_for,
     quantize_int8,
+    tensorrt_int8_problems,
     validate_int8_options,
 )
 from convdeploy.runtime.errors import InternalError, UsageError
@@ -145,6 +146,84 @@ def test_int8_flavors_and_per_channel_weights(small_cnn, tmp_path):
         ref = _run(small_cnn, calib[:4])
         assert np.abs(out - ref).max() < 0.1 * np.abs(ref).max()
     assert int8_flavor_for("tensorrt") == "s8s8" and int8_flavor_for("onnxruntime") == "u8s8"
+
+
+class Residual(torch.nn.Module):
+    """Conv -> two branches -> Add: a tensor with two consumers, as in every ResNet block."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.branch = torch.nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = torch.nn.Linear(8, 5)
+
+    def forward(self, x):
+        y = torch.relu(self.stem(x))
+        return self.fc((torch.relu(self.branch(y)) + y).mean((2, 3)))
+
+
+@pytest.fixture(scope="module")
+def residual_cnn(tmp_path_factory):
+    path = tmp_path_factory.mktemp("res") / "res.onnx"
+    torch.manual_seed(0)
+    export_onnx(Residual().eval(), path, input_shape=(3, 16, 16), exporter="torchscript")
+    return path
+
+
+def _dq_input_types(model) -> dict:
+    """The element type each DequantizeLinear reads, found independently of the code under test."""
+    inits = {t.name: t for t in model.graph.initializer}
+    producers = {o: n for n in model.graph.node for o in n.output}
+    types = {}
+    for n in (n for n in model.graph.node if n.op_type == "DequantizeLinear"):
+        src = n.input[0]
+        if src in inits:
+            types[n.name] = onnx.TensorProto.DataType.Name(inits[src].data_type)
+        else:
+            q = producers[src]
+            assert q.op_type == "QuantizeLinear"
+            types[n.name] = onnx.TensorProto.DataType.Name(inits[q.input[2]].data_type)
+    return types
+
+
+@pytest.mark.parametrize("fixture", ["small_cnn", "residual_cnn"])
+def test_s8s8_is_a_graph_tensorrt_parses(fixture, request, tmp_path):
+    """Audit findings 1, 16, 17: INT8-only DequantizeLinear inputs, float biases, no Q/DQ on
+    the outputs of weighted ops, a pair per consumer, the standard domain only."""
+    src = request.getfixturevalue(fixture)
+    calib = np.random.default_rng(4).standard_normal((32, 3, 16, 16)).astype(np.float32)
+    info = quantize_int8(src, tmp_path / "s8s8.onnx", calib, flavor="s8s8")
+    model = onnx.load(str(tmp_path / "s8s8.onnx"))
+    types = _dq_input_types(model)
+    assert types and set(types.values()) == {"INT8"}, types
+    inits = {t.name: t for t in model.graph.initializer}
+    producers = {o: n for n in model.graph.node for o in n.output}
+    for node in (n for n in model.graph.node if n.op_type in ("Conv", "Gemm")):
+        bias = node.input[2]
+        assert bias in inits and inits[bias].data_type == onnx.TensorProto.FLOAT  # read as is, not via a DQ
+        assert producers[node.input[1]].op_type == "DequantizeLinear"  # INT8 weights
+    consumers: dict = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    for node in (n for n in model.graph.node if n.op_type in ("Conv", "Gemm")):
+        assert all(c.op_type != "QuantizeLinear" for c in consumers.get(node.output[0], []))
+    for node in (n for n in model.graph.node if n.op_type == "DequantizeLinear"):
+        assert len(consumers.get(node.output[0], [])) <= 1  # dedicated pairs
+    assert info["foreign_domains"] == [] and tensorrt_int8_problems(model) == []
+    out, ref = _run(tmp_path / "s8s8.onnx", calib[:8]), _run(src, calib[:8])
+    assert (out.argmax(1) == ref.argmax(1)).mean() >= 0.75 and np.abs(out - ref).max() < 0.15 * np.abs(ref).max()
+
+
+def test_the_tensorrt_check_finds_what_its_parser_refuses(small_cnn, tmp_path):
+    calib = np.random.default_rng(5).standard_normal((16, 3, 16, 16)).astype(np.float32)
+    quantize_int8(small_cnn, tmp_path / "u8s8.onnx", calib, flavor="u8s8")  # CPU flavor: ORT defaults
+    problems = tensorrt_int8_problems(onnx.load(str(tmp_path / "u8s8.onnx")))
+    assert any("is INT32, not INT8" in p for p in problems)  # quantized biases
+    assert any("is UINT8, not INT8" in p for p in problems)  # asymmetric activations
+    model = onnx.load(str(tmp_path / "u8s8.onnx"))
+    model.graph.node[0].domain = "com.microsoft"
+    assert any("operator domain 'com.microsoft'" in p for p in tensorrt_int8_problems(model))
 
 
 def test_calibration_is_computed_from_the_given_data_every_time(small_cnn, tmp_path):

@@ -47,7 +47,8 @@ def test_layout_manifest_and_hashes(full_bundle, lenet_ckpt):
     prov = manifest["provenance"]
     assert prov["exporter"] == "torchscript" and prov["opset"] == 17
     assert prov["checkpoint_sha256"] == sha256_file(Path(lenet_ckpt) / "model.safetensors")
-    assert prov["profile"]["name"] == "jetson-orin" and prov["int8_flavor"] == "s8s8"
+    assert prov["profile"]["name"] == "jetson-agx-orin" and prov["int8_flavor"] == "s8s8"  # 'jetson-orin': its old name
+    assert prov["profile"]["compute_capability"] == "8.7" and "10.3" in prov["profile"]["tensorrt"]
     assert prov["nodes_exported"] >= prov["nodes_simplified"] > 0
     assert manifest["default_precision"] == "fp16"  # the profile's default, since it was exported
     assert manifest["inputs"][0] == {"name": "input", "shape": ["batch", 1, 32, 32], "dtype": "float32"}

@@ -85,11 +85,11 @@ def test_stds_far_apart_are_refused_with_the_table_and_nothing_written(tmp_path,
     assert not info.value.gate.passed and "FAIL" in info.value.gate.table()
     assert not (tmp_path / "ds").exists() and not (b / "deepstream.json").exists()
 
-    from click.testing import CliRunner
+    from tests.conftest import cli_runner
 
     from convdeploy.cli import main
 
-    r = CliRunner().invoke(main, ["serve", "deepstream", str(b), "--out", str(tmp_path / "ds")])
+    r = cli_runner().invoke(main, ["serve", "deepstream", str(b), "--out", str(tmp_path / "ds")])
     assert r.exit_code == 1, r.output
     assert "nvinfer-normalised" in r.stdout and "DeepStream refused" in r.stderr
 

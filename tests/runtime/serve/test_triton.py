@@ -215,14 +215,14 @@ def test_the_handler_functions_reject_what_is_not_an_image(tiny_bundle):
 def test_the_cli_writes_a_repository(tiny_bundle, tmp_path):
     import json
 
-    from click.testing import CliRunner
+    from tests.conftest import cli_runner
 
     from convdeploy.cli import main
 
-    r = CliRunner().invoke(main, ["serve", "triton", str(tiny_bundle), "--out", str(tmp_path / "r"), "--json"])
+    r = cli_runner().invoke(main, ["serve", "triton", str(tiny_bundle), "--out", str(tmp_path / "r"), "--json"])
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["ensemble"] == "tiny-cnn"
-    r = CliRunner().invoke(main, ["serve", "triton", str(tiny_bundle), "--out", str(tmp_path / "r")])
+    r = cli_runner().invoke(main, ["serve", "triton", str(tiny_bundle), "--out", str(tmp_path / "r")])
     assert r.exit_code == 2 and "already exists" in r.stderr
 
 

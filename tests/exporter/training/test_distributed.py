@@ -1,0 +1,122 @@
+"""CUDA and DDP decisions, tested on the CPU: the device per torchrun process, the GradScaler
+on older torch, and a stop on a non-finite loss that every process takes together.
+
+The non-finite stop runs a real 2-process gloo group (DDP's CPU backend); the NCCL path
+differs only in the backend name and the device of the flag tensor.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import warnings
+from datetime import timedelta
+
+import pytest
+import torch
+
+from convdeploy.exporter.training import environment
+from convdeploy.exporter.training.environment import device_for_process, make_grad_scaler
+from convdeploy.runtime.errors import BackendUnavailableError, UsageError
+
+TORCHRUN_4 = {"WORLD_SIZE": "4", "LOCAL_WORLD_SIZE": "4"}
+
+
+@pytest.mark.parametrize("name, cuda, env, expected", [
+    ("auto", 0, {}, ("cpu", None)),
+    ("cpu", 2, {**TORCHRUN_4, "LOCAL_RANK": "1"}, ("cpu", None)),
+    ("auto", 2, {}, ("cuda", 0)),
+    ("cuda", 2, {}, ("cuda", 0)),  # an index, so set_device and DDP's device_ids get one
+    ("cuda:1", 2, {}, ("cuda", 1)),
+    ("auto", 4, {**TORCHRUN_4, "LOCAL_RANK": "3"}, ("cuda", 3)),
+    ("cuda", 4, {**TORCHRUN_4, "LOCAL_RANK": "2"}, ("cuda", 2)),  # audit finding 18: cuda under torchrun
+    ("CUDA", 4, {**TORCHRUN_4, "LOCAL_RANK": "2"}, ("cuda", 2)),
+    # one process per machine (multi-node, one GPU each): cuda:N is fine there
+    ("cuda:1", 2, {"WORLD_SIZE": "4", "LOCAL_WORLD_SIZE": "1", "LOCAL_RANK": "0"}, ("cuda", 1)),
+])
+def test_each_process_gets_its_own_gpu(name, cuda, env, expected):
+    assert device_for_process(name, cuda_count=cuda, env=env) == expected
+
+
+@pytest.mark.parametrize("name, cuda, env, error, message", [
+    ("cuda:0", 4, {**TORCHRUN_4, "LOCAL_RANK": "1"}, UsageError, "puts all 4 processes of this machine on GPU 0"),
+    ("cuda", 2, {**TORCHRUN_4, "LOCAL_RANK": "3"}, BackendUnavailableError, "this process sees 2"),
+    ("cuda:5", 2, {}, BackendUnavailableError, "GPU 5 was asked for"),
+    ("cuda", 0, {}, BackendUnavailableError, "no CUDA GPU"),
+    ("tpu", 1, {}, UsageError, "unknown device 'tpu'"),
+    ("cuda:x", 1, {}, UsageError, "unknown device"),
+])
+def test_impossible_devices_are_one_line_errors(name, cuda, env, error, message):
+    with pytest.raises(error, match=message):
+        device_for_process(name, cuda_count=cuda, env=env)
+
+
+def test_resolve_device_on_this_machine():
+    if not torch.cuda.is_available():
+        assert environment.resolve_device("auto") == torch.device("cpu")
+        with pytest.raises(BackendUnavailableError):
+            environment.resolve_device("cuda")
+
+
+def test_grad_scaler_on_torch_before_2_3(monkeypatch):
+    """Audit finding 19: torch.amp.GradScaler exists from torch 2.3 only."""
+    assert isinstance(make_grad_scaler(False), torch.amp.GradScaler)
+    monkeypatch.delattr(torch.amp, "GradScaler")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # newer torch deprecates the fallback it still has
+        scaler = make_grad_scaler(False)
+    assert type(scaler).__module__.startswith("torch.cuda.amp") and not scaler.is_enabled()
+
+
+# ------------------------------------------------------------------ a non-finite loss under DDP
+def _rank_main(rank: int, store: str, results: "multiprocessing.Queue") -> None:
+    import torch.distributed as dist
+
+    from convdeploy.exporter.training.config import TrainConfig
+    from convdeploy.exporter.training.distributed import Distributed, any_process
+    from convdeploy.exporter.training.loop import train_one_epoch
+
+    os.environ.update(WORLD_SIZE="2", LOCAL_WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank))
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2,
+                            timeout=timedelta(seconds=60))
+    try:
+        flags = (any_process(False, torch.device("cpu")), any_process(rank == 1, torch.device("cpu")))
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+        ddp = Distributed(rank, 2, "gloo")
+        net = ddp.wrap(model, torch.device("cpu"))
+        x = torch.ones(2, 4)
+        # Rank 1's third batch holds a NaN: its loss is NaN, rank 0's is finite.
+        batches = [(x, torch.tensor([0, 1])) for _ in range(5)]
+        if rank == 1:
+            batches[2] = (torch.full((2, 4), float("nan")), torch.tensor([0, 1]))
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        try:
+            train_one_epoch(net, batches, optimizer, TrainConfig(epochs=1), epoch=0, steps_per_epoch=5,
+                            trainable=list(model.parameters()), device=torch.device("cpu"))
+            outcome = "finished"
+        except UsageError as exc:
+            outcome = str(exc)
+        results.put((rank, flags, outcome))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_nonfinite_loss_on_one_process_stops_every_process_at_the_same_step(tmp_path):
+    """Audit finding 20: without the shared decision rank 0 would wait in the next all-reduce."""
+    ctx = multiprocessing.get_context("spawn")
+    results = ctx.Queue()
+    procs = [ctx.Process(target=_rank_main, args=(rank, str(tmp_path / "store"), results)) for rank in (0, 1)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+    alive = [p for p in procs if p.is_alive()]
+    for p in alive:
+        p.kill()
+    assert not alive, "a process hung: the stop was not taken by every process"
+    outcomes = dict((rank, (flags, outcome)) for rank, flags, outcome in (results.get(timeout=5) for _ in procs))
+    assert outcomes[0][0] == outcomes[1][0] == (False, True)  # any_process: the same answer everywhere
+    for rank in (0, 1):
+        assert "the loss became non-finite at epoch 1, step 3" in outcomes[rank][1]
+    assert "(this process: nan)" in outcomes[1][1] and "(this process: nan)" not in outcomes[0][1]
