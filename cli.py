@@ -564,9 +564,11 @@ def bench_cmd(bundle: str, backend: str, precision: str | None, profile_name: st
 @click.option("--adopt", "adopt", default=None, type=click.Path(dir_okay=False, exists=True, path_type=str),
               help="Take in an engine built by trtexec (one --precision): verified, then recorded.")
 @click.option("--device", "device_id", type=click.IntRange(min=0), default=0, show_default=True, help="CUDA device.")
+@click.option("--dla-core", "dla_core", type=click.IntRange(min=0), default=None,
+              help="Build for this DLA core (FP16, GPU fallback) on a Jetson whose profile has DLA cores.")
 @json_option
 def build_cmd(bundle: str, profile_name: str | None, precisions: str | None, dry_run: bool, adopt: str | None,
-              device_id: int, as_json: bool) -> None:
+              device_id: int, dla_core: int | None, as_json: bool) -> None:
     """Build TensorRT engines for this device, verify them, record them in the bundle.
 
     Each engine is verified against the bundle's golden outputs with its precision's
@@ -574,9 +576,10 @@ def build_cmd(bundle: str, profile_name: str | None, precisions: str | None, dry
 
     \b
     Example:
-      convdeploy build bundles/resnet18 --profile jetson-orin --precision fp16,int8
-      convdeploy build bundles/resnet18 --profile server-gpu --dry-run
-      convdeploy build bundles/resnet18 --profile server-gpu --precision fp16 --adopt r18.plan
+      convdeploy build bundles/resnet18 --profile jetson-agx-orin --precision fp16,int8
+      convdeploy build bundles/resnet18 --profile jetson-xavier-nx --precision fp16 --dla-core 0
+      convdeploy build bundles/resnet18 --profile server-a100 --dry-run
+      convdeploy build bundles/resnet18 --profile server-a100 --precision fp16 --adopt r18.plan
     """
     from convdeploy.runtime.build import build_engines
     from convdeploy.runtime.bundle.contract import PRECISIONS
@@ -587,6 +590,7 @@ def build_cmd(bundle: str, profile_name: str | None, precisions: str | None, dry
     if unknown:
         raise UsageError(f"unknown precision(s) {', '.join(unknown)}", f"use {', '.join(PRECISIONS)}")
     outcome = build_engines(bundle, profile_name, wanted, dry_run=dry_run, adopt=adopt, device_id=device_id,
+                            dla_core=dla_core,
                             progress=None if as_json else (lambda m: click.echo(m, err=True)))
     if as_json:
         echo_json(outcome.to_dict())

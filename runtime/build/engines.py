@@ -13,6 +13,8 @@ into the bundle, verified like a built one.
 
 from __future__ import annotations
 
+import dataclasses
+
 import os
 import time
 from dataclasses import dataclass, field
@@ -20,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from convdeploy.runtime.build.builder import build_serialized_engine, layer_placement
-from convdeploy.runtime.build.plan import FAILED_DIR, BuildPlan, make_plan
+from convdeploy.runtime.build.plan import FAILED_DIR, BuildPlan, make_plan, parse_line
 from convdeploy.runtime.build.preflight import preflight
 from convdeploy.runtime.build.trtexec import trtexec_line
 from convdeploy.runtime.bundle.contract import ENGINES_DIR, record_engine, sidecar_path, write_sidecar
@@ -93,6 +95,17 @@ def jetson_release(path: Path = NV_TEGRA_RELEASE) -> dict[str, str]:
     return {"l4t": f"{release}.{revision}" if revision else release}
 
 
+def _with_dla_core(profile: "Profile", dla_core: int | None) -> "Profile":
+    """``profile`` building for DLA core ``dla_core`` (None: as the profile says)."""
+    if dla_core is None:
+        return profile
+    cores = int(getattr(profile, "dla_cores", 0) or 0)
+    if not 0 <= dla_core < cores:
+        raise UsageError(f"profile {profile.name!r} has {cores} DLA core(s): there is no DLA core {dla_core}",
+                         "drop --dla-core to build for the GPU" if not cores else f"use --dla-core 0..{cores - 1}")
+    return dataclasses.replace(profile, dla_core=dla_core)
+
+
 def _resolve_profile(bundle: Bundle, profile: "Profile | str | None") -> "Profile":
     from convdeploy.runtime.targets import resolve_profile
 
@@ -101,7 +114,7 @@ def _resolve_profile(bundle: Bundle, profile: "Profile | str | None") -> "Profil
         name = recorded.get("name") if isinstance(recorded, dict) else None
         if not name or recorded.get("backend") != "tensorrt":
             raise UsageError(f"bundle {bundle.name!r} was not exported for a TensorRT profile",
-                             "pass --profile NAME (e.g. jetson-orin, server-gpu)")
+                             "pass --profile NAME (e.g. jetson-agx-orin, server-a100)")
         profile = name
     resolved = resolve_profile(profile)
     if resolved is None:  # pragma: no cover - resolve_profile returns None only for None
@@ -223,11 +236,15 @@ def build_engines(
     dry_run: bool = False,
     adopt: str | os.PathLike | None = None,
     device_id: int = 0,
+    dla_core: int | None = None,
     version_compatible: bool = False,
     hardware_compatibility: str = "NONE",
     progress: Callable[[str], None] | None = None,
 ) -> BuildOutcome:
     """Build (or, with ``dry_run``, plan) the TensorRT engines of a bundle for ``profile``.
+
+    ``dla_core``: build for that DLA core (FP16 with GPU fallback) instead of the GPU; the
+    profile must have DLA cores. Default: the profile's own ``dla_core`` (None: the GPU).
 
     ``precisions``: default the profile's default precision. ``adopt``: an engine file
     built elsewhere (``trtexec``) to take in for the single precision given. Returns a
@@ -236,21 +253,24 @@ def build_engines(
     """
     say = progress or (lambda message: None)
     bundle = Bundle.load(bundle_path)
-    prof = _resolve_profile(bundle, profile)
+    prof = _with_dla_core(_resolve_profile(bundle, profile), dla_core)
     wanted = _precisions(bundle, prof, precisions)
     if adopt is not None and (len(wanted) != 1 or dry_run):
         raise UsageError("--adopt takes one engine: pass exactly one --precision and no --dry-run")
     outcome = BuildOutcome(bundle.name, prof.name)
     device = None if dry_run else _open_device(device_id)
-    if device and prof.tensorrt and not device.version.startswith(str(prof.tensorrt)):
-        outcome.notes.append(f"profile {prof.name!r} targets TensorRT {prof.tensorrt}; this device runs "
+    # The TensorRT releases the target ships, newest last-listed; a dry run plans for the first.
+    lines = tuple(str(v) for v in (prof.tensorrt or ()))
+    running = parse_line(device.version) if device else ()
+    if device and lines and not any(running[:len(parse_line(v))] == parse_line(v) for v in lines):
+        outcome.notes.append(f"profile {prof.name!r} targets TensorRT {' or '.join(lines)}; this device runs "
                              f"TensorRT {device.version} (the engine is built for what runs here)")
     for precision in wanted:
         if device is None:
-            if not prof.tensorrt:
+            if not lines:
                 raise UsageError(f"profile {prof.name!r} does not say its TensorRT line",
-                                 "use a TensorRT profile (jetson-*, server-gpu) or add tensorrt = \"10.3\" to it")
-            plan = make_plan(bundle, prof, precision, str(prof.tensorrt), version_compatible=version_compatible,
+                                 "use a TensorRT profile (jetson-*, server-*) or add tensorrt = [\"10.3\"] to it")
+            plan = make_plan(bundle, prof, precision, lines[0], version_compatible=version_compatible,
                              hardware_compatibility=hardware_compatibility)
         else:
             plan = make_plan(bundle, prof, precision, device.version, gpu_name=device.gpu_name,

@@ -27,7 +27,7 @@ def test_without_tensorrt_build_fails_in_one_line_that_says_what_to_install(bund
 
 
 def test_dry_run_prints_the_trtexec_command_of_the_profile(bundle_dir):
-    r = run("build", bundle_dir, "--profile", "jetson-xavier", "--precision", "fp16", "--dry-run")
+    r = run("build", bundle_dir, "--profile", "jetson-agx-xavier", "--precision", "fp16", "--dla-core", "0", "--dry-run")
     assert r.exit_code == 0, r.output
     command = [line for line in r.stdout.splitlines() if line.startswith("trtexec ")]
     assert len(command) == 1 and "--useDLACore=0 --allowGPUFallback" in command[0] and "--fp16" in command[0]
@@ -38,7 +38,8 @@ def test_dry_run_prints_the_trtexec_command_of_the_profile(bundle_dir):
 
 @pytest.mark.parametrize("args,message", [
     (["--precision", "fp64"], "unknown precision(s) fp64"),
-    (["--profile", "jetson-xavier", "--precision", "int8", "--dry-run"], "DLA runs INT8 only"),
+    (["--profile", "jetson-agx-xavier", "--precision", "int8", "--dla-core", "0", "--dry-run"], "DLA runs INT8 only"),
+    (["--profile", "jetson-orin-nano", "--dla-core", "0", "--dry-run"], "has 0 DLA core"),
     ([], "was not exported for a TensorRT profile"),
 ])
 def test_bad_requests_are_one_line_exit_2(bundle_dir, args, message):
@@ -48,9 +49,9 @@ def test_bad_requests_are_one_line_exit_2(bundle_dir, args, message):
 
 def test_a_failed_verify_exits_1_and_a_passing_build_0(bundle_dir, monkeypatch):
     fake.install(monkeypatch, "10.3.0")
-    r = run("build", bundle_dir, "--profile", "server-gpu", "--precision", "fp32,int8")
-    assert r.exit_code == 0 and "fp32: built -> engines/server-gpu.fp32.trt10.3.0" in r.stdout, r.output
+    r = run("build", bundle_dir, "--profile", "server-a100", "--precision", "fp32,int8")
+    assert r.exit_code == 0 and "fp32: built -> engines/server-a100.fp32.trt10.3.0" in r.stdout, r.output
     real_run = fake._Engine._run
     monkeypatch.setattr(fake._Engine, "_run", lambda self, x: real_run(self, x)[:, ::-1].copy())
-    r = run("build", bundle_dir, "--profile", "server-gpu", "--precision", "fp32")
+    r = run("build", bundle_dir, "--profile", "server-a100", "--precision", "fp32")
     assert r.exit_code == 1 and "engines/.failed/" in r.stderr, r.output

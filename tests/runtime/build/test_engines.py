@@ -28,13 +28,13 @@ from tests.runtime.backends import fake_tensorrt as fake
 def test_build_verifies_then_records_each_precision(bundle_dir, monkeypatch, version):
     trt = fake.install(monkeypatch, version)
     wanted = ["fp32", "int8"] if version.startswith("11.") else ["fp32", "fp16", "int8"]
-    outcome = build_engines(bundle_dir, "server-gpu", wanted)
+    outcome = build_engines(bundle_dir, "server-a100", wanted)
     assert outcome.passed and [r.status for r in outcome.results] == ["built"] * len(wanted)
     manifest = validate_manifest(json.loads((bundle_dir / "manifest.json").read_text()))
     for result in outcome.results:
         engine = bundle_dir / result.engine
         side = read_sidecar(engine)
-        assert engine.name == f"server-gpu.{result.precision}.trt{version}.nvidia-fake-gpu-sm87.engine"
+        assert engine.name == f"server-a100.{result.precision}.trt{version}.nvidia-fake-gpu-sm87.engine"
         assert side["engine_sha256"] == sha256_file(engine) and side["tensorrt_version"] == version
         assert side["onnx_sha256"] == sha256_file(bundle_dir / result.plan.onnx_file)
         assert side["compute_capability"] == "8.7" and side["tf32"] == "disable" and side["build_seconds"] >= 0
@@ -52,14 +52,14 @@ def test_build_verifies_then_records_each_precision(bundle_dir, monkeypatch, ver
     # the built engines are found and run by `verify`/`predict` here
     from convdeploy.runtime.verify import verify_bundle
 
-    assert verify_bundle(bundle_dir, "tensorrt", "fp32", profile="server-gpu").passed
+    assert verify_bundle(bundle_dir, "tensorrt", "fp32", profile="server-a100").passed
 
 
 def test_an_engine_that_fails_its_verify_goes_to_failed_and_is_not_recorded(bundle_dir, monkeypatch):
     fake.install(monkeypatch, "10.3.0")
     real_run = fake._Engine._run
     monkeypatch.setattr(fake._Engine, "_run", lambda self, x: real_run(self, x)[:, ::-1].copy())  # wrong answers
-    outcome = build_engines(bundle_dir, "server-gpu", ["fp32"])
+    outcome = build_engines(bundle_dir, "server-a100", ["fp32"])
     result = outcome.results[0]
     assert not outcome.passed and result.status == "failed" and result.engine.startswith("engines/.failed/")
     assert (bundle_dir / result.engine).is_file() and (bundle_dir / result.engine).with_suffix(".verify.json").is_file()
@@ -70,15 +70,15 @@ def test_an_engine_that_fails_its_verify_goes_to_failed_and_is_not_recorded(bund
 
 def test_a_dla_build_records_which_layers_fell_back_to_the_gpu(bundle_dir, monkeypatch):
     fake.install(monkeypatch, "8.5.2.2", cuda=fake.FakeCuda("Xavier", (7, 2), dla_cores=2))
-    outcome = build_engines(bundle_dir, "jetson-xavier", ["fp16"])
+    outcome = build_engines(bundle_dir, "jetson-agx-xavier", ["fp16"], dla_core=0)
     assert outcome.passed, outcome.failure_message()
     side = outcome.results[0].sidecar
     assert side["dla_core"] == 0 and side["gpu_fallback"] and side["typing"] == "weak"
     assert side["dla_layers"] and side["dla_layers"][0].startswith("{ForeignNode[")
     assert set(side["gpu_fallback_layers"]) == {"flat", "logits"}  # Flatten and Gemm run on the GPU
-    assert side["min_shape"] == side["max_shape"] == [4, 3, 32, 32]
+    assert side["min_shape"] == side["max_shape"] == [8, 3, 32, 32]  # static: the profile's opt batch
     with pytest.raises(UsageError, match="DLA runs INT8 only with implicit quantization"):
-        build_engines(bundle_dir, "jetson-xavier", ["int8"])
+        build_engines(bundle_dir, "jetson-agx-xavier", ["int8"], dla_core=0)
 
 
 @pytest.mark.parametrize("version,expected", [
@@ -88,7 +88,7 @@ def test_a_dla_build_records_which_layers_fell_back_to_the_gpu(bundle_dir, monke
 ])
 def test_parser_errors_are_one_line_per_failing_node(tiny_bundle, monkeypatch, version, expected):
     trt = fake.install(monkeypatch, version)
-    plan = make_plan(Bundle.load(tiny_bundle), load_profile("server-gpu"), "int8", version)
+    plan = make_plan(Bundle.load(tiny_bundle), load_profile("server-a100"), "int8", version)
     with pytest.raises(BundleError, match=f"ONNX parser rejected model.int8.onnx: {expected}") as exc:
         build_serialized_engine(trt.module, plan, tiny_bundle)
     assert "\n" not in str(exc.value) and str(exc.value).count("only activation types") >= 2
@@ -96,7 +96,7 @@ def test_parser_errors_are_one_line_per_failing_node(tiny_bundle, monkeypatch, v
 
 def test_a_failed_build_attaches_tensorrts_log(bundle_dir, monkeypatch):
     trt = fake.install(monkeypatch, "8.6.1")
-    plan = make_plan(Bundle.load(bundle_dir), load_profile("server-gpu"), "int8", "8.6.1")
+    plan = make_plan(Bundle.load(bundle_dir), load_profile("server-a100"), "int8", "8.6.1")
     without_int8 = dataclasses.replace(plan, builder_flags=("FP16",))  # Q/DQ on 8.x needs the INT8 flag
     with pytest.raises(BackendUnavailableError, match=r"could not build the int8 engine.*\[E\] the network has Q/DQ"):
         build_serialized_engine(trt.module, without_int8, bundle_dir)
@@ -105,27 +105,27 @@ def test_a_failed_build_attaches_tensorrts_log(bundle_dir, monkeypatch):
 def test_a_gpu_without_fast_fp16_refuses_rather_than_downgrades(bundle_dir, monkeypatch):
     fake.install(monkeypatch, "8.6.1", cuda=fake.FakeCuda(fast_fp16=False))
     with pytest.raises(UsageError, match="no fast FP16 path"):
-        build_engines(bundle_dir, "server-gpu", ["fp16"])
+        build_engines(bundle_dir, "server-a100", ["fp16"])
 
 
 def test_adopt_takes_in_a_trtexec_engine_verified_like_a_built_one(bundle_dir, monkeypatch, tmp_path):
     fake.install(monkeypatch, "10.3.0")
     plan_file = tmp_path / "r.plan"
     plan_file.write_bytes(fake.engine_bytes(bundle_dir / "model.onnx", tensorrt_version="10.3.0", max_batch=256))
-    outcome = build_engines(bundle_dir, "server-gpu", ["fp32"], adopt=plan_file)
+    outcome = build_engines(bundle_dir, "server-a100", ["fp32"], adopt=plan_file)
     result = outcome.results[0]
     assert outcome.passed and result.status == "adopted" and result.sidecar["adopted_from"] == "r.plan"
     assert read_sidecar(bundle_dir / result.engine)["tensorrt_version"] == "10.3.0"
     with pytest.raises(UsageError, match="--adopt takes one engine"):
-        build_engines(bundle_dir, "server-gpu", ["fp32", "fp16"], adopt=plan_file)
+        build_engines(bundle_dir, "server-a100", ["fp32", "fp16"], adopt=plan_file)
 
 
 def test_the_timing_cache_is_reused_by_the_next_build(bundle_dir, monkeypatch):
     fake.install(monkeypatch, "10.13.3.9")
-    build_engines(bundle_dir, "server-gpu", ["fp32"])
+    build_engines(bundle_dir, "server-a100", ["fp32"])
     cache = next((bundle_dir / "engines" / "timing-cache").glob("*.cache"))
     first = cache.read_bytes()
-    build_engines(bundle_dir, "server-gpu", ["int8"])
+    build_engines(bundle_dir, "server-a100", ["int8"])
     assert cache.read_bytes() != first and b"NVIDIA Fake GPU" in cache.read_bytes()
 
 

@@ -14,16 +14,19 @@ from convdeploy.runtime.errors import BundleError
 from convdeploy.runtime.targets import load_profile
 from tests.runtime.conftest import build_classifier_onnx
 
+# A Xavier building for its first DLA core (DLA is opt-in: `build --dla-core 0`).
+XAVIER_DLA = dataclasses.replace(load_profile("jetson-agx-xavier"), dla_core=0)
+
 
 def test_a_graph_tensorrt_can_parse_passes(trt_int8_bundle):
     for precision, name in (("fp32", "model.onnx"), ("int8", "model.int8.onnx")):
-        report = preflight(trt_int8_bundle / name, load_profile("jetson-orin"), precision)
+        report = preflight(trt_int8_bundle / name, load_profile("jetson-agx-orin"), precision)
         assert report.ok and not report.skipped, report.summary()
 
 
 def test_int32_biases_into_dequantizelinear_are_refused_with_the_reason(tiny_bundle):
     """Audit #1: onnxruntime's default QuantizeBias=True writes INT32 biases no TensorRT parses."""
-    report = preflight(tiny_bundle / "model.int8.onnx", load_profile("jetson-orin"), "int8")
+    report = preflight(tiny_bundle / "model.int8.onnx", load_profile("jetson-agx-orin"), "int8")
     assert not report.ok and "DequantizeLinear of an INT32 tensor" in report.summary()
     with pytest.raises(BundleError, match="TensorRT cannot build model.int8.onnx: DequantizeLinear") as exc:
         report.raise_for_problems()
@@ -49,27 +52,32 @@ def test_dla_needs_static_spatial_shapes(tmp_path):
     model = onnx.load(str(path))
     model.graph.input[0].type.tensor_type.shape.dim[2].dim_param = "h"
     onnx.save(model, str(path))
-    assert "dynamic spatial axes" in preflight(path, load_profile("jetson-xavier"), "fp16").summary()
-    assert preflight(path, load_profile("jetson-xavier"), "fp32").ok  # fp32 goes to the GPU
+    assert "dynamic spatial axes" in preflight(path, XAVIER_DLA, "fp16").summary()
+    assert preflight(path, XAVIER_DLA, "fp32").ok  # fp32 goes to the GPU
 
 
 def test_without_the_onnx_package_the_preflight_says_it_was_skipped(trt_int8_bundle, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnx", None)
-    report = preflight(trt_int8_bundle / "model.onnx", load_profile("jetson-orin"), "fp32")
+    report = preflight(trt_int8_bundle / "model.onnx", load_profile("jetson-agx-orin"), "fp32")
     assert report.ok and report.skipped and "skipped: the onnx package is not installed" in report.summary()
 
 
 @pytest.mark.parametrize("profile,precision,expected,absent", [
-    ("jetson-xavier", "fp16", ["--fp16", "--useDLACore=0", "--allowGPUFallback", "--noTF32",
-                               "--shapes=input:4x3x32x32", "--memPoolSize=workspace:1024"],
+    ("jetson-agx-xavier:dla0", "fp16", ["--fp16", "--useDLACore=0", "--allowGPUFallback", "--noTF32",
+                                        "--shapes=input:8x3x32x32", "--memPoolSize=workspace:2048"],
      ["--stronglyTyped", "--builderOptimizationLevel=3"]),  # TensorRT 8.5: no optimization level
-    ("jetson-orin", "int8", ["--stronglyTyped", "--builderOptimizationLevel=3", "--minShapes=input:1x3x32x32",
+    ("jetson-agx-xavier", "int8", ["--int8", "--fp16", "--minShapes=input:1x3x32x32"],
+     ["--useDLACore=0", "--stronglyTyped"]),  # the GPU: INT8 from the Q/DQ graph needs the INT8 flag on 8.x
+    ("jetson-agx-orin", "int8", ["--stronglyTyped", "--builderOptimizationLevel=3", "--minShapes=input:1x3x32x32",
                              "--optShapes=input:8x3x32x32", "--maxShapes=input:32x3x32x32"], ["--int8", "--fp16"]),
-    ("server-gpu", "fp32", ["--stronglyTyped", "--memPoolSize=workspace:8192", "--noTF32"], ["--fp16"]),
+    ("server-a100", "fp32", ["--stronglyTyped", "--memPoolSize=workspace:8192", "--noTF32"], ["--fp16"]),
 ])
 def test_the_dry_run_command_matches_the_profile(trt_int8_bundle, profile, precision, expected, absent):
-    prof = load_profile(profile)
-    plan = make_plan(Bundle.load(trt_int8_bundle), prof, precision, str(prof.tensorrt))
+    name, _, dla = profile.partition(":dla")
+    prof = load_profile(name)
+    if dla:
+        prof = dataclasses.replace(prof, dla_core=int(dla))
+    plan = make_plan(Bundle.load(trt_int8_bundle), prof, precision, prof.tensorrt[0])  # the first line it ships
     argv = trtexec_command(plan, trt_int8_bundle)
     assert argv[0] == "trtexec" and argv[1] == f"--onnx={trt_int8_bundle / plan.onnx_file}"
     assert f"--saveEngine={trt_int8_bundle / plan.engine_file}" in argv
@@ -81,6 +89,6 @@ def test_the_dry_run_command_matches_the_profile(trt_int8_bundle, profile, preci
 
 
 def test_tensorrt_11_is_strongly_typed_without_a_switch(trt_int8_bundle):
-    prof = dataclasses.replace(load_profile("server-gpu"), tensorrt="11.4")
+    prof = dataclasses.replace(load_profile("server-a100"), tensorrt="11.4")
     argv = trtexec_command(make_plan(Bundle.load(trt_int8_bundle), prof, "int8", "11.4"))
     assert not {"--stronglyTyped", "--int8", "--fp16"} & set(argv)

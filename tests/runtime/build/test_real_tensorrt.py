@@ -22,7 +22,7 @@ def gpu_bundle(request, tmp_path_factory):
 
     arch, data, _ = request.param
     out = tmp_path_factory.mktemp("gpu") / arch
-    export_bundle(arch, out, precisions=("fp32", "fp16", "int8"), profile="server-gpu", data=data,
+    export_bundle(arch, out, precisions=("fp32", "fp16", "int8"), profile="server-a100", data=data,
                   parity_samples=64)
     return arch, out
 
@@ -34,13 +34,13 @@ def test_build_verify_and_bench_each_precision(gpu_bundle, precision):
     from convdeploy.runtime.verify import verify_bundle
 
     arch, root = gpu_bundle
-    outcome = build_engines(root, "server-gpu", [precision])
+    outcome = build_engines(root, "server-a100", [precision])
     assert outcome.passed, outcome.failure_message()
     side = outcome.results[0].sidecar
     assert side["precision"] == precision and side["engine_sha256"] and side["build_seconds"] > 0
-    report = verify_bundle(root, "tensorrt", precision, profile="server-gpu")
+    report = verify_bundle(root, "tensorrt", precision, profile="server-a100")
     assert report.passed and report.context["precision"] == precision, report.summary()
-    result = bench_bundle(root, "tensorrt", precision=precision, profile="server-gpu", batch_sizes=[1, 32],
+    result = bench_bundle(root, "tensorrt", precision=precision, profile="server-a100", batch_sizes=[1, 32],
                           iterations=50, warmup=10)
     assert {row["precision"] for row in result["model_only"]} == {precision}
     print(f"\n{arch} {precision}: " + ", ".join(f"batch {r['batch']} p50 {r['p50_ms']:.3f} ms "
@@ -51,7 +51,7 @@ def test_a_rebuild_reuses_the_timing_cache(gpu_bundle):
     from convdeploy.runtime.build import build_engines
 
     _, root = gpu_bundle
-    first = build_engines(root, "server-gpu", ["fp32"]).results[0].sidecar["build_seconds"]
-    again = build_engines(root, "server-gpu", ["fp32"]).results[0].sidecar["build_seconds"]
+    first = build_engines(root, "server-a100", ["fp32"]).results[0].sidecar["build_seconds"]
+    again = build_engines(root, "server-a100", ["fp32"]).results[0].sidecar["build_seconds"]
     assert next((root / "engines" / "timing-cache").glob("*.cache")).stat().st_size > 0
     print(f"\nbuild {first:.1f}s, with the timing cache {again:.1f}s")
