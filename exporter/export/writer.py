@@ -46,7 +46,7 @@ import numpy as np
 
 from convdeploy.exporter.data.datasets import labelled_images
 from convdeploy.exporter.export.onnx_export import DEFAULT_OPSET, OnnxExportInfo, export_onnx
-from convdeploy.exporter.export.onnx_utils import embed_metadata
+from convdeploy.exporter.export.onnx_utils import ExportError, embed_metadata
 from convdeploy.exporter.export.parity import (
     DEFAULT_PARITY_SAMPLES,
     RANDOM_SAMPLES,
@@ -84,6 +84,7 @@ from convdeploy.runtime.bundle.contract import (
     onnx_metadata,
     seal_manifest,
 )
+from convdeploy.runtime.build.preflight import preflight
 from convdeploy.runtime.bundle.reader import Bundle
 from convdeploy.runtime.errors import InputError, InternalError, UsageError
 from convdeploy.runtime.fsutil import (atomic_directory, atomic_write_json, check_replaceable, remove_owned_directory,
@@ -345,11 +346,12 @@ def export_bundle(
         if "int8" in plan.precisions:
             with clock.stage("int8"):
                 artifacts["int8"] = _export_int8(work, plan, shipped.preprocess, inputs.calibration)
+        preflight_notes = _tensorrt_preflight(plan, artifacts, work)
         with clock.stage("parity"):
             gate = _run_gate(src, shipped, inputs, plan, {p: work / a["file"] for p, a in artifacts.items()})
         with clock.stage("write"):
             golden = _write_golden(src, shipped, inputs, gate, artifacts, plan, work)
-            notes = [*src.notes, *shipped.notes, *inputs.notes, *onnx_info.notes]
+            notes = [*src.notes, *shipped.notes, *inputs.notes, *onnx_info.notes, *preflight_notes]
             manifest = _write_manifest(name or src.default_name(), src, shipped, inputs, plan, onnx_info, artifacts,
                                        gate, golden, notes=list(notes), timings=clock.rounded(), work=work)
             dest = _commit(work, plan, gate.status)
@@ -366,6 +368,25 @@ def export_bundle(
             report=gate.report, result=result,
         )
     return result
+
+
+# --------------------------------------------------------------------------- stage: TensorRT pre-flight
+def _tensorrt_preflight(plan: ExportPlan, artifacts: Mapping[str, Mapping[str, Any]], work: Path) -> list[str]:
+    """For a TensorRT profile, refuse a graph its TensorRT parser would refuse, now rather than
+    on the device: the opset, the ops' domains, INT8 Q/DQ inputs, static shapes for the DLA.
+    The same check ``convdeploy build`` runs on the target (:mod:`convdeploy.runtime.build.preflight`)."""
+    if plan.profile.backend != "tensorrt":
+        return []
+    notes = []
+    for precision, art in artifacts.items():
+        report = preflight(work / art["file"], plan.profile, precision)
+        if report.problems:
+            raise ExportError(f"the {precision} graph would not build with TensorRT for profile {plan.profile.name!r}: "
+                              f"{'; '.join(report.problems)}",
+                              "see `convdeploy profiles NAME` for what the target's TensorRT parses")
+        notes.append(f"TensorRT pre-flight of {art['file']} for {plan.profile.name}: "
+                     + ("ok" if not report.skipped else f"skipped ({report.skipped})"))
+    return notes
 
 
 # --------------------------------------------------------------------------- stage: plan

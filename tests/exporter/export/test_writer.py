@@ -295,3 +295,32 @@ def test_progress_reports_the_stages_export_stages_lists(lenet_ckpt, tmp_path):
     manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
     assert list(manifest["provenance"]["timings"]) == said[:-1]  # written before the write stage ends
     assert manifest["provenance"]["notes"] == result.notes
+
+
+def test_a_tensorrt_profile_gets_the_int8_graph_its_parser_takes(lenet_ckpt, tmp_path):
+    """The issue's case: Xavier NX (TensorRT 8.5), INT8: the pre-flight that `build` runs on the
+    device passes at export (no INT32 input to a DequantizeLinear), and so does the gate."""
+    result = export_bundle(lenet_ckpt, tmp_path / "b", precisions="int8", profile="jetson-xavier-nx", data="digits",
+                           parity_samples=64, calib_samples=64)
+    notes = result.manifest["provenance"]["notes"]
+    assert "TensorRT pre-flight of model.int8.onnx for jetson-xavier-nx: ok" in notes
+    assert result.parity.passed and result.manifest["artifacts"]["int8"]["int8_flavor"] == "s8s8"
+
+
+def test_a_graph_the_target_tensorrt_would_refuse_is_refused_at_export(lenet_ckpt, tmp_path, monkeypatch):
+    from convdeploy.exporter.export import writer
+    from convdeploy.exporter.export.onnx_utils import ExportError
+    from convdeploy.runtime.build.preflight import PreflightReport
+
+    def refuses(path, profile, precision, **kwargs):
+        report = PreflightReport(str(path))
+        report.problems = ["node q1 (DequantizeLinear) takes an INT32 input"]
+        return report
+
+    monkeypatch.setattr(writer, "preflight", refuses)
+    with pytest.raises(ExportError, match="would not build with TensorRT for profile 'jetson-xavier-nx'.*INT32"):
+        export_bundle(lenet_ckpt, tmp_path / "b", precisions="fp32", profile="jetson-xavier-nx", data="digits",
+                      parity_samples=16)
+    assert not (tmp_path / "b").exists()
+    # A CPU profile has no TensorRT to satisfy.
+    export_bundle(lenet_ckpt, tmp_path / "cpu", precisions="fp32", profile="cpu-x86", data="digits", parity_samples=16)
