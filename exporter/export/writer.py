@@ -634,9 +634,9 @@ def _remove_stale_failed(failed_dir: Path) -> bool:
     """Remove ``<out>.failed`` left by an earlier failed export (only if it is ours)."""
     try:
         manifest = json.loads((failed_dir / MANIFEST_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return False
-    if manifest.get("format") == MANIFEST_FORMAT and (manifest.get("parity") or {}).get("status") == "failed":
+    if isinstance(manifest, dict) and manifest.get("format") == MANIFEST_FORMAT and (manifest.get("parity") or {}).get("status") == "failed":
         shutil.rmtree(failed_dir, ignore_errors=True)
         return True
     return False

@@ -41,6 +41,7 @@ from convdeploy.exporter.architectures.registry import create_model
 from convdeploy.exporter.architectures.weights import load_state_dict_file, load_weights
 from convdeploy.runtime.errors import CheckpointError, ConvDeployError, InputError
 from convdeploy.runtime.fsutil import atomic_directory, atomic_write_json, sha256_file
+from convdeploy.runtime.jsondata import read_json_file
 from convdeploy.runtime.transforms.preprocess import PreprocessSpec
 from convdeploy.runtime.versions import package_version
 
@@ -244,10 +245,7 @@ def _checkpoint_dir(path: str | os.PathLike) -> Path:
 def read_meta(path: str | os.PathLike) -> dict[str, Any]:
     """The validated ``checkpoint.json`` of a checkpoint directory (or its model file)."""
     p = _checkpoint_dir(path)
-    try:
-        meta = json.loads((p / META_FILE).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{p / META_FILE} is not valid JSON ({exc})") from None
+    meta = read_json_file(p / META_FILE, str(p / META_FILE), CheckpointError)
     if not isinstance(meta, dict):
         raise CheckpointError(f"{p / META_FILE} must hold a JSON object")
     if meta.get("format_version") != FORMAT_VERSION:
@@ -306,8 +304,10 @@ def load_train_state(path: str | os.PathLike) -> dict[str, Any]:
     if not (p / STATE_META_FILE).is_file() or not (p / STATE_FILE).is_file():
         raise CheckpointError(f"{p} holds no training state", "resume from the run's last/ checkpoint")
     try:
-        data = json.loads((p / STATE_META_FILE).read_text(encoding="utf-8"))
+        data = read_json_file(p / STATE_META_FILE, str(p / STATE_META_FILE), CheckpointError)
         tensors = load_file(str(p / STATE_FILE), device="cpu")
+    except CheckpointError:
+        raise
     except Exception as exc:  # corrupt file of any kind: one line, no traceback
         raise CheckpointError(f"{p}: unreadable training state ({str(exc).splitlines()[0] if str(exc) else exc})") from None
     if not isinstance(data, dict) or data.get("format_version") != FORMAT_VERSION:

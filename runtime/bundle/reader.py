@@ -7,7 +7,6 @@ file is caught with one clear message instead of a wrong answer.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from functools import cached_property
@@ -20,6 +19,7 @@ from convdeploy.runtime.bundle.contract import (ENGINE_SUFFIX, ENGINES_DIR, GOLD
                                                 validate_manifest)
 from convdeploy.runtime.errors import BundleError, EngineMismatchError, UsageError
 from convdeploy.runtime.fsutil import confined, sha256_file
+from convdeploy.runtime.jsondata import read_json_file
 from convdeploy.runtime.transforms.preprocess import PreprocessSpec
 from convdeploy.runtime.transforms.tta import TTASpec
 
@@ -39,10 +39,7 @@ class Bundle:
         manifest_path = root / MANIFEST_FILE
         if not manifest_path.is_file():
             raise BundleError(f"{root} has no {MANIFEST_FILE}", "is this a convdeploy bundle?")
-        try:
-            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise BundleError(f"{manifest_path} is not valid JSON ({exc})", "re-export the bundle") from None
+        manifest = read_json_file(manifest_path, str(manifest_path), BundleError, "re-export the bundle")
         bundle = cls(root=root, manifest=validate_manifest(manifest))
         if verify_hashes:
             bundle.verify_files()
