@@ -15,14 +15,40 @@ import functools
 import json
 import sys
 import traceback
+import warnings
 from typing import Any, Callable
 
 import click
 
 from convdeploy.runtime.errors import EXIT_INTERNAL, ConvDeployError
+from convdeploy.runtime.limits import MAX_THREADS
 from convdeploy.runtime.versions import package_version
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+# Every option that starts threads or processes: 1..MAX_THREADS, larger is refused (runtime.limits).
+THREADS = click.IntRange(1, MAX_THREADS)
+
+
+def _one_line_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                      file: Any = None, line: str | None = None) -> None:
+    """A library's warning (onnxruntime's provider fallback, Pillow's corrupt EXIF, ...) as
+    one line on stderr, instead of Python's two-line form with the source line."""
+    text = " ".join(str(message).split())
+    click.secho(f"warning: {text[:300]}{'...' if len(text) > 300 else ''} ({category.__name__})",
+                fg="yellow", err=True)
+
+
+def _environment_error(exc: BaseException) -> ConvDeployError | None:
+    """The user's environment, not a bug: a full disk, a read-only or forbidden path, a
+    dangling link, no memory left. One line that names the path and what to do."""
+    from convdeploy.runtime.oserrors import describe_os_error, is_environment_error
+
+    if isinstance(exc, MemoryError):
+        return ConvDeployError(f"not enough memory{f' ({exc})' if str(exc) else ''}",
+                               "use a smaller --batch-size, fewer --workers or smaller images")
+    if isinstance(exc, OSError) and (is_environment_error(exc) or isinstance(exc, BrokenPipeError)):
+        return ConvDeployError(*describe_os_error(exc))
+    return None
 
 
 class ConvDeployGroup(click.Group):
@@ -35,7 +61,9 @@ class ConvDeployGroup(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            with warnings.catch_warnings():
+                warnings.showwarning = _one_line_warning
+                return super().invoke(ctx)
         except ConvDeployError as exc:
             if ctx.meta.get("convdeploy.debug"):
                 raise
@@ -49,6 +77,10 @@ class ConvDeployGroup(click.Group):
         except Exception as exc:  # a bug: keep the traceback, say so, exit 3
             if ctx.meta.get("convdeploy.debug"):
                 raise
+            environment = _environment_error(exc)
+            if environment is not None:
+                click.secho(f"error: {environment}", fg="red", err=True)
+                ctx.exit(environment.exit_code)
             click.echo(traceback.format_exc(), err=True, nl=False)
             click.secho(f"internal error: {type(exc).__name__}: {exc}", fg="red", err=True)
             click.echo("this is a bug in convdeploy, not in your input: please report it with the traceback above",
@@ -186,7 +218,7 @@ def _runtime_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                      help="Artifact to run (default: the profile's or the bundle's default)."),
         click.option("--profile", "profile_name", default=None, metavar="NAME|FILE",
                      help="Target profile: provider order, batch limits, tolerance overrides."),
-        click.option("--threads", type=click.IntRange(min=1), default=None,
+        click.option("--threads", type=THREADS, default=None,
                      help="Inference threads (default: the backend's own choice)."),
     ]):
         fn = option(fn)
@@ -205,7 +237,7 @@ def _echo_backend(info: dict[str, Any]) -> None:
 
 def _ray_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """``--ray [ADDRESS]`` and ``--ray-workers``: run on a Ray cluster (needs convdeploy[ray])."""
-    fn = click.option("--ray-workers", type=click.IntRange(min=1), default=None,
+    fn = click.option("--ray-workers", type=THREADS, default=None,
                       help="Ray actors (default: as many as the cluster's CPUs, or GPUs, allow).")(fn)
     return click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None,
                         metavar="[ADDRESS]",
@@ -222,7 +254,7 @@ def _ray_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                    "multi_scale:224,256,288; add :mean_probs to merge probabilities.")
 @click.option("--topk", type=click.IntRange(min=1), default=5, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Images per inference call.")
-@click.option("--workers", type=click.IntRange(min=1), default=None, help="Decode threads.")
+@click.option("--workers", type=THREADS, default=None, help="Decode threads.")
 @click.option("--csv", "as_csv", is_flag=True, help="Print CSV instead of a table.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 @_ray_options
@@ -248,7 +280,7 @@ def predict_cmd(bundle: str, paths: tuple[str, ...], backend: str, precision: st
     from tqdm import tqdm
 
     from convdeploy.runtime.errors import InputError
-    from convdeploy.runtime.predictor import PREDICTION_COLUMNS, Predictor, expand_sources
+    from convdeploy.runtime.predictor import Predictor, expand_sources, predictions_csv
 
     if ray_address is not None:
         from convdeploy.runtime.serve.ray_batch import predict_on_ray
@@ -282,12 +314,9 @@ def predict_cmd(bundle: str, paths: tuple[str, ...], backend: str, precision: st
         echo_json({"bundle": bundle_name, "backend": info,
                    "predictions": [r.to_dict() for r in results], "errors": len(failed)})
     elif as_csv:
-        import csv
-
-        writer = csv.DictWriter(click.get_text_stream("stdout"), fieldnames=list(PREDICTION_COLUMNS),
-                                lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(r.to_row() for r in results)
+        stdout = click.get_binary_stream("stdout")
+        stdout.write(predictions_csv(results))
+        stdout.flush()
     else:
         rows = [{"source": r.source, "label": r.label if r.ok else "ERROR",
                  "prob": f"{r.probabilities[0]:.4f}" if r.ok else "",
@@ -645,11 +674,11 @@ def _training_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--image-size", type=click.IntRange(1, 8192), default=None,
                      help="Resize images to SIZE x SIZE instead of the model's own preprocessing."),
         click.option("--seed", type=int, default=None, help="Seed (default 0): fixed seed, same result on CPU."),
-        click.option("--workers", "num_workers", type=click.IntRange(min=0), default=None,
+        click.option("--workers", "num_workers", type=click.IntRange(0, MAX_THREADS), default=None,
                      help="DataLoader worker processes."),
         click.option("--eval-batch-size", type=click.IntRange(min=1), default=None,
                      help="Images per validation batch (default: the larger of --batch-size and 256)."),
-        click.option("--threads", type=click.IntRange(min=1), default=None,
+        click.option("--threads", type=THREADS, default=None,
                      help="PyTorch threads of the training process."),
         click.option("--device", default=None, help="auto, cpu, cuda or cuda:N (default: auto)."),
         click.option("--amp", type=click.Choice(["auto", "on", "off"]), default=None,

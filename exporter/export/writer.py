@@ -81,7 +81,7 @@ from convdeploy.runtime.errors import InputError, InternalError, UsageError
 from convdeploy.runtime.fsutil import atomic_directory, atomic_write_json
 from convdeploy.runtime.targets import Profile, resolve_profile
 from convdeploy.runtime.transforms.preprocess import PreprocessSpec, preprocess_batch
-from convdeploy.runtime.transforms.tta import TTASpec, make_views, merge_views
+from convdeploy.runtime.transforms.tta import TTASpec, check_tta_fits, make_views, merge_views
 from convdeploy.runtime.versions import package_versions
 
 DEFAULT_CALIB_SAMPLES = 128
@@ -406,8 +406,7 @@ def _shipped_specs(src: SourceModel, preprocess: PreprocessSpec | None,
     elif isinstance(tta, Mapping):
         tta = TTASpec.from_dict(dict(tta))
     tta_spec = tta or src.tta
-    if tta_spec.views in ("five_crop", "ten_crop") and spec.crop is None:
-        raise UsageError(f"{tta_spec.views} TTA needs a preprocessing spec with a crop size")
+    check_tta_fits(tta_spec, spec)
     return ShippedSpecs(preprocess=spec, tta=tta_spec, notes=notes)
 
 

@@ -176,7 +176,8 @@ def onnx_metadata(manifest: Mapping[str, Any], precision: str) -> dict[str, str]
 # newer exporter's field that changes what the model computes. A writer that adds a field
 # adds it here (a test checks that build_manifest's fields are all listed).
 MANIFEST_FIELDS = ("format", "schema_version", "name", "architecture", "classes", "inputs", "outputs", "preprocess",
-                   "tta", "artifacts", "default_precision", "golden", "golden_info", "parity", "provenance", "files")
+                   "tta", "artifacts", "default_precision", "golden", "golden_info", "parity", "provenance", "serving",
+                   "files")
 
 
 def validate_manifest(manifest: Any) -> dict[str, Any]:
@@ -206,8 +207,10 @@ def validate_manifest(manifest: Any) -> dict[str, Any]:
         from convdeploy.runtime.transforms.preprocess import PreprocessSpec
         from convdeploy.runtime.transforms.tta import TTASpec
 
+        from convdeploy.runtime.transforms.tta import check_tta_fits
+
         spec = PreprocessSpec.from_dict(manifest.get("preprocess"))
-        TTASpec.from_dict(manifest.get("tta"))
+        check_tta_fits(TTASpec.from_dict(manifest.get("tta")), spec)
     except ConvDeployError as exc:
         raise BundleError(f"invalid manifest: {exc}") from None
     in_shape = manifest["inputs"][0]["shape"]
