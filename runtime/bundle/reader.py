@@ -129,7 +129,6 @@ class Bundle:
         """
         wanted = [precisions] if isinstance(precisions, str) else list(precisions)
         folder = self.root / ENGINES_DIR
-        ours = {self.manifest["files"].get(a["file"]) for a in self.manifest["artifacts"].values()} - {None}
         usable: list[tuple[Path, dict[str, Any]]] = []
         seen: list[str] = []
         for engine in sorted(folder.glob(f"*{ENGINE_SUFFIX}")) if folder.is_dir() else []:
@@ -145,14 +144,21 @@ class Bundle:
             for engine, sidecar in usable:
                 if sidecar["precision"] != precision:
                     continue
-                if sidecar.get("onnx_sha256") and sidecar["onnx_sha256"] not in ours:
-                    raise EngineMismatchError(f"engine {engine.name} was built from another ONNX model than this "
-                                              "bundle's", "rebuild it with `convdeploy build`")
+                self.check_engine_source(engine, sidecar)
                 return engine
         what = " or ".join(wanted) + (f" / profile {profile}" if profile else "")
         found = f" (found: {'; '.join(seen)})" if seen else ""
         raise BundleError(f"no TensorRT engine for {what} in {folder}{found}",
                           "build one on this device with `convdeploy build`")
+
+    def check_engine_source(self, engine: str | os.PathLike, sidecar: dict[str, Any] | None = None) -> None:
+        """Refuse an engine whose sidecar says it was built from an ONNX file that is not one
+        of this bundle's: verifying it would verify another model."""
+        sidecar = read_sidecar(engine) if sidecar is None else sidecar
+        ours = {self.manifest["files"].get(a["file"]) for a in self.manifest["artifacts"].values()} - {None}
+        if sidecar.get("onnx_sha256") and sidecar["onnx_sha256"] not in ours:
+            raise EngineMismatchError(f"engine {Path(engine).name} was built from another ONNX model than this "
+                                      "bundle's", "rebuild it with `convdeploy build`")
 
     def source_precision(self, artifact: str) -> str | None:
         """The manifest precision of the ONNX file that ``artifact`` (bundle-relative) runs.
