@@ -456,21 +456,19 @@ def _preprocess_argument(value: str | None) -> Any:
     from pathlib import Path
 
     from convdeploy.runtime.errors import UsageError
+    from convdeploy.runtime.jsondata import loads_json, read_json_file
     from convdeploy.runtime.transforms.preprocess import PreprocessSpec
 
     if value is None:
         return None
     path = Path(value)
     if path.is_file():
-        try:
-            return PreprocessSpec.from_dict(json.loads(path.read_text(encoding="utf-8")))
-        except json.JSONDecodeError as exc:
-            raise UsageError(f"{value} is not valid JSON ({exc})") from None
-    try:
-        return PreprocessSpec.from_dict(json.loads(value))
-    except json.JSONDecodeError:
-        raise UsageError(f"cannot read a preprocessing spec from {value!r}",
-                         "pass a JSON object or a .json file") from None
+        return PreprocessSpec.from_dict(read_json_file(path, f"--preprocess {value}", UsageError))
+    if not value.lstrip().startswith("{"):
+        raise UsageError(f"cannot read a preprocessing spec from {value!r} (no such file, and not a JSON object)",
+                         "pass a JSON object or a .json file")
+    return PreprocessSpec.from_dict(loads_json(value, f"cannot read a preprocessing spec from {value!r}: it",
+                                               UsageError, "pass a JSON object or a .json file"))
 
 
 def _echo_parity_text(report: Any) -> None:

@@ -20,7 +20,8 @@ else:  # pragma: no cover
 
 from convdeploy.profiles import PROFILE_DIR
 from convdeploy.runtime.bundle.contract import BACKENDS, PRECISIONS
-from convdeploy.runtime.errors import ProfileError
+from convdeploy.runtime.errors import ProfileError, UsageError
+from convdeploy.runtime.parity.tolerances import tolerances_for
 
 TF32_POLICIES = ("disable", "allow")
 
@@ -75,6 +76,26 @@ def list_profiles() -> list[str]:
     return sorted(p.stem for p in PROFILE_DIR.glob("*.toml"))
 
 
+# The TOML type of each field: a wrong one is refused by name, never a TypeError later.
+_STRING_LISTS = ("allowed_precisions", "providers")
+_INTS = ("opset", "batch_min", "batch_opt", "batch_max", "min_hw", "max_hw", "workspace_mb")
+_OPTIONAL_STRINGS = ("tensorrt", "jetpack")
+
+
+def _wrong_type(key: str, value: Any) -> str | None:
+    """What ``value`` of profile field ``key`` should be, or None when its type is right."""
+    if key in _STRING_LISTS:
+        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+        return None if ok else "a list of strings"
+    if key in _INTS or key == "dla_core":
+        return None if isinstance(value, int) and not isinstance(value, bool) else "an integer"
+    if key == "tolerances":
+        return None if isinstance(value, dict) else "a table of tables named fp32/fp16/int8"
+    if key in _OPTIONAL_STRINGS or key in ("name", "description", "backend", "default_precision", "tf32"):
+        return None if isinstance(value, str) else "a string"
+    return None
+
+
 def _parse(data: dict[str, Any], source: str) -> Profile:
     def bad(msg: str) -> ProfileError:
         return ProfileError(f"invalid profile {source}: {msg}", "see profiles/*.toml for the fields")
@@ -82,6 +103,8 @@ def _parse(data: dict[str, Any], source: str) -> Profile:
     known = set(Profile.__dataclass_fields__) - {"source"}
     batch = data.pop("batch", {}) or {}
     limits = data.pop("input", {}) or {}
+    if not isinstance(batch, dict) or not isinstance(limits, dict):
+        raise bad("[batch] and [input] must be tables")
     flat = dict(data)
     for k in ("min", "opt", "max"):
         if k in batch:
@@ -95,6 +118,10 @@ def _parse(data: dict[str, Any], source: str) -> Profile:
     for req in ("name", "description", "backend", "allowed_precisions", "default_precision"):
         if req not in flat:
             raise bad(f"missing field {req!r}")
+    for key, value in flat.items():
+        wrong = _wrong_type(key, value)
+        if wrong:
+            raise bad(f"{key} must be {wrong}, got {type(value).__name__} {value!r}")
     if flat["backend"] not in BACKENDS:
         raise bad(f"backend must be one of {BACKENDS}")
     allowed = tuple(flat["allowed_precisions"])
@@ -113,6 +140,11 @@ def _parse(data: dict[str, Any], source: str) -> Profile:
     tol = flat.get("tolerances", {})
     if not isinstance(tol, dict) or any(k not in PRECISIONS or not isinstance(v, dict) for k, v in tol.items()):
         raise bad("tolerances must be tables named fp32/fp16/int8")
+    for precision, table in tol.items():
+        try:
+            tolerances_for(precision, table)
+        except UsageError as exc:
+            raise bad(f"[tolerances.{precision}]: {exc}") from None
     flat["allowed_precisions"] = allowed
     flat["providers"] = tuple(flat.get("providers", ("CPUExecutionProvider",)))
     return Profile(**flat, source=source)
@@ -143,4 +175,10 @@ def load_profile(name_or_path: str | Path) -> Profile:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ProfileError(f"profile {path} is not valid TOML: {exc}") from None
-    return _parse(data, str(path))
+    except RecursionError:
+        raise ProfileError(f"profile {path} is nested too deeply to be a profile") from None
+    try:
+        return _parse(data, str(path))
+    except (TypeError, ValueError) as exc:  # a field of the wrong type (an int where a list belongs, ...)
+        raise ProfileError(f"invalid profile {path}: a field has the wrong type ({exc})",
+                           "see profiles/*.toml for the fields") from None

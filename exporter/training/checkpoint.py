@@ -34,7 +34,7 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save as safetensors_bytes
 from torch import nn
 
 from convdeploy.exporter.architectures.registry import create_model
@@ -212,7 +212,7 @@ def save_checkpoint(
     full["has_train_state"] = bool(state)
     directory = Path(directory)
     with atomic_directory(directory, overwrite=overwrite) as tmp:
-        save_file(model_state_tensors(model), str(tmp / MODEL_FILE), metadata={"format": "pt"})
+        _write_safetensors(tmp / MODEL_FILE, model_state_tensors(model))
         full["model_sha256"] = sha256_file(tmp / MODEL_FILE)
         # Fail here, before the rename, if the metadata is not JSON (never a half checkpoint).
         json.dumps(full)
@@ -220,9 +220,17 @@ def save_checkpoint(
         if state:
             tensors: dict[str, torch.Tensor] = {}
             structure = encode_state(state, tensors)
-            save_file(tensors, str(tmp / STATE_FILE), metadata={"format": "pt"})
+            _write_safetensors(tmp / STATE_FILE, tensors)
             atomic_write_json(tmp / STATE_META_FILE, {"format_version": FORMAT_VERSION, "state": structure})
     return directory
+
+
+def _write_safetensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """Serialize in memory, then write: a full disk or a read-only directory is then a
+    plain OSError with its path (safetensors' own writer reports it as a SafetensorError)."""
+    data = safetensors_bytes(tensors, metadata={"format": "pt"})
+    with open(path, "wb") as f:
+        f.write(data)
 
 
 # -------------------------------------------------------------------------- load
