@@ -38,17 +38,37 @@ def _one_line_warning(message: Warning | str, category: type[Warning], filename:
                 fg="yellow", err=True)
 
 
-def _environment_error(exc: BaseException) -> ConvDeployError | None:
+# The options that name what a command writes: an OSError there is said as "cannot write OUT".
+OUTPUT_PARAMS = ("out", "out_dir", "out_file", "report_path")
+
+
+def _environment_error(exc: BaseException, params: dict[str, Any]) -> ConvDeployError | None:
     """The user's environment, not a bug: a full disk, a read-only or forbidden path, a
-    dangling link, no memory left. One line that names the path and what to do."""
-    from convdeploy.runtime.oserrors import describe_os_error, is_environment_error
+    dangling link, no memory left. One line that names the path and what to do.
+
+    ``params``: the command's parameters; a write error that names no file (a full disk
+    while writing) or a temporary file is said with the command's output path.
+    """
+    from convdeploy.runtime.oserrors import WRITE_ERRNOS, describe_os_error, is_environment_error
 
     if isinstance(exc, MemoryError):
         return ConvDeployError(f"not enough memory{f' ({exc})' if str(exc) else ''}",
                                "use a smaller --batch-size, fewer --workers or smaller images")
-    if isinstance(exc, OSError) and (is_environment_error(exc) or isinstance(exc, BrokenPipeError)):
-        return ConvDeployError(*describe_os_error(exc))
-    return None
+    if not isinstance(exc, OSError) or not (is_environment_error(exc) or isinstance(exc, BrokenPipeError)):
+        return None
+    message, hint = describe_os_error(exc, "write")
+    out = next((params[k] for k in OUTPUT_PARAMS if params.get(k)), None)
+    if out is not None and (exc.filename is None or exc.errno in WRITE_ERRNOS):
+        message = f"cannot write {out}: {exc.strerror or exc}" + (f" ({exc.filename})" if exc.filename else "")
+    return ConvDeployError(message, hint)
+
+
+class ConvDeployCommand(click.Command):
+    """A command that leaves its parameters where the group's error handling can read them."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        ctx.meta["convdeploy.params"] = dict(ctx.params)
+        return super().invoke(ctx)
 
 
 class ConvDeployGroup(click.Group):
@@ -57,7 +77,11 @@ class ConvDeployGroup(click.Group):
     A user's error is one red line and its exit code (2 bad input, 1 failed check). Anything
     else is a bug in convdeploy: its traceback is printed, then one line that says so, and
     the exit code is 3, so that scripts never read a crash as "bad input" or "check failed".
+    An OSError of the environment (full disk, read-only or forbidden path) and a MemoryError
+    are the user's, not bugs: one line, exit 2.
     """
+
+    command_class = ConvDeployCommand
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -77,7 +101,7 @@ class ConvDeployGroup(click.Group):
         except Exception as exc:  # a bug: keep the traceback, say so, exit 3
             if ctx.meta.get("convdeploy.debug"):
                 raise
-            environment = _environment_error(exc)
+            environment = _environment_error(exc, ctx.meta.get("convdeploy.params") or {})
             if environment is not None:
                 click.secho(f"error: {environment}", fg="red", err=True)
                 ctx.exit(environment.exit_code)
@@ -281,6 +305,7 @@ def predict_cmd(bundle: str, paths: tuple[str, ...], backend: str, precision: st
 
     from convdeploy.runtime.errors import InputError
     from convdeploy.runtime.predictor import Predictor, expand_sources, predictions_csv
+    from convdeploy.runtime.oserrors import printable
 
     if ray_address is not None:
         from convdeploy.runtime.serve.ray_batch import predict_on_ray
@@ -318,7 +343,7 @@ def predict_cmd(bundle: str, paths: tuple[str, ...], backend: str, precision: st
         stdout.write(predictions_csv(results))
         stdout.flush()
     else:
-        rows = [{"source": r.source, "label": r.label if r.ok else "ERROR",
+        rows = [{"source": printable(r.source), "label": r.label if r.ok else "ERROR",
                  "prob": f"{r.probabilities[0]:.4f}" if r.ok else "",
                  "top": ", ".join(f"{lab} {p:.3f}" for lab, p in zip(r.labels[1:], r.probabilities[1:])) if r.ok
                  else r.error} for r in results]

@@ -23,6 +23,10 @@ ENVIRONMENT_ERRNOS = frozenset(
     ) if hasattr(errno, name)
 )
 
+# Errors that writing causes (the file named, if any, is often a temporary sibling).
+WRITE_ERRNOS = frozenset(getattr(errno, name) for name in ("ENOSPC", "EDQUOT", "EROFS", "EFBIG")
+                         if hasattr(errno, name))
+
 _HINTS = {
     errno.ENOSPC: "free some disk space or write somewhere else",
     errno.EROFS: "the file system is read-only: write somewhere else",
@@ -118,4 +122,4 @@ def why_unreadable(path: str | os.PathLike, expect: str = "file") -> str | None:
     return "not a regular file"
 
 
-__all__ = ["ENVIRONMENT_ERRNOS", "describe_os_error", "is_environment_error", "printable", "why_unreadable"]
+__all__ = ["ENVIRONMENT_ERRNOS", "WRITE_ERRNOS", "describe_os_error", "is_environment_error", "printable", "why_unreadable"]
