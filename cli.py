@@ -486,14 +486,15 @@ def _preprocess_argument(value: str | None) -> Any:
 
     if value is None:
         return None
+    if value.lstrip().startswith("{"):
+        shown = value if len(value) <= 80 else value[:77] + "..."
+        return PreprocessSpec.from_dict(loads_json(value, f"cannot read a preprocessing spec from {shown!r}: it",
+                                                   UsageError, "pass a JSON object or a .json file"))
     path = Path(value)
-    if path.is_file():
-        return PreprocessSpec.from_dict(read_json_file(path, f"--preprocess {value}", UsageError))
-    if not value.lstrip().startswith("{"):
+    if not path.is_file():
         raise UsageError(f"cannot read a preprocessing spec from {value!r} (no such file, and not a JSON object)",
                          "pass a JSON object or a .json file")
-    return PreprocessSpec.from_dict(loads_json(value, f"cannot read a preprocessing spec from {value!r}: it",
-                                               UsageError, "pass a JSON object or a .json file"))
+    return PreprocessSpec.from_dict(read_json_file(path, f"--preprocess {value}", UsageError))
 
 
 def _echo_parity_text(report: Any) -> None:

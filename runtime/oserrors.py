@@ -58,6 +58,7 @@ def describe_os_error(exc: OSError, action: str = "access") -> tuple[str, str | 
     where = exc.filename if exc.filename is not None else None
     if where is not None:
         target = os.fsdecode(where) if isinstance(where, bytes) else str(where)
+        target = target if len(target) <= 200 else target[:197] + "..."
         message = f"{printable(target)}: {reason}"
         if exc.filename2 is not None:
             message = f"{printable(target)} -> {printable(str(exc.filename2))}: {reason}"
