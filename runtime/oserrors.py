@@ -37,6 +37,7 @@ _HINTS = {
     errno.EISDIR: "the path is a directory; give a file name",
     errno.ENAMETOOLONG: "use a shorter path",
     errno.ELOOP: "a symbolic link in the path points back to itself: fix or remove it",
+    errno.EEXIST: "something is already there (a file where a directory is needed?): choose another path",
     errno.EMFILE: "too many open files: raise the limit (ulimit -n) or use fewer workers",
 }
 if hasattr(errno, "EDQUOT"):
