@@ -146,7 +146,7 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             with open(p, "rb") as f:
                 obj = torch.load(f, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:
-            if "Unsupported" not in str(exc):  # not a refused object: bytes that are no pickle at all
+            if "global" not in str(exc).lower():  # no refused object (GLOBAL): bytes that are no pickle at all
                 raise CheckpointError(f"{p} is not a PyTorch or safetensors checkpoint (it is not a valid pickle)",
                                       "pass a .pth/.pt saved with torch.save or a .safetensors file") from None
             # weights_only refused a global before calling it: nothing from the file ran.
