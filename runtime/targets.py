@@ -20,8 +20,7 @@ else:  # pragma: no cover
 
 from convdeploy.profiles import PROFILE_DIR
 from convdeploy.runtime.bundle.contract import BACKENDS, PRECISIONS
-from convdeploy.runtime.errors import ProfileError, UsageError
-from convdeploy.runtime.parity.tolerances import tolerances_for
+from convdeploy.runtime.errors import ProfileError
 
 TF32_POLICIES = ("disable", "allow")
 
@@ -141,10 +140,9 @@ def _parse(data: dict[str, Any], source: str) -> Profile:
     if not isinstance(tol, dict) or any(k not in PRECISIONS or not isinstance(v, dict) for k, v in tol.items()):
         raise bad("tolerances must be tables named fp32/fp16/int8")
     for precision, table in tol.items():
-        try:
-            tolerances_for(precision, table)
-        except UsageError as exc:
-            raise bad(f"[tolerances.{precision}]: {exc}") from None
+        for key, value in table.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise bad(f"[tolerances.{precision}] {key} must be a number, got {type(value).__name__} {value!r}")
     flat["allowed_precisions"] = allowed
     flat["providers"] = tuple(flat.get("providers", ("CPUExecutionProvider",)))
     return Profile(**flat, source=source)

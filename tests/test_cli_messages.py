@@ -175,18 +175,24 @@ def test_a_users_factory_that_raises_is_their_error(tmp_path, monkeypatch):
     assert isinstance(r.exception.__cause__, RuntimeError)  # --debug: the user's traceback is kept
 
 
-def test_a_missing_checkpoint_is_not_an_unknown_architecture(tmp_path):
+@pytest.fixture(scope="module")
+def lenet_bundle(tmp_path_factory):
     from tests.exporter.export.export_helpers import cached_lenet_checkpoint
 
-    bundle = tmp_path / "b"
+    bundle = tmp_path_factory.mktemp("lenet") / "b"
     assert run("export", cached_lenet_checkpoint(), "--out", bundle, "--parity-samples", "16",
                "--no-progress").exit_code == 0
+    return bundle
+
+
+def test_a_missing_checkpoint_is_not_an_unknown_architecture(tmp_path, lenet_bundle):
+    bundle = lenet_bundle
     line = one_error(run("check", bundle, "--checkpoint", tmp_path / "runs" / "missing"), 2, "not found")
     assert "unknown architecture" not in line
     os.symlink("loop", tmp_path / "loop")
     one_error(run("check", bundle, "--checkpoint", tmp_path / "loop"), 2, "symbolic link loop")
-    line = one_error(run("check", bundle, "--checkpoint", "MISSING"), 2, "'MISSING' is not a checkpoint")
-    assert "no such file or directory" in line
+    line = one_error(run("check", bundle, "--checkpoint", "MISSING"), 2, "unknown architecture 'MISSING'")
+    assert "no checkpoint file or directory of that name" in line
 
 
 def test_a_safetensors_file_with_an_absurd_header_is_not_called_a_pickle(tmp_path):
@@ -202,3 +208,21 @@ def test_a_safetensors_file_with_an_absurd_header_is_not_called_a_pickle(tmp_pat
     (tmp_path / "noise.pt").write_bytes(b"\x00\x80\xc6" + b"not a checkpoint at all" * 4)
     with pytest.raises(CheckpointError, match="is not a PyTorch or safetensors checkpoint"):
         load_state_dict_file(tmp_path / "noise.pt")
+
+
+def test_check_on_a_golden_file_without_samples_is_one_line(tmp_path, monkeypatch):
+    """A factory model (no digits, no data folder): check compares on the bundle's golden inputs."""
+    import numpy as np
+
+    from tests.exporter.export.export_helpers import write_factory
+    from tests.runtime.conftest import rehash
+
+    monkeypatch.chdir(tmp_path)
+    factory = f"{write_factory(tmp_path)}:build"
+    bundle = tmp_path / "b"
+    assert run("export", factory, "--out", bundle, "--parity-samples", "16", "--no-progress").exit_code == 0
+    with np.load(bundle / "golden.npz") as data:
+        arrays = {k: data[k][:0] for k in data.files}
+    np.savez(bundle / "golden.npz", **arrays)
+    rehash(bundle)
+    one_error(run("check", bundle, "--checkpoint", factory), 2, "golden.npz holds no samples")

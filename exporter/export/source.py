@@ -171,8 +171,8 @@ def load_source(
         try:
             entry = get_entry(text)
         except UsageError as exc:
-            raise UsageError(f"{text!r} is not a checkpoint (no such file or directory), a registered "
-                             "architecture or MODULE:FUNCTION", exc.hint) from None
+            raise UsageError(f"unknown architecture {text!r}, and no checkpoint file or directory of that name "
+                             "(nor MODULE:FUNCTION)", exc.hint) from None
         torch.manual_seed(seed)
         model = create_model(text).eval()
         src = SourceModel(

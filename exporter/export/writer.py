@@ -77,7 +77,7 @@ from convdeploy.runtime.bundle.contract import (
     seal_manifest,
 )
 from convdeploy.runtime.bundle.reader import Bundle
-from convdeploy.runtime.errors import InputError, InternalError, UsageError
+from convdeploy.runtime.errors import BundleError, InputError, InternalError, UsageError
 from convdeploy.runtime.fsutil import atomic_directory, atomic_write_json
 from convdeploy.runtime.targets import Profile, resolve_profile
 from convdeploy.runtime.transforms.preprocess import PreprocessSpec, preprocess_batch
@@ -694,6 +694,9 @@ def check_bundle(
         pdata = _gate_data(data_source, bundle.classes, samples, seed, notes)
     else:
         golden = bundle.golden()
+        if len(golden.get(GOLDEN_INPUTS, ())) == 0:
+            raise BundleError(f"the bundle's {GOLDEN_FILE} holds no samples: there is nothing to compare",
+                              "pass --data DIR (labelled images) or re-export the bundle with --data")
         info = manifest.get("golden_info") or {}
         pdata = ParityData(source=f"the bundle's golden inputs ({info.get('source', 'recorded at export')})",
                            arrays=golden[GOLDEN_INPUTS], labels=golden.get(GOLDEN_LABELS),

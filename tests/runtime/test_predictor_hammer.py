@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from convdeploy.runtime.predictor import Predictor
 from tests.runtime.conftest import real_images
