@@ -64,6 +64,12 @@ def test_non_utf8_file_names_with_csv_json_table_and_out(bundle, sample_photos, 
     assert r.exit_code == 0 and b"caf\xe9.jpg" in (tmp_path / "p.csv").read_bytes()
 
 
+def test_a_bundle_path_that_loops_is_named_as_such(tmp_path):
+    os.symlink("loop", tmp_path / "loop")
+    one_error(run("verify", tmp_path / "loop"), 2, "symbolic link loop")
+    one_error(run("verify", tmp_path / "absent"), 2, "bundle not found")
+
+
 # -- threads -------------------------------------------------------------------------------------
 @pytest.mark.parametrize("command", [
     ["predict", "BUNDLE", "IMAGE", "--threads", "10000"],

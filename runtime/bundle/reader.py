@@ -20,6 +20,7 @@ from convdeploy.runtime.bundle.contract import (ENGINE_SUFFIX, ENGINES_DIR, GOLD
 from convdeploy.runtime.errors import BundleError, EngineMismatchError, UsageError
 from convdeploy.runtime.fsutil import confined, sha256_file
 from convdeploy.runtime.jsondata import read_json_file
+from convdeploy.runtime.oserrors import why_unreadable
 from convdeploy.runtime.transforms.preprocess import PreprocessSpec
 from convdeploy.runtime.transforms.tta import TTASpec
 
@@ -35,7 +36,9 @@ class Bundle:
     def load(cls, path: str | os.PathLike, *, verify_hashes: bool = True) -> "Bundle":
         root = Path(path)
         if not root.is_dir():
-            raise BundleError(f"bundle not found: {root}", "pass the directory written by `convdeploy export`")
+            reason = why_unreadable(root, expect="dir")  # a link loop or a file is not "not found"
+            raise BundleError(f"bundle not found: {root}" if reason == "not found" else f"bundle {root}: {reason}",
+                              "pass the directory written by `convdeploy export`")
         manifest_path = root / MANIFEST_FILE
         if not manifest_path.is_file():
             raise BundleError(f"{root} has no {MANIFEST_FILE}", "is this a convdeploy bundle?")
