@@ -23,9 +23,54 @@ import click
 
 from convdeploy.runtime.errors import EXIT_INTERNAL, ConvDeployError
 from convdeploy.runtime.interrupts import interrupt_exit_code, sigterm_raises
+from convdeploy.runtime.limits import MAX_THREADS
 from convdeploy.runtime.versions import package_version
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+# Every option that starts threads or processes: 1..MAX_THREADS, larger is refused (runtime.limits).
+THREADS = click.IntRange(1, MAX_THREADS)
+
+
+def _one_line_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                      file: Any = None, line: str | None = None) -> None:
+    """A library's warning (onnxruntime's provider fallback, Pillow's corrupt EXIF, ...) as
+    one line on stderr, instead of Python's two-line form with the source line."""
+    text = " ".join(str(message).split())
+    click.secho(f"warning: {text[:300]}{'...' if len(text) > 300 else ''} ({category.__name__})",
+                fg="yellow", err=True)
+
+
+# The options that name what a command writes: an OSError there is said as "cannot write OUT".
+OUTPUT_PARAMS = ("out", "out_dir", "out_file", "report_path")
+
+
+def _environment_error(exc: BaseException, params: dict[str, Any]) -> ConvDeployError | None:
+    """The user's environment, not a bug: a full disk, a read-only or forbidden path, a
+    dangling link, no memory left. One line that names the path and what to do.
+
+    ``params``: the command's parameters; a write error that names no file (a full disk
+    while writing) or a temporary file is said with the command's output path.
+    """
+    from convdeploy.runtime.oserrors import WRITE_ERRNOS, describe_os_error, is_environment_error
+
+    if isinstance(exc, MemoryError):
+        return ConvDeployError(f"not enough memory{f' ({exc})' if str(exc) else ''}",
+                               "use a smaller --batch-size, fewer --workers or smaller images")
+    if not isinstance(exc, OSError) or not (is_environment_error(exc) or isinstance(exc, BrokenPipeError)):
+        return None
+    message, hint = describe_os_error(exc, "write")
+    out = next((params[k] for k in OUTPUT_PARAMS if params.get(k)), None)
+    if out is not None and (exc.filename is None or exc.errno in WRITE_ERRNOS):
+        message = f"cannot write {out}: {exc.strerror or exc}" + (f" ({exc.filename})" if exc.filename else "")
+    return ConvDeployError(message, hint)
+
+
+class ConvDeployCommand(click.Command):
+    """A command that leaves its parameters where the group's error handling can read them."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        ctx.meta["convdeploy.params"] = dict(ctx.params)
+        return super().invoke(ctx)
 
 
 class ConvDeployGroup(click.Group):
@@ -36,8 +81,12 @@ class ConvDeployGroup(click.Group):
     the exit code is 3, so that scripts never read a crash as "bad input" or "check failed".
     Under ``--json`` the error is a JSON object on stdout instead, ``{"error", "hint",
     "exit_code"}`` (unless the command already printed its JSON document, e.g. a failed
-    gate's report: then the line goes to stderr as usual).
+    gate's report: then the line goes to stderr as usual). An OSError of the environment
+    (full disk, read-only or forbidden path) and a MemoryError are the user's, not bugs:
+    one line, exit 2. A library's warning is one line on stderr.
     """
+
+    command_class = ConvDeployCommand
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         # Kept for errors raised before the subcommand's --json is parsed (a bad option value).
@@ -46,7 +95,9 @@ class ConvDeployGroup(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            with sigterm_raises():  # SIGTERM unwinds like Ctrl-C: temporary files go, artifacts stay whole
+            # SIGTERM unwinds like Ctrl-C: temporary files go, artifacts stay whole.
+            with sigterm_raises(), warnings.catch_warnings():
+                warnings.showwarning = _one_line_warning
                 return super().invoke(ctx)
         except ConvDeployError as exc:
             if ctx.meta.get("convdeploy.debug"):
@@ -68,6 +119,11 @@ class ConvDeployGroup(click.Group):
         except Exception as exc:  # a bug: keep the traceback, say so, exit 3
             if ctx.meta.get("convdeploy.debug"):
                 raise
+            environment = _environment_error(exc, ctx.meta.get("convdeploy.params") or {})
+            if environment is not None:
+                if not _echo_json_error(ctx, environment.message, environment.hint, environment.exit_code):
+                    click.secho(f"error: {environment}", fg="red", err=True)
+                ctx.exit(environment.exit_code)
             click.echo(traceback.format_exc(), err=True, nl=False)
             bug_hint = "this is a bug in convdeploy, not in your input: please report it with the traceback above"
             if not _echo_json_error(ctx, f"internal error: {type(exc).__name__}: {exc}", bug_hint, EXIT_INTERNAL):
@@ -286,7 +342,7 @@ def _runtime_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                      help="Artifact to run (default: the profile's or the bundle's default)."),
         click.option("--profile", "profile_name", default=None, metavar="NAME|FILE",
                      help="Target profile: provider order, batch limits, tolerance overrides."),
-        click.option("--threads", type=click.IntRange(min=1), default=None,
+        click.option("--threads", type=THREADS, default=None,
                      help="Inference threads (default: the backend's own choice)."),
     ]):
         fn = option(fn)
@@ -305,7 +361,7 @@ def _echo_backend(info: dict[str, Any]) -> None:
 
 def _ray_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """``--ray [ADDRESS]`` and ``--ray-workers``: run on a Ray cluster (needs convdeploy[ray])."""
-    fn = click.option("--ray-workers", type=click.IntRange(min=1), default=None,
+    fn = click.option("--ray-workers", type=THREADS, default=None,
                       help="Ray actors (default: as many as the cluster's CPUs, or GPUs, allow).")(fn)
     return click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None,
                         metavar="[ADDRESS]",
@@ -322,7 +378,7 @@ def _ray_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                    "multi_scale:224,256,288; add :mean_probs to merge probabilities.")
 @click.option("--topk", type=click.IntRange(min=1), default=5, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Images per inference call.")
-@click.option("--workers", type=click.IntRange(min=1), default=None, help="Decode threads.")
+@click.option("--workers", type=THREADS, default=None, help="Decode threads.")
 @click.option("--csv", "as_csv", is_flag=True, help="Print CSV instead of a table.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 @_ray_options
@@ -350,7 +406,8 @@ def predict_cmd(bundle: str, paths: tuple[str, ...], backend: str, precision: st
     from tqdm import tqdm
 
     from convdeploy.runtime.errors import InputError
-    from convdeploy.runtime.predictor import PREDICTION_COLUMNS, Predictor, expand_sources
+    from convdeploy.runtime.predictor import Predictor, expand_sources, predictions_csv
+    from convdeploy.runtime.oserrors import printable
 
     if ray_address is not None:
         from convdeploy.runtime.serve.ray_batch import predict_on_ray
@@ -386,14 +443,11 @@ def predict_cmd(bundle: str, paths: tuple[str, ...], backend: str, precision: st
                    "predictions": [r.to_dict() for r in results], "errors": len(failed),
                    **({"accuracy": accuracy.to_dict()} if accuracy is not None else {})})
     elif as_csv:
-        import csv
-
-        writer = csv.DictWriter(click.get_text_stream("stdout"), fieldnames=list(PREDICTION_COLUMNS),
-                                lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(r.to_row() for r in results)
+        stdout = click.get_binary_stream("stdout")
+        stdout.write(predictions_csv(results))
+        stdout.flush()
     else:
-        rows = [{"source": r.source, "label": r.label if r.ok else "ERROR",
+        rows = [{"source": printable(r.source), "label": r.label if r.ok else "ERROR",
                  "prob": f"{r.probabilities[0]:.4f}" if r.ok else "",
                  "top": ", ".join(f"{lab} {p:.3f}" for lab, p in zip(r.labels[1:], r.probabilities[1:])) if r.ok
                  else r.error} for r in results]
@@ -424,17 +478,23 @@ def _folder_accuracy(bundle: str, paths: tuple[str, ...], results: list[Any]) ->
 @click.option("--engine", type=click.Path(dir_okay=False, path_type=str), default=None,
               help="A TensorRT engine to verify instead of searching BUNDLE/engines.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Rows per inference call.")
+@click.option("--require-backend/--no-require-backend", "require_backend", default=None,
+              help="Run on the profile's backend or fail (exit 2), never on another one. Default: on when the "
+                   "profile names TensorRT, off otherwise.")
 @click.option("--tol", "tol", multiple=True, metavar="KEY=VALUE",
               help="Override a tolerance (repeatable): KEY=VALUE for the tier that runs, or "
                    "PRECISION.KEY=VALUE, e.g. --tol max_rel_err=2e-4 --tol int8.min_top1_agreement=0.995.")
 @json_option
 def verify_cmd(bundle: str, backend: str, precision: str | None, profile_name: str | None, threads: int | None,
-               engine: str | None, batch_size: int | None, tol: tuple[str, ...], as_json: bool) -> None:
+               engine: str | None, batch_size: int | None, require_backend: bool | None, tol: tuple[str, ...],
+               as_json: bool) -> None:
     """Run the bundle's golden inputs on this device and apply the parity tier.
 
     The tier is the precision that actually runs (fp32 numeric; fp16/bf16/int8 by
     decisions). Exit status 1 when a check fails: the on-device check after copying
-    a bundle to a Jetson.
+    a bundle to a Jetson. With a TensorRT profile the TensorRT engine must run here
+    (--no-require-backend verifies on onnxruntime instead); --engine FILE runs that
+    file or fails, never another artifact.
 
     \b
     Example:
@@ -446,7 +506,7 @@ def verify_cmd(bundle: str, backend: str, precision: str | None, profile_name: s
     from convdeploy.runtime.verify import verify_bundle
 
     report = verify_bundle(bundle, backend, precision, tolerances=parse_tolerance_overrides(tol), profile=profile_name,
-                           threads=threads, batch_size=batch_size, engine=engine)
+                           threads=threads, batch_size=batch_size, engine=engine, require_backend=require_backend)
     if as_json:
         echo_json(report.to_dict())
     else:
@@ -615,21 +675,20 @@ def _preprocess_argument(value: str | None) -> Any:
     from pathlib import Path
 
     from convdeploy.runtime.errors import UsageError
+    from convdeploy.runtime.jsondata import loads_json, read_json_file
     from convdeploy.runtime.transforms.preprocess import PreprocessSpec
 
     if value is None:
         return None
+    if value.lstrip().startswith("{"):
+        shown = value if len(value) <= 80 else value[:77] + "..."
+        return PreprocessSpec.from_dict(loads_json(value, f"cannot read a preprocessing spec from {shown!r}: it",
+                                                   UsageError, "pass a JSON object or a .json file"))
     path = Path(value)
-    if path.is_file():
-        try:
-            return PreprocessSpec.from_dict(json.loads(path.read_text(encoding="utf-8")))
-        except json.JSONDecodeError as exc:
-            raise UsageError(f"{value} is not valid JSON ({exc})") from None
-    try:
-        return PreprocessSpec.from_dict(json.loads(value))
-    except json.JSONDecodeError:
-        raise UsageError(f"cannot read a preprocessing spec from {value!r}",
-                         "pass a JSON object or a .json file") from None
+    if not path.is_file():
+        raise UsageError(f"cannot read a preprocessing spec from {value!r} (no such file, and not a JSON object)",
+                         "pass a JSON object or a .json file")
+    return PreprocessSpec.from_dict(read_json_file(path, f"--preprocess {value}", UsageError))
 
 
 def _echo_parity_text(report: Any) -> None:
@@ -918,11 +977,11 @@ def _training_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                      help="A builder option of ARCH (repeatable), e.g. --model-arg variant=paper; "
                           "`convdeploy models ARCH` lists them."),
         click.option("--seed", type=int, default=None, help="Seed (default 0): fixed seed, same result on CPU."),
-        click.option("--workers", "num_workers", type=click.IntRange(min=0), default=None,
+        click.option("--workers", "num_workers", type=click.IntRange(0, MAX_THREADS), default=None,
                      help="DataLoader worker processes."),
         click.option("--eval-batch-size", type=click.IntRange(min=1), default=None,
                      help="Images per validation batch (default: the larger of --batch-size and 256)."),
-        click.option("--threads", type=click.IntRange(min=1), default=None,
+        click.option("--threads", type=THREADS, default=None,
                      help="PyTorch threads of the training process."),
         click.option("--device", default=None, help="auto, cpu, cuda or cuda:N (default: auto)."),
         click.option("--amp", type=click.Choice(["auto", "on", "off"]), default=None,

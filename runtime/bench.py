@@ -71,7 +71,7 @@ def _rows(golden: dict[str, np.ndarray] | None, shape: tuple[int, ...], n: int, 
         reps = -(-n // len(src))
         return np.ascontiguousarray(np.concatenate([src] * reps)[:n]), "golden inputs (real data)"
     rng = np.random.default_rng(0)
-    return rng.standard_normal((n, *shape)).astype(dtype), "RANDOM inputs (the bundle has no golden.npz)"
+    return rng.standard_normal((n, *shape)).astype(dtype), "RANDOM inputs (the bundle has no golden inputs)"
 
 
 def bench_bundle(

@@ -14,7 +14,9 @@ thread-safe; the OpenVINO and TensorRT backends serialise what is not).
 
 from __future__ import annotations
 
+import csv
 import glob
+import io
 import os
 import threading
 from collections import deque
@@ -29,9 +31,11 @@ from PIL import Image
 from convdeploy.runtime.backends.base import run_batched
 from convdeploy.runtime.bundle.reader import LOAD_ATTEMPTS, Bundle
 from convdeploy.runtime.errors import BundleError, ConvDeployError, InputError, UsageError
+from convdeploy.runtime.limits import MAX_THREADS, check_thread_count
+from convdeploy.runtime.oserrors import printable, why_unreadable
 from convdeploy.runtime.targets import resolve_profile
 from convdeploy.runtime.transforms.imageio import MAX_PIXELS, decode_image, is_image_file
-from convdeploy.runtime.transforms.tta import TTASpec, make_views, merge_views, softmax
+from convdeploy.runtime.transforms.tta import TTASpec, check_tta_fits, make_views, merge_views, softmax
 
 if TYPE_CHECKING:  # pragma: no cover
     from convdeploy.runtime.targets import Profile
@@ -79,30 +83,73 @@ class Prediction:
                 "error": self.error or ""}
 
 
+def predictions_csv(predictions: Iterable[Prediction]) -> bytes:
+    """``predict --csv`` and ``--out x.csv``: a header and one row per prediction, UTF-8.
+
+    A file name that is not valid UTF-8 is written back as the bytes it has on disk
+    (``surrogateescape``), so that the CSV names the very file; never an encoding error.
+    """
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(PREDICTION_COLUMNS), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(p.to_row() for p in predictions)
+    return buf.getvalue().encode("utf-8", "surrogateescape")
+
+
 def expand_sources(items: Sequence[str | os.PathLike], *,
                    recursive: bool = True) -> tuple[list[Path], list[Prediction]]:
     """Files, folders (recursively, sorted, image extensions only) and globs -> image paths.
 
     Returns ``(paths, errors)``: a folder without images or a glob that matches nothing
     becomes an error entry instead of stopping the others; a file that does not exist
-    stays in ``paths`` so that its error is reported in input order.
+    stays in ``paths`` so that its error is reported in input order. Inside folders and
+    globs, an image name that cannot be read (a dangling or looping symbolic link, a
+    FIFO, a file or sub-folder without permission) is an error entry of its own, never
+    skipped in silence. Symbolic links to folders are not followed.
     """
     paths: list[Path] = []
     errors: list[Prediction] = []
+
+    def unreadable(path: Path | str, reason: str) -> None:
+        errors.append(Prediction(str(path), error=f"{printable(str(path))}: {reason}"))
+
     for item in items:
         text = str(item)
         p = Path(text)
         if p.is_dir():
-            found = sorted(f for f in (p.rglob("*") if recursive else p.glob("*")) if f.is_file() and is_image_file(f))
-            if not found:
-                errors.append(Prediction(text, error=f"{text}: no image files in this folder"))
-            paths.extend(found)
+            found: list[Path] = []
+            problems = len(errors)
+            for folder, _, names in os.walk(p, onerror=lambda exc: unreadable(
+                    exc.filename, f"cannot list this folder ({exc.strerror or exc})")):
+                if not recursive and Path(folder) != p:
+                    break
+                for name in names:
+                    f = Path(folder) / name
+                    if not is_image_file(f):
+                        continue
+                    reason = why_unreadable(f)
+                    if reason is None:
+                        found.append(f)
+                    else:
+                        unreadable(f, reason)
+            if not found and len(errors) == problems:
+                errors.append(Prediction(text, error=f"{printable(text)}: no image files in this folder"))
+            paths.extend(sorted(found))
         elif p.is_file():
             paths.append(p)
         elif any(ch in text for ch in "*?["):
-            found = sorted(Path(f) for f in glob.glob(text, recursive=True) if Path(f).is_file())
-            if not found:
-                errors.append(Prediction(text, error=f"{text}: no files match this pattern"))
+            found = []
+            matches = sorted(glob.glob(text, recursive=True))
+            for match in matches:
+                if os.path.isdir(match):
+                    continue
+                reason = why_unreadable(match)
+                if reason is None:
+                    found.append(Path(match))
+                else:
+                    unreadable(match, reason)
+            if not matches:
+                errors.append(Prediction(text, error=f"{printable(text)}: no files match this pattern"))
             paths.extend(found)
         else:
             # Kept in place: decoding reports "image not found" at its position in the output.
@@ -141,6 +188,7 @@ class Predictor:
         self.spec = bundle.preprocess
         self.classes = bundle.classes
         self.tta = self._tta(tta) if tta is not None else bundle.tta
+        check_tta_fits(self.tta, self.spec)  # before any image: not one error per image
         if not isinstance(batch_size, int) or batch_size < 1:
             raise UsageError(f"batch size must be a positive integer, got {batch_size!r}")
         engine_max = getattr(self.backend, "max_batch", None)
@@ -150,7 +198,7 @@ class Predictor:
             raise UsageError(f"batch size {batch_size} is larger than the maximum of {self.max_batch}",
                              "lower --batch-size")
         self.batch_size = batch_size
-        self.workers = workers or max(2, os.cpu_count() or 2)
+        self.workers = check_thread_count(workers, "decode workers") or max(2, min(os.cpu_count() or 2, MAX_THREADS))
         self.max_pixels = max_pixels
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
@@ -244,6 +292,7 @@ class Predictor:
         if not isinstance(topk, int) or topk < 1:
             raise UsageError(f"topk must be a positive integer, got {topk!r}")
         spec_tta = self._tta(tta) if tta is not None else self.tta
+        check_tta_fits(spec_tta, self.spec)
         k = min(topk, len(self.classes))
         pool = self._executor()
         window = self.batch_size * (self.workers + 2)  # decode this far ahead, no further
@@ -272,8 +321,12 @@ class Predictor:
                     rows += 1
                 except ConvDeployError as exc:
                     slots.append((name, None, str(exc)))
+                except MemoryError:
+                    slots.append((name, None, f"{printable(name)}: not enough memory to decode and preprocess "
+                                              "this image; downscale it first"))
                 except Exception as exc:  # a decoder bug on one odd file must not stop the folder
-                    slots.append((name, None, f"{name}: {type(exc).__name__}: {exc}"))
+                    slots.append((name, None, f"{printable(name)}: {type(exc).__name__}: "
+                                              f"{str(exc) or 'no message'}"))
                 refill()
             good = [a for _, a, _ in slots if a is not None]
             probs = softmax(self.logits(np.concatenate(good), spec_tta)) if good else np.empty((0, len(self.classes)))
@@ -324,4 +377,4 @@ class Predictor:
         self.close()
 
 
-__all__ = ["Predictor", "Prediction", "expand_sources", "PREDICTION_COLUMNS"]
+__all__ = ["Predictor", "Prediction", "expand_sources", "predictions_csv", "PREDICTION_COLUMNS"]

@@ -353,4 +353,10 @@ def load_profile(name_or_path: "str | Path") -> Profile:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ProfileError(f"profile {path} is not valid TOML: {exc}") from None
-    return _parse(data, str(path))
+    except RecursionError:
+        raise ProfileError(f"profile {path} is nested too deeply to be a profile") from None
+    try:
+        return _parse(data, str(path))
+    except (TypeError, ValueError) as exc:  # a field of the wrong type (an int where a list belongs, ...)
+        raise ProfileError(f"invalid profile {path}: a field has the wrong type ({exc})",
+                           "see profiles/*.toml for the fields") from None

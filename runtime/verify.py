@@ -18,7 +18,7 @@ from convdeploy.runtime.backends.base import run_batched
 from convdeploy.runtime.bundle.contract import (GOLDEN_INPUTS, GOLDEN_LABELS, GOLDEN_OUTPUTS, GOLDEN_TTA_INPUTS,
                                                 GOLDEN_TTA_OUTPUTS, accepted_key)
 from convdeploy.runtime.bundle.reader import LOAD_ATTEMPTS, Bundle
-from convdeploy.runtime.errors import BundleError
+from convdeploy.runtime.errors import BackendUnavailableError, BundleError, UsageError
 from convdeploy.runtime.parity.metrics import compare_outputs, judge
 from convdeploy.runtime.parity.report import ParityInputs, ParityReport, ParityRow
 from convdeploy.runtime.parity.tolerances import resolve
@@ -41,6 +41,26 @@ def golden_inputs_description(bundle: Bundle, samples: int, labelled: bool) -> P
                         advice="re-export the bundle with --data DIR")
 
 
+def required_backend(backend: str, profile: "Profile | None", require: bool | None) -> str:
+    """The backend verify must open: ``backend``, or the profile's when it is required.
+
+    ``require`` None: required when the profile names TensorRT. A required backend that
+    is not installed then fails with the install hint; ``auto`` never falls back.
+    """
+    if require is None:
+        require = profile is not None and profile.backend == "tensorrt"
+    if not require:
+        return backend
+    if profile is None:
+        if backend == "auto":
+            raise UsageError("--require-backend needs --profile or --backend to say which backend")
+        return backend
+    if backend not in ("auto", profile.backend):
+        raise UsageError(f"profile {profile.name!r} runs on {profile.backend}, not {backend}",
+                         f"drop --backend, or pass --no-require-backend to verify on {backend}")
+    return profile.backend
+
+
 def verify_bundle(
     path: str | os.PathLike | Bundle,
     backend: str = "auto",
@@ -52,6 +72,7 @@ def verify_bundle(
     batch_size: int | None = None,
     engine: str | os.PathLike | None = None,
     check_tta: bool = True,
+    require_backend: bool | None = None,
     **backend_opts: Any,
 ) -> ParityReport:
     """Run the golden inputs through ``backend`` here and judge them by the parity tier.
@@ -63,6 +84,12 @@ def verify_bundle(
     keyed by precision as :func:`runtime.parity.tolerances.parse_tolerance_overrides`
     gives it. The report's ``context`` holds ``bundle``, ``precision`` (the tier),
     ``backend`` (what ran and why) and ``tolerances``.
+
+    ``require_backend``: run on the profile's backend or fail (BackendUnavailableError,
+    exit 2) instead of verifying on another one. Default (None): on when the profile
+    names TensorRT, since an onnxruntime run on a workstation proves nothing about the
+    engine the target will run. ``engine``: that file runs, or the call fails; it is
+    never replaced by another artifact.
     """
     from convdeploy.runtime.backends import open_bundle_backend
     from convdeploy.runtime.targets import resolve_profile
@@ -77,22 +104,35 @@ def verify_bundle(
                 if current:
                     return verify_bundle(bundle, backend, precision, tolerances=tolerances, profile=prof,
                                          threads=threads, batch_size=batch_size, engine=engine, check_tta=check_tta,
-                                         **backend_opts)
+                                         require_backend=require_backend, **backend_opts)
         raise BundleError(f"{path} kept changing while it was verified",
                           "wait until the export that is replacing it has finished")
+    asked_backend = backend
+    backend = required_backend(backend, prof, require_backend)
     bundle = path
     golden = bundle.golden()
     if GOLDEN_INPUTS not in golden or GOLDEN_OUTPUTS not in golden:
         raise BundleError(f"{bundle.manifest.get('golden')} lacks 'inputs' or 'outputs'", "re-export the bundle")
     inputs, reference = golden[GOLDEN_INPUTS], golden[GOLDEN_OUTPUTS]
+    if len(inputs) == 0 or len(reference) == 0:
+        raise BundleError(f"{bundle.manifest.get('golden')} holds no samples: there is nothing to verify",
+                          "re-export the bundle with --data DIR")
     expected = tuple(bundle.manifest["inputs"][0]["shape"][1:])
     if inputs.ndim != 1 + len(expected) or tuple(inputs.shape[1:]) != expected or len(inputs) != len(reference):
         raise BundleError(f"golden inputs {inputs.shape} / outputs {reference.shape} do not match the model input "
                           f"(N, {', '.join(map(str, expected))})", "re-export the bundle")
     labels = golden.get(GOLDEN_LABELS)
 
-    selection = open_bundle_backend(bundle, backend, precision=precision, profile=prof, threads=threads,
-                                    engine=engine, **backend_opts)
+    try:
+        selection = open_bundle_backend(bundle, backend, precision=precision, profile=prof, threads=threads,
+                                        engine=engine, **backend_opts)
+    except BackendUnavailableError as exc:
+        if prof is None or asked_backend != "auto" or backend != prof.backend:
+            raise
+        raise BackendUnavailableError(
+            f"profile {prof.name!r} runs on {prof.backend}, which cannot run here: {exc.message}",
+            f"verify on the target; or pass --no-require-backend to verify with another backend here "
+            f"(it proves nothing about {prof.backend}); {exc.hint or ''}".rstrip("; ")) from None
     try:
         tier = selection.precision
         tol = resolve(tier, prof, tolerances)
@@ -130,4 +170,4 @@ def verify_bundle(
         selection.backend.close()
 
 
-__all__ = ["golden_inputs_description", "verify_bundle"]
+__all__ = ["golden_inputs_description", "required_backend", "verify_bundle"]

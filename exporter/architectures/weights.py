@@ -94,12 +94,22 @@ def _prefixes(keys: list[str]) -> str:
 
 
 def _is_safetensors(path: Path) -> bool:
-    """Sniff the format: safetensors starts with a little-endian u64 header length, then '{'."""
+    """Sniff the format: safetensors starts with a little-endian u64 header length, then '{'.
+
+    A file that starts like that but whose header length does not fit in it is a damaged
+    safetensors file: one clear CheckpointError, not a PyTorch reader's confusing refusal.
+    """
     with open(path, "rb") as f:
         head = f.read(9)
     if len(head) < 9 or head[8:9] != b"{":
         return False
-    return 0 < int.from_bytes(head[:8], "little") <= path.stat().st_size - 8
+    header = int.from_bytes(head[:8], "little")
+    size = path.stat().st_size
+    if not 0 < header <= size - 8:
+        raise CheckpointError(f"{path} looks like a safetensors file, but its header length ({header:,} bytes) "
+                              f"does not fit in the file ({size:,} bytes)", "the file is truncated or corrupt: "
+                              "download or save it again")
+    return True
 
 
 def weights_format(path: str | os.PathLike) -> str:
@@ -140,7 +150,10 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             # A file object, not the path: recent torch picks a reader from the file name.
             with open(p, "rb") as f:
                 obj = torch.load(f, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError:
+        except pickle.UnpicklingError as exc:
+            if "global" not in str(exc).lower():  # no refused object (GLOBAL): bytes that are no pickle at all
+                raise CheckpointError(f"{p} is not a PyTorch or safetensors checkpoint (it is not a valid pickle)",
+                                      "pass a .pth/.pt saved with torch.save or a .safetensors file") from None
             # weights_only refused a global before calling it: nothing from the file ran.
             raise CheckpointError(
                 f"refused to load {p}: it contains Python objects other than tensors, and unpickling them could run code",

@@ -28,6 +28,7 @@ from convdeploy.exporter.training.checkpoint import META_FILE, MODEL_FILE, load_
 from convdeploy.exporter.training.prepare import resolve_spec
 from convdeploy.runtime.errors import InputError, UsageError
 from convdeploy.runtime.fsutil import sha256_file
+from convdeploy.runtime.oserrors import why_unreadable
 from convdeploy.runtime.transforms.preprocess import IMAGENET_EVAL, PreprocessSpec
 from convdeploy.runtime.transforms.tta import TTASpec
 
@@ -160,6 +161,21 @@ def _from_weights(arch: str, weights: str | os.PathLike, classes: Sequence[str] 
     )
 
 
+def _user_code_error(what: str, exc: Exception) -> UsageError:
+    """An exception raised by the user's own code, reported as theirs (``--debug``: its traceback)."""
+    detail = str(exc).strip().splitlines()
+    return UsageError(f"{what} raised {type(exc).__name__}: {detail[0][:300] if detail else 'no message'}",
+                      "this error comes from your code, not from convdeploy; rerun with --debug for its traceback")
+
+
+def _looks_like_path(text: str) -> bool:
+    """A name the user meant as a file or directory (not an architecture): a separator,
+    a leading dot or tilde, or a file suffix. Also true when something is there but
+    cannot be read (a symbolic link loop, say), which Path.exists() reports as absent."""
+    return (os.sep in text or "/" in text or text.startswith((".", "~")) or os.path.lexists(text)
+            or Path(text).suffix.lower() in (".pt", ".pth", ".safetensors", ".bin", ".json", ".ckpt"))
+
+
 def load_source(
     source: str | os.PathLike,
     *,
@@ -209,6 +225,8 @@ def load_source(
         except ImportError as exc:
             raise UsageError(f"cannot import {module_name!r} for {text}: {exc}",
                              "run from the directory that holds the module, or install it") from None
+        except Exception as exc:  # the user's module failed while importing: their error, not ours
+            raise _user_code_error(f"importing {module_name}", exc) from exc
         finally:
             if added:
                 sys.path.remove(cwd)
@@ -216,7 +234,10 @@ def load_source(
         if not callable(fn):
             raise UsageError(f"{module_name} has no function {fn_name!r}")
         torch.manual_seed(seed)
-        model = fn()
+        try:
+            model = fn()
+        except Exception as exc:
+            raise _user_code_error(f"your factory {text}()", exc) from exc
         if not isinstance(model, torch.nn.Module):
             raise UsageError(f"{text} returned {type(model).__name__}, not a torch.nn.Module")
         notes = []
@@ -231,9 +252,24 @@ def load_source(
                           architecture=str(getattr(model, "convdeploy_name", text)),
                           classes=[], preprocess=spec, tta=TTASpec(), notes=notes)
         given = getattr(model, "classes", None)
-        src.classes = [str(c) for c in given] if given else [str(i) for i in range(_output_classes(model, spec))]
+        if given:
+            src.classes = [str(c) for c in given]
+        else:
+            try:
+                src.classes = [str(i) for i in range(_output_classes(model, spec))]
+            except Exception as exc:
+                raise _user_code_error(f"the model from {text} (a forward pass on a {spec.input_shape} input)",
+                                       exc) from exc
     else:
-        entry = get_entry(text)  # raises a UsageError with suggestions for unknown names
+        if _looks_like_path(text):
+            reason = why_unreadable(text)
+            raise InputError(f"checkpoint {text}: {reason or 'not found'}",
+                             "pass a checkpoint directory written by `convdeploy train` (e.g. runs/x/best)")
+        try:
+            entry = get_entry(text)
+        except UsageError as exc:
+            raise UsageError(f"unknown architecture {text!r}, and no checkpoint file or directory of that name "
+                             "(nor MODULE:FUNCTION)", exc.hint) from None
         torch.manual_seed(seed)
         k = len(classes) if classes is not None else entry.num_classes
         model = create_model(text, num_classes=k, **kwargs).eval()

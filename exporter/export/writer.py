@@ -86,7 +86,7 @@ from convdeploy.runtime.bundle.contract import (
 )
 from convdeploy.runtime.build.preflight import preflight
 from convdeploy.runtime.bundle.reader import Bundle
-from convdeploy.runtime.errors import InputError, InternalError, UsageError
+from convdeploy.runtime.errors import BundleError, InputError, InternalError, UsageError
 from convdeploy.runtime.fsutil import (atomic_directory, atomic_write_json, check_replaceable, remove_owned_directory,
                                        scratch_directory)
 from convdeploy.runtime.parity.report_document import build_report_document, skipped_report_document, write_report
@@ -94,7 +94,7 @@ from convdeploy.runtime.parity.samples import fewer_samples_warning, sample_size
 from convdeploy.runtime.targets import Profile, resolve_profile
 from convdeploy.runtime.transforms.augment_config import with_geometry
 from convdeploy.runtime.transforms.preprocess import PreprocessSpec, preprocess_batch
-from convdeploy.runtime.transforms.tta import TTASpec, make_views, merge_views
+from convdeploy.runtime.transforms.tta import TTASpec, check_tta_fits, make_views, merge_views
 from convdeploy.runtime.versions import package_versions
 
 DEFAULT_CALIB_SAMPLES = 128
@@ -471,8 +471,7 @@ def _shipped_specs(src: SourceModel, preprocess: PreprocessSpec | None,
     elif isinstance(tta, Mapping):
         tta = TTASpec.from_dict(dict(tta))
     tta_spec = tta or src.tta
-    if tta_spec.views in ("five_crop", "ten_crop") and spec.crop is None:
-        raise UsageError(f"{tta_spec.views} TTA needs a preprocessing spec with a crop size")
+    check_tta_fits(tta_spec, spec)
     return ShippedSpecs(preprocess=spec, tta=tta_spec, notes=notes)
 
 
@@ -735,9 +734,10 @@ def _remove_stale_failed(failed_dir: Path) -> bool:
     """Remove ``<out>.failed`` left by an earlier failed export (only if it is ours)."""
     try:
         manifest = json.loads((failed_dir / MANIFEST_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return False
-    if manifest.get("format") == MANIFEST_FORMAT and (manifest.get("parity") or {}).get("status") == "failed":
+    if isinstance(manifest, dict) and manifest.get("format") == MANIFEST_FORMAT \
+            and (manifest.get("parity") or {}).get("status") == "failed":
         return remove_owned_directory(failed_dir, BUNDLE_KIND)
     return False
 
@@ -807,6 +807,9 @@ def check_bundle(
         pdata = _gate_data(data_source, bundle.classes, samples, seed, warnings)
     else:
         golden = bundle.golden()
+        if len(golden.get(GOLDEN_INPUTS, ())) == 0:
+            raise BundleError(f"the bundle's {GOLDEN_FILE} holds no samples: there is nothing to compare",
+                              "pass --data DIR (labelled images) or re-export the bundle with --data")
         info = manifest.get("golden_info") or {}
         pdata = ParityData(source=f"the bundle's golden inputs ({info.get('source', 'recorded at export')})",
                            arrays=golden[GOLDEN_INPUTS], labels=golden.get(GOLDEN_LABELS),

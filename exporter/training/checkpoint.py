@@ -34,13 +34,14 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save as safetensors_bytes
 from torch import nn
 
 from convdeploy.exporter.architectures.registry import create_model
 from convdeploy.exporter.architectures.weights import load_state_dict_file, load_weights
 from convdeploy.runtime.errors import CheckpointError, ConvDeployError, InputError
 from convdeploy.runtime.fsutil import OwnedKind, atomic_directory, atomic_write_json, sha256_file
+from convdeploy.runtime.jsondata import read_json_file
 from convdeploy.runtime.transforms.preprocess import PreprocessSpec
 from convdeploy.runtime.versions import package_version
 
@@ -228,7 +229,7 @@ def save_checkpoint(
     full["has_train_state"] = bool(state)
     directory = Path(directory)
     with atomic_directory(directory, overwrite=overwrite, kind=CHECKPOINT_KIND) as tmp:
-        save_file(model_state_tensors(model), str(tmp / MODEL_FILE), metadata={"format": "pt"})
+        _write_safetensors(tmp / MODEL_FILE, model_state_tensors(model))
         full["model_sha256"] = sha256_file(tmp / MODEL_FILE)
         # Fail here, before the rename, if the metadata is not JSON (never a half checkpoint).
         json.dumps(full)
@@ -236,9 +237,17 @@ def save_checkpoint(
         if state:
             tensors: dict[str, torch.Tensor] = {}
             structure = encode_state(state, tensors)
-            save_file(tensors, str(tmp / STATE_FILE), metadata={"format": "pt"})
+            _write_safetensors(tmp / STATE_FILE, tensors)
             atomic_write_json(tmp / STATE_META_FILE, {"format_version": FORMAT_VERSION, "state": structure})
     return directory
+
+
+def _write_safetensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """Serialize in memory, then write: a full disk or a read-only directory is then a
+    plain OSError with its path (safetensors' own writer reports it as a SafetensorError)."""
+    data = safetensors_bytes(tensors, metadata={"format": "pt"})
+    with open(path, "wb") as f:
+        f.write(data)
 
 
 # -------------------------------------------------------------------------- load
@@ -262,10 +271,7 @@ def _checkpoint_dir(path: str | os.PathLike) -> Path:
 def read_meta(path: str | os.PathLike) -> dict[str, Any]:
     """The validated ``checkpoint.json`` of a checkpoint directory (or its model file)."""
     p = _checkpoint_dir(path)
-    try:
-        meta = json.loads((p / META_FILE).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{p / META_FILE} is not valid JSON ({exc})") from None
+    meta = read_json_file(p / META_FILE, str(p / META_FILE), CheckpointError)
     if not isinstance(meta, dict):
         raise CheckpointError(f"{p / META_FILE} must hold a JSON object")
     if meta.get("format_version") != FORMAT_VERSION:
@@ -324,8 +330,10 @@ def load_train_state(path: str | os.PathLike) -> dict[str, Any]:
     if not (p / STATE_META_FILE).is_file() or not (p / STATE_FILE).is_file():
         raise CheckpointError(f"{p} holds no training state", "resume from the run's last/ checkpoint")
     try:
-        data = json.loads((p / STATE_META_FILE).read_text(encoding="utf-8"))
+        data = read_json_file(p / STATE_META_FILE, str(p / STATE_META_FILE), CheckpointError)
         tensors = load_file(str(p / STATE_FILE), device="cpu")
+    except CheckpointError:
+        raise
     except Exception as exc:  # corrupt file of any kind: one line, no traceback
         raise CheckpointError(f"{p}: unreadable training state ({str(exc).splitlines()[0] if str(exc) else exc})") from None
     if not isinstance(data, dict) or data.get("format_version") != FORMAT_VERSION:

@@ -16,6 +16,7 @@ from typing import Any, Mapping
 
 from convdeploy.exporter.architectures.registry import get_entry
 from convdeploy.runtime.errors import UsageError
+from convdeploy.runtime.limits import MAX_THREADS
 
 __all__ = [
     "OPTIMIZERS",
@@ -89,7 +90,8 @@ class TrainConfig:
         need(0.0 <= float(self.label_smoothing) < 1.0, f"label smoothing must be in [0, 1), got {self.label_smoothing}")
         need(self.grad_clip is None or float(self.grad_clip) > 0, f"gradient clip must be positive, got {self.grad_clip}")
         need(str(self.amp) in ("auto", "on", "off"), f"amp must be auto, on or off, got {self.amp!r}")
-        need(int(self.num_workers) >= 0, f"workers must be >= 0, got {self.num_workers}")
+        need(0 <= int(self.num_workers) <= MAX_THREADS,
+             f"workers must be between 0 and {MAX_THREADS}, got {self.num_workers}")
         need(0.0 < float(self.val_fraction) < 1.0, f"val fraction must be in (0, 1), got {self.val_fraction}")
         need(int(self.step_size) >= 1, f"step size must be >= 1 epoch, got {self.step_size}")
         need(self.image_size is None or 1 <= int(self.image_size) <= 8192, f"bad image size {self.image_size}")
@@ -110,6 +112,8 @@ class TrainConfig:
         for name in ("train_limit", "val_limit", "eval_batch_size", "threads"):
             value = getattr(self, name)
             need(value is None or int(value) >= 1, f"{name.replace('_', ' ')} must be >= 1, got {value}")
+        need(self.threads is None or int(self.threads) <= MAX_THREADS,
+             f"threads must be between 1 and {MAX_THREADS}, got {self.threads}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any, Callable, Tuple
 
 from convdeploy.runtime.backends.base import Backend, BackendInfo, TensorSpec
 from convdeploy.runtime.bundle.contract import BACKENDS
-from convdeploy.runtime.errors import BackendUnavailableError, ConvDeployError, UsageError
+from convdeploy.runtime.errors import BackendUnavailableError, ConvDeployError, InputError, UsageError
+from convdeploy.runtime.oserrors import printable, why_unreadable
 
 if TYPE_CHECKING:  # pragma: no cover
     from convdeploy.runtime.bundle.reader import Bundle
@@ -102,6 +103,7 @@ def _open_tensorrt(req: _Request) -> _Opened:
 
     if req.engine:
         path = Path(req.engine)
+        req.bundle.check_engine_source(path)
     else:
         # Skip engines built for another TensorRT or GPU: the one built here wins. An engine
         # built under a profile's previous-release name serves the profile that replaced it.
@@ -310,6 +312,15 @@ def open_bundle_backend(
     """
     if backend != "auto":
         _kind(backend)  # an unknown name: one clear UsageError before anything loads
+    if engine is not None:
+        # An engine named by the caller is what runs, or nothing does: never another artifact.
+        if backend not in ("auto", "tensorrt"):
+            raise UsageError(f"an engine file runs on TensorRT, not {backend}", "drop --backend or --engine")
+        reason = why_unreadable(engine)
+        if reason is not None:
+            raise InputError(f"engine {printable(str(engine))}: {reason}", "pass the .engine file that "
+                             "`convdeploy build` wrote, or drop --engine to search the bundle's engines/")
+        backend = "tensorrt"
     explicit_precision = precision is not None
     if precision is None:
         if profile is not None and profile.default_precision in bundle.precisions:

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from convdeploy.runtime.backends.base import BackendInfo, TensorSpec, conform_batch
+from convdeploy.runtime.limits import check_thread_count
 from convdeploy.runtime.errors import BackendUnavailableError, BundleError, UsageError
 from convdeploy.runtime.fsutil import sha256_file
 
@@ -268,8 +269,7 @@ class OnnxRuntimeBackend:
         self.model_path = Path(model_path)
         if not self.model_path.is_file():
             raise BundleError(f"model file not found: {self.model_path}", "copy the whole bundle directory")
-        if threads is not None and (not isinstance(threads, int) or threads < 1):
-            raise UsageError(f"threads must be a positive integer, got {threads!r}")
+        check_thread_count(threads)
         self.precision = precision
         self.threads = threads
         self.requested = normalize_providers(providers)

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from convdeploy.runtime.backends.base import BackendInfo, TensorSpec, conform_batch
+from convdeploy.runtime.limits import check_thread_count
 from convdeploy.runtime.errors import BackendUnavailableError, BundleError, UsageError
 
 _HINTS = {"f32": "f32", "fp32": "f32", "f16": "f16", "fp16": "f16", "bf16": "bf16"}
@@ -66,8 +67,7 @@ class OpenVINOBackend:
             raise UsageError("performance_hint must be LATENCY or THROUGHPUT")
         if inference_precision is not None and inference_precision not in _HINTS:
             raise UsageError(f"inference_precision must be one of {', '.join(sorted(_HINTS))}")
-        if threads is not None and (not isinstance(threads, int) or threads < 1):
-            raise UsageError(f"threads must be a positive integer, got {threads!r}")
+        check_thread_count(threads)
         self.device = device
         self.performance_hint = hint
         self.requested_precision = inference_precision

@@ -48,6 +48,7 @@ from typing import Any, Mapping
 
 from convdeploy.runtime.errors import BundleError, ConvDeployError, EngineMismatchError, InternalError
 from convdeploy.runtime.fsutil import OwnedKind, atomic_write_json, sha256_file
+from convdeploy.runtime.jsondata import read_json_file, refuse_unknown_fields
 
 MANIFEST_FORMAT = "convdeploy-bundle"
 MANIFEST_SCHEMA_VERSION = 1
@@ -175,9 +176,20 @@ def onnx_metadata(manifest: Mapping[str, Any], precision: str) -> dict[str, str]
     }
 
 
+# Every top-level manifest field this schema version knows. An unknown one is refused, as
+# unknown preprocessing and TTA fields are (runtime.jsondata states the rule): it may be a
+# newer exporter's field that changes what the model computes. A writer that adds a field
+# adds it here (a test checks that build_manifest's fields are all listed).
+MANIFEST_FIELDS = ("format", "schema_version", "name", "architecture", "classes", "inputs", "outputs", "preprocess",
+                   "tta", "artifacts", "default_precision", "golden", "golden_info", "parity", "provenance", "serving",
+                   "engines", "files")
+
+
 def validate_manifest(manifest: Any) -> dict[str, Any]:
     """Check every field a runtime relies on; return the manifest unchanged or raise BundleError."""
     _need(isinstance(manifest, dict), "top level must be a JSON object")
+    refuse_unknown_fields(manifest, MANIFEST_FIELDS, "manifest", BundleError,
+                          "the bundle was written by a newer convdeploy (upgrade it) or edited by hand (re-export it)")
     _need(manifest.get("format") == MANIFEST_FORMAT, f"'format' must be {MANIFEST_FORMAT!r}")
     version = manifest.get("schema_version")
     if version != MANIFEST_SCHEMA_VERSION:
@@ -200,8 +212,10 @@ def validate_manifest(manifest: Any) -> dict[str, Any]:
         from convdeploy.runtime.transforms.preprocess import PreprocessSpec
         from convdeploy.runtime.transforms.tta import TTASpec
 
+        from convdeploy.runtime.transforms.tta import check_tta_fits
+
         spec = PreprocessSpec.from_dict(manifest.get("preprocess"))
-        TTASpec.from_dict(manifest.get("tta"))
+        check_tta_fits(TTASpec.from_dict(manifest.get("tta")), spec)
     except ConvDeployError as exc:
         raise BundleError(f"invalid manifest: {exc}") from None
     in_shape = manifest["inputs"][0]["shape"]
@@ -252,7 +266,7 @@ BUNDLE_KIND = OwnedKind("bundle", is_bundle_dir)
 # ``engines/<name>.engine`` has a sidecar ``engines/<name>.json`` that the backend checks
 # before it deserializes the engine. Required keys:
 SIDECAR_REQUIRED = ("tensorrt_version", "gpu_name", "compute_capability", "precision")
-# Known optional keys (others are kept as they are):
+# Known optional keys; any other key is refused, as in the manifest (runtime.jsondata):
 SIDECAR_OPTIONAL = (
     "profile",  # the target profile it was built for
     "onnx_file", "onnx_sha256",  # the ONNX file it was built from (must be one of the bundle's)
@@ -270,6 +284,8 @@ SIDECAR_OPTIONAL = (
 )
 ENGINE_RECORD_KEYS = ("precision", "profile", "tensorrt_version", "gpu_name", "compute_capability", "engine_sha256",
                       "sidecar")
+# Short spellings accepted for the required keys (hand-written sidecars of trtexec engines).
+SIDECAR_ALIASES = {"tensorrt": "tensorrt_version", "gpu": "gpu_name"}
 
 
 def sidecar_path(engine_path: str | os.PathLike) -> Path:
@@ -283,17 +299,14 @@ def read_sidecar(engine_path: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise EngineMismatchError(f"engine {Path(engine_path).name} has no sidecar {path.name}",
                                   "rebuild it with `convdeploy build` on this device")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
-        raise EngineMismatchError(f"sidecar {path.name} is not valid JSON ({exc})", "rebuild the engine") from None
+    data = read_json_file(path, f"sidecar {path.name}", EngineMismatchError, "rebuild the engine")
     if not isinstance(data, dict):
         raise EngineMismatchError(f"sidecar {path.name} must be a JSON object", "rebuild the engine")
-    # Accept the short spellings too (``tensorrt``, ``gpu``).
-    if "tensorrt_version" not in data and "tensorrt" in data:
-        data["tensorrt_version"] = data["tensorrt"]
-    if "gpu_name" not in data and "gpu" in data:
-        data["gpu_name"] = data["gpu"]
+    refuse_unknown_fields(data, (*SIDECAR_REQUIRED, *SIDECAR_OPTIONAL, *SIDECAR_ALIASES), f"sidecar {path.name}",
+                          EngineMismatchError, "rebuild the engine with this convdeploy, or upgrade convdeploy")
+    for short, key in SIDECAR_ALIASES.items():
+        if key not in data and short in data:
+            data[key] = data[short]
     missing = [k for k in SIDECAR_REQUIRED if k not in data]
     if missing:
         raise EngineMismatchError(f"sidecar {path.name} lacks {', '.join(missing)}", "rebuild the engine")
@@ -307,6 +320,9 @@ def write_sidecar(engine_path: str | os.PathLike, fields: Mapping[str, Any]) -> 
         raise InternalError(f"engine sidecar without {', '.join(missing)}")
     if fields["precision"] not in PRECISIONS:
         raise InternalError(f"engine sidecar with unknown precision {fields['precision']!r}")
+    unknown = sorted(set(fields) - {*SIDECAR_REQUIRED, *SIDECAR_OPTIONAL})
+    if unknown:  # read_sidecar would refuse it: add new keys to SIDECAR_OPTIONAL
+        raise InternalError(f"engine sidecar with unknown field(s) {', '.join(unknown)}")
     path = sidecar_path(engine_path)
     atomic_write_json(path, dict(fields))
     return path

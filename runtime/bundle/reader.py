@@ -8,7 +8,6 @@ file is caught with one clear message instead of a wrong answer.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -22,6 +21,8 @@ from convdeploy.runtime.bundle.contract import (ENGINE_SUFFIX, ENGINES_DIR, GOLD
                                                 validate_manifest)
 from convdeploy.runtime.errors import BundleError, EngineMismatchError, UsageError
 from convdeploy.runtime.fsutil import confined, directory_identity, directory_lock, repair_directory, sha256_file
+from convdeploy.runtime.jsondata import read_json_file
+from convdeploy.runtime.oserrors import why_unreadable
 from convdeploy.runtime.transforms.preprocess import PreprocessSpec
 from convdeploy.runtime.transforms.tta import TTASpec
 
@@ -84,14 +85,13 @@ class Bundle:
     @classmethod
     def _load_once(cls, root: Path, verify_hashes: bool) -> "Bundle":
         if not root.is_dir():
-            raise BundleError(f"bundle not found: {root}", "pass the directory written by `convdeploy export`")
+            reason = why_unreadable(root, expect="dir")  # a link loop or a file is not "not found"
+            raise BundleError(f"bundle not found: {root}" if reason == "not found" else f"bundle {root}: {reason}",
+                              "pass the directory written by `convdeploy export`")
         manifest_path = root / MANIFEST_FILE
         if not manifest_path.is_file():
             raise BundleError(f"{root} has no {MANIFEST_FILE}", "is this a convdeploy bundle?")
-        try:
-            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise BundleError(f"{manifest_path} is not valid JSON ({exc})", "re-export the bundle") from None
+        manifest = read_json_file(manifest_path, str(manifest_path), BundleError, "re-export the bundle")
         bundle = cls(root=root, manifest=validate_manifest(manifest))
         if verify_hashes:
             bundle.verify_files()
@@ -188,7 +188,7 @@ class Bundle:
         names = [profile] if isinstance(profile, str) else list(profile or ())
         profile = names[0] if names else None
         folder = self.root / ENGINES_DIR
-        ours = {self.manifest["files"].get(a["file"]) for a in self.manifest["artifacts"].values()} - {None}
+        ours = self.onnx_hashes()
         usable: list[tuple[Path, dict[str, Any]]] = []
         seen: list[str] = []
         refusals: dict[str, list[str]] = {}  # precision -> why its engines were skipped
@@ -222,6 +222,18 @@ class Bundle:
         found = f" (found: {'; '.join(seen)})" if seen else ""
         raise BundleError(f"no TensorRT engine for {what} in {folder}{found}",
                           "build one on this device with `convdeploy build BUNDLE --profile NAME`")
+
+    def onnx_hashes(self) -> set[str]:
+        """The sha256 of the bundle's ONNX graphs: what an engine built from this bundle names."""
+        return {self.manifest["files"].get(a["file"]) for a in self.manifest["artifacts"].values()} - {None}
+
+    def check_engine_source(self, engine: str | os.PathLike, sidecar: dict[str, Any] | None = None) -> None:
+        """Refuse an engine whose sidecar says it was built from an ONNX file that is not one
+        of this bundle's: verifying it would verify another model."""
+        sidecar = read_sidecar(engine) if sidecar is None else sidecar
+        if sidecar.get("onnx_sha256") and sidecar["onnx_sha256"] not in self.onnx_hashes():
+            raise EngineMismatchError(f"engine {Path(engine).name} was built from another ONNX model than this "
+                                      "bundle's", "rebuild it with `convdeploy build`")
 
     def source_precision(self, artifact: str) -> str | None:
         """Which precision's golden ``accepted_<precision>`` outputs ``artifact`` (bundle-relative) is held to.

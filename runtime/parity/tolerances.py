@@ -74,6 +74,9 @@ def tolerances_for(precision: str, *overrides: Mapping[str, Any] | None) -> dict
         for key, value in (layer or {}).items():
             if key not in tol:
                 raise UsageError(f"unknown tolerance {key!r}", f"known: {', '.join(tol)}")
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise UsageError(f"tolerance {key} must be a number, got {type(value).__name__} {value!r}",
+                                 "write it without quotes, e.g. max_rel_err = 2e-4")
             tol[key] = None if value is None else float(value)
     return tol
 

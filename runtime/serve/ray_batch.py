@@ -11,8 +11,6 @@ Ray is optional (``pip install 'convdeploy[ray]'``) and imported only inside fun
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import os
@@ -22,7 +20,8 @@ from typing import Any, Sequence
 
 from convdeploy.runtime.errors import InputError, UsageError
 from convdeploy.runtime.fsutil import atomic_write_bytes
-from convdeploy.runtime.predictor import PREDICTION_COLUMNS, Prediction, Predictor, expand_sources
+from convdeploy.runtime.oserrors import printable
+from convdeploy.runtime.predictor import PREDICTION_COLUMNS, Prediction, Predictor, expand_sources, predictions_csv
 from convdeploy.runtime.targets import Profile, resolve_profile
 
 RAY_HINT = "pip install 'convdeploy[ray]'"
@@ -218,20 +217,17 @@ def write_predictions(predictions: Sequence[Prediction], out: str | os.PathLike)
         raise UsageError(f"--out must end in {' or '.join(OUTPUT_SUFFIXES)}, got {path.name!r}")
     if path.exists():
         raise InputError(f"{path} already exists", "remove it or choose another --out")
-    rows = [p.to_row() for p in predictions]
     if suffix == ".csv":
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=list(PREDICTION_COLUMNS), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-        atomic_write_bytes(path, buf.getvalue().encode("utf-8"))
+        atomic_write_bytes(path, predictions_csv(predictions))
         return path
+    rows = [p.to_row() for p in predictions]
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError:
         raise UsageError("writing Parquet needs pyarrow", RAY_HINT) from None
-    table = pa.table({c: [str(r[c]) for r in rows] for c in PREDICTION_COLUMNS})
+    # Parquet strings are UTF-8: an undecodable file name is spelled with \xNN escapes.
+    table = pa.table({c: [printable(str(r[c])) for r in rows] for c in PREDICTION_COLUMNS})
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
     atomic_write_bytes(path, sink.getvalue().to_pybytes())

@@ -39,7 +39,7 @@ CONFIG_FILE = "config.pbtxt"
 LABELS_FILE = "labels.txt"
 PREPROCESSED = "PREPROCESSED"  # the ensemble's tensor between the Python step and the network
 # The torch-free code the Python step imports, copied into the repository (paths below runtime/).
-STEP_SOURCES = ("__init__.py", "errors.py", "jsondata.py", "transforms/__init__.py", "transforms/imageio.py",
+STEP_SOURCES = ("__init__.py", "errors.py", "jsondata.py", "oserrors.py", "transforms/__init__.py", "transforms/imageio.py",
                 "transforms/preprocess.py", "transforms/tta.py", "serve/__init__.py", "serve/triton_handler.py")
 RUNTIME_DIR = Path(__file__).resolve().parents[1]
 # Wait at most this long to fill a preferred batch: 0.1 ms costs nothing at batch 1 and lets

@@ -11,15 +11,14 @@ Triton's Python environment needs.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 from convdeploy.runtime.errors import InputError, UsageError
+from convdeploy.runtime.jsondata import read_json_file
 from convdeploy.runtime.transforms.imageio import decode_image
 from convdeploy.runtime.transforms.preprocess import PreprocessSpec
 from convdeploy.runtime.transforms.tta import TTASpec, make_views, merge_views
@@ -65,7 +64,7 @@ class ServingSpec:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "ServingSpec":
-        return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+        return cls.from_dict(read_json_file(path, f"serving spec {path}", UsageError))
 
 
 def request_images(tensor: np.ndarray) -> list[bytes]:

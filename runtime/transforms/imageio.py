@@ -11,13 +11,13 @@ from __future__ import annotations
 import io
 import os
 import warnings
-from pathlib import Path
 from typing import BinaryIO, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from convdeploy.runtime.errors import ImageDecodeError, InputError
+from convdeploy.runtime.oserrors import printable, why_unreadable
 
 ImageSource = Union[str, os.PathLike, bytes, BinaryIO, Image.Image]
 
@@ -83,8 +83,13 @@ def decode_image(
         name = "<image>"
     else:
         name = str(source) if isinstance(source, (str, os.PathLike)) else "<bytes>"
-        if isinstance(source, (str, os.PathLike)) and not Path(source).is_file():
-            raise InputError(f"image not found: {name}")
+        if isinstance(source, (str, os.PathLike)):
+            # Before open(): a FIFO would block it forever, a link loop is not "not found".
+            reason = why_unreadable(source)
+            if reason == "not found":
+                raise InputError(f"image not found: {printable(name)}")
+            if reason is not None:
+                raise ImageDecodeError(f"{printable(name)}: {reason}")
         fp = io.BytesIO(source) if isinstance(source, bytes) else source
         try:
             with warnings.catch_warnings():
@@ -104,8 +109,11 @@ def decode_image(
             raise ImageDecodeError(f"{name}: image too large ({exc})", "downscale it first") from None
         except UnidentifiedImageError:
             raise ImageDecodeError(f"{name}: not an image Pillow can read") from None
+        except MemoryError:
+            raise ImageDecodeError(f"{printable(name)}: not enough memory to decode this image",
+                                   "downscale it first") from None
         except (OSError, SyntaxError, ValueError) as exc:
-            raise ImageDecodeError(f"{name}: corrupt or truncated image ({exc})") from None
+            raise ImageDecodeError(f"{printable(name)}: corrupt or truncated image ({exc})") from None
     try:
         if source is img:
             img = ImageOps.exif_transpose(img)  # a copy: never modify the caller's image

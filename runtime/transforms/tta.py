@@ -83,12 +83,31 @@ class TTASpec:
         return cls(views=head, merge=merge, scales=scales)
 
 
+# Views that cut crops out of a resized image: meaningless on a spec that does not crop.
+CROP_VIEWS = ("five_crop", "ten_crop", "multi_scale")
+
+
+def check_tta_fits(tta: TTASpec, spec: PreprocessSpec) -> None:
+    """Refuse a TTA that needs a crop on a preprocessing spec without one.
+
+    Five-crop, ten-crop and multi-scale views are crops of a larger resized image; a
+    spec that resizes straight to the model's input has nothing to crop from, and
+    running them anyway would give other answers than the ones the views promise.
+    Called wherever a TTA meets a spec: the manifest, the Predictor, the export.
+    """
+    if tta.views in CROP_VIEWS and spec.crop is None:
+        raise UsageError(f"{tta.views} TTA needs a preprocessing spec with a crop size (this one resizes to "
+                         f"{spec.resize} without cropping)",
+                         "use identity or hflip TTA, or a spec with resize larger than crop")
+
+
 def _mirror(img: Image.Image) -> Image.Image:
     return img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
 
 
 def view_images(img: Image.Image, spec: PreprocessSpec, tta: TTASpec) -> list[Image.Image]:
     """The PIL views of one decoded image, before conversion to arrays."""
+    check_tta_fits(tta, spec)
     crop = spec.output_hw
     if tta.views == "multi_scale":
         views = []
@@ -100,8 +119,6 @@ def view_images(img: Image.Image, spec: PreprocessSpec, tta: TTASpec) -> list[Im
     if tta.views in ("identity", "hflip"):
         center = crop_image(resized, spec.crop) if spec.crop is not None else resized
         return [center] if tta.views == "identity" else [center, _mirror(center)]
-    if spec.crop is None:
-        raise UsageError(f"{tta.views} TTA needs a preprocessing spec with a crop size")
     crops = [crop_image(resized, spec.crop, where) for where in _CORNERS]
     return crops if tta.views == "five_crop" else crops + [_mirror(c) for c in crops]
 

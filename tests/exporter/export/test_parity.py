@@ -182,8 +182,8 @@ def test_profile_tolerances_apply(tmp_path):
 
 
 def test_tta_parity_rows(lenet_ckpt, tmp_path):
-    result = export_bundle(lenet_ckpt, tmp_path / "b", tta="multi_scale:28,32", parity_samples=64)
+    result = export_bundle(lenet_ckpt, tmp_path / "b", tta="hflip", parity_samples=64)
     names = [r.name for r in result.parity.rows]
-    assert names == ["fp32", "fp32+tta(multi_scale)"]
+    assert names == ["fp32", "fp32+tta(hflip)"]
     assert all(r.verdict.passed for r in result.parity.rows)
     assert result.parity.rows[1].report["samples"] == 64

@@ -226,11 +226,15 @@ def test_factory_sources(tmp_path, monkeypatch):
 
 
 def test_tta_goes_into_golden(lenet_ckpt, tmp_path):
-    result = export_bundle(lenet_ckpt, tmp_path / "b", tta="multi_scale:28,32", parity_samples=16)
+    # LeNet-5's digits spec resizes to 32x32 without a crop: hflip is a TTA it can ship,
+    # multi-scale (which crops) is refused (tests/runtime/test_silent_answers.py).
+    result = export_bundle(lenet_ckpt, tmp_path / "b", tta="hflip", parity_samples=16)
     g = Bundle.load(tmp_path / "b").golden()
     assert g["tta_inputs"].shape == (8 * 2, 1, 32, 32) and g["tta_outputs"].shape == (8, 10)
-    assert result.manifest["tta"]["views"] == "multi_scale"
+    assert result.manifest["tta"]["views"] == "hflip"
     assert result.manifest["golden_info"]["tta_images"] == 8
+    with pytest.raises(UsageError, match="multi_scale TTA needs a preprocessing spec with a crop"):
+        export_bundle(lenet_ckpt, tmp_path / "c", tta="multi_scale:28,32", parity_samples=16)
 
 
 def test_check_bundle_passes_then_catches_an_edited_manifest(full_bundle, lenet_ckpt, tmp_path):

@@ -185,3 +185,12 @@ def test_no_training_state_is_an_error(tmp_path, lenet):
     path = save_checkpoint(tmp_path / "best", lenet, _meta())
     with pytest.raises(CheckpointError, match="no training state"):
         load_train_state(path)
+
+
+def test_checkpoint_json_nested_beyond_the_recursion_limit(tmp_path):
+    from convdeploy.exporter.training.checkpoint import META_FILE, MODEL_FILE, read_meta
+
+    (tmp_path / MODEL_FILE).write_bytes(b"")
+    (tmp_path / META_FILE).write_text('{"a":' * 100_000 + "1" + "}" * 100_000)
+    with pytest.raises(CheckpointError, match="nested too deeply"):
+        read_meta(tmp_path)
