@@ -22,7 +22,7 @@ import pytest
 from convdeploy.runtime.bundle.reader import Bundle
 from convdeploy.runtime.predictor import Predictor
 from convdeploy.runtime.verify import verify_bundle
-from tests.conftest import REPO
+from tests.conftest import REPO, cli_runner
 from tests.runtime.conftest import write_bundle
 
 # A torch-free writer that keeps replacing TARGET by a copy of A, then B, then A ... until STOP exists.
@@ -105,14 +105,13 @@ def test_predict_and_verify_repair_a_replacement_cut_between_its_renames(tiny_bu
 
 
 def test_predict_cli_repairs_it_too(tiny_bundle, tmp_path, sample_photos):
-    from click.testing import CliRunner
-
+    
     from convdeploy.cli import main
 
     target = tmp_path / "bundle"
     shutil.copytree(tiny_bundle, target)
     os.replace(target, tmp_path / f".bundle.old-{_dead_pid()}")
-    r = CliRunner().invoke(main, ["predict", str(target), str(sample_photos[0]), "--backend", "onnxruntime"])
+    r = cli_runner().invoke(main, ["predict", str(target), str(sample_photos[0]), "--backend", "onnxruntime"])
     assert r.exit_code == 0, r.output
     assert target.is_dir()
 

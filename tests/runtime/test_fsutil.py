@@ -23,6 +23,7 @@ from convdeploy.runtime.errors import InputError, InternalError
 from convdeploy.runtime.fsutil import (OwnedKind, atomic_directory, atomic_write_bytes, check_replaceable,
                                        process_alive, remove_owned_directory, repair_directory, scratch_directory,
                                        temp_name)
+from tests.conftest import cli_runner
 
 MARKED = OwnedKind("test output", lambda p: (p / "ours.txt").is_file())
 
@@ -193,14 +194,13 @@ def test_a_really_full_disk_keeps_the_previous_directory_and_leaves_no_temporary
 
 
 def test_digits_on_a_full_disk_is_one_line_and_nothing_is_left(tiny_filesystem):
-    from click.testing import CliRunner
-
+    
     from convdeploy.cli import main
 
-    r = CliRunner().invoke(main, ["digits", str(tiny_filesystem / "digits")])
+    r = cli_runner().invoke(main, ["digits", str(tiny_filesystem / "digits")])
     assert r.exit_code == 2, r.output
-    assert r.output.startswith("error: cannot write") and "No space left on device" in r.output
-    assert "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1
+    assert r.stderr.startswith("error: cannot write") and "No space left on device" in r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert list(tiny_filesystem.iterdir()) == []
 
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 
-from click.testing import CliRunner
 
 from convdeploy.cli import main
 from convdeploy.runtime.labelled import folder_accuracy, imagefolder_labels
 from convdeploy.runtime.predictor import Prediction, Predictor
 from tests.runtime.conftest import CLASSES, real_images
+from tests.conftest import cli_runner
 
 
 def _labelled_folder(root, tiny_bundle, sample_photos, *, right: int):
@@ -27,14 +27,14 @@ def _labelled_folder(root, tiny_bundle, sample_photos, *, right: int):
 
 def test_predict_prints_the_accuracy_of_a_labelled_folder(tmp_path, tiny_bundle, sample_photos):
     folder = _labelled_folder(tmp_path / "val", tiny_bundle, sample_photos, right=6)
-    r = CliRunner().invoke(main, ["predict", str(tiny_bundle), str(folder), "--no-progress"])
+    r = cli_runner().invoke(main, ["predict", str(tiny_bundle), str(folder), "--no-progress"])
     assert r.exit_code == 0, r.output
     assert "accuracy: 75.00% top-1" in r.stdout and "on 8 labelled image(s)" in r.stdout
-    r = CliRunner().invoke(main, ["predict", str(tiny_bundle), str(folder), "--no-progress", "--json"])
+    r = cli_runner().invoke(main, ["predict", str(tiny_bundle), str(folder), "--no-progress", "--json"])
     acc = json.loads(r.stdout)["accuracy"]
     assert acc["labelled"] == acc["scored"] == 8 and acc["top1"] == 0.75 and acc["k"] == 5
     # --csv keeps stdout a CSV table; the accuracy goes to stderr
-    r = CliRunner().invoke(main, ["predict", str(tiny_bundle), str(folder), "--no-progress", "--csv"])
+    r = cli_runner().invoke(main, ["predict", str(tiny_bundle), str(folder), "--no-progress", "--csv"])
     assert "accuracy" not in r.stdout and "accuracy: 75.00% top-1" in r.stderr
 
 
@@ -43,7 +43,7 @@ def test_unlabelled_inputs_print_no_accuracy(tmp_path, tiny_bundle, sample_photo
     plain.mkdir()
     for i, img in enumerate(real_images(sample_photos)[:2]):
         img.save(plain / f"{i}.png")
-    r = CliRunner().invoke(main, ["predict", str(tiny_bundle), str(plain), str(sample_photos[0]), "--no-progress"])
+    r = cli_runner().invoke(main, ["predict", str(tiny_bundle), str(plain), str(sample_photos[0]), "--no-progress"])
     assert r.exit_code == 0 and "accuracy" not in r.output
 
 

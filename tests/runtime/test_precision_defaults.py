@@ -8,7 +8,6 @@ import json
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
 from convdeploy.cli import main
 from convdeploy.exporter.export.precision import convert_fp16
@@ -16,6 +15,7 @@ from convdeploy.runtime.bench import add_torch_comparison, bench_bundle
 from convdeploy.runtime.fsutil import atomic_write_json, sha256_file
 from convdeploy.runtime.predictor import Predictor
 from convdeploy.runtime.verify import verify_bundle
+from tests.conftest import cli_runner
 
 
 def _fp16_default(root: Path, *, int8_flavor: str | None, parity: str = "passed") -> Path:
@@ -73,7 +73,7 @@ def test_a_declared_fp32_or_int8_default_is_kept(tiny_bundle):
 
 def test_predict_cli_says_which_artifact_and_why(bundle_copy, sample_photos):
     root = _fp16_default(bundle_copy(), int8_flavor=None)
-    r = CliRunner().invoke(main, ["predict", str(root), str(sample_photos[0]), "--no-progress"])
+    r = cli_runner().invoke(main, ["predict", str(root), str(sample_photos[0]), "--no-progress"])
     assert r.exit_code == 0, r.output
     backend_line = next(line for line in r.stderr.splitlines() if line.startswith("backend:"))
     assert "fp32, model.onnx" in backend_line and "instead of the declared default fp16" in backend_line

@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 
 import pytest
-from click.testing import CliRunner
 
 from convdeploy.cli import main
 from tests.runtime.backends import fake_tensorrt as fake
+from tests.conftest import cli_runner
 
 
 def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    return cli_runner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
 def test_without_tensorrt_build_fails_in_one_line_that_says_what_to_install(bundle_dir, monkeypatch):

@@ -6,6 +6,8 @@ known set of samples, so each figure of the report can be checked by hand.
 
 from __future__ import annotations
 
+import importlib.util
+
 import base64
 import io
 import json
@@ -22,6 +24,10 @@ from convdeploy.runtime.parity.report_document import (REPORT_FORMAT, REPORT_SCH
                                                        with_bench, write_report)
 from convdeploy.runtime.parity.report_html import SECTIONS, render_html
 from convdeploy.runtime.parity.tolerances import tolerances_for
+
+# The page's plots need matplotlib (the workstation extra); a target without it writes report.json only.
+needs_matplotlib = pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None,
+                                      reason="matplotlib is not installed (the [torch] extra): report.html is not drawn")
 
 N = 60
 FLIPPED = (3, 7, 11, 20, 41)  # samples where the artifact answers the source's second choice
@@ -137,6 +143,7 @@ def test_every_flip_is_listed_with_top2_margin_label_path_and_a_thumbnail(docume
         assert png.format == "PNG" and max(png.size) == 64  # 8x8 digits enlarged to be seen
 
 
+@needs_matplotlib
 def test_the_gallery_lists_more_flips_than_the_gates_twenty():
     rng = np.random.default_rng(1)
     ref = rng.standard_normal((300, 10)) * 4
@@ -159,6 +166,7 @@ def test_an_array_sample_becomes_a_scaled_thumbnail():
     assert np.asarray(png).min() == 0 and np.asarray(png).max() == 255
 
 
+@needs_matplotlib
 def test_a_row_without_outputs_reports_its_summary_numbers_only():
     ref = np.eye(4) * 5
     tol = tolerances_for("fp16")
@@ -171,6 +179,7 @@ def test_a_row_without_outputs_reports_its_summary_numbers_only():
     assert "no per-sample outputs recorded" in render_html(doc)
 
 
+@needs_matplotlib
 def test_the_page_has_every_section_and_escapes_what_it_shows(document):
     doc = {**document, "classes": ["<script>alert(1)</script>"] + document["classes"][1:],
            "notes": ["a <b>bold</b> claim"]}
@@ -183,6 +192,7 @@ def test_the_page_has_every_section_and_escapes_what_it_shows(document):
     assert "not measured: run <code>convdeploy bench" in page
 
 
+@needs_matplotlib
 def test_many_classes_draw_only_the_classes_that_matter():
     rng = np.random.default_rng(2)
     labels = rng.integers(0, 120, 400)
@@ -196,6 +206,7 @@ def test_many_classes_draw_only_the_classes_that_matter():
     assert page.count("data:image/png;base64,") == 3
 
 
+@needs_matplotlib
 def test_write_report_writes_both_atomically_and_round_trips(tmp_path, document):
     files = write_report(tmp_path / "r", document)
     assert files.json.name == "report.json" and files.html.name == "report.html" and files.note is None

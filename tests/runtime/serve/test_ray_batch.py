@@ -8,6 +8,7 @@ import pytest
 
 from convdeploy.runtime.predictor import PREDICTION_COLUMNS, Predictor, expand_sources
 from convdeploy.runtime.serve.ray_batch import write_predictions
+from tests.conftest import cli_runner
 
 ray = pytest.importorskip("ray")
 
@@ -59,12 +60,11 @@ def test_ray_predict_equals_local_predict_row_for_row(local_ray, tiny_bundle, im
 
 
 def test_the_cli_runs_predict_on_ray_with_the_csv_columns(local_ray, tiny_bundle, images):
-    from click.testing import CliRunner
-
+    
     from convdeploy.cli import main
 
-    local = CliRunner().invoke(main, ["predict", str(tiny_bundle), str(images), "--csv", "--topk", "2"])
-    on_ray = CliRunner().invoke(main, ["predict", str(tiny_bundle), str(images), "--csv", "--topk", "2", "--ray"])
+    local = cli_runner().invoke(main, ["predict", str(tiny_bundle), str(images), "--csv", "--topk", "2"])
+    on_ray = cli_runner().invoke(main, ["predict", str(tiny_bundle), str(images), "--csv", "--topk", "2", "--ray"])
     assert local.exit_code == on_ray.exit_code == 2  # the broken file, reported in place
     assert on_ray.stdout == local.stdout and on_ray.stdout.startswith(",".join(PREDICTION_COLUMNS))
 

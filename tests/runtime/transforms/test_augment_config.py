@@ -28,6 +28,7 @@ from convdeploy.runtime.transforms.augment_config import (
     with_geometry,
 )
 from convdeploy.runtime.transforms.preprocess import IMAGENET_EVAL, digits_spec
+from tests.conftest import cli_runner
 
 SPECS = [IMAGENET_EVAL, digits_spec(32)]
 
@@ -112,14 +113,13 @@ def test_sizes_and_geometry():
 
 
 def test_augment_list_prints_each_preset(tmp_path):
-    from click.testing import CliRunner
-
+    
     from convdeploy.cli import main
 
-    r = CliRunner().invoke(main, ["train", "lenet5", "--augment", "list"])
+    r = cli_runner().invoke(main, ["train", "lenet5", "--augment", "list"])
     assert r.exit_code == 0, r.output
     for name in PRESETS:
         assert f"  {name}:" in r.stdout
     assert "vflip" in r.stdout
-    r = CliRunner().invoke(main, ["finetune", "resnet18", "--augment", "list", "--json"])
+    r = cli_runner().invoke(main, ["finetune", "resnet18", "--augment", "list", "--json"])
     assert r.exit_code == 0 and set(json.loads(r.stdout)) == {"presets", "magnitudes"}
