@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from pathlib import Path
 from typing import Any, Iterable, TypeVar
 
 from convdeploy.runtime.errors import ConvDeployError, InputError, UsageError
@@ -87,4 +88,17 @@ def read_json_file(path: str | os.PathLike, what: str | None = None, error: type
     return loads_json(text, label, error, hint)
 
 
-__all__ = ["dataclass_from_json", "loads_json", "read_json_file", "refuse_unknown_fields"]
+__all__ = ["dataclass_from_json", "loads_json", "read_json_file", "read_marker", "refuse_unknown_fields"]
+
+
+def read_marker(path: str | os.PathLike, format_name: str) -> dict[str, Any] | None:
+    """The JSON object at ``path`` when its ``format`` is ``format_name``, else None.
+
+    How convdeploy recognises what it wrote (a manifest, a serve or digits marker) before
+    ``--overwrite`` may replace it: an unreadable, foreign or malformed file is simply not ours.
+    """
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None
+    return data if isinstance(data, dict) and data.get("format") == format_name else None

@@ -25,7 +25,6 @@ workers and of their scheduling, and a resumed run sees exactly the same samples
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -36,6 +35,7 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
+from convdeploy.runtime.jsondata import read_marker
 from convdeploy.runtime.errors import InputError, InternalError, UsageError
 from convdeploy.runtime.fsutil import OwnedKind, atomic_directory, atomic_write_json
 from convdeploy.runtime.transforms.imageio import decode_image, is_image_file
@@ -221,12 +221,8 @@ def is_digits_tree(path: str | os.PathLike) -> bool:
     holds nothing that rewriting it would not give back.
     """
     root = Path(path)
-    try:
-        marker = json.loads((root / DIGITS_MARKER_FILE).read_text(encoding="utf-8"))
-        if isinstance(marker, dict) and marker.get("format") == DIGITS_MARKER_FORMAT:
-            return True
-    except (OSError, ValueError, RecursionError):
-        pass
+    if read_marker(root / DIGITS_MARKER_FILE, DIGITS_MARKER_FORMAT) is not None:
+        return True
     try:
         if not root.is_dir() or {p.name for p in root.iterdir()} != {"train", "val"}:
             return False

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -86,6 +85,7 @@ from convdeploy.runtime.bundle.contract import (
 )
 from convdeploy.runtime.build.preflight import preflight
 from convdeploy.runtime.bundle.reader import Bundle
+from convdeploy.runtime.jsondata import read_marker
 from convdeploy.runtime.errors import BundleError, InputError, InternalError, UsageError
 from convdeploy.runtime.fsutil import (atomic_directory, atomic_write_json, check_replaceable, remove_owned_directory,
                                        scratch_directory)
@@ -732,12 +732,8 @@ def _commit(work: Path, plan: ExportPlan, status: str) -> Path:
 
 def _remove_stale_failed(failed_dir: Path) -> bool:
     """Remove ``<out>.failed`` left by an earlier failed export (only if it is ours)."""
-    try:
-        manifest = json.loads((failed_dir / MANIFEST_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
-        return False
-    if isinstance(manifest, dict) and manifest.get("format") == MANIFEST_FORMAT \
-            and (manifest.get("parity") or {}).get("status") == "failed":
+    manifest = read_marker(failed_dir / MANIFEST_FILE, MANIFEST_FORMAT)
+    if manifest is not None and (manifest.get("parity") or {}).get("status") == "failed":
         return remove_owned_directory(failed_dir, BUNDLE_KIND)
     return False
 

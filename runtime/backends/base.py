@@ -85,6 +85,22 @@ def run_batched(backend: "Backend", inputs: np.ndarray, batch_size: int) -> np.n
     return np.concatenate(outputs)
 
 
+class TensorSpecs:
+    """The ``inputs`` and ``outputs`` of the Backend protocol, for a backend that reads its
+    tensor specs once, at load time, into ``_inputs`` and ``_outputs``."""
+
+    _inputs: list[TensorSpec]
+    _outputs: list[TensorSpec]
+
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        return list(self._inputs)
+
+    @property
+    def outputs(self) -> list[TensorSpec]:
+        return list(self._outputs)
+
+
 @runtime_checkable
 class Backend(Protocol):
     """What the Predictor, verify and bench need from an inference engine."""

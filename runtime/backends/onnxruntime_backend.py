@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from convdeploy.runtime.backends.base import BackendInfo, TensorSpec, conform_batch
+from convdeploy.runtime.backends.base import BackendInfo, TensorSpec, TensorSpecs, conform_batch
 from convdeploy.runtime.limits import check_thread_count
 from convdeploy.runtime.errors import BackendUnavailableError, BundleError, UsageError
 from convdeploy.runtime.fsutil import sha256_file
@@ -228,7 +228,7 @@ def tensorrt_provider_options(
     return opts, notes
 
 
-class OnnxRuntimeBackend:
+class OnnxRuntimeBackend(TensorSpecs):
     """Run an ONNX model through onnxruntime.
 
     ``providers``: wanted execution providers, best first (default: CPU only). The ones
@@ -392,13 +392,6 @@ class OnnxRuntimeBackend:
         return opts
 
     # -- protocol ---------------------------------------------------------------------
-    @property
-    def inputs(self) -> list[TensorSpec]:
-        return list(self._inputs)
-
-    @property
-    def outputs(self) -> list[TensorSpec]:
-        return list(self._outputs)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """Run one batch and return the first output as float32 (N x K)."""

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from convdeploy.runtime.backends.base import BackendInfo, TensorSpec, conform_batch
+from convdeploy.runtime.backends.base import BackendInfo, TensorSpec, TensorSpecs, conform_batch
 from convdeploy.runtime.limits import check_thread_count
 from convdeploy.runtime.errors import BackendUnavailableError, BundleError, UsageError
 
@@ -33,7 +33,7 @@ def import_openvino() -> Any:
     return openvino
 
 
-class OpenVINOBackend:
+class OpenVINOBackend(TensorSpecs):
     """Compile an ONNX model with OpenVINO and run batches on ``device`` (``CPU``, ``GPU``, ``AUTO``).
 
     ``performance_hint``: ``LATENCY`` (one stream, for batch-1 serving) or ``THROUGHPUT``.
@@ -114,13 +114,6 @@ class OpenVINOBackend:
             self._pool.put(self.compiled.create_infer_request())
         self._closed = False
 
-    @property
-    def inputs(self) -> list[TensorSpec]:
-        return list(self._inputs)
-
-    @property
-    def outputs(self) -> list[TensorSpec]:
-        return list(self._outputs)
 
     @property
     def precision(self) -> str:

@@ -48,7 +48,7 @@ from typing import Any, Mapping
 
 from convdeploy.runtime.errors import BundleError, ConvDeployError, EngineMismatchError, InternalError
 from convdeploy.runtime.fsutil import OwnedKind, atomic_write_json, sha256_file
-from convdeploy.runtime.jsondata import read_json_file, refuse_unknown_fields
+from convdeploy.runtime.jsondata import read_json_file, read_marker, refuse_unknown_fields
 
 MANIFEST_FORMAT = "convdeploy-bundle"
 MANIFEST_SCHEMA_VERSION = 1
@@ -154,12 +154,17 @@ def seal_manifest(manifest: Mapping[str, Any], directory: str | os.PathLike) -> 
     sealed = dict(manifest)
     sealed["files"] = {f.name: sha256_file(f) for f in sorted(root.iterdir())
                        if f.is_file() and f.name != MANIFEST_FILE}
+    return _write_manifest(root, sealed, "the exporter produced an invalid manifest")
+
+
+def _write_manifest(root: Path, manifest: dict[str, Any], what_broke: str) -> dict[str, Any]:
+    """Validate ``manifest`` and write it atomically; one that fails is a bug of its writer."""
     try:
-        validate_manifest(sealed)
+        validate_manifest(manifest)
     except BundleError as exc:
-        raise InternalError(f"the exporter produced an invalid manifest ({exc})") from exc
-    atomic_write_json(root / MANIFEST_FILE, sealed)
-    return sealed
+        raise InternalError(f"{what_broke} ({exc})") from exc
+    atomic_write_json(root / MANIFEST_FILE, manifest)
+    return manifest
 
 
 def onnx_metadata(manifest: Mapping[str, Any], precision: str) -> dict[str, str]:
@@ -250,11 +255,7 @@ def validate_manifest(manifest: Any) -> dict[str, Any]:
 
 def is_bundle_dir(path: str | os.PathLike) -> bool:
     """Whether ``path`` holds a manifest this contract wrote (read, not validated)."""
-    try:
-        manifest = json.loads((Path(path) / MANIFEST_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
-        return False
-    return isinstance(manifest, dict) and manifest.get("format") == MANIFEST_FORMAT
+    return read_marker(Path(path) / MANIFEST_FILE, MANIFEST_FORMAT) is not None
 
 
 # What ``--overwrite`` may replace at an export's --out (and at ``<out>.failed``): a bundle.
@@ -339,9 +340,4 @@ def record_engine(bundle_root: str | os.PathLike, engine_file: str, sidecar: Map
     entry = {k: sidecar.get(k) for k in ENGINE_RECORD_KEYS if k != "sidecar"}
     entry["sidecar"] = str(Path(engine_file).with_suffix(SIDECAR_SUFFIX).as_posix())
     manifest.setdefault("engines", {})[engine_file] = entry
-    try:
-        validate_manifest(manifest)
-    except BundleError as exc:
-        raise InternalError(f"recording engine {engine_file} made the manifest invalid ({exc})") from exc
-    atomic_write_json(root / MANIFEST_FILE, manifest)
-    return manifest
+    return _write_manifest(root, manifest, f"recording engine {engine_file} made the manifest invalid")

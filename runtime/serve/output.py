@@ -8,12 +8,12 @@ user's folder.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from pathlib import Path
 from typing import Any, Iterator
 
 from convdeploy.runtime.fsutil import OwnedKind, atomic_directory, atomic_write_json
+from convdeploy.runtime.jsondata import read_marker
 
 MARKER_FILE = ".convdeploy-serve.json"
 MARKER_FORMAT = "convdeploy-serve"
@@ -21,11 +21,7 @@ MARKER_FORMAT = "convdeploy-serve"
 
 def written_by_convdeploy(path: str | os.PathLike) -> bool:
     """Whether ``path`` is a directory that ``convdeploy serve`` wrote (its marker is there)."""
-    try:
-        marker = json.loads((Path(path) / MARKER_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
-        return False
-    return isinstance(marker, dict) and marker.get("format") == MARKER_FORMAT
+    return read_marker(Path(path) / MARKER_FILE, MARKER_FORMAT) is not None
 
 
 SERVE_KIND = OwnedKind("serve output", written_by_convdeploy)
