@@ -86,6 +86,24 @@ def _ort_run(model: Path, x: np.ndarray) -> np.ndarray:
     return sess.run(None, {"input": x})[0]
 
 
+def quantize_s8s8(src: Path, dst: Path, sample_photos: list[Path], **extra_options: Any) -> int:
+    """S8S8 Q/DQ INT8 of the test classifier, calibrated on the real photos; returns the sample count."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    calib = np.stack([preprocess(im, SPEC) for im in real_images(sample_photos)])
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.it = iter([{"input": calib[i:i + 1]} for i in range(len(calib))])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.it, None)
+
+    quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8,
+                    weight_type=QuantType.QInt8, extra_options=extra_options)
+    return len(calib)
+
+
 def write_bundle(root: Path, sample_photos: list[Path], *, tta: TTASpec | None = None, seed: int = 0,
                  int8: bool = False, name: str = "tiny-cnn", golden: bool = True) -> Path:
     """Write a complete, valid bundle directory at ``root`` and return it."""
@@ -94,20 +112,8 @@ def write_bundle(root: Path, sample_photos: list[Path], *, tta: TTASpec | None =
     model = build_classifier_onnx(root / "model.onnx", seed=seed)
     artifacts: dict[str, Any] = {"fp32": {"file": "model.onnx"}}
     if int8:
-        from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-
-        calib = np.stack([preprocess(im, SPEC) for im in real_images(sample_photos)])
-
-        class Reader(CalibrationDataReader):
-            def __init__(self) -> None:
-                self.it = iter([{"input": calib[i:i + 1]} for i in range(len(calib))])
-
-            def get_next(self) -> dict[str, np.ndarray] | None:
-                return next(self.it, None)
-
-        quantize_static(str(model), str(root / "model.int8.onnx"), Reader(), quant_format=QuantFormat.QDQ,
-                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
-        artifacts["int8"] = {"file": "model.int8.onnx", "calibration": {"source": "real", "samples": len(calib)}}
+        samples = quantize_s8s8(model, root / "model.int8.onnx", sample_photos)
+        artifacts["int8"] = {"file": "model.int8.onnx", "calibration": {"source": "real", "samples": samples}}
     images = real_images(sample_photos)
     manifest: dict[str, Any] = {
         "format": MANIFEST_FORMAT,

@@ -6,32 +6,17 @@ import json
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from convdeploy.runtime.fsutil import atomic_write_json, sha256_file
-from tests.runtime.conftest import SPEC, real_images
+from tests.runtime.conftest import quantize_s8s8
 
 
 def requantize_for_tensorrt(root: Path, sample_photos: list[Path]) -> None:
     """Rewrite ``model.int8.onnx`` as TensorRT needs it: S8S8 Q/DQ with float biases
     (onnxruntime's default QuantizeBias=True writes INT32 biases TensorRT cannot parse)."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-
-    from convdeploy.runtime.transforms.preprocess import preprocess
-
-    calib = np.stack([preprocess(im, SPEC) for im in real_images(sample_photos)])
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.it = iter([{"input": calib[i:i + 1]} for i in range(len(calib))])
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            return next(self.it, None)
-
-    quantize_static(str(root / "model.onnx"), str(root / "model.int8.onnx"), Reader(), quant_format=QuantFormat.QDQ,
-                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                    extra_options={"QuantizeBias": False})
+    # onnxruntime's default QuantizeBias=True writes INT32 biases TensorRT cannot parse.
+    quantize_s8s8(root / "model.onnx", root / "model.int8.onnx", sample_photos, QuantizeBias=False)
     manifest = json.loads((root / "manifest.json").read_text())
     manifest["files"]["model.int8.onnx"] = sha256_file(root / "model.int8.onnx")
     atomic_write_json(root / "manifest.json", manifest)

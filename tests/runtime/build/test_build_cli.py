@@ -19,7 +19,7 @@ def test_without_tensorrt_build_fails_in_one_line_that_says_what_to_install(bund
     import sys
 
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # whatever this machine has: no TensorRT
-    r = run("build", bundle_dir, "--profile", "jetson-orin")
+    r = run("build", bundle_dir, "--profile", "jetson-agx-orin")
     assert r.exit_code == 2, r.output
     errors = [line for line in r.stderr.splitlines() if line.strip()]
     assert len(errors) == 1 and errors[0].startswith("error: convdeploy build needs TensorRT"), r.stderr
@@ -32,7 +32,7 @@ def test_dry_run_prints_the_trtexec_command_of_the_profile(bundle_dir):
     command = [line for line in r.stdout.splitlines() if line.startswith("trtexec ")]
     assert len(command) == 1 and "--useDLACore=0 --allowGPUFallback" in command[0] and "--fp16" in command[0]
     assert "pre-flight" in r.stdout
-    r = run("build", bundle_dir, "--profile", "jetson-orin", "--precision", "int8", "--dry-run", "--json")
+    r = run("build", bundle_dir, "--profile", "jetson-agx-orin", "--precision", "int8", "--dry-run", "--json")
     assert json.loads(r.stdout)["results"][0]["command"].startswith("trtexec ")
 
 

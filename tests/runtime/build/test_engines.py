@@ -130,7 +130,7 @@ def test_the_timing_cache_is_reused_by_the_next_build(bundle_dir, monkeypatch):
 
 
 def test_dry_run_needs_no_tensorrt_and_touches_nothing(bundle_dir):
-    outcome = build_engines(bundle_dir, "jetson-orin", ["fp16", "int8"], dry_run=True)
+    outcome = build_engines(bundle_dir, "jetson-agx-orin", ["fp16", "int8"], dry_run=True)
     assert [r.status for r in outcome.results] == ["dry-run", "dry-run"]
     assert all(r.command.startswith("trtexec --onnx=") for r in outcome.results)
     assert not (bundle_dir / "engines").exists()

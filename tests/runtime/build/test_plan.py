@@ -65,7 +65,7 @@ def test_dla_builds_fp16_with_gpu_fallback_and_static_shapes_and_refuses_int8(bu
         make_plan(bundle, xavier, "int8", "8.5.2")
     fp32 = make_plan(bundle, xavier, "fp32", "8.5.2")
     assert fp32.dla_core is None and "runs on the GPU" in fp32.notes[0]
-    orin = dataclasses.replace(load_profile("jetson-orin"), dla_core=1)
+    orin = dataclasses.replace(load_profile("jetson-agx-orin"), dla_core=1)
     assert make_plan(bundle, orin, "fp16", "10.3.0").typing == "weak"  # DLA on 10.x: weak typing + FP16
 
 
