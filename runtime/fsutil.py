@@ -36,12 +36,11 @@ from typing import Any, Callable, Iterator, List, Optional, Tuple
 
 from convdeploy.runtime.errors import BundleError, InputError, InternalError
 from convdeploy.runtime.interrupts import deferred_interrupts
+from convdeploy.runtime.oserrors import WRITE_ERRNOS, hint_for
 
 TEMP_TAG = "convdeploy"
 _TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.convdeploy-(?P<pid>\d+)-[0-9a-f]{8}\.(?:partial|tmp)$")
 _OLD_NAME = re.compile(r"^\.(?P<name>.+)\.old-(?P<pid>\d+)$")
-# errno values that can only come from writing: a full disk or quota, a read-only file system, a too large file.
-WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG})
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -53,12 +52,19 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 
 def output_error(target: str | os.PathLike, exc: OSError) -> InputError:
-    """One line for an OS error while writing ``target`` (disk full, read-only, permission)."""
+    """One line for an OS error while writing ``target`` (disk full, read-only, permission).
+
+    A file inside a temporary sibling (``.OUT.convdeploy-PID-HEX.partial/model.onnx``) is
+    said as the output it was building (``OUT``): the name the user gave.
+    """
+    path = Path(target)
+    for i, part in enumerate(path.parts):
+        match = _TEMP_NAME.match(part)
+        if match:
+            path = Path(*path.parts[:i], match.group("name"))
+            break
     reason = exc.strerror or type(exc).__name__
-    hint = {errno.ENOSPC: "free some space or choose another --out", errno.EDQUOT: "free some space (quota)",
-            errno.EROFS: "choose a writable --out", errno.EACCES: "choose a writable --out",
-            errno.EPERM: "choose a writable --out"}.get(exc.errno, "choose another --out")
-    return InputError(f"cannot write {target}: {reason}", hint)
+    return InputError(f"cannot write {path}: {reason}", hint_for(exc) or "write somewhere else")
 
 
 def temp_name(target: Path, suffix: str) -> Path:

@@ -44,6 +44,11 @@ if hasattr(errno, "EDQUOT"):
     _HINTS[errno.EDQUOT] = "the disk quota is exhausted: free some space or write somewhere else"
 
 
+def hint_for(exc: OSError) -> str | None:
+    """What to do about ``exc`` (by its errno), or None when there is nothing general to say."""
+    return _HINTS.get(exc.errno) if exc.errno is not None else None
+
+
 def is_environment_error(exc: BaseException) -> bool:
     """Whether ``exc`` is an OSError caused by the machine or the files, not by a bug."""
     return isinstance(exc, OSError) and exc.errno in ENVIRONMENT_ERRNOS
@@ -65,7 +70,7 @@ def describe_os_error(exc: OSError, action: str = "access") -> tuple[str, str | 
             message = f"{printable(target)} -> {printable(str(exc.filename2))}: {reason}"
     else:
         message = f"cannot {action}: {reason}"
-    return message, _HINTS.get(exc.errno) if exc.errno is not None else None
+    return message, hint_for(exc)
 
 
 def printable(text: str) -> str:

@@ -68,7 +68,9 @@ def test_an_old_profile_name_works_with_a_one_line_notice():
     proc = subprocess.run([sys.executable, "-c", "from convdeploy.cli import main; main()", "profiles", "server-gpu",
                            "--json"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and json.loads(proc.stdout)["name"] == "server-a100"
-    assert proc.stderr == "warning: profile 'server-gpu' is now 'server-a100'; the old name goes in the next release\n"
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        "warning: profile 'server-gpu' is now 'server-a100'; the old name goes in the next release"), proc.stderr
 
 
 def test_user_error_is_one_line_with_exit_2(cli):

@@ -26,7 +26,9 @@ from convdeploy.runtime.oserrors import why_unreadable
 from convdeploy.runtime.transforms.preprocess import PreprocessSpec
 from convdeploy.runtime.transforms.tta import TTASpec
 
-LOAD_ATTEMPTS = 5
+# A reader retries when an export replaced the bundle while it read; 20 covers a writer that
+# replaces it back to back (the sleeps between tries add up to 4 s), and is never reached otherwise.
+LOAD_ATTEMPTS = 20
 
 
 @dataclass

@@ -160,7 +160,7 @@ def test_an_injected_enospc_gives_one_line_and_leaves_nothing(tmp_path, monkeypa
     with pytest.raises(InputError, match="cannot write .*No space left on device") as exc:
         with atomic_directory(target, overwrite=True, kind=MARKED) as tmp:
             atomic_write_bytes(tmp / "ours.txt", b"new")
-    assert exc.value.exit_code == 2 and "free some space" in str(exc.value)
+    assert exc.value.exit_code == 2 and "free some disk space" in str(exc.value)
     assert (target / "ours.txt").read_text() == "previous"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
