@@ -13,9 +13,10 @@ as extra outputs, on the failing samples, and compares them layer by layer:
   output. Where the names carry no module path (the dynamo exporter, a renamed graph),
   convolutions and linear layers are matched by their order and shapes instead, and the
   explanation says so.
-- **Measure.** Per layer: the relative error ``||cand - ref|| / ||ref||`` per sample
-  (mean over the samples), so that error growth along the depth is visible whatever the
-  layer's magnitude; plus :func:`runtime.parity.metrics.compare_outputs`' ``max_rel_err``
+- **Measure.** Per layer: the relative error ``||cand - ref|| / ||ref||`` per sample and
+  channel (:func:`relative_error`, mean over them), so that error growth along the depth
+  is visible whatever the layer's magnitude, and one large channel cannot hide the
+  others; plus :func:`runtime.parity.metrics.compare_outputs`' ``max_rel_err``
   (max |diff| over the sample's max |ref|) and cosine similarity, the gate's own metrics.
 - **Blame.** A layer's *contribution* is its error minus the largest error of the layers
   that feed it; the first layer whose error passes the precision's threshold
@@ -86,7 +87,7 @@ class LayerDivergence:
     """How far one layer's output is from the reference's on the compared samples."""
 
     layer: Layer
-    rel_err: float  # mean over samples of ||cand - ref|| / ||ref||
+    rel_err: float  # relative_error: mean over samples and channels of ||cand - ref|| / ||ref||
     max_rel_err: float  # runtime.parity.metrics: max over samples of max|diff| / max|ref|
     min_cosine: float
     contribution: float  # rel_err minus the largest rel_err of the layers feeding it
@@ -268,12 +269,34 @@ def _layer_inputs(graph: Any, layers: Mapping[str, Layer]) -> dict[str, list[str
     return result
 
 
+def relative_error(ref: np.ndarray, cand: np.ndarray) -> float:
+    """The mean relative L2 error of ``cand`` against ``ref`` (N x ...): per sample, and for
+    feature maps (N x C x ...) per channel, so that a channel with large values cannot hide
+    the error of the others (a per-tensor INT8 range set by one outlier channel zeroes the
+    rest while the tensor's overall norm barely moves). Channels that are all but silent
+    in the reference (norm below 1e-3 of the sample's largest) are left out."""
+    r = ref.astype(np.float64)
+    c = cand.astype(np.float64)
+    if r.ndim >= 3:
+        r = r.reshape(r.shape[0], r.shape[1], -1)
+        c = c.reshape(c.shape[0], c.shape[1], -1)
+    else:
+        r = r.reshape(r.shape[0], 1, -1)
+        c = c.reshape(c.shape[0], 1, -1)
+    norms = np.linalg.norm(r, axis=2)
+    diffs = np.linalg.norm(c - r, axis=2)
+    live = norms > 1e-3 * np.maximum(norms.max(axis=1, keepdims=True), 1e-30)
+    per_sample = np.where(live, diffs / np.maximum(norms, 1e-30), 0.0).sum(axis=1) / np.maximum(live.sum(axis=1), 1)
+    silent = ~live.any(axis=1)  # an all-zero reference: any output at all is the error
+    per_sample = np.where(silent, (diffs.sum(axis=1) > 0).astype(np.float64), per_sample)
+    return float(per_sample.mean())
+
+
 def _relative_errors(ref: np.ndarray, cand: np.ndarray) -> tuple[float, float, float]:
-    """(mean relative L2 error, max_rel_err, min cosine) of two N x ... arrays."""
+    """(:func:`relative_error`, max_rel_err, min cosine) of two N x ... arrays."""
+    rel = relative_error(ref, cand)
     r = ref.reshape(len(ref), -1).astype(np.float64)
     c = cand.reshape(len(cand), -1).astype(np.float64)
-    norms = np.maximum(np.linalg.norm(r, axis=1), 1e-12)
-    rel = float((np.linalg.norm(c - r, axis=1) / norms).mean())
     if r.shape[1] < 2:  # compare_outputs needs two "classes"; a scalar per sample has no cosine to speak of
         return rel, rel, 1.0
     metrics = compare_outputs(r, c, near_tie=0.0, max_flips_listed=0)
@@ -644,5 +667,7 @@ def explain_report(
 
 
 __all__ = ["DEFAULT_EXPLAIN_SAMPLES", "DEFAULT_TOP_K", "DIVERGENCE_THRESHOLDS", "INPUT_MODULE", "Explanation",
-           "Layer", "LayerDivergence", "LayerMap", "ModuleCall", "compare_layer_tensors", "explain_divergence", "explain_report",
-           "hooked_forward", "map_layers", "observed_tensor", "onnx_intermediates", "select_samples"]
+           "Layer", "LayerDivergence", "LayerMap", "ModuleCall", "compare_layer_tensors", "explain_divergence",
+           "explain_report",
+           "hooked_forward", "map_layers", "observed_tensor", "onnx_intermediates", "relative_error",
+           "select_samples"]
