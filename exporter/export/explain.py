@@ -334,6 +334,7 @@ class ModuleCall:
     input_id: int | None
     output_id: int
     changed: bool  # the output differs from the input (False for Identity, Dropout in eval)
+    weight_shape: tuple[int, ...] | None = None
 
     @property
     def key(self) -> str:
@@ -378,7 +379,7 @@ def hooked_forward(model: Any, inputs: np.ndarray) -> tuple[list[ModuleCall], np
             calls.append(ModuleCall(path=path, call=n, kind=type(module).__name__,
                                     output=output.detach().float().cpu().numpy().copy(),
                                     input_id=None if first is None else id(first), output_id=id(output),
-                                    changed=bool(changed)))
+                                    changed=bool(changed), weight_shape=_weight_shape(module)))
         return hook
 
     named = [(name, m) for name, m in model.named_modules() if name]
@@ -393,6 +394,36 @@ def hooked_forward(model: Any, inputs: np.ndarray) -> tuple[list[ModuleCall], np
         for h in handles:
             h.remove()
     return calls, logits
+
+
+def _weight_shape(module: Any) -> tuple[int, ...] | None:
+    weight = getattr(module, "weight", None)
+    return tuple(int(d) for d in weight.shape) if hasattr(weight, "shape") else None
+
+
+ORDER_LOOKAHEAD = 4  # torch calls a branch (a ResNet downsample) later than the graph lists it
+
+
+def _order_pairs(graph: Any, calls: Sequence[ModuleCall]) -> list[tuple[Any, ModuleCall]]:
+    """Pair the graph's convolutions and linear layers with the modules' calls in order,
+    each with the first unused call a few places ahead whose weight has the same shape."""
+    shapes = {t.name: tuple(int(d) for d in t.dims) for t in graph.initializer}
+    weighted = [c for c in calls if c.kind in WEIGHTED_MODULES]
+    used: set[int] = set()
+    pairs = []
+    start = 0
+    for node in (n for n in graph.node if n.op_type in WEIGHTED_OPS):
+        shape = shapes.get(node.input[1]) if len(node.input) > 1 else None
+        window = [i for i in range(start, len(weighted)) if i not in used][:ORDER_LOOKAHEAD]
+        match = next((i for i in window if shape is not None and weighted[i].weight_shape is not None
+                      and (weighted[i].weight_shape == shape or weighted[i].weight_shape == shape[::-1])), None)
+        if match is None:
+            continue
+        used.add(match)
+        pairs.append((node, weighted[match]))
+        while start in used:
+            start += 1
+    return pairs
 
 
 _CALL_SUFFIX = re.compile(r"^(.+)_(\d+)$")
@@ -515,11 +546,9 @@ def map_layers(graph: Any, model: Any, calls: Sequence[ModuleCall], input_name: 
             matched_calls.add((path, call))
     else:
         matching = "layer order and shapes"
-        # Pair convolutions and linear layers in order; compare_layer_tensors drops a
-        # pair whose shapes disagree.
-        weighted = [c for c in calls if c.kind in WEIGHTED_MODULES]
-        nodes = [n for n in graph.node if n.op_type in WEIGHTED_OPS]
-        for node, torch_call in zip(nodes, weighted):
+        # Convolutions and linear layers paired in order by their weights' shapes;
+        # compare_layer_tensors drops a pair whose outputs' shapes disagree.
+        for node, torch_call in _order_pairs(graph, calls):
             source, folded = _follow_folds(torch_call, calls, lambda c: c.kind.startswith("BatchNorm"))
             layers[node.output[0]] = Layer(tensor=node.output[0], node=node.name, op=node.op_type,
                                            module=torch_call.key, folded=tuple(folded), index=index[node.name])

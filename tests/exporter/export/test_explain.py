@@ -88,6 +88,28 @@ def test_a_perturbed_weight_is_located_at_its_layer(arch, node, module, lenet, t
         assert first.layer.folded == ("layer2.1.bn1",)  # the BatchNorm folded into the convolution
 
 
+@pytest.mark.slow  # the dynamo exporter takes 5-10x longer than TorchScript
+def test_without_module_scopes_layers_are_matched_by_order_and_weights(tmp_path):
+    """The dynamo exporter names nodes node_Conv_311: no module path. Convolutions are
+    paired with modules by order and weight shape; a ResNet's downsample branch, which
+    the graph lists before the block's second convolution, still lands on its module."""
+    torch.manual_seed(0)
+    model = create_model("resnet18_small").eval()
+    spec = get_entry("resnet18_small").preprocess
+    fp32 = tmp_path / "model.onnx"
+    export_onnx(model, fp32, input_shape=spec.input_shape, exporter="dynamo", opset=18)
+    graph = onnx.load(str(fp32)).graph
+    dims = {t.name: tuple(t.dims) for t in graph.initializer}
+    downsample = next(n for n in graph.node if n.op_type == "Conv" and dims[n.input[1]] == (128, 64, 1, 1))
+    x = _digits(spec, n=16)
+
+    clean = explain_divergence(model, fp32, "fp32", x)
+    assert clean.matching == "layer order and shapes" and clean.first_divergent is None
+    broken = _scale_initializer(fp32, tmp_path / "broken.onnx", downsample.input[1], 1.2)
+    first = explain_divergence(model, broken, "fp32", x).first_divergent
+    assert first.layer.module == "layer2.0.downsample.0" and first.layer.node == downsample.name
+
+
 def test_a_wrong_normalisation_shows_at_the_input(lenet, tmp_path):
     fp32 = tmp_path / "model.onnx"
     export_onnx(lenet.model, fp32, input_shape=lenet.preprocess.input_shape, exporter="torchscript")
