@@ -7,17 +7,16 @@ them and keeps them in float:
 
 1. Quantize everything (:func:`exporter.export.precision.quantize_int8`) and gate it;
    if it passes, nothing else happens.
-2. Rank the quantized layers by sensitivity (:func:`rank_layers`): on the calibration
-   images, the FP32 graph and the INT8 graph (each tensor read after its Q/DQ pair) are
-   compared layer by layer with the ``--explain`` machinery
-   (:func:`exporter.export.explain.compare_layer_tensors`); a layer's sensitivity is the
-   relative error it adds over the layers that feed it.
-3. Keep the top 1, 2, 4, ... layers in float (onnxruntime ``quantize_static``'s
-   ``nodes_to_exclude``), re-quantizing and re-gating each graph, until one passes; then
-   bisect between the last failing and the first passing count. The result is the
-   passing graph with the fewest float layers along that ranking (the gate is not
-   guaranteed to be monotonic in the count, so "fewest" is along the ranking, not over
-   every subset).
+2. Rank the quantized activations by sensitivity (:func:`rank_layers`): on calibration
+   images, the logit error each causes when its Q/DQ pair is the only one left active
+   (a graph surgery of the INT8 graph: no re-calibration). Each comes with its group:
+   the node producing it and the quantized nodes reading it (:func:`float_group`).
+3. Keep the groups of the top 1, 2, 4, ... activations in float (onnxruntime
+   ``quantize_static``'s ``nodes_to_exclude``), re-quantizing and re-gating each graph,
+   until one passes; then bisect between the last failing and the first passing count.
+   The result is the passing graph with the fewest float layers along that ranking (the
+   gate is not guaranteed to be monotonic in the count, so "fewest" is along the
+   ranking, not over every subset).
 4. Measure what it costs: the mixed graph against full INT8 and FP32 on onnxruntime's
    CPU provider (the same machine, interleaved rounds).
 
@@ -40,12 +39,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import onnx
 
-from convdeploy.exporter.export.explain import (
-    Layer,
-    compare_layer_tensors,
-    observed_tensor,
-    onnx_intermediates,
-)
+from convdeploy.exporter.export.explain import relative_error
 from convdeploy.exporter.export.precision import quantize_int8
 from convdeploy.runtime.errors import UsageError
 
@@ -72,17 +66,17 @@ def validate_fallback_mode(mode: str) -> str:
 # --------------------------------------------------------------------------- sensitivity
 @dataclass(frozen=True)
 class LayerSensitivity:
-    """One quantized node and the error quantization adds at it."""
+    """One quantized activation, the error it causes alone, and the nodes that keep it float."""
 
-    node: str
+    tensor: str  # the activation whose Q/DQ pair is measured
+    node: str  # the node that produces it (the graph input's name for the input)
     op: str
-    added_error: float  # relative L2 error added over the layers feeding it
-    error: float  # relative L2 error of its output against the FP32 graph
-    group: tuple[str, ...] = ()  # the nodes kept in float with it: itself and the readers of its output
+    error: float  # relative L2 error of the logits with only this activation quantized
+    group: tuple[str, ...] = ()  # the nodes kept in float for it: its producer and its quantized readers
 
     def to_dict(self) -> dict[str, Any]:
-        return {"node": self.node, "op": self.op, "added_error": round(self.added_error, 6),
-                "error": round(self.error, 6), "group": list(self.group)}
+        return {"tensor": self.tensor, "node": self.node, "op": self.op, "error": round(self.error, 6),
+                "group": list(self.group)}
 
 
 def quantized_nodes(graph: Any) -> list[Any]:
@@ -91,24 +85,26 @@ def quantized_nodes(graph: Any) -> list[Any]:
     return [n for n in graph.node if n.op_type not in QDQ_OPS and any(i in dq_outputs for i in n.input)]
 
 
-def float_group(graph: Any, node: Any) -> list[str]:
-    """``node`` and the quantized nodes that read its output (through Q/DQ pairs and
-    :data:`PASS_THROUGH_OPS`): keeping all of them in float removes the Q/DQ of that
-    output, which a node excluded alone would keep for its quantized readers."""
+def float_group(graph: Any, tensor: str) -> list[str]:
+    """The quantized nodes to keep in float so that ``tensor`` loses its Q/DQ pair: its
+    producer and every quantized node that reads it (through Q/DQ pairs and
+    :data:`PASS_THROUGH_OPS`, which carry its range on unchanged). A node excluded alone
+    would keep the pair for its quantized readers."""
     quantized = {n.name for n in quantized_nodes(graph)}
+    producers = {o: n for n in graph.node for o in n.output}
     readers: dict[str, list[Any]] = {}
     for n in graph.node:
         for name in n.input:
             readers.setdefault(name, []).append(n)
-    group = [node.name]
-    stack = list(node.output)
-    seen: set[str] = set()
+    producer = producers.get(tensor)
+    group = [producer.name] if producer is not None and producer.name in quantized else []
+    stack, seen = [tensor], set()
     while stack:
-        tensor = stack.pop()
-        if tensor in seen:
+        current = stack.pop()
+        if current in seen:
             continue
-        seen.add(tensor)
-        for reader in readers.get(tensor, []):
+        seen.add(current)
+        for reader in readers.get(current, []):
             if reader.op_type in QDQ_OPS:
                 stack.extend(reader.output)
                 continue
@@ -119,35 +115,108 @@ def float_group(graph: Any, node: Any) -> list[str]:
     return group
 
 
-def rank_layers(fp32_path: str | os.PathLike, int8_path: str | os.PathLike,
-                inputs: np.ndarray) -> list[LayerSensitivity]:
-    """Quantized nodes of ``int8_path`` ranked by the error they add on ``inputs``, largest first."""
-    int8 = onnx.load(str(int8_path))
-    graph = int8.graph
-    input_name = graph.input[0].name
-    layers = [Layer(tensor=input_name, node=input_name, op="input", module="<input>", index=0)]
-    position = {n.name: i + 1 for i, n in enumerate(graph.node)}
-    candidates = quantized_nodes(graph)
-    for node in candidates:
-        layers.append(Layer(tensor=node.output[0], node=node.name, op=node.op_type, module=node.name,
-                            index=position[node.name]))
-    tensors = [lay.tensor for lay in layers]
-    reference = onnx_intermediates(fp32_path, inputs, tensors)
-    observed = {t: observed_tensor(graph, t) for t in tensors}
-    values = onnx_intermediates(int8, inputs, list(observed.values()))
-    candidate = {t: values[o] for t, o in observed.items() if o in values}
-    measured = compare_layer_tensors(graph, layers, reference, candidate)
-    nodes = {n.name: n for n in candidates}
-    ranked = [LayerSensitivity(node=d.layer.node, op=d.layer.op, added_error=d.contribution, error=d.rel_err,
-                               group=tuple(float_group(graph, nodes[d.layer.node])))
-              for d in measured if d.layer.op != "input"]
-    # A node whose output the FP32 graph does not have (renamed by the quantizer's
-    # pre-processing) cannot be measured; it goes last, in graph order.
-    seen = {r.node for r in ranked}
-    unmeasured = [LayerSensitivity(node=n.name, op=n.op_type, added_error=0.0, error=0.0,
-                                   group=tuple(float_group(graph, n)))
-                  for n in candidates if n.name not in seen]
-    return sorted(ranked, key=lambda r: r.added_error, reverse=True) + unmeasured
+def activation_pairs(graph: Any) -> list[tuple[str, Any, list[Any]]]:
+    """Each quantized activation: (tensor, its QuantizeLinear, the DequantizeLinear nodes reading it)."""
+    initializers = {t.name for t in graph.initializer}
+    dqs: dict[str, list[Any]] = {}
+    for n in graph.node:
+        if n.op_type == "DequantizeLinear":
+            dqs.setdefault(n.input[0], []).append(n)
+    return [(n.input[0], n, dqs.get(n.output[0], [])) for n in graph.node
+            if n.op_type == "QuantizeLinear" and n.input[0] not in initializers]
+
+
+def _clamps_at_zero(graph: Any, q: Any) -> bool:
+    """Whether a QuantizeLinear's range starts at 0 (zero point = the type's minimum): the
+    quantizer then dropped the ReLU before it, since the quantization clamps negatives."""
+    from onnx import numpy_helper
+
+    if len(q.input) < 3:
+        return False
+    zero = next((t for t in graph.initializer if t.name == q.input[2]), None)
+    if zero is None:
+        return False
+    value = numpy_helper.to_array(zero)
+    return bool(np.all(value == np.iinfo(value.dtype).min))
+
+
+def only_pair_active(model: Any, keep: str | None) -> Any:
+    """A copy of a Q/DQ ``model`` with every activation Q/DQ pair bypassed but the one on
+    ``keep`` (None: all bypassed); weights stay quantized. A bypassed pair whose range
+    starts at 0 becomes a ReLU: the quantizer removed that ReLU and let the pair clamp."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    graph = copy.graph
+    rename: dict[str, str] = {}
+    dead: set[str] = set()
+    relus = []
+    for tensor, q, dq_nodes in activation_pairs(graph):
+        if tensor == keep:
+            continue
+        dead.add(q.name)
+        source = tensor
+        if _clamps_at_zero(graph, q):
+            source = f"{tensor}__relu"
+            relus.append(onnx.helper.make_node("Relu", [tensor], [source], name=f"{q.name}__relu"))
+        for dq in dq_nodes:
+            rename[dq.output[0]] = source
+            dead.add(dq.name)
+    kept = [n for n in graph.node if n.name not in dead] + relus
+    for node in kept:
+        for i, name in enumerate(node.input):
+            if name in rename:
+                node.input[i] = rename[name]
+    for out in graph.output:
+        if out.name in rename:  # a graph output read from a bypassed pair: keep its name
+            kept.append(onnx.helper.make_node("Identity", [rename[out.name]], [out.name]))
+    order = {id(n): i for i, n in enumerate(kept)}
+    produced = {o: n for n in kept for o in n.output}
+    # Each ReLU goes right after the producer of its input (the graph must stay sorted).
+    position = {id(r): order.get(id(produced.get(r.input[0])), -1) + 0.5 for r in relus}
+    kept.sort(key=lambda n: position.get(id(n), order[id(n)]))
+    copies = [onnx.NodeProto() for _ in kept]
+    for dst, src in zip(copies, kept):
+        dst.CopyFrom(src)
+    del graph.node[:]
+    graph.node.extend(copies)
+    del graph.value_info[:]
+    return copy
+
+
+def graph_logits(model: Any, inputs: np.ndarray) -> np.ndarray:
+    """The first output of ``model`` (a ModelProto) on ``inputs``, Q/DQ simulated in float."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # Q/DQ simulated, never fused
+    options.log_severity_level = 3
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return np.concatenate([session.run(None, {name: inputs[i:i + 16]})[0] for i in range(0, len(inputs), 16)])
+
+
+def rank_layers(int8_path: str | os.PathLike, inputs: np.ndarray) -> list[LayerSensitivity]:
+    """The quantized activations of ``int8_path`` ranked by the logit error each causes
+    alone on ``inputs`` (every other activation pair bypassed), largest first.
+
+    One at a time, not the error each adds inside the full INT8 graph: clipped ranges in
+    many layers interact, and what the gate judges is the logits. The reference is the
+    same graph with every activation pair bypassed (weights still quantized), so weight
+    rounding is not counted against any activation.
+    """
+    model = onnx.load(str(int8_path))
+    graph = model.graph
+    data = np.ascontiguousarray(inputs, dtype=np.float32)
+    reference = graph_logits(only_pair_active(model, None), data)
+    producers = {o: n for n in graph.node for o in n.output}
+    ranked = []
+    for tensor, _, _ in activation_pairs(graph):
+        error = relative_error(reference, graph_logits(only_pair_active(model, tensor), data))
+        producer = producers.get(tensor)
+        ranked.append(LayerSensitivity(tensor=tensor, node=producer.name if producer is not None else tensor,
+                                       op=producer.op_type if producer is not None else "input", error=error,
+                                       group=tuple(float_group(graph, tensor))))
+    return sorted(ranked, key=lambda r: r.error, reverse=True)
 
 
 def qdq_problems(path: str | os.PathLike, flavor: str) -> list[str]:
@@ -214,7 +283,7 @@ class FallbackStep:
 
 def excluded_nodes(ranking: Sequence[LayerSensitivity], count: int) -> list[str]:
     """The nodes kept in float for the top ``count`` layers of ``ranking``: their groups' union."""
-    return list(dict.fromkeys(name for r in ranking[:count] for name in (r.group or (r.node,))))
+    return list(dict.fromkeys(name for r in ranking[:count] for name in r.group))
 
 
 @dataclass
@@ -309,7 +378,7 @@ def search_int8_fallback(
             return FallbackResult(status="not needed", excluded=[], quantization=full_info, steps=steps,
                                   seconds=time.perf_counter() - start)
         say("ranking layers by quantization error")
-        ranking = rank_layers(fp32_path, full, calibration[:SENSITIVITY_SAMPLES])
+        ranking = rank_layers(full, calibration[:SENSITIVITY_SAMPLES])
         tried: dict[int, tuple[bool, Path, dict[str, Any]]] = {}
 
         def attempt(count: int) -> bool:
@@ -359,5 +428,6 @@ def search_int8_fallback(
 
 
 __all__ = ["BENCH_SECONDS", "FALLBACK_MODES", "SENSITIVITY_SAMPLES", "FallbackResult", "FallbackStep",
-           "LayerSensitivity", "bench_graphs", "excluded_nodes", "float_group", "qdq_problems", "quantized_nodes", "rank_layers",
-           "search_int8_fallback", "validate_fallback_mode"]
+           "LayerSensitivity", "activation_pairs", "bench_graphs", "excluded_nodes", "float_group", "graph_logits",
+           "only_pair_active", "qdq_problems", "quantized_nodes", "rank_layers", "search_int8_fallback",
+           "validate_fallback_mode"]
