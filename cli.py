@@ -738,6 +738,9 @@ def _echo_report_files(files: Any) -> None:
               show_default=True, help="INT8 calibration method.")
 @click.option("--int8-flavor", type=click.Choice(["s8s8", "u8s8"]), default=None,
               help="INT8 Q/DQ graph: s8s8 (TensorRT) or u8s8 (fast on x86 CPUs); default by the profile's backend.")
+@click.option("--int8-fallback", type=click.Choice(["off", "auto"]), default="off", show_default=True,
+              help="auto: when the INT8 graph fails its gate, keep the fewest sensitive layers in float until it "
+                   "passes (recorded in the manifest with the layers and the speed cost).")
 @click.option("--tta", default=None, metavar="SPEC",
               help="Test-time augmentation to ship (default: the checkpoint's): identity, hflip, ten_crop, ...")
 @click.option("--preprocess", "preprocess", default=None, metavar="JSON|FILE",
@@ -768,7 +771,8 @@ def _echo_report_files(files: Any) -> None:
 @json_option
 @needs_torch
 def export_cmd(source: str, out: str, precision: str, profile_name: str, exporter: str, opset: int | None,
-               data: str | None, calib_samples: int, calib_method: str, int8_flavor: str | None, tta: str | None,
+               data: str | None, calib_samples: int, calib_method: str, int8_flavor: str | None,
+               int8_fallback: str, tta: str | None,
                preprocess: str | None, weights: str | None, classes: str | None, model_args: tuple[str, ...],
                resize: str | None, crop: str | None, static_batch: bool, no_parity: bool, parity_samples: int,
                tolerance: tuple[str, ...], name: str | None, overwrite: bool, no_progress: bool,
@@ -814,6 +818,7 @@ def export_cmd(source: str, out: str, precision: str, profile_name: str, exporte
                 dynamic_batch=not static_batch, parity=not no_parity, parity_samples=parity_samples,
                 tolerances=overrides, preprocess=spec, name=name, overwrite=overwrite, progress=progress,
                 weights=weights, classes=classes, model_kwargs=list(model_args), resize=resize, crop=crop,
+                int8_fallback=int8_fallback,
             )
         except ParityFailedError as exc:
             bar.close()
@@ -865,12 +870,18 @@ def export_cmd(source: str, out: str, precision: str, profile_name: str, exporte
 @click.option("--report", "report_path", default=None, type=click.Path(path_type=str), metavar="DIR",
               help="Write report.json and report.html (accuracy, per class, flipped samples) into DIR. "
                    "A path ending in .json still gets the parity JSON alone (deprecated).")
+@click.option("--explain", is_flag=True,
+              help="When the check fails, find the first layer where each failing artifact diverges from the "
+                   "source, and the layers that add the most error.")
+@click.option("--explain-samples", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Failing samples --explain compares layer by layer.")
 @_ray_options
 @json_option
 @needs_torch
 def check_cmd(bundle: str, checkpoint: str | None, data: str | None, samples: int, precision: str | None,
               profile_name: str | None, tolerance: tuple[str, ...], no_tta: bool, report_path: str | None,
-              ray_address: str | None, ray_workers: int | None, as_json: bool) -> None:
+              explain: bool, explain_samples: int, ray_address: str | None, ray_workers: int | None,
+              as_json: bool) -> None:
     """Re-run a bundle's parity gate against its source checkpoint on labelled data.
 
     Exit status 1 when the exported model does not decide like the source: the
@@ -881,6 +892,7 @@ def check_cmd(bundle: str, checkpoint: str | None, data: str | None, samples: in
       convdeploy check bundles/resnet18 --checkpoint runs/resnet18/best --data val_images/
       convdeploy check bundles/lenet5 --tolerance int8.max_accuracy_drop=0.5 --report reports/lenet5
       convdeploy check bundles/lenet5 --data digits --ray
+      convdeploy check bundles/r18.failed --explain
     """
     from convdeploy.exporter.export.writer import check_bundle
     from convdeploy.runtime.parity.tolerances import parse_tolerance_overrides
@@ -888,7 +900,8 @@ def check_cmd(bundle: str, checkpoint: str | None, data: str | None, samples: in
     from convdeploy.runtime.fsutil import atomic_write_json
 
     options = dict(data=data, samples=samples, precisions=precision, profile=profile_name,
-                   tolerances=parse_tolerance_overrides(tolerance), tta=not no_tta)
+                   tolerances=parse_tolerance_overrides(tolerance), tta=not no_tta, explain=explain,
+                   explain_samples=explain_samples)
     if ray_address is not None:
         from convdeploy.exporter.export.ray_check import check_bundle_on_ray
 
@@ -904,6 +917,9 @@ def check_cmd(bundle: str, checkpoint: str | None, data: str | None, samples: in
         echo_json(doc)
     else:
         _echo_parity_text(report)
+        for found in (doc.get("explain") or {}).values():
+            click.echo("")
+            click.echo(found["text"])
     _echo_warnings(report.warnings)
     if report_path and not report_path.endswith(".json"):
         from convdeploy.runtime.parity.report_document import write_check_report

@@ -442,12 +442,15 @@ def quantize_int8(
     percentile: float = 99.999,
     input_name: str = "input",
     batch: int = 16,
+    nodes_to_exclude: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Write a static Q/DQ INT8 version of ``src`` to ``dst``, calibrated on ``calibration``.
 
     ``calibration``: real preprocessed inputs (N x C x H x W float32), through the same
     preprocessing as the model. ``flavor``: ``s8s8`` (TensorRT) or ``u8s8`` (CPU).
-    ``method``: ``minmax``, ``entropy`` or ``percentile``. Returns what was done.
+    ``method``: ``minmax``, ``entropy`` or ``percentile``. ``nodes_to_exclude``: names of
+    nodes kept in float (a mixed-precision graph, :mod:`exporter.export.int8_fallback`);
+    a name the graph lacks is refused. Returns what was done.
     """
     import onnxruntime
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -494,6 +497,13 @@ def quantize_int8(
                 {head.op_type, *extra.get("OpTypesToExcludeOutputQuantization", ())})
         elif head is not None:
             exclude_nodes = [head.name]
+        kept_float = list(dict.fromkeys(nodes_to_exclude))
+        if kept_float:
+            names = {n.name for n in onnx.load(str(pre), load_external_data=False).graph.node}
+            unknown = [n for n in kept_float if n not in names]
+            if unknown:
+                raise UsageError(f"cannot keep {unknown[0]!r} in float: the graph has no node of that name")
+            exclude_nodes = list(dict.fromkeys([*exclude_nodes, *kept_float]))
         reader = _reader(calibration, input_name, fixed_batch, batch)
         cache = None
         if method == "entropy":
@@ -536,6 +546,7 @@ def quantize_int8(
         **({"bins": ENTROPY_BINS, "quantized_bins": ENTROPY_QUANTIZED_BINS} if method == "entropy" else {}),
         "samples": int(len(calibration)),
         "float_output": None if head is None else f"{head.op_type} {head.name} (the logits stay FP32)",
+        **({"kept_float": kept_float} if kept_float else {}),
         "inputs_sha256": array_sha256(calibration),
         "cache": "none: calibrated in a fresh temporary directory for this export",
         "quantizer": f"onnxruntime.quantization.quantize_static (onnxruntime {onnxruntime.__version__})",

@@ -44,7 +44,9 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import numpy as np
 
 from convdeploy.exporter.data.datasets import labelled_images
+from convdeploy.exporter.export.explain import DEFAULT_EXPLAIN_SAMPLES, explain_report
 from convdeploy.exporter.export.onnx_export import DEFAULT_OPSET, OnnxExportInfo, export_onnx
+from convdeploy.exporter.export.int8_fallback import search_int8_fallback, validate_fallback_mode
 from convdeploy.exporter.export.onnx_utils import ExportError, embed_metadata
 from convdeploy.exporter.export.parity import (
     DEFAULT_PARITY_SAMPLES,
@@ -190,6 +192,7 @@ class ExportPlan:
     overwrite: bool
     seed: int
     threads: int | None
+    int8_fallback: str = "off"  # "auto": keep the fewest layers in float until INT8 passes (int8_fallback)
 
     @property
     def failed_dir(self) -> Path:
@@ -297,6 +300,7 @@ def export_bundle(
     model_kwargs: Mapping[str, Any] | Sequence[str] | None = None,
     resize: Any = None,
     crop: Any = None,
+    int8_fallback: str = "off",
 ) -> ExportResult:
     """Export ``source`` into a deploy bundle at ``out_dir`` and gate it on parity.
 
@@ -310,7 +314,10 @@ def export_bundle(
     from the checkpoint. ``preprocess``: the preprocessing written into the bundle, a
     spec or its dict (default: the source's; the gate compares the two). ``tolerances``:
     ``{precision: {key: value}}`` over the tier and the profile. ``progress`` is called
-    with the name of each stage as it starts (:func:`export_stages`).
+    with the name of each stage as it starts (:func:`export_stages`). ``int8_fallback``:
+    ``"auto"`` keeps the fewest layers in float until the INT8 graph passes its gate
+    (:mod:`exporter.export.int8_fallback`; recorded in the manifest), ``"off"`` (default)
+    ships the fully quantized graph or fails.
 
     ``weights``: with an architecture name as ``source``, a torchvision/timm state_dict or
     safetensors file to ship as it is (no training); the bundle records its sha256 and
@@ -327,7 +334,7 @@ def export_bundle(
                  int8_flavor=int8_flavor, calib_method=calib_method, calib_samples=calib_samples,
                  dynamic_batch=dynamic_batch, batch_size=batch_size, simplify=simplify, parity=parity,
                  parity_samples=parity_samples, golden_samples=golden_samples, tolerances=tolerances,
-                 overwrite=overwrite, seed=seed, threads=threads)
+                 overwrite=overwrite, seed=seed, threads=threads, int8_fallback=int8_fallback)
     given_spec = _preprocess_spec(preprocess)
     with clock.stage("load"):
         src = load_source(source, preprocess=given_spec, seed=seed, weights=weights, classes=parse_classes(classes),
@@ -345,13 +352,16 @@ def export_bundle(
                 artifacts["fp16"] = _export_fp16(work, inputs.candidate_inputs[:FP16_RANGE_SAMPLES])
         if "int8" in plan.precisions:
             with clock.stage("int8"):
-                artifacts["int8"] = _export_int8(work, plan, shipped.preprocess, inputs.calibration)
+                gate = _int8_gate(src, shipped, inputs, plan) if plan.int8_fallback == "auto" else None
+                artifacts["int8"] = _export_int8(work, plan, shipped.preprocess, inputs.calibration, gate)
         preflight_notes = _tensorrt_preflight(plan, artifacts, work)
         with clock.stage("parity"):
             gate = _run_gate(src, shipped, inputs, plan, {p: work / a["file"] for p, a in artifacts.items()})
         with clock.stage("write"):
             golden = _write_golden(src, shipped, inputs, gate, artifacts, plan, work)
             notes = [*src.notes, *shipped.notes, *inputs.notes, *onnx_info.notes, *preflight_notes]
+            if "fallback" in artifacts.get("int8", {}):
+                notes.append(artifacts["int8"]["fallback"]["summary"])
             manifest = _write_manifest(name or src.default_name(), src, shipped, inputs, plan, onnx_info, artifacts,
                                        gate, golden, notes=list(notes), timings=clock.rounded(), work=work)
             dest = _commit(work, plan, gate.status)
@@ -410,6 +420,7 @@ def _plan(
     overwrite: bool,
     seed: int,
     threads: int | None,
+    int8_fallback: str = "off",
 ) -> ExportPlan:
     """Every check that needs no model: refuse a bad option before anything is loaded."""
     out = Path(out_dir)
@@ -428,12 +439,18 @@ def _plan(
                        ("golden_samples", golden_samples), ("batch_size", batch_size)):
         if int(value) < 1:
             raise UsageError(f"{key} must be >= 1, got {value}")
+    if validate_fallback_mode(int8_fallback) == "auto":
+        if "int8" not in asked:
+            raise UsageError("--int8-fallback auto needs an INT8 artifact", "add int8 to --precision")
+        if not parity:
+            raise UsageError("--int8-fallback auto searches for a graph that passes the gate; it cannot skip it",
+                             "drop --no-parity or --int8-fallback")
     return ExportPlan(
         out=out, precisions=["fp32", *(p for p in asked if p != "fp32")], profile=prof, exporter=exporter,
         opset=opset, int8_flavor=flavor, calib_method=calib_method, calib_samples=calib_samples,
         dynamic_batch=dynamic_batch, batch_size=batch_size, simplify=simplify, parity=parity,
         parity_samples=parity_samples, golden_samples=golden_samples, tolerances=tolerances, overwrite=overwrite,
-        seed=seed, threads=threads,
+        seed=seed, threads=threads, int8_fallback=int8_fallback,
     )
 
 
@@ -571,15 +588,43 @@ def _export_fp16(work: Path, range_samples: np.ndarray) -> dict[str, Any]:
     return {"file": MODEL_FILES["fp16"], "precision": "fp16", "io_dtype": "float32", "conversion": conversion}
 
 
-def _export_int8(work: Path, plan: ExportPlan, spec: PreprocessSpec, calibration: Calibration | None) -> dict[str, Any]:
-    """The static Q/DQ INT8 graph, calibrated on the images through the bundle's own preprocessing."""
+def _export_int8(work: Path, plan: ExportPlan, spec: PreprocessSpec, calibration: Calibration | None,
+                 gate: Callable[[Path], ParityReport] | None = None) -> dict[str, Any]:
+    """The static Q/DQ INT8 graph, calibrated on the images through the bundle's own preprocessing.
+
+    With a ``gate`` (``--int8-fallback auto``), the graph with the fewest float layers that
+    passes it (:func:`exporter.export.int8_fallback.search_int8_fallback`).
+    """
     if calibration is None:
         raise InternalError("an INT8 export reached quantization without calibration images")
-    q = quantize_int8(work / MODEL_FILES["fp32"], work / MODEL_FILES["int8"],
-                      preprocess_batch(calibration.images, spec), flavor=plan.int8_flavor, method=plan.calib_method)
+    calib = preprocess_batch(calibration.images, spec)
+    fallback = None
+    if gate is None:
+        q = quantize_int8(work / MODEL_FILES["fp32"], work / MODEL_FILES["int8"], calib, flavor=plan.int8_flavor,
+                          method=plan.calib_method)
+    else:
+        found = search_int8_fallback(work / MODEL_FILES["fp32"], work / MODEL_FILES["int8"], calib, gate,
+                                     flavor=plan.int8_flavor, method=plan.calib_method, threads=plan.threads)
+        q, fallback = found.quantization, found.to_dict()
+        fallback["summary"] = found.summary()
     q["source"] = calibration.description
     q["preprocess"] = "the bundle's preprocessing (runtime.preprocess)"
-    return {"file": MODEL_FILES["int8"], "precision": "int8", "int8_flavor": plan.int8_flavor, "calibration": q}
+    entry = {"file": MODEL_FILES["int8"], "precision": "int8", "int8_flavor": plan.int8_flavor, "calibration": q}
+    if fallback is not None:
+        entry["fallback"] = fallback
+    return entry
+
+
+def _int8_gate(src: SourceModel, shipped: ShippedSpecs, inputs: GateInputs,
+               plan: ExportPlan) -> Callable[[Path], ParityReport]:
+    """The export's own gate, for one INT8 graph: what the fallback search re-runs."""
+
+    def gate(path: Path) -> ParityReport:
+        return run_parity(src.model, {"int8": path}, inputs.data, reference_spec=src.preprocess,
+                          candidate_spec=shipped.preprocess, tta=shipped.tta, profile=plan.profile,
+                          overrides=plan.tolerances, threads=plan.threads)
+
+    return gate
 
 
 # --------------------------------------------------------------------------- stage: parity
@@ -658,6 +703,7 @@ def _provenance(src: SourceModel, plan: ExportPlan, info: OnnxExportInfo, artifa
                     "compute_capability": prof.compute_capability, "tensorrt": list(prof.tensorrt),
                     "jetpack": list(prof.jetpack), "cuda": list(prof.cuda), "opset": prof.opset},
         "int8_flavor": plan.int8_flavor if "int8" in artifacts else None,
+        "int8_fallback": plan.int8_fallback if "int8" in artifacts else None,
         "parity_skipped": not plan.parity,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "notes": notes,
@@ -752,6 +798,8 @@ def check_bundle(
     seed: int = 0,
     threads: int | None = None,
     parity_runner: Callable[..., ParityReport] = run_parity,
+    explain: bool = False,
+    explain_samples: int = DEFAULT_EXPLAIN_SAMPLES,
 ) -> ParityReport:
     """Re-run the parity gate of an existing bundle against its source model.
 
@@ -760,8 +808,11 @@ def check_bundle(
     digits models, else the bundle's golden inputs. ``precisions``: the artifacts to
     check (default: all). ``profile``: the tolerances' profile (default: the one the
     bundle was exported for). ``parity_runner``: :func:`run_parity` or a function with
-    its signature that runs it elsewhere (``exporter.export.ray_check``). Returns the
-    report; the caller decides (the CLI exits 1).
+    its signature that runs it elsewhere (``exporter.export.ray_check``). ``explain``: when
+    the gate fails, find where each failing artifact starts to differ from the source
+    (:mod:`exporter.export.explain`, on at most ``explain_samples`` failing samples); the
+    explanations go into the report's ``explain`` entry. Returns the report; the caller
+    decides (the CLI exits 1).
     """
     bundle = Bundle.load(bundle_dir)
     manifest = bundle.manifest
@@ -821,6 +872,11 @@ def check_bundle(
                         tta=bundle.tta if tta else None, profile=prof, overrides=tolerances, threads=threads)
     report.notes = notes + report.notes
     report.warnings = [*warnings, *report.warnings, *sample_size_warnings(report.rows)]
+    if explain and not report.passed:
+        found = explain_report(src.model, report, {p: bundle.artifact_path(p) for p in bundle.precisions}, pdata,
+                               reference_spec=src.preprocess, candidate_spec=bundle.preprocess,
+                               max_samples=explain_samples)
+        report.context["explain"] = {p: e.to_dict() for p, e in found.items()}
     return report
 
 
