@@ -129,15 +129,8 @@ def bench_bundle(
         result: dict[str, Any] = {"bundle": bundle.name, "backend": predictor.info(), "threads": threads,
                                   "tta": predictor.tta.to_dict(), "warmup": warmup, "model_only": [],
                                   "end_to_end": []}
-        for b in batch_sizes:
-            x, source = _rows(golden, sample_shape, b * views, bundle.preprocess.dtype)
-            if progress:
-                progress(f"model-only batch {b}")
-            times = time_callable(lambda: predictor.run_batch(x), warmup=warmup, iterations=iterations,
-                                  duration=duration)
-            stats = latency_stats(times, b)
-            stats.update({"batch": b, "rows_per_call": b * views, "inputs": source, "precision": ran})
-            result["model_only"].append(stats)
+        result["model_only"] = _model_only(predictor, bundle, golden, batch_sizes, views, ran, warmup, iterations,
+                                           duration, progress)
         if images:
             files = [Path(p) for p in images]
             work = [files[i % len(files)] for i in range(max(e2e_images, len(files)))]
@@ -174,6 +167,23 @@ def bench_bundle(
         predictor.close()
 
 
+def _model_only(predictor: Any, bundle: Bundle, golden: dict[str, np.ndarray] | None, batch_sizes: Sequence[int],
+                views: int, precision: str, warmup: int, iterations: int | None, duration: float | None,
+                progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """Latency of ``predictor.run_batch`` per batch size on the golden rows (model only)."""
+    sample_shape = tuple(bundle.manifest["inputs"][0]["shape"][1:])
+    rows = []
+    for b in batch_sizes:
+        x, source = _rows(golden, sample_shape, b * views, bundle.preprocess.dtype)
+        if progress:
+            progress(f"model-only batch {b}")
+        stats = latency_stats(time_callable(lambda: predictor.run_batch(x), warmup=warmup, iterations=iterations,
+                                            duration=duration), b)
+        stats.update({"batch": b, "rows_per_call": b * views, "inputs": source, "precision": precision})
+        rows.append(stats)
+    return rows
+
+
 def _time_model_only(bundle: Bundle, backend: str, prof: Any, threads: int | None, batch_sizes: Sequence[int],
                      views: int, golden: dict[str, np.ndarray] | None, warmup: int, iterations: int | None,
                      duration: float | None, tta: str | None, workers: int | None,
@@ -181,18 +191,11 @@ def _time_model_only(bundle: Bundle, backend: str, prof: Any, threads: int | Non
     """Model-only timings of the bundle's FP32 artifact (the comparison with PyTorch eager)."""
     from convdeploy.runtime.predictor import Predictor
 
-    sample_shape = tuple(bundle.manifest["inputs"][0]["shape"][1:])
-    rows = []
     with Predictor.from_bundle(bundle.root, backend, tta=tta, precision="fp32", profile=prof, threads=threads,
                                batch_size=max(batch_sizes), workers=workers, verify_hashes=False,
                                **backend_opts) as fp32:
-        for b in batch_sizes:
-            x, _ = _rows(golden, sample_shape, b * views, bundle.preprocess.dtype)
-            stats = latency_stats(time_callable(lambda: fp32.run_batch(x), warmup=warmup, iterations=iterations,
-                                                duration=duration), b)
-            stats.update({"batch": b, "precision": fp32.selection.precision})
-            rows.append(stats)
-    return rows
+        return _model_only(fp32, bundle, golden, batch_sizes, views, fp32.selection.precision, warmup, iterations,
+                           duration)
 
 
 def add_torch_comparison(result: dict[str, Any], torch_result: dict[str, Any],
