@@ -311,11 +311,12 @@ def scratch_directory(beside: str | os.PathLike) -> Iterator[Path]:
     beside = Path(beside)
     tmp = temp_name(beside, "partial")
     try:
-        beside.parent.mkdir(parents=True, exist_ok=True)
-        tmp.mkdir(mode=0o700)
-    except OSError as exc:
-        raise output_error(beside, exc) from None
-    try:
+        # Made inside the try: a SIGTERM landing just after the mkdir still removes it.
+        try:
+            beside.parent.mkdir(parents=True, exist_ok=True)
+            tmp.mkdir(mode=0o700)
+        except OSError as exc:
+            raise output_error(beside, exc) from None
         yield tmp
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -341,12 +342,13 @@ def atomic_directory(target: str | os.PathLike, *, overwrite: bool = False,
     repair_directory(target)
     check_replaceable(target, kind, overwrite=overwrite)
     tmp = temp_name(target, "partial")
-    try:
-        tmp.mkdir(mode=0o700)
-    except OSError as exc:
-        raise output_error(target, exc) from None
     old: Optional[Path] = None
     try:
+        # Made inside the try: a SIGTERM landing just after the mkdir still removes it.
+        try:
+            tmp.mkdir(mode=0o700)
+        except OSError as exc:
+            raise output_error(target, exc) from None
         yield tmp
         with deferred_interrupts(), directory_lock(parent):
             check_replaceable(target, kind, overwrite=overwrite)  # another writer may have committed meanwhile
