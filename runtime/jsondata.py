@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Iterable, TypeVar
 
 from convdeploy.runtime.errors import ConvDeployError, InputError, UsageError
+from convdeploy.runtime.oserrors import describe_os_error, why_unreadable
 
 T = TypeVar("T")
 
@@ -68,9 +69,6 @@ def loads_json(text: str | bytes, what: str, error: type[ConvDeployError] = Usag
 def read_json_file(path: str | os.PathLike, what: str | None = None, error: type[ConvDeployError] = InputError,
                    hint: str | None = None) -> Any:
     """The JSON document in ``path``; any reason it cannot be read becomes one ``error``."""
-    from convdeploy.runtime.oserrors import describe_os_error
-    from convdeploy.runtime.oserrors import why_unreadable
-
     label = what or str(path)
     reason = why_unreadable(path)  # before open(): opening a FIFO would block
     if reason is not None:

@@ -336,7 +336,7 @@ def record_engine(bundle_root: str | os.PathLike, engine_file: str, sidecar: Map
     the golden verify). The manifest stays valid for runtimes that ignore the table.
     """
     root = Path(bundle_root)
-    manifest = json.loads((root / MANIFEST_FILE).read_text(encoding="utf-8"))
+    manifest = read_json_file(root / MANIFEST_FILE, f"{root / MANIFEST_FILE}", BundleError, "re-export the bundle")
     entry = {k: sidecar.get(k) for k in ENGINE_RECORD_KEYS if k != "sidecar"}
     entry["sidecar"] = str(Path(engine_file).with_suffix(SIDECAR_SUFFIX).as_posix())
     manifest.setdefault("engines", {})[engine_file] = entry

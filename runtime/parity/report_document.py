@@ -52,7 +52,6 @@ from __future__ import annotations
 import base64
 import datetime as _dt
 import io
-import json
 import math
 import os
 from dataclasses import dataclass
@@ -64,6 +63,7 @@ import numpy as np
 from convdeploy.runtime.bundle.contract import REPORT_HTML, REPORT_JSON, is_bundle_dir
 from convdeploy.runtime.errors import InputError, InternalError, UsageError
 from convdeploy.runtime.fsutil import atomic_write_bytes, atomic_write_json
+from convdeploy.runtime.jsondata import read_json_file
 from convdeploy.runtime.parity.metrics import compare_outputs
 from convdeploy.runtime.parity.report import ParityReport, ParityRow
 from convdeploy.runtime.parity.samples import wilson_interval
@@ -272,10 +272,7 @@ def _bench_key(result: Mapping[str, Any]) -> tuple[Any, Any, Any]:
 def load_report_document(path: str | os.PathLike) -> dict[str, Any]:
     """A report.json this module wrote (format and schema version checked)."""
     path = Path(path)
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise InputError(f"cannot read the report {path} ({exc})") from None
+    doc = read_json_file(path, f"the report {path}", InputError, "choose another --report directory")
     if not isinstance(doc, dict) or doc.get("format") != REPORT_FORMAT:
         raise InputError(f"{path} is not a convdeploy report", "choose another --report directory")
     if doc.get("schema_version") != REPORT_SCHEMA_VERSION:
