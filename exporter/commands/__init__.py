@@ -1,0 +1,1 @@
+"""The workstation side's commands (PyTorch): models, digits, train, finetune, export, check, demo."""

@@ -1,0 +1,1 @@
+"""The target side's commands (torch-free): predict, verify, bench, build, serve, profiles."""
