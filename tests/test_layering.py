@@ -10,8 +10,11 @@ level (0 = imports no other unit), which the README's layout section shows.
 from __future__ import annotations
 
 import ast
+import sys
 from functools import lru_cache
 from pathlib import Path
+
+import pytest
 
 from tests.conftest import REPO
 
@@ -35,25 +38,47 @@ def _unit(module: str) -> str:
     return parts[0]
 
 
+def absolute_target(module: str, is_package: bool, node: ast.ImportFrom) -> str | None:
+    """The absolute module an ``ImportFrom`` names: ``from ..bundle import x`` inside
+    ``convdeploy.runtime.build.plan`` -> ``convdeploy.runtime.bundle``. None for a module outside convdeploy."""
+    if node.level == 0:
+        return node.module if node.module and node.module.split(".")[0] == "convdeploy" else None
+    package = module.split(".") if is_package else module.split(".")[:-1]
+    if node.level - 1 >= len(package):
+        raise AssertionError(f"{module}: relative import beyond the top-level package (level {node.level})")
+    base = package[: len(package) - (node.level - 1)]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
+def imports_of(source: str, module: str, is_package: bool = False) -> set[tuple[str, str | None]]:
+    """{(imported module, imported name or None)} of one module's source: every convdeploy import,
+    absolute or relative, at module level or inside a function."""
+    found: set[tuple[str, str | None]] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom):
+            target = absolute_target(module, is_package, node)
+            if target is None:
+                continue
+            for alias in node.names:
+                # `from . import tta` imports the module convdeploy.<package>.tta, not a name of the package.
+                found.add((f"{target}.{alias.name}", None) if node.module is None else (target, alias.name))
+        elif isinstance(node, ast.Import):
+            found.update((alias.name, None) for alias in node.names if alias.name.split(".")[0] == "convdeploy")
+    return found
+
+
 @lru_cache(maxsize=None)
 def imports() -> dict[str, set[tuple[str, str | None]]]:
-    """{module: {(imported module, imported name or None)}} for every convdeploy import."""
-    out: dict[str, set[tuple[str, str | None]]] = {}
+    """{module: {(imported module, imported name or None)}} for every convdeploy module."""
     files = [REPO / "cli.py"] + [p for top in SOURCES[1:] for p in (REPO / top).rglob("*.py")]
-    for path in files:
-        found: set[tuple[str, str | None]] = set()
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("convdeploy"):
-                found.update((node.module, alias.name) for alias in node.names)
-            elif isinstance(node, ast.Import):
-                found.update((alias.name, None) for alias in node.names if alias.name.startswith("convdeploy"))
-        out[_module_name(path)] = found
-    return out
+    return {_module_name(path): imports_of(path.read_text(encoding="utf-8"), _module_name(path),
+                                           path.name == "__init__.py")
+            for path in files}
 
 
-def unit_graph() -> dict[str, set[str]]:
+def unit_graph(modules: dict[str, set[tuple[str, str | None]]] | None = None) -> dict[str, set[str]]:
     graph: dict[str, set[str]] = {}
-    for module, found in imports().items():
+    for module, found in (imports() if modules is None else modules).items():
         here = _unit(module)
         graph.setdefault(here, set())
         for target, _ in found:
@@ -115,3 +140,33 @@ def test_a_pipeline_stage_imports_only_earlier_stages():
     for i, unit in enumerate(order):
         later = set(order[i + 1:])
         assert not graph[unit] & later, f"{unit} imports a later stage: {sorted(graph[unit] & later)}"
+
+
+@pytest.mark.parametrize("module, is_package, source, expected", [
+    ("convdeploy.runtime.build.plan", False, "from ..bundle.contract import X", ("convdeploy.runtime.bundle.contract", "X")),
+    ("convdeploy.runtime.build", True, "from .plan import X", ("convdeploy.runtime.build.plan", "X")),
+    ("convdeploy.runtime.build.plan", False, "from . import trtexec", ("convdeploy.runtime.build.trtexec", None)),
+    ("convdeploy.runtime.errors", False, "from .parity import tolerances", ("convdeploy.runtime.parity", "tolerances")),
+    ("convdeploy.exporter.export.pipeline", False, "from convdeploy.runtime.errors import E",
+     ("convdeploy.runtime.errors", "E")),
+])
+def test_relative_imports_resolve_to_the_module_they_name(module, is_package, source, expected):
+    assert imports_of(source, module, is_package) == {expected}
+
+
+@pytest.mark.parametrize("planted, rule", [
+    # A runtime module reaching up into the exporter with a relative import, inside a function.
+    ("def f():\n    from ..exporter.export import pipeline\n", test_the_runtime_never_reaches_into_the_exporter_or_the_cli),
+    # A low unit importing one that imports it back: a cycle, relative on one side.
+    ("from ..parity.metrics import compare_outputs\n", test_units_form_a_dag),
+    # A private name across modules, relative.
+    ("from ..parity.metrics import _private\n", test_no_private_names_are_imported_across_modules),
+])
+def test_a_planted_relative_import_is_still_caught(planted, rule, monkeypatch):
+    """The rules read relative imports: an upward import written relatively fails them like an absolute one."""
+    modules = dict(imports())
+    module = "convdeploy.runtime.errors"  # level 0: imports no other unit, imported by almost all
+    modules[module] = modules[module] | imports_of(planted, module)
+    monkeypatch.setattr(sys.modules[__name__], "imports", lambda: modules)
+    with pytest.raises(AssertionError):
+        rule()
