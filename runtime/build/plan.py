@@ -73,7 +73,7 @@ def typing_modes(version: tuple[int, ...]) -> tuple[str, ...]:
                                   "convdeploy builds engines with TensorRT 8.x, 10.x and 11.x")
 
 
-def _padded(version: tuple[int, ...]) -> tuple[int, ...]:
+def padded_version(version: tuple[int, ...]) -> tuple[int, ...]:
     """``(10,)`` (a profile's ``10.x``) -> ``(10, 0, 0)``: compared as the oldest release of its line."""
     return tuple(version) + (0,) * max(0, 3 - len(version))
 
@@ -88,7 +88,7 @@ def dla_refusal(version: tuple[int, ...]) -> str | None:
     Windows on ARM"; 11.4.1 supports it on Jetson AGX Orin with JetPack 7.2.2 or later, with
     strongly typed networks. 8.x (JetPack 4.6/5) builds for the DLA.
     """
-    v = _padded(version)
+    v = padded_version(version)
     text = ".".join(map(str, version))
     if v[0] == 8:
         return None
@@ -289,4 +289,4 @@ def engine_path(bundle_root: str | Path, plan: BuildPlan) -> Path:
 
 
 __all__ = ["BuildPlan", "FAILED_DIR", "TIMING_CACHE_DIR", "dla_refusal", "engine_path", "gpu_tag", "make_plan",
-           "parse_line", "has_static_input", "platform_of", "slug", "typing_modes"]
+           "padded_version", "parse_line", "has_static_input", "platform_of", "slug", "typing_modes"]

@@ -14,7 +14,7 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
-from convdeploy.runtime.build.plan import BuildPlan, parse_line
+from convdeploy.runtime.build.plan import BuildPlan, padded_version, parse_line
 from convdeploy.runtime.errors import UsageError
 
 #: The trtexec options this module prints -> (first release that parses it, first release
@@ -35,16 +35,11 @@ OPTIONS: dict[str, tuple[tuple[int, ...], tuple[int, ...] | None]] = {
 }
 
 
-def _release(version: tuple[int, ...]) -> tuple[int, ...]:
-    """A profile's ``10.x`` is ``(10,)``: read as 10.0.0, the oldest release of the line."""
-    return tuple(version) + (0,) * max(0, 3 - len(version))
-
-
 def has_option(option: str, version: tuple[int, ...]) -> bool:
     """Whether trtexec of TensorRT ``version`` parses ``option`` (e.g. ``"--fp16"``)."""
     first, gone = OPTIONS[option]
-    v = _release(version)
-    return v >= _release(first) and (gone is None or v < _release(gone))
+    v = padded_version(version)  # a profile's 10.x is (10,): read as 10.0.0, the oldest of its line
+    return v >= padded_version(first) and (gone is None or v < padded_version(gone))
 
 
 def _dims(shape: tuple[int, ...]) -> str:
