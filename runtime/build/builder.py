@@ -191,9 +191,10 @@ def _configure(trt: Any, builder: Any, network: Any, line: TrtLine, plan: BuildP
     if [t.name for t in inputs] != [plan.input_name]:
         raise BundleError(f"the ONNX graph's inputs {[t.name for t in inputs]} are not the manifest's "
                           f"[{plan.input_name!r}]", "re-export the bundle")
-    opt_profile = builder.create_optimization_profile()
-    opt_profile.set_shape(plan.input_name, plan.min_shape, plan.opt_shape, plan.max_shape)
-    config.add_optimization_profile(opt_profile)
+    if not plan.static_input:  # a static-shape ONNX takes no profile shapes (trtexec refuses them too)
+        opt_profile = builder.create_optimization_profile()
+        opt_profile.set_shape(plan.input_name, plan.min_shape, plan.opt_shape, plan.max_shape)
+        config.add_optimization_profile(opt_profile)
     return config
 
 

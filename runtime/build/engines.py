@@ -43,22 +43,36 @@ class EngineResult:
     """One precision of a build: what was done and how it was judged."""
 
     precision: str
-    status: str  # "built" | "adopted" | "failed" | "dry-run"
-    plan: BuildPlan
+    status: str  # "built" | "adopted" | "failed" | "dry-run" | "refused" (a dry run's release that cannot build it)
+    plan: BuildPlan | None
     preflight: str
     engine: str | None = None  # bundle-relative, where it now lies
     sidecar: dict[str, Any] | None = None
     report: "ParityReport | None" = None
     command: str | None = None  # dry run: the trtexec line
+    tensorrt: str | None = None  # dry run: the TensorRT release as the profile names it
+    reason: str | None = None  # "refused": why, in one line
 
     @property
     def passed(self) -> bool:
-        return self.status in ("built", "adopted", "dry-run")
+        return self.status in ("built", "adopted", "dry-run", "refused")
 
     def to_dict(self) -> dict[str, Any]:
         return {"precision": self.precision, "status": self.status, "engine": self.engine,
-                "preflight": self.preflight, "plan": self.plan.to_dict(), "command": self.command,
+                "preflight": self.preflight, "plan": self.plan.to_dict() if self.plan else None,
+                "command": self.command, "tensorrt": self.tensorrt, "reason": self.reason,
                 "sidecar": self.sidecar, "verify": self.report.to_dict() if self.report else None}
+
+    def dry_run_lines(self) -> list[str]:
+        """What ``build --dry-run`` prints for this precision and release: a labelled comment,
+        its notes, then the trtexec command (or the reason it cannot be built)."""
+        label = f"# {self.precision}, TensorRT {self.tensorrt}"
+        if self.status == "refused":
+            return [f"{label}: not built: {self.reason}"]
+        if self.plan is None or self.command is None:
+            return []
+        return ([f"{label}: {self.plan.typing}ly typed, {self.preflight}"]
+                + [f"#   note: {note}" for note in self.plan.notes] + [self.command])
 
 
 @dataclass
@@ -80,6 +94,10 @@ class BuildOutcome:
     def to_dict(self) -> dict[str, Any]:
         return {"bundle": self.bundle, "profile": self.profile, "passed": self.passed, "notes": list(self.notes),
                 "results": [r.to_dict() for r in self.results]}
+
+    def dry_run_lines(self) -> list[str]:
+        """Every line ``build --dry-run`` prints to stdout (empty for a real build)."""
+        return [line for result in self.results for line in result.dry_run_lines()]
 
 
 def jetson_release(path: Path = NV_TEGRA_RELEASE) -> dict[str, str]:
@@ -171,7 +189,7 @@ def _sidecar(plan: BuildPlan, device: _Device, bundle: Bundle, engine_bytes_sha:
         "builder_optimization_level": plan.builder_optimization_level,
         "dla_core": plan.dla_core, "gpu_fallback": plan.gpu_fallback,
         "version_compatible": plan.version_compatible,
-        "hardware_compatibility_level": plan.hardware_compatibility,
+        "hardware_compatibility_level": plan.hardware_compatibility, "platform": plan.platform,
         "cuda_runtime": device.cuda_kind, **jetson_release(),
         "build_seconds": None if seconds is None else round(seconds, 3), "notes": list(plan.notes),
     }
@@ -237,6 +255,7 @@ def build_engines(
     adopt: str | os.PathLike | None = None,
     device_id: int = 0,
     dla_core: int | None = None,
+    tensorrt: str | None = None,
     version_compatible: bool = False,
     hardware_compatibility: str = "NONE",
     progress: Callable[[str], None] | None = None,
@@ -245,6 +264,9 @@ def build_engines(
 
     ``dla_core``: build for that DLA core (FP16 with GPU fallback) instead of the GPU; the
     profile must have DLA cores. Default: the profile's own ``dla_core`` (None: the GPU).
+
+    ``tensorrt``: with ``dry_run``, plan for that one of the profile's TensorRT releases
+    only (default: each release the profile names, one labelled command each).
 
     ``precisions``: default the profile's default precision. ``adopt``: an engine file
     built elsewhere (``trtexec``) to take in for the single precision given. Returns a
@@ -257,33 +279,36 @@ def build_engines(
     wanted = _precisions(bundle, prof, precisions)
     if adopt is not None and (len(wanted) != 1 or dry_run):
         raise UsageError("--adopt takes one engine: pass exactly one --precision and no --dry-run")
+    # The TensorRT releases the target ships; a dry run plans for each (or the one --tensorrt picks).
+    lines = tuple(str(v) for v in (prof.tensorrt or ()))
+    if tensorrt is not None:
+        if not dry_run:
+            raise UsageError("--tensorrt picks the release a dry run prints for; a build uses the TensorRT "
+                             "installed here", "add --dry-run, or drop --tensorrt")
+        lines = (pick_release(prof, tensorrt),)
     outcome = BuildOutcome(bundle.name, prof.name)
     device = None if dry_run else _open_device(device_id)
-    # The TensorRT releases the target ships, newest last-listed; a dry run plans for the first.
-    lines = tuple(str(v) for v in (prof.tensorrt or ()))
     running = parse_line(device.version) if device else ()
     if device and lines and not any(running[:len(parse_line(v))] == parse_line(v) for v in lines):
         outcome.notes.append(f"profile {prof.name!r} targets TensorRT {' or '.join(lines)}; this device runs "
                              f"TensorRT {device.version} (the engine is built for what runs here)")
+    if device is None:
+        if not lines:
+            raise UsageError(f"profile {prof.name!r} does not say its TensorRT line",
+                             "use a TensorRT profile (jetson-*, server-*) or add tensorrt = [\"10.3\"] to it")
+        for precision in wanted:
+            outcome.results += _dry_run(bundle, prof, precision, lines, version_compatible=version_compatible,
+                                        hardware_compatibility=hardware_compatibility)
+        return outcome
     for precision in wanted:
-        if device is None:
-            if not lines:
-                raise UsageError(f"profile {prof.name!r} does not say its TensorRT line",
-                                 "use a TensorRT profile (jetson-*, server-*) or add tensorrt = [\"10.3\"] to it")
-            plan = make_plan(bundle, prof, precision, lines[0], version_compatible=version_compatible,
-                             hardware_compatibility=hardware_compatibility)
-        else:
-            plan = make_plan(bundle, prof, precision, device.version, gpu_name=device.gpu_name,
-                             compute_capability=device.compute_capability, version_compatible=version_compatible,
-                             hardware_compatibility=hardware_compatibility)
+        plan = make_plan(bundle, prof, precision, device.version, gpu_name=device.gpu_name,
+                         compute_capability=device.compute_capability, version_compatible=version_compatible,
+                         hardware_compatibility=hardware_compatibility)
+        outcome.notes += [note for note in plan.notes if note not in outcome.notes]
         checked = preflight(bundle.root / plan.onnx_file, prof, precision, dla=plan.dla_core is not None)
         checked.raise_for_problems()
         if checked.skipped:
             outcome.notes.append(checked.summary())
-        if device is None:
-            outcome.results.append(EngineResult(precision, "dry-run", plan, checked.summary(),
-                                                command=trtexec_line(plan, bundle.root)))
-            continue
         if adopt is not None:
             say(f"adopting {Path(adopt).name} as the {precision} engine")
             data = Path(adopt).read_bytes()
@@ -309,10 +334,52 @@ def build_engines(
     return outcome
 
 
+def pick_release(profile: "Profile", tensorrt: str) -> str:
+    """The profile's TensorRT release that ``tensorrt`` names (``10.3.0`` picks ``10.3``), or one line."""
+    known = [str(v) for v in (profile.tensorrt or ())]
+    for release in known:
+        if release == tensorrt:
+            return release
+    wanted = parse_line(tensorrt)
+    for release in known:
+        listed = parse_line(release)
+        if (wanted + (0,) * 3)[:max(3, len(listed))] == (listed + (0,) * 3)[:max(3, len(listed))]:
+            return release
+    raise UsageError(f"profile {profile.name!r} names no TensorRT {tensorrt}: it knows "
+                     f"{', '.join(known) or 'none'}", f"pass --tensorrt {known[0] if known else '10.3'}")
+
+
+def _dry_run(bundle: Bundle, prof: "Profile", precision: str, releases: Sequence[str],
+             **options: Any) -> list[EngineResult]:
+    """One labelled result per release: the trtexec line, or why that release cannot build it.
+
+    A request every release refuses is an error (one line, exit 2), not a list of refusals.
+    """
+    results: list[EngineResult] = []
+    first: UsageError | None = None
+    for release in releases:
+        try:
+            plan = make_plan(bundle, prof, precision, release,
+                             compute_capability=prof.compute_capability_tuple, **options)
+            command = trtexec_line(plan, bundle.root)
+        except UsageError as exc:  # a ProfileError (precision not allowed) is no UsageError: it propagates
+            first = first or exc
+            results.append(EngineResult(precision, "refused", None, "", tensorrt=release,
+                                        reason=str(exc)))
+            continue
+        checked = preflight(bundle.root / plan.onnx_file, prof, precision, dla=plan.dla_core is not None)
+        checked.raise_for_problems()
+        results.append(EngineResult(precision, "dry-run", plan, checked.summary(), command=command,
+                                    tensorrt=release))
+    if first is not None and all(r.status == "refused" for r in results):
+        raise first
+    return results
+
+
 def _sha256_bytes(data: bytes) -> str:
     import hashlib
 
     return hashlib.sha256(data).hexdigest()
 
 
-__all__ = ["BuildOutcome", "EngineResult", "build_engines", "jetson_release"]
+__all__ = ["BuildOutcome", "EngineResult", "build_engines", "jetson_release", "pick_release"]

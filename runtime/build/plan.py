@@ -22,7 +22,11 @@ The rules per TensorRT line (the audit of the TensorRT paths, section 2):
 DLA (the profile's ``dla_core``): FP16 only, with ``GPU_FALLBACK``, static shapes (the
 optimization profile's min = opt = max). INT8 on DLA needs implicit quantization (a
 calibrator), which this project's Q/DQ graphs do not provide: refused, never silently
-built on the GPU instead.
+built on the GPU instead. Which releases build for the DLA at all: :func:`dla_refusal`.
+
+A static-shape ONNX (every input axis a number, ``export --static-batch``) takes no
+explicit shapes: trtexec refuses ``--shapes`` for it and the builder needs no
+optimization profile (:attr:`BuildPlan.static_input`).
 """
 
 from __future__ import annotations
@@ -69,15 +73,54 @@ def typing_modes(version: tuple[int, ...]) -> tuple[str, ...]:
                                   "convdeploy builds engines with TensorRT 8.x, 10.x and 11.x")
 
 
+def padded_version(version: tuple[int, ...]) -> tuple[int, ...]:
+    """``(10,)`` (a profile's ``10.x``) -> ``(10, 0, 0)``: compared as the oldest release of its line."""
+    return tuple(version) + (0,) * max(0, 3 - len(version))
+
+
+def dla_refusal(version: tuple[int, ...]) -> str | None:
+    """Why TensorRT ``version`` builds nothing for a Jetson's DLA, or None when it does.
+
+    NVIDIA's "Working with DLA" (TensorRT 11.4.1 documentation,
+    docs.nvidia.com/deeplearning/tensorrt/11.4.1/inference-library/work-with-dla.html, and the
+    11.x Jetson migration page): "TensorRT 10.7 was the last 10.x release that supported DLA";
+    "DLA was unavailable in TensorRT 11.0 through 11.3"; "TensorRT 11.4.0 supported DLA only on
+    Windows on ARM"; 11.4.1 supports it on Jetson AGX Orin with JetPack 7.2.2 or later, with
+    strongly typed networks. 8.x (JetPack 4.6/5) builds for the DLA.
+    """
+    v = padded_version(version)
+    text = ".".join(map(str, version))
+    if v[0] == 8:
+        return None
+    if v[0] in (9, 10):
+        if v[:2] <= (10, 7):
+            return None
+        return (f"TensorRT {text} has no DLA: NVIDIA's 'Working with DLA' says 10.7 was the last 10.x release "
+                "that supported it")
+    if v[:3] >= (11, 4, 1):
+        return None
+    return (f"TensorRT {text} has no DLA on a Jetson: NVIDIA's 'Working with DLA' says it returns in 11.4.1 "
+            "(Jetson AGX Orin, JetPack 7.2.2+); 11.0-11.3 have none and 11.4.0 only on Windows on ARM")
+
+
+def platform_of(profile: "Profile") -> str:
+    """``"jetpack"`` for a Jetson profile (it names JetPack releases), else ``"dgpu"``."""
+    return "jetpack" if getattr(profile, "jetpack", ()) else "dgpu"
+
+
 def slug(text: str) -> str:
     """A file-name-safe lowercase tag: ``"NVIDIA H100 80GB HBM3"`` -> ``"nvidia-h100-80gb-hbm3"``."""
     return re.sub(r"[^a-z0-9]+", "-", str(text).lower()).strip("-") or "gpu"
 
 
 def gpu_tag(gpu_name: str | None, compute_capability: tuple[int, int] | None) -> str:
-    """The GPU part of an engine's name: the GPU model and its compute capability."""
+    """The GPU part of an engine's name: the GPU model and its compute capability.
+
+    Without a GPU (a dry run) it is the profile's compute capability alone (``sm87``): a name
+    the user keeps, never a placeholder.
+    """
     if not gpu_name:
-        return "this-gpu"
+        return f"sm{compute_capability[0]}{compute_capability[1]}" if compute_capability else "gpu"
     cc = f"-sm{compute_capability[0]}{compute_capability[1]}" if compute_capability else ""
     return slug(gpu_name) + cc
 
@@ -109,6 +152,9 @@ class BuildPlan:
     engine_file: str  # bundle-relative
     timing_cache_file: str  # bundle-relative
     notes: tuple[str, ...] = field(default_factory=tuple)
+    # Every input axis fixed in the ONNX: no explicit shapes / optimization profile (trtexec refuses them).
+    static_input: bool = False
+    platform: str = "dgpu"  # "jetpack" | "dgpu": hardware compatibility exists on dGPUs only
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -163,9 +209,14 @@ def make_plan(bundle: "Bundle", profile: "Profile", precision: str, tensorrt: st
     if dla_core is not None and precision == "fp32":
         notes.append(f"fp32 runs on the GPU: the DLA (core {dla_core}) runs only fp16/int8")
         dla_core = None
-    if dla_core is not None and version[0] >= 11:
-        raise UsageError(f"TensorRT {tensorrt} does not build for the DLA on this target",
-                         "DLA needs TensorRT 8.x/10.x (JetPack 5/6), or 11.4.1+ on JetPack 7.2.2")
+    if dla_core is not None and dla_refusal(version):
+        raise UsageError(str(dla_refusal(version)),
+                         "build for the GPU (no --dla-core), or use TensorRT 8.x-10.7 or 11.4.1+ on JetPack 7.2.2+")
+    platform = platform_of(profile)
+    if hardware_compatibility != "NONE" and platform == "jetpack":
+        # TensorRT developer guide (8.6+), "Hardware Compatibility": "not supported on NVIDIA DRIVE OS or JetPack".
+        raise UsageError(f"profile {profile.name!r} is a Jetson, and TensorRT's hardware compatibility is not "
+                         "supported on JetPack (NVIDIA's developer guide)", "build without hardware compatibility")
 
     has = set(bundle.precisions)
     if precision in has:
@@ -178,8 +229,9 @@ def make_plan(bundle: "Bundle", profile: "Profile", precision: str, tensorrt: st
             f"bundle {bundle.name!r} has no {precision} ONNX graph, and TensorRT {tensorrt} takes the "
             f"{precision} precision from the graph", f"re-export the bundle with --precision {precision}")
 
-    # Weak typing where only flags can say the precision: 8.x, DLA, an FP16 build of the FP32 graph.
-    weak = "strong" not in modes or dla_core is not None or onnx_precision != precision
+    # Weak typing where only flags can say the precision: 8.x, DLA on 8.x/10.x, an FP16 build of the
+    # FP32 graph. 11.4.1+ builds the DLA strongly typed ("Strongly typed networks for DLA").
+    weak = "strong" not in modes or (dla_core is not None and "weak" in modes) or onnx_precision != precision
     typing = "weak" if weak else "strong"
     network_flags: tuple[str, ...] = ()
     if version[0] == 8:
@@ -205,6 +257,10 @@ def make_plan(bundle: "Bundle", profile: "Profile", precision: str, tensorrt: st
     level = getattr(profile, "builder_optimization_level", None)
     level = (DEFAULT_OPTIMIZATION_LEVEL if level is None else int(level)) if version[:2] >= (8, 6) else None
 
+    if precision == "int8" and typing == "strong":
+        notes.append(f"int8 on TensorRT {tensorrt} is strongly typed: the layers the Q/DQ graph leaves unquantized "
+                     "run in FP32 (no FP16 fallback), so this engine can be slower than the fp16 one; compare them "
+                     "with `convdeploy bench`")
     mins, opts, maxs = _shapes(bundle, profile, static=dla_core is not None)
     line = ".".join(map(str, version))
     tag = gpu_tag(gpu_name, compute_capability)
@@ -218,13 +274,19 @@ def make_plan(bundle: "Bundle", profile: "Profile", precision: str, tensorrt: st
         version_compatible=version_compatible, hardware_compatibility=hardware_compatibility,
         engine_file=f"{ENGINES_DIR}/{stem}{ENGINE_SUFFIX}",
         timing_cache_file=f"{ENGINES_DIR}/{TIMING_CACHE_DIR}/trt{line}.{tag}.cache",
-        notes=tuple(notes),
+        notes=tuple(notes), static_input=has_static_input(bundle), platform=platform,
     )
+
+
+def has_static_input(bundle: "Bundle") -> bool:
+    """Whether every axis of the bundle's input is a number (``export --static-batch``)."""
+    shape = bundle.manifest["inputs"][0]["shape"]
+    return all(isinstance(dim, int) and not isinstance(dim, bool) for dim in shape)
 
 
 def engine_path(bundle_root: str | Path, plan: BuildPlan) -> Path:
     return Path(bundle_root) / plan.engine_file
 
 
-__all__ = ["BuildPlan", "FAILED_DIR", "TIMING_CACHE_DIR", "engine_path", "gpu_tag", "make_plan", "parse_line",
-           "slug", "typing_modes"]
+__all__ = ["BuildPlan", "FAILED_DIR", "TIMING_CACHE_DIR", "dla_refusal", "engine_path", "gpu_tag", "make_plan",
+           "padded_version", "parse_line", "has_static_input", "platform_of", "slug", "typing_modes"]

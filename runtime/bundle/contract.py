@@ -277,6 +277,7 @@ SIDECAR_OPTIONAL = (
     "input", "min_shape", "opt_shape", "max_shape",  # the optimization profile
     "workspace_mb", "tf32", "builder_optimization_level",
     "dla_core", "gpu_fallback", "dla_layers", "gpu_fallback_layers",  # DLA: which layers fell back to the GPU
+    "platform",  # "jetpack" | "dgpu" (hardware compatibility exists on dGPUs only)
     "version_compatible",  # built with VERSION_COMPATIBLE (8.6+): runs on a newer TensorRT, see the backend
     "exclude_lean_runtime",
     "hardware_compatibility_level",  # NONE | AMPERE_PLUS | SAME_COMPUTE_CAPABILITY

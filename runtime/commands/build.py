@@ -19,9 +19,12 @@ from convdeploy.runtime.commands.common import ConvDeployCommand, echo_json, jso
 @click.option("--device", "device_id", type=click.IntRange(min=0), default=0, show_default=True, help="CUDA device.")
 @click.option("--dla-core", "dla_core", type=click.IntRange(min=0), default=None,
               help="Build for this DLA core (FP16, GPU fallback) on a Jetson whose profile has DLA cores.")
+@click.option("--tensorrt", "tensorrt", default=None, metavar="VERSION",
+              help="With --dry-run: print only the command for this one of the profile's TensorRT releases "
+                   "(default: one labelled command per release).")
 @json_option
 def build_cmd(bundle: str, profile_name: str | None, precisions: str | None, dry_run: bool, adopt: str | None,
-              device_id: int, dla_core: int | None, as_json: bool) -> None:
+              device_id: int, dla_core: int | None, tensorrt: str | None, as_json: bool) -> None:
     """Build TensorRT engines for this device, verify them, record them in the bundle.
 
     Each engine is verified against the bundle's golden outputs with its precision's
@@ -32,6 +35,7 @@ def build_cmd(bundle: str, profile_name: str | None, precisions: str | None, dry
       convdeploy build bundles/resnet18 --profile jetson-agx-orin --precision fp16,int8
       convdeploy build bundles/resnet18 --profile jetson-xavier-nx --precision fp16 --dla-core 0
       convdeploy build bundles/resnet18 --profile server-a100 --dry-run
+      convdeploy build bundles/resnet18 --profile jetson-nano --dry-run --tensorrt 8.2.1
       convdeploy build bundles/resnet18 --profile server-a100 --precision fp16 --adopt r18.plan
     """
     from convdeploy.runtime.build import build_engines
@@ -43,17 +47,17 @@ def build_cmd(bundle: str, profile_name: str | None, precisions: str | None, dry
     if unknown:
         raise UsageError(f"unknown precision(s) {', '.join(unknown)}", f"use {', '.join(PRECISIONS)}")
     outcome = build_engines(bundle, profile_name, wanted, dry_run=dry_run, adopt=adopt, device_id=device_id,
-                            dla_core=dla_core,
+                            dla_core=dla_core, tensorrt=tensorrt,
                             progress=None if as_json else (lambda m: click.echo(m, err=True)))
     if as_json:
         echo_json(outcome.to_dict())
     else:
         for note in outcome.notes:
             click.secho(f"note: {note}", fg="yellow", err=True)
+        for line in outcome.dry_run_lines():  # a dry run: labelled trtexec lines, one per TensorRT release
+            click.echo(line)
         for result in outcome.results:
-            if result.command:
-                click.echo(f"# {result.precision}: {result.plan.typing}ly typed, {result.preflight}")
-                click.echo(result.command)
+            if result.status in ("dry-run", "refused"):
                 continue
             click.echo(f"{result.precision}: {result.status} -> {result.engine}")
             if result.report is not None:

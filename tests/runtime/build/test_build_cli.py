@@ -51,6 +51,11 @@ def test_a_failed_verify_exits_1_and_a_passing_build_0(bundle_dir, monkeypatch):
     fake.install(monkeypatch, "10.3.0")
     r = run("build", bundle_dir, "--profile", "server-a100", "--precision", "fp32,int8")
     assert r.exit_code == 0 and "fp32: built -> engines/server-a100.fp32.trt10.3.0" in r.stdout, r.output
+    # strongly typed INT8 (10.x): said where the build reports, and the sidecar records the platform
+    assert "note: int8 on TensorRT 10.3.0 is strongly typed: the layers the Q/DQ graph leaves unquantized run in " \
+           "FP32" in r.stderr, r.stderr
+    sidecar = json.loads(next((bundle_dir / "engines").glob("server-a100.int8.*.json")).read_text())
+    assert sidecar["platform"] == "dgpu"
     real_run = fake._Engine._run
     monkeypatch.setattr(fake._Engine, "_run", lambda self, x: real_run(self, x)[:, ::-1].copy())
     r = run("build", bundle_dir, "--profile", "server-a100", "--precision", "fp32")

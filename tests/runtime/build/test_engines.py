@@ -130,8 +130,13 @@ def test_the_timing_cache_is_reused_by_the_next_build(bundle_dir, monkeypatch):
 
 
 def test_dry_run_needs_no_tensorrt_and_touches_nothing(bundle_dir):
-    outcome = build_engines(bundle_dir, "jetson-agx-orin", ["fp16", "int8"], dry_run=True)
+    outcome = build_engines(bundle_dir, "jetson-agx-orin", ["fp16", "int8"], dry_run=True, tensorrt="10.3")
     assert [r.status for r in outcome.results] == ["dry-run", "dry-run"]
     assert all(r.command.startswith("trtexec --onnx=") for r in outcome.results)
+    # every release the profile names: 11.4.1 takes fp16 only from an FP16 graph, which this bundle lacks
+    every = build_engines(bundle_dir, "jetson-agx-orin", ["fp16", "int8"], dry_run=True)
+    assert [(r.tensorrt, r.status) for r in every.results] == [
+        ("10.3", "dry-run"), ("10.16", "dry-run"), ("11.4.1", "refused"),
+        ("10.3", "dry-run"), ("10.16", "dry-run"), ("11.4.1", "dry-run")]
     assert not (bundle_dir / "engines").exists()
     np.testing.assert_equal(outcome.to_dict()["results"][0]["plan"]["precision"], "fp16")

@@ -80,3 +80,75 @@ def test_version_and_hardware_compatibility_need_8_6(bundle):
     assert "VERSION_COMPATIBLE" in plan.builder_flags and plan.hardware_compatibility == "AMPERE_PLUS"
     with pytest.raises(UsageError, match="8.6 or newer"):
         make_plan(bundle, XAVIER_DLA, "fp32", "8.5.2", version_compatible=True)
+
+
+ORIN_DLA = dataclasses.replace(load_profile("jetson-agx-orin"), dla_core=0)
+
+
+@pytest.fixture(scope="module")
+def fp16_graph_bundle(tmp_path_factory, trt_int8_bundle):
+    """The bundle with an FP16 artifact (the plan reads only the manifest: the FP32 file stands in)."""
+    import json
+    import shutil
+
+    from convdeploy.runtime.fsutil import atomic_write_json
+    from tests.runtime.conftest import rehash
+
+    root = tmp_path_factory.mktemp("fp16plan") / "b"
+    shutil.copytree(trt_int8_bundle, root)
+    shutil.copy(root / "model.onnx", root / "model.fp16.onnx")
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest["artifacts"]["fp16"] = {"file": "model.fp16.onnx"}
+    manifest["files"]["model.fp16.onnx"] = ""
+    atomic_write_json(root / "manifest.json", manifest)
+    rehash(root)
+    return Bundle.load(root)
+
+
+@pytest.mark.parametrize("version,allowed", [
+    ("8.5.2", True), ("10.3.0", True), ("10.7.0", True),  # 10.7: the last 10.x with DLA
+    ("10.8.0", False), ("10.16", False),  # 10.16 (JetPack 7.2) has no DLA
+    ("11.0", False), ("11.3.1", False), ("11.4.0", False),  # 11.4.0: Windows on ARM only
+    ("11.4.1", True), ("11.5", True),  # back on AGX Orin with JetPack 7.2.2+, strongly typed
+])
+def test_dla_release_gates_follow_nvidias_working_with_dla(fp16_graph_bundle, version, allowed):
+    if not allowed:
+        with pytest.raises(UsageError, match=f"TensorRT {version} has no DLA"):
+            make_plan(fp16_graph_bundle, ORIN_DLA, "fp16", version)
+        return
+    plan = make_plan(fp16_graph_bundle, ORIN_DLA, "fp16", version)
+    assert plan.dla_core == 0 and plan.gpu_fallback and "GPU_FALLBACK" in plan.builder_flags
+    if parse_line(version)[0] >= 11:  # strongly typed networks for DLA: the FP16 graph, no FP16 flag
+        assert plan.typing == "strong" and plan.onnx_file == "model.fp16.onnx" and "FP16" not in plan.builder_flags
+
+
+def test_dla_on_11_needs_the_fp16_graph(bundle):
+    with pytest.raises(UsageError, match="has no fp16 ONNX graph"):
+        make_plan(bundle, ORIN_DLA, "fp16", "11.4.1")
+
+
+def test_hardware_compatibility_is_refused_on_a_jetson_and_the_plan_records_the_platform(bundle):
+    """TensorRT's developer guide: hardware compatibility "is not supported on NVIDIA DRIVE OS or JetPack"."""
+    with pytest.raises(UsageError, match="not supported on JetPack") as exc:
+        make_plan(bundle, load_profile("jetson-agx-orin"), "fp32", "10.3.0", hardware_compatibility="AMPERE_PLUS")
+    assert "\n" not in str(exc.value)
+    assert make_plan(bundle, load_profile("jetson-agx-orin"), "fp32", "10.3.0").platform == "jetpack"
+    server = make_plan(bundle, load_profile("server-a100"), "fp32", "10.3.0", hardware_compatibility="AMPERE_PLUS")
+    assert server.platform == "dgpu" and server.to_dict()["platform"] == "dgpu"
+
+
+@pytest.mark.parametrize("version", ["10.3.0", "10.16", "11.4.1"])
+def test_strongly_typed_int8_says_unquantized_layers_run_in_fp32(bundle, version):
+    plan = make_plan(bundle, load_profile("jetson-agx-orin"), "int8", version)
+    assert plan.typing == "strong"
+    assert any("unquantized run in FP32" in note for note in plan.notes), plan.notes
+    weak = make_plan(bundle, load_profile("jetson-agx-xavier"), "int8", "8.5.2")  # INT8 + FP16 flags: no such note
+    assert not any("FP32" in note for note in weak.notes)
+
+
+def test_a_dry_run_plan_names_its_files_after_the_profile_not_a_placeholder(bundle):
+    prof = load_profile("jetson-nano")
+    plan = make_plan(bundle, prof, "fp16", "8.0.1", compute_capability=prof.compute_capability_tuple)
+    assert plan.engine_file == "engines/jetson-nano.fp16.trt8.0.1.sm53.engine"
+    assert "this-gpu" not in plan.timing_cache_file
+    assert "this-gpu" not in make_plan(bundle, prof, "fp16", "8.0.1").engine_file
