@@ -23,7 +23,8 @@ its own time budget, each failing or skipping on its own:
        pip download --no-deps 'cuda-python>=12,<13' 'cuda-bindings>=12,<13' -d wheels/
 
    (add ``--python-version 3.X --platform manylinux2014_x86_64 --only-binary=:all:``
-   when that Python differs from the one downloading). Never commit them.
+   when that Python differs from the one downloading; a ``cuda_pathfinder`` wheel found
+   there is installed too, for the cuda-bindings releases that need it). Never commit them.
 4. loop-back: the TensorRT backend (``TensorRTBackend``) with a stand-in engine whose
    ``execute_async_v3`` enqueues a device-to-device ``cudaMemcpyAsync`` on the stream it
    is given: output equal to input from 4 threads, with truly asynchronous copies
@@ -43,6 +44,7 @@ import argparse
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -54,6 +56,7 @@ from typing import Any, Callable
 
 REPO = Path(__file__).resolve().parents[1]
 TOTAL_BUDGET_S = 470.0  # under 8 minutes, with room for the table
+ERROR_LINE = re.compile(r"^(?:\[rank\d+\]:\s*)?(error: .*)$")
 BUDGETS_S = {"facts": 30, "ctypes": 80, "cuda-python": 120, "loop-back": 70, "training": 170}
 
 
@@ -322,8 +325,10 @@ def cuda_python_step(wheels: str | None, nbytes: int) -> Callable[[dict[str, Any
         if not Path(wheels).is_dir():
             raise StepFailed(f"--wheels {wheels} is not a directory")
         target = Path(tempfile.mkdtemp(prefix="gpu-check-cuda-python-"))
+        extra = ["cuda-pathfinder"] if any(Path(wheels).glob("cuda_pathfinder-*.whl")) else []
         pip = subprocess.run([sys.executable, "-m", "pip", "install", "--no-index", "--find-links", wheels,
-                              "--target", str(target), "--quiet", "cuda-python", "cuda-bindings"],
+                              "--no-deps", "--target", str(target), "--quiet", "cuda-python", "cuda-bindings",
+                              *extra],
                              capture_output=True, text=True, timeout=100)
         if pip.returncode != 0:
             last = (pip.stderr.strip().splitlines() or ["(no output)"])[-1]
@@ -505,7 +510,8 @@ def training_step(pythonpath: str, epochs: int) -> Callable[[dict[str, Any]], st
             out = work / label.replace(" ", "-").replace(":", "")
             proc = subprocess.run([*torchrun, *device, "--out", str(out)], capture_output=True, text=True,
                                   timeout=60, env=env)
-            errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+            # torchrun may prefix a worker's lines with "[rankN]:".
+            errors = [m.group(1) for m in map(ERROR_LINE.match, proc.stderr.splitlines()) if m]
             ok = proc.returncode != 0 and bool(errors) and all(one_line(e) for e in errors)
             figures[label] = "refused" if ok else f"exit {proc.returncode}"
             if not ok:

@@ -114,3 +114,25 @@ def test_a_loop_back_engine_that_loses_the_copy_is_caught(gpu_check):
     step = gpu_check.loopback_step({"ctypes": LosesCopies()}, (3, 8, 8), max_batch=4, calls=2)
     with pytest.raises(gpu_check.StepFailed, match="output differs from input"):
         step({})
+
+
+def test_the_binding_checks_pass_on_the_stand_in_libcudart(gpu_check, monkeypatch):
+    """Step 2's checks, against tests/runtime/backends' stand-in libcudart (the GPU run uses PyTorch's)."""
+    import torch
+
+    from convdeploy.runtime.backends import cuda as cuda_runtime
+    from tests.runtime.backends.test_cuda_bindings import StandInLibcudart, use_libcudart
+
+    lib = StandInLibcudart()
+    use_libcudart(monkeypatch, lib)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=0: "NVIDIA H100")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i=0: (9, 0))
+    figures: dict = {}
+    gpu_check.binding_checks(cuda_runtime._CtypesCudart("libcudart.so.12"), figures, nbytes=4096, reps=2)
+    assert figures["threads_ok"] == 4 and figures["set_device_9"] == "one line"
+    assert figures["pinned_gb_s"] > 0 and figures["pageable_gb_s"] > 0
+    assert not lib.memory.host and not lib.memory.device  # every buffer freed
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i=0: (8, 0))
+    with pytest.raises(gpu_check.StepFailed, match="device_info 'NVIDIA H100' \\(9, 0\\)"):
+        gpu_check.binding_checks(cuda_runtime._CtypesCudart("libcudart.so.12"), {}, nbytes=4096)
