@@ -21,7 +21,9 @@ Two execution paths, chosen by ``tensorrt.__version__``:
   binding path is the one JetPack's TensorRT 8 builds have always run.)
 
 Device buffers and the stream come from :mod:`runtime.backends.cuda` (cuda-python or a
-ctypes binding to ``libcudart``): neither PyTorch nor pycuda is needed.
+ctypes binding to ``libcudart``): neither PyTorch nor pycuda is needed. The host side of
+the copies is page-locked (``cudaMallocHost``), so that they are truly asynchronous on
+the stream: from pageable memory CUDA stages a copy and returns only when it is done.
 """
 
 from __future__ import annotations
@@ -317,6 +319,7 @@ class TensorRTBackend:
         self.model_path = Path(model_path)
         self._cuda: cuda_runtime.CudaRuntime | None = None
         self._buffers: dict[str, tuple[int, int]] = {}  # name -> (ptr, capacity in bytes)
+        self._host: dict[str, tuple[int, int]] = {}  # name -> (page-locked host ptr, capacity in bytes)
         self._stream: int | None = None
         self._lock = threading.Lock()
         if not self.model_path.is_file():
@@ -383,6 +386,21 @@ class TensorRTBackend:
             self._buffers[name] = (ptr, max(nbytes, 256))
         return ptr
 
+    def _host_buffer(self, name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        """A page-locked host array for ``name`` (grown, never shrunk; freed by close())."""
+        if self._cuda is None:
+            raise InternalError("TensorRT host buffer requested after close()")
+        nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+        ptr, cap = self._host.get(name, (0, 0))
+        if cap < nbytes:
+            if ptr:
+                self._cuda.free_host(ptr)
+                del self._host[name]
+            cap = max(nbytes, 256)
+            ptr = self._cuda.malloc_host(cap)
+            self._host[name] = (ptr, cap)
+        return cuda_runtime.host_array(ptr, tuple(shape), dtype)
+
     def run(self, batch: np.ndarray) -> np.ndarray:
         """Run one batch and return the first output as float32 (N x K)."""
         inp = self._in[0]
@@ -399,21 +417,24 @@ class TensorRTBackend:
             cuda.set_device(self.device_id)
             api.set_input_shape(self.context, inp, tuple(batch.shape))
             ptrs = {inp.name: self._buffer(inp.name, batch.nbytes)}
-            hosts = []
+            shapes = []
             for out in self._out:
                 shape = api.output_shape(self.context, out)
-                host = np.empty(shape, dtype=out.dtype)
-                ptrs[out.name] = self._buffer(out.name, host.nbytes)
-                hosts.append((out, host))
-            cuda.memcpy_htod_async(ptrs[inp.name], batch, stream)
+                ptrs[out.name] = self._buffer(out.name, int(np.prod(shape, dtype=np.int64)) * out.dtype.itemsize)
+                shapes.append(shape)
+            # Page-locked staging: the last run's copies are done (it synchronized under this lock).
+            host_in = self._host_buffer(inp.name, tuple(batch.shape), batch.dtype)
+            host_in[...] = batch
+            first = self._out[0]
+            host_out = self._host_buffer(first.name, shapes[0], first.dtype)
+            cuda.memcpy_htod_async(ptrs[inp.name], host_in, stream)
             if not api.execute(self.context, ptrs, stream):
                 raise BackendUnavailableError(f"TensorRT failed to execute {self.model_path.name}")
-            first = hosts[0]
-            cuda.memcpy_dtoh_async(first[1], ptrs[first[0].name], stream)
-            # Copies from pageable numpy memory: the synchronize is what makes the output valid.
+            cuda.memcpy_dtoh_async(host_out, ptrs[first.name], stream)
+            # Asynchronous copies: only the synchronize makes the output valid.
             cuda.stream_synchronize(stream)
-        out_arr = first[1]
-        return out_arr if out_arr.dtype == np.float32 else out_arr.astype(np.float32)
+            # A copy, never a view: the pinned buffer is the next run's.
+            return np.array(host_out, dtype=np.float32, copy=True)
 
     def describe(self) -> BackendInfo:
         cc = self.compute_capability
@@ -438,6 +459,12 @@ class TensorRTBackend:
                 except BackendUnavailableError:  # freeing during interpreter shutdown must not raise
                     pass
             self._buffers.clear()
+            for ptr, _ in self._host.values():
+                try:
+                    cuda.free_host(ptr)
+                except BackendUnavailableError:
+                    pass
+            self._host.clear()
             if self._stream is not None:
                 try:
                     cuda.stream_destroy(self._stream)

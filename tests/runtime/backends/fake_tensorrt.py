@@ -25,6 +25,7 @@ copies and execution that happen only at ``stream_synchronize``.
 
 from __future__ import annotations
 
+import ctypes
 import enum
 import functools
 import importlib.machinery
@@ -84,6 +85,8 @@ class FakeCuda:
         self.pending: dict[int, list[Callable[[], None]]] = {}
         self.next = 0x1000
         self.freed: list[int] = []
+        self.pinned: dict[int, Any] = {}  # page-locked host memory: real bytes, so numpy can view it
+        self.pageable_copies = 0  # cudaMemcpyAsync from/to pageable memory: staged, synchronous
 
     @property
     def current(self) -> int:
@@ -108,6 +111,23 @@ class FakeCuda:
             self.mem.pop(ptr)
             self.owner.pop(ptr)
             self.freed.append(ptr)
+
+    def device_count(self) -> int:
+        return len(self.gpus)
+
+    def malloc_host(self, nbytes: int) -> int:
+        buf = ctypes.create_string_buffer(max(nbytes, 1))
+        with self._lock:
+            self.pinned[ctypes.addressof(buf)] = buf
+        return ctypes.addressof(buf)
+
+    def free_host(self, ptr: int) -> None:
+        with self._lock:
+            self.pinned.pop(ptr)  # KeyError: not memory from malloc_host, or freed twice
+
+    def is_pinned(self, array: np.ndarray) -> bool:
+        start, end = array.ctypes.data, array.ctypes.data + array.nbytes
+        return any(p <= start and end <= p + len(b) for p, b in list(self.pinned.items()))
 
     def stream_create(self) -> int:
         with self._lock:
@@ -145,17 +165,30 @@ class FakeCuda:
         self.check(stream, dst)
         if len(self.mem[dst]) < src.nbytes:
             raise FakeCudaError("copy past the end of the device buffer")
-        data = src.tobytes()  # pageable memory is staged when the call returns
+        if self.is_pinned(src):  # page-locked: the GPU reads it when the copy runs, not now
+            def copy() -> None:
+                self.mem[dst][: src.nbytes] = src.tobytes()
+        else:
+            self.pageable_copies += 1
+            data = src.tobytes()  # pageable memory is staged when the call returns
 
-        def copy() -> None:
-            self.mem[dst][: len(data)] = data
+            def copy() -> None:
+                self.mem[dst][: len(data)] = data
         self.enqueue(stream, copy)
 
     def memcpy_dtoh_async(self, dst: np.ndarray, src: int, stream: int) -> None:
         self.check(stream, src)
+        self.pageable_copies += not self.is_pinned(dst)
 
         def copy() -> None:  # lands in ``dst`` only when the stream is synchronized
             dst[...] = np.frombuffer(bytes(self.mem[src][: dst.nbytes]), dtype=dst.dtype).reshape(dst.shape)
+        self.enqueue(stream, copy)
+
+    def memcpy_dtod_async(self, dst: int, src: int, nbytes: int, stream: int) -> None:
+        self.check(stream, dst, src)
+
+        def copy() -> None:
+            self.mem[dst][:nbytes] = self.mem[src][:nbytes]
         self.enqueue(stream, copy)
 
 

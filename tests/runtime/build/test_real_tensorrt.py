@@ -1,8 +1,10 @@
 """The real thing: LeNet-5 and ResNet-18 engines built with TensorRT on a GPU, verified, benched.
 
 Marked ``tensorrt`` (deselected by default; CI has no GPU): run with ``-m tensorrt`` on a
-machine with TensorRT, a GPU and PyTorch (the bundles are exported here first), or through
-benchmarks/gpu_check.sh. The same paths run in CI on the fake TensorRT (test_engines.py).
+machine with TensorRT, a GPU and PyTorch (the bundles are exported here first):
+``python -m pytest -m "gpu or tensorrt"``. On a GPU without TensorRT, benchmarks/gpu_check.py
+checks the CUDA bindings and the backend's copies. The same paths run in CI on the fake
+TensorRT (test_engines.py).
 """
 
 from __future__ import annotations
