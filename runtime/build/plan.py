@@ -82,6 +82,14 @@ def gpu_tag(gpu_name: str | None, compute_capability: tuple[int, int] | None) ->
     return slug(gpu_name) + cc
 
 
+def cache_tag(gpu_name: str | None, compute_capability: tuple[int, int] | None, sm_count: int | None) -> str:
+    """The device part of a timing cache's name: :func:`gpu_tag` and the SM count. TensorRT
+    refuses a cache made on a device with other properties (NvInfer.h, setTimingCache), and
+    the Jetson Orin modules share the name "Orin" and 8.7, differing only in SMs (4 to 16)."""
+    tag = gpu_tag(gpu_name, compute_capability)
+    return f"{tag}-{int(sm_count)}sm" if sm_count else tag
+
+
 @dataclass(frozen=True)
 class BuildPlan:
     """Everything a build decides; JSON-ready (:meth:`to_dict`) and recorded in the sidecar."""
@@ -143,7 +151,8 @@ def _shapes(bundle: "Bundle", profile: "Profile", static: bool) -> tuple[tuple[i
 
 def make_plan(bundle: "Bundle", profile: "Profile", precision: str, tensorrt: str, *,
               gpu_name: str | None = None, compute_capability: tuple[int, int] | None = None,
-              version_compatible: bool = False, hardware_compatibility: str = "NONE") -> BuildPlan:
+              version_compatible: bool = False, hardware_compatibility: str = "NONE",
+              sm_count: int | None = None) -> BuildPlan:
     """Decide how to build ``precision`` of ``bundle`` for ``profile`` with TensorRT ``tensorrt``.
 
     Refuses (:class:`UsageError`) what cannot be built honestly: a precision the profile
@@ -217,7 +226,8 @@ def make_plan(bundle: "Bundle", profile: "Profile", precision: str, tensorrt: st
         tf32=tf32, dla_core=dla_core, gpu_fallback=dla_core is not None, builder_optimization_level=level,
         version_compatible=version_compatible, hardware_compatibility=hardware_compatibility,
         engine_file=f"{ENGINES_DIR}/{stem}{ENGINE_SUFFIX}",
-        timing_cache_file=f"{ENGINES_DIR}/{TIMING_CACHE_DIR}/trt{line}.{tag}.cache",
+        timing_cache_file=(f"{ENGINES_DIR}/{TIMING_CACHE_DIR}/trt{line}."
+                           f"{cache_tag(gpu_name, compute_capability, sm_count)}.cache"),
         notes=tuple(notes),
     )
 
@@ -226,5 +236,5 @@ def engine_path(bundle_root: str | Path, plan: BuildPlan) -> Path:
     return Path(bundle_root) / plan.engine_file
 
 
-__all__ = ["BuildPlan", "FAILED_DIR", "TIMING_CACHE_DIR", "engine_path", "gpu_tag", "make_plan", "parse_line",
+__all__ = ["BuildPlan", "FAILED_DIR", "cache_tag", "TIMING_CACHE_DIR", "engine_path", "gpu_tag", "make_plan", "parse_line",
            "slug", "typing_modes"]
