@@ -16,7 +16,7 @@ import warnings
 import pytest
 
 from convdeploy.runtime.backends import tensorrt_backend
-from convdeploy.runtime.backends.tensorrt_backend import EngineDeviceWarning, TensorRTBackend
+from convdeploy.runtime.backends.tensorrt_backend import TensorRTBackend
 from convdeploy.runtime.build import build_engines, builder
 from convdeploy.runtime.build.plan import make_plan
 from convdeploy.runtime.bundle.reader import Bundle
@@ -105,25 +105,30 @@ def _orin(sms: int) -> fake.FakeCuda:
 def test_5_a_refused_timing_cache_is_replaced_with_a_note(bundle_dir, monkeypatch):
     trt = fake.install(monkeypatch, "10.3.0", cuda=_orin(16))
     bundle = Bundle.load(bundle_dir)
-    plan16 = make_plan(bundle, load_profile("jetson-agx-orin"), "fp16", "10.3.0", gpu_name="Orin",
-                       compute_capability=(8, 7), sm_count=16)
-    builder.build_serialized_engine(trt.module, plan16, bundle_dir)
-    agx_cache = (bundle_dir / plan16.timing_cache_file).read_bytes()
-    # the AGX Orin's cache offered on an Orin NX (same name, same 8.7, 8 SMs)
-    trt.cuda.sms = [8]
-    plan8 = make_plan(bundle, load_profile("jetson-agx-orin"), "fp16", "10.3.0", gpu_name="Orin",
-                      compute_capability=(8, 7), sm_count=8)
-    (bundle_dir / plan8.timing_cache_file).write_bytes(agx_cache)
-    built = builder.build_serialized_engine(trt.module, plan8, bundle_dir)
+    # one cache file for both modules (what a name + compute capability key gives)
+    plan = make_plan(bundle, load_profile("jetson-agx-orin"), "fp16", "10.3.0", gpu_name="Orin",
+                     compute_capability=(8, 7))
+    builder.build_serialized_engine(trt.module, plan, bundle_dir)
+    agx_cache = (bundle_dir / plan.timing_cache_file).read_bytes()
+    trt.cuda.sms = [8]  # the AGX Orin's cache offered on an Orin NX (same name, same 8.7, 8 SMs)
+    built = builder.build_serialized_engine(trt.module, plan, bundle_dir)
     assert any("refused" in note and "fresh" in note for note in built.notes)
-    assert (bundle_dir / plan8.timing_cache_file).read_bytes() != agx_cache  # replaced by this device's
-    again = builder.build_serialized_engine(trt.module, plan8, bundle_dir)
-    assert again.notes == []  # its own cache is accepted
-
-    # the old code: the bool ignored, then get_timing_cache() is None after a full build
+    assert (bundle_dir / plan.timing_cache_file).read_bytes() != agx_cache  # replaced by this device's
+    assert builder.build_serialized_engine(trt.module, plan, bundle_dir).notes == []  # its own is accepted
+    # what TensorRT does with it: refused, and then the config has no cache at all
     _, _, config = _config("10.3.0", _orin(8))
     assert config.set_timing_cache(config.create_timing_cache(agx_cache), False) is False
     assert config.get_timing_cache() is None
+
+
+def test_5_a_build_without_any_accepted_cache_writes_none_and_says_so(bundle_dir, monkeypatch):
+    trt = fake.install(monkeypatch, "10.3.0")
+    monkeypatch.setattr(trt.module.IBuilderConfig, "set_timing_cache", lambda self, cache, ignore_mismatch: False)
+    plan = make_plan(Bundle.load(bundle_dir), load_profile("server-a100"), "fp32", "10.3.0", gpu_name="G",
+                     compute_capability=(8, 0))
+    built = builder.build_serialized_engine(trt.module, plan, bundle_dir)
+    assert built.plan_bytes and any("no timing cache to keep" in n for n in built.notes)
+    assert not (bundle_dir / plan.timing_cache_file).exists()
 
 
 # 6 --------------------------------------------------------------------------------------------
@@ -205,7 +210,7 @@ def test_8_two_gpus_of_one_name_differ_in_caches_sidecars_and_a_warning(bundle_d
         warnings.simplefilter("error")
         TensorRTBackend(engine).close()  # its own module: no warning
     fake.install(monkeypatch, "10.3.0", cuda=_orin(8))  # the same engine on an Orin NX
-    with pytest.warns(EngineDeviceWarning, match=r"built on another Orin module \(16 SMs; this Orin has 8\)"):
+    with pytest.warns(tensorrt_backend.EngineDeviceWarning, match=r"built on another Orin module \(16 SMs; this Orin has 8\)"):
         be = TensorRTBackend(engine)
     golden = Bundle.load(bundle_dir).golden()
     assert be.run(golden["inputs"][:2]).shape[0] == 2  # it runs; only its tuning is another module's
