@@ -115,6 +115,14 @@ def test_the_walker_follows_objects_not_variable_names(program):
     assert len(refs) >= 80
 
 
+def test_every_property_the_code_sets_is_type_checked_by_the_stand_in(program):
+    assigned = {(r.cls, r.member) for r in program.assigned}
+    assert {("IBuilderConfig", "DLA_core"), ("Runtime", "DLA_core"), ("Runtime", "engine_host_code_allowed"),
+            ("IBuilderConfig", "hardware_compatibility_level")} <= assigned
+    untyped = sorted(assigned - set(fake.PROPERTY_TYPES))
+    assert not untyped, f"add the C++ setter's type of {untyped} to fake_tensorrt.PROPERTY_TYPES"
+
+
 def test_a_renamed_variable_or_a_chained_call_cannot_hide_a_wrong_name(tmp_path):
     source = tmp_path / "planted.py"
     source.write_text(

@@ -73,13 +73,14 @@ class Program:
         self.refs: set[Ref] = set()
         self.calls: set[Call] = set()
         self.bases: set[Ref] = set()
+        self.assigned: set[Ref] = set()  # properties of TensorRT objects the code sets
         self.surfaces = {v: load_surface(v)["classes"] for v in VERSIONS}
         self.trees = [(p.relative_to(root).as_posix(), ast.parse(p.read_text())) for p in paths]
         for name, tree in self.trees:
             self._index(tree, None, VERSIONS, name)
         for _ in range(8):  # to a fixed point (types only grow)
             before = (len(self.params), len(self.results), len(self.fields))
-            self.refs, self.calls = set(), set()
+            self.refs, self.calls, self.assigned = set(), set(), set()
             for name, fn_list in list(self.functions.items()):
                 for fn, owner, serves, file in fn_list:
                     self._walk_function(fn, owner, serves, file)
@@ -274,7 +275,11 @@ class Program:
                         for sub, val in zip(target.elts, stmt.value.elts):
                             self._bind(sub, self.expr(val, env, ctx), env, ctx[0])
                     else:
-                        self.expr(target, env, ctx) if isinstance(target, ast.Attribute) else None
+                        if isinstance(target, ast.Attribute):
+                            self.expr(target, env, ctx)
+                            holder = self.expr(target.value, env, ctx)
+                            if isinstance(holder, tuple) and holder[0] == "trt":
+                                self.assigned.add(Ref(holder[1], target.attr, ctx[1], f"{ctx[2]}:{stmt.lineno}"))
                         self._bind(target, kind, env, ctx[0])
                 continue
             if isinstance(stmt, ast.AnnAssign) and stmt.value is not None:
