@@ -490,6 +490,6 @@ class TensorRTBackend:
             pass
 
 
-__all__ = ["BindingAPI", "EngineDeviceWarning", "EngineTensor", "NamedTensorAPI", "RunningTensorRT", "TensorRTBackend", "api_for_version",
-           "check_sidecar", "engine_api", "import_tensorrt", "open_runtime", "parse_version", "running_tensorrt",
+__all__ = ["BindingAPI", "EngineDeviceWarning", "EngineTensor", "NamedTensorAPI", "RunningTensorRT", "TensorRTBackend",
+           "api_for_version", "check_sidecar", "engine_api", "import_tensorrt", "open_runtime", "parse_version", "running_tensorrt",
            "sidecar_mismatch", "sidecar_module_warning"]

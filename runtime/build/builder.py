@@ -278,4 +278,5 @@ def layer_placement(trt: Any, engine: Any) -> dict[str, list[str]]:
 
 
 __all__ = ["BuiltEngine", "NamedParserErrors", "Trt10Line", "Trt11Line", "Trt8Line", "TrtLine", "WeakTypingFlags",
-           "attach_timing_cache", "build_serialized_engine", "save_timing_cache", "is_dla_layer", "layer_placement", "line_for", "make_logger"]
+           "attach_timing_cache", "build_serialized_engine", "is_dla_layer", "layer_placement", "line_for", "make_logger",
+           "save_timing_cache"]

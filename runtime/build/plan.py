@@ -236,5 +236,5 @@ def engine_path(bundle_root: str | Path, plan: BuildPlan) -> Path:
     return Path(bundle_root) / plan.engine_file
 
 
-__all__ = ["BuildPlan", "FAILED_DIR", "cache_tag", "TIMING_CACHE_DIR", "engine_path", "gpu_tag", "make_plan", "parse_line",
-           "slug", "typing_modes"]
+__all__ = ["BuildPlan", "FAILED_DIR", "TIMING_CACHE_DIR", "cache_tag", "engine_path", "gpu_tag", "make_plan",
+           "parse_line", "slug", "typing_modes"]

@@ -210,7 +210,8 @@ def test_8_two_gpus_of_one_name_differ_in_caches_sidecars_and_a_warning(bundle_d
         warnings.simplefilter("error")
         TensorRTBackend(engine).close()  # its own module: no warning
     fake.install(monkeypatch, "10.3.0", cuda=_orin(8))  # the same engine on an Orin NX
-    with pytest.warns(tensorrt_backend.EngineDeviceWarning, match=r"built on another Orin module \(16 SMs; this Orin has 8\)"):
+    module_warning = r"built on another Orin module \(16 SMs; this Orin has 8\)"
+    with pytest.warns(tensorrt_backend.EngineDeviceWarning, match=module_warning):
         be = TensorRTBackend(engine)
     golden = Bundle.load(bundle_dir).golden()
     assert be.run(golden["inputs"][:2]).shape[0] == 2  # it runs; only its tuning is another module's
