@@ -302,5 +302,30 @@ def load_cuda_runtime() -> CudaRuntime:
     return fallback
 
 
+# driver_types.h, enum cudaDeviceAttr: cudaDevAttrMultiProcessorCount = 16.
+ATTR_MULTIPROCESSOR_COUNT = 16
+
+
+def multiprocessor_count(cuda: Any, device: int) -> int | None:
+    """The SM count of ``device``, or None where the binding cannot say. Jetson Orin modules
+    all report the name "Orin" at compute capability 8.7 and differ only here (4 to 16 SMs),
+    so timing caches and engine sidecars are keyed by it."""
+    own = getattr(cuda, "multiprocessor_count", None)
+    if callable(own):
+        return int(own(device))
+    try:
+        if isinstance(cuda, _CtypesCudart):
+            value = ctypes.c_int()
+            cuda._ok(cuda.lib.cudaDeviceGetAttribute(ctypes.byref(value), ATTR_MULTIPROCESSOR_COUNT, device))
+            return int(value.value)
+        if isinstance(cuda, _CudaPythonRuntime):
+            rt = cuda.rt
+            return int(cuda._ok(rt.cudaDeviceGetAttribute(rt.cudaDeviceAttr.cudaDevAttrMultiProcessorCount, device)))
+    except (BackendUnavailableError, AttributeError):
+        return None
+    return None
+
+
 __all__ = ["CALL_REQUIRES_NEWER_DRIVER", "CudaBindingFallbackWarning", "CudaRuntime", "DRIVER_TOO_OLD",
-           "INSUFFICIENT_DRIVER", "find_libcudart", "host_array", "load_cuda_runtime"]
+           "INSUFFICIENT_DRIVER", "find_libcudart", "host_array", "load_cuda_runtime",
+           "multiprocessor_count"]

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import os
 import threading
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -137,6 +138,27 @@ def sidecar_mismatch(sidecar: dict[str, Any], *, trt_version: str, gpu_name: str
         return (f"{engine_name} was built on {sidecar['gpu_name']} but this GPU is {gpu_name}; TensorRT tunes "
                 f"engines per GPU model: {hint}")
     return None
+
+
+class EngineDeviceWarning(RuntimeWarning):
+    """The engine runs here but was built on another module of the same GPU model."""
+
+
+def sidecar_module_warning(sidecar: dict[str, Any], *, gpu_name: str, sm_count: int | None,
+                           engine_name: str = "engine") -> str | None:
+    """One line when the engine was built on a GPU of this name and compute capability but
+    another SM count, or None. Every Jetson Orin module reports "Orin" at 8.7 (AGX Orin 16
+    SMs, Orin NX 8, Orin Nano 4 or 8): TensorRT loads such an engine and warns that a plan
+    used across device models may be slow or fail ("Using an engine plan file across
+    different models of devices is not recommended"); its tactics were timed on the other
+    module. Hardware-compatible engines are meant to move, and are not named."""
+    built = sidecar.get("sm_count")
+    level = str(sidecar.get("hardware_compatibility_level") or "NONE").upper()
+    if built is None or sm_count is None or int(built) == int(sm_count) or level != "NONE":
+        return None
+    return (f"{engine_name} was built on another {sidecar.get('gpu_name', gpu_name)} module ({built} SMs; this "
+            f"{gpu_name} has {sm_count}): it runs with tactics tuned for that module; rebuild it here with "
+            "`convdeploy build` for this module's speed")
 
 
 def check_sidecar(
@@ -293,6 +315,12 @@ def open_runtime(trt: Any, logger: Any, sidecar: dict[str, Any], engine_name: st
             raise EngineMismatchError(f"{engine_name} was built for DLA core {dla_core} but this device has "
                                       f"{cores} DLA core(s)", "rebuild it here with `convdeploy build`")
         runtime.DLA_core = int(dla_core)
+        # Read back: a runtime on another DLA core than the engine's sidecar names would run the
+        # engine on a core the build did not choose (or refuse it); say so instead.
+        if int(runtime.DLA_core) != int(dla_core):
+            raise EngineMismatchError(f"{engine_name} was built for DLA core {dla_core} but TensorRT's runtime is "
+                                      f"on DLA core {runtime.DLA_core}", "check the device's DLA cores (tegrastats), "
+                                      "or rebuild it for the core this device offers with `convdeploy build`")
     if sidecar.get("version_compatible"):
         runtime.engine_host_code_allowed = True
     return runtime
@@ -334,6 +362,11 @@ class TensorRTBackend:
         self.gpu_name, self.compute_capability = cuda.device_info(device_id)
         check_sidecar(self.sidecar, trt_version=self.trt_version, gpu_name=self.gpu_name,
                       compute_capability=self.compute_capability, engine_name=self.model_path.name)
+        self.sm_count = cuda_runtime.multiprocessor_count(cuda, device_id)
+        other_module = sidecar_module_warning(self.sidecar, gpu_name=self.gpu_name, sm_count=self.sm_count,
+                                              engine_name=self.model_path.name)
+        if other_module:
+            warnings.warn(other_module, EngineDeviceWarning, stacklevel=2)
         if onnx_sha256 and self.sidecar.get("onnx_sha256") and self.sidecar["onnx_sha256"] != onnx_sha256:
             raise EngineMismatchError(f"engine {self.model_path.name} was built from another ONNX model",
                                       "rebuild it with `convdeploy build`")
@@ -484,6 +517,6 @@ class TensorRTBackend:
             pass
 
 
-__all__ = ["BindingAPI", "EngineTensor", "NamedTensorAPI", "RunningTensorRT", "TensorRTBackend", "api_for_version",
-           "check_sidecar", "engine_api", "import_tensorrt", "open_runtime", "parse_version", "running_tensorrt",
-           "sidecar_mismatch"]
+__all__ = ["BindingAPI", "EngineDeviceWarning", "EngineTensor", "NamedTensorAPI", "RunningTensorRT", "TensorRTBackend",
+           "api_for_version", "check_sidecar", "engine_api", "import_tensorrt", "open_runtime", "parse_version", "running_tensorrt",
+           "sidecar_mismatch", "sidecar_module_warning"]

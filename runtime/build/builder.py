@@ -14,7 +14,9 @@ against exactly those releases):
 
 Parser errors become one line per failing node; ``build_serialized_network`` returning
 None is an error with TensorRT's log attached. The timing cache is kept per (TensorRT
-version, GPU) beside the engines, so a rebuild on the same device is fast.
+version, GPU model, compute capability, SM count) beside the engines, so a rebuild on the
+same device is fast; a cache TensorRT refuses (made elsewhere) is replaced by a fresh one,
+and the build says so (:func:`attach_timing_cache`).
 """
 
 from __future__ import annotations
@@ -151,6 +153,7 @@ class BuiltEngine:
     plan_bytes: bytes
     seconds: float
     log: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what the user should know (a refused timing cache)
 
 
 def _parse(trt: Any, line: TrtLine, network: Any, logger: Any, onnx_path: Path) -> None:
@@ -198,6 +201,35 @@ def _configure(trt: Any, builder: Any, network: Any, line: TrtLine, plan: BuildP
     return config
 
 
+def attach_timing_cache(config: Any, cache_path: Path, notes: list[str]) -> None:
+    """Give the build the timing cache kept at ``cache_path``, or a fresh one.
+
+    ``set_timing_cache`` answers False for a cache made with another TensorRT or on a device
+    with other properties (NvInfer.h, IBuilderConfig::setTimingCache; 10.3.0), and the config
+    then has no cache at all. ignore_mismatch stays False: a foreign cache is refused, never
+    half-used (trtexec passes true and takes the risk). A refused cache is replaced by a fresh
+    one, and the build says so in a note; the file is overwritten after the build."""
+    previous = cache_path.read_bytes() if cache_path.is_file() else b""
+    if previous:
+        if config.set_timing_cache(config.create_timing_cache(previous), False):
+            return
+        notes.append(f"the timing cache {cache_path.name} was made with another TensorRT or on another device "
+                     "(same name, other SM count?) and TensorRT refused it: built with a fresh cache, which "
+                     "replaces it")
+    if not config.set_timing_cache(config.create_timing_cache(b""), False):
+        notes.append("TensorRT refused an empty timing cache: built without one")
+
+
+def save_timing_cache(config: Any, cache_path: Path, notes: list[str]) -> None:
+    """Write the build's timing cache to ``cache_path`` (none to write when TensorRT refused every cache)."""
+    timing = config.get_timing_cache()
+    if timing is None:  # getTimingCache() is nullptr when no cache was accepted
+        notes.append(f"no timing cache to keep: {cache_path.name} was not written")
+        return
+    cache_path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(cache_path, bytes(timing.serialize()))
+
+
 def build_serialized_engine(trt: Any, plan: BuildPlan, bundle_root: str | Path) -> BuiltEngine:
     """Parse the plan's ONNX, configure the builder as the plan says, build, keep the timing cache."""
     root = Path(bundle_root)
@@ -209,9 +241,8 @@ def build_serialized_engine(trt: Any, plan: BuildPlan, bundle_root: str | Path) 
     _parse(trt, line, network, logger, onnx_path)
     config = _configure(trt, builder, network, line, plan)
     cache_path = root / plan.timing_cache_file
-    previous = cache_path.read_bytes() if cache_path.is_file() else b""
-    cache = config.create_timing_cache(previous)
-    config.set_timing_cache(cache, False)  # a cache of another TensorRT/GPU is refused, not half-used
+    notes: list[str] = []
+    attach_timing_cache(config, cache_path, notes)
     start = time.perf_counter()
     serialized = builder.build_serialized_network(network, config)
     seconds = time.perf_counter() - start
@@ -221,9 +252,8 @@ def build_serialized_engine(trt: Any, plan: BuildPlan, bundle_root: str | Path) 
             f"TensorRT could not build the {plan.precision} engine of {plan.onnx_file}: "
             + (" | ".join(shown) if shown else "no message in TensorRT's log"),
             "see the log above; a smaller workspace or another precision may build")
-    cache_path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(cache_path, bytes(config.get_timing_cache().serialize()))
-    return BuiltEngine(bytes(serialized), seconds, list(logger.lines))
+    save_timing_cache(config, cache_path, notes)
+    return BuiltEngine(bytes(serialized), seconds, list(logger.lines), notes)
 
 
 # ----------------------------------------------------------------------------- inspection
@@ -249,4 +279,5 @@ def layer_placement(trt: Any, engine: Any) -> dict[str, list[str]]:
 
 
 __all__ = ["BuiltEngine", "NamedParserErrors", "Trt10Line", "Trt11Line", "Trt8Line", "TrtLine", "WeakTypingFlags",
-           "build_serialized_engine", "is_dla_layer", "layer_placement", "line_for", "make_logger"]
+           "attach_timing_cache", "build_serialized_engine", "is_dla_layer", "layer_placement", "line_for", "make_logger",
+           "save_timing_cache"]

@@ -154,6 +154,7 @@ class _Device:
     compute_capability: tuple[int, int]
     cuda_kind: str
     device_id: int
+    sm_count: int | None = None  # Orin modules share name and 8.7; the SM count tells them apart
 
 
 def _open_device(device_id: int) -> _Device:
@@ -172,7 +173,8 @@ def _open_device(device_id: int) -> _Device:
     cuda = cuda_runtime.load_cuda_runtime()
     cuda.set_device(device_id)
     name, cc = cuda.device_info(device_id)
-    return _Device(trt, str(trt.__version__), name, cc, str(getattr(cuda, "kind", "")), device_id)
+    return _Device(trt, str(trt.__version__), name, cc, str(getattr(cuda, "kind", "")), device_id,
+                   cuda_runtime.multiprocessor_count(cuda, device_id))
 
 
 def _sidecar(plan: BuildPlan, device: _Device, bundle: Bundle, engine_bytes_sha: str,
@@ -181,6 +183,7 @@ def _sidecar(plan: BuildPlan, device: _Device, bundle: Bundle, engine_bytes_sha:
     fields: dict[str, Any] = {
         "tensorrt_version": device.version, "gpu_name": device.gpu_name,
         "compute_capability": f"{device.compute_capability[0]}.{device.compute_capability[1]}",
+        "sm_count": device.sm_count,
         "precision": plan.precision, "profile": plan.profile, "typing": plan.typing,
         "onnx_file": plan.onnx_file, "onnx_sha256": sha256_file(onnx_path), "engine_sha256": engine_bytes_sha,
         "input": plan.input_name, "min_shape": list(plan.min_shape), "opt_shape": list(plan.opt_shape),
@@ -303,7 +306,7 @@ def build_engines(
     for precision in wanted:
         plan = make_plan(bundle, prof, precision, device.version, gpu_name=device.gpu_name,
                          compute_capability=device.compute_capability, version_compatible=version_compatible,
-                         hardware_compatibility=hardware_compatibility)
+                         hardware_compatibility=hardware_compatibility, sm_count=device.sm_count)
         outcome.notes += [note for note in plan.notes if note not in outcome.notes]
         checked = preflight(bundle.root / plan.onnx_file, prof, precision, dla=plan.dla_core is not None)
         checked.raise_for_problems()
@@ -318,6 +321,7 @@ def build_engines(
             say(f"building the {precision} engine ({plan.typing}ly typed, {plan.onnx_file})")
             built = build_serialized_engine(device.trt, plan, bundle.root)
             data, seconds, extra = built.plan_bytes, built.seconds, {"built_with": "convdeploy build"}
+            outcome.notes.extend(built.notes)
         digest = _sha256_bytes(data)
         placement = _inspect(device, data, {"dla_core": plan.dla_core,
                                             "version_compatible": plan.version_compatible}, Path(plan.engine_file).name)

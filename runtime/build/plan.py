@@ -125,6 +125,14 @@ def gpu_tag(gpu_name: str | None, compute_capability: tuple[int, int] | None) ->
     return slug(gpu_name) + cc
 
 
+def cache_tag(gpu_name: str | None, compute_capability: tuple[int, int] | None, sm_count: int | None) -> str:
+    """The device part of a timing cache's name: :func:`gpu_tag` and the SM count. TensorRT
+    refuses a cache made on a device with other properties (NvInfer.h, setTimingCache), and
+    the Jetson Orin modules share the name "Orin" and 8.7, differing only in SMs (4 to 16)."""
+    tag = gpu_tag(gpu_name, compute_capability)
+    return f"{tag}-{int(sm_count)}sm" if sm_count else tag
+
+
 @dataclass(frozen=True)
 class BuildPlan:
     """Everything a build decides; JSON-ready (:meth:`to_dict`) and recorded in the sidecar."""
@@ -189,7 +197,8 @@ def _shapes(bundle: "Bundle", profile: "Profile", static: bool) -> tuple[tuple[i
 
 def make_plan(bundle: "Bundle", profile: "Profile", precision: str, tensorrt: str, *,
               gpu_name: str | None = None, compute_capability: tuple[int, int] | None = None,
-              version_compatible: bool = False, hardware_compatibility: str = "NONE") -> BuildPlan:
+              version_compatible: bool = False, hardware_compatibility: str = "NONE",
+              sm_count: int | None = None) -> BuildPlan:
     """Decide how to build ``precision`` of ``bundle`` for ``profile`` with TensorRT ``tensorrt``.
 
     Refuses (:class:`UsageError`) what cannot be built honestly: a precision the profile
@@ -263,7 +272,8 @@ def make_plan(bundle: "Bundle", profile: "Profile", precision: str, tensorrt: st
                      "with `convdeploy bench`")
     mins, opts, maxs = _shapes(bundle, profile, static=dla_core is not None)
     line = ".".join(map(str, version))
-    tag = gpu_tag(gpu_name, compute_capability)
+    # Engines and timing caches are keyed by the SM count too: Orin modules share a name and 8.7.
+    tag = cache_tag(gpu_name, compute_capability, sm_count)
     stem = f"{slug(profile.name)}.{precision}.trt{line}.{tag}"
     return BuildPlan(
         profile=profile.name, precision=precision, tensorrt=line, onnx_file=bundle.artifact(onnx_precision)["file"],
@@ -288,5 +298,5 @@ def engine_path(bundle_root: str | Path, plan: BuildPlan) -> Path:
     return Path(bundle_root) / plan.engine_file
 
 
-__all__ = ["BuildPlan", "FAILED_DIR", "TIMING_CACHE_DIR", "dla_refusal", "engine_path", "gpu_tag", "make_plan",
-           "padded_version", "parse_line", "has_static_input", "platform_of", "slug", "typing_modes"]
+__all__ = ["BuildPlan", "FAILED_DIR", "TIMING_CACHE_DIR", "cache_tag", "dla_refusal", "engine_path", "gpu_tag",
+           "make_plan", "padded_version", "parse_line", "has_static_input", "platform_of", "slug", "typing_modes"]

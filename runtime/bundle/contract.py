@@ -282,6 +282,7 @@ SIDECAR_OPTIONAL = (
     "exclude_lean_runtime",
     "hardware_compatibility_level",  # NONE | AMPERE_PLUS | SAME_COMPUTE_CAPABILITY
     "cuda_runtime", "jetpack", "l4t",  # the device's software
+    "sm_count",  # the GPU's SM count: Jetson Orin modules share name and compute capability (see the backend)
     "build_seconds", "built_with", "adopted_from", "notes",
 )
 ENGINE_RECORD_KEYS = ("precision", "profile", "tensorrt_version", "gpu_name", "compute_capability", "engine_sha256",

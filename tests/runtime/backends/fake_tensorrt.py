@@ -9,8 +9,15 @@ serve. The real tests (marked ``tensorrt``) live beside these and run on a GPU m
 value of the real release, dumped from its bindings) and exposes exactly those names:
 an attribute the real release lacks raises AttributeError here too (8.6 has both the
 binding and the named-tensor API, 10.x only the named one; 11.x has no FP16/INT8 builder
-flags and no ``platform_has_fast_fp16``; ``ParserError.node_name`` is 10+). Enum values
-carry the real names (their numbers are the fake's own).
+flags and no ``platform_has_fast_fp16``; ``ParserError.node_name`` is 10+).
+
+**Values, calls and assignments are the real ones too.** Enum members have the integer
+values of the release's headers (``tensorrt-enums.json``: ``STRONGLY_TYPED`` is 1 on 10.x
+and 0 on 11.x, ``DataType.FLOAT`` is 0), so ``1 << int(flag)`` means here what it means
+there; an 8.5 fake drops every name 8.6 added. Every method call is bound against the
+member's pybind signature in the surface (arity, keyword names, argument types: an int
+where a ``BuilderFlag`` is expected is a TypeError, as in pybind11), and every property
+assignment is type-checked against the C++ setter's type (:data:`PROPERTY_TYPES`).
 
 **Behaviour is simulated, with real numbers.** The ONNX parser reads the graph with
 ``onnx`` (refusing what the real parsers refuse: non-standard domains, INT32 into
@@ -21,6 +28,15 @@ shapes); the "engine" is ``FAKEENGINE`` + a JSON header + the ONNX bytes, and ru
 ONNX with onnxruntime, honouring the I/O dtypes (FP16 I/O included). The CUDA fake has
 a per-thread current device, device-owned buffers and streams, and *asynchronous*
 copies and execution that happen only at ``stream_synchronize``.
+
+**Failure modes of real devices are modelled:** a timing cache from another device (or
+TensorRT) is refused by ``set_timing_cache`` (it returns False, and ``get_timing_cache()``
+is then None); GPUs share a name and compute capability but not their SM count (every
+Jetson Orin module reports "Orin" at 8.7, with 4 to 16 SMs), and an engine loaded on
+another module logs TensorRT's warning; a version-compatible engine needs
+``engine_host_code_allowed`` on every release that has it; a DLA engine deserialized by a
+runtime whose ``DLA_core`` is not the engine's is refused (stricter than TensorRT, which
+would run it on the runtime's core: the code must say which core it means).
 """
 
 from __future__ import annotations
@@ -29,6 +45,7 @@ import ctypes
 import enum
 import functools
 import importlib.machinery
+import inspect
 import json
 import sys
 import threading
@@ -44,6 +61,32 @@ MAGIC = b"FAKEENGINE"
 CACHE_MAGIC = b"FAKECACHE"
 GPU_NAME = "NVIDIA Fake GPU"
 GPU_CC = (8, 7)
+GPU_SMS = 16  # a Jetson AGX Orin: 16 SMs (Orin NX 16 GB: 8, Orin Nano 8 GB: 8, 4 GB: 4)
+ENUMS_FILE = SURFACE_DIR / "tensorrt-enums.json"
+# Names the Python API gained in 8.6 (TensorRT 8.6.1 release notes: version and hardware
+# compatibility, builder optimization level, auxiliary streams, temporary files): an 8.5
+# fake (JetPack 5.1's Xaviers) lacks them, as do the enum members the 8.5.2 headers lack.
+SINCE_8_6 = {
+    "IBuilderConfig": {"builder_optimization_level", "hardware_compatibility_level", "max_aux_streams",
+                       "plugins_to_serialize"},
+    "Runtime": {"engine_host_code_allowed", "load_runtime", "tempfile_control_flags", "temporary_directory"},
+    "ICudaEngine": {"hardware_compatibility_level", "num_aux_streams"},
+    "IExecutionContext": {"set_aux_streams"},
+}
+# The type of each property the stand-in lets code assign: the C++ setter's parameter
+# (NvInfer.h / NvInferRuntime.h: setDLACore(int32_t), setEngineHostCodeAllowed(bool),
+# setHardwareCompatibilityLevel(HardwareCompatibilityLevel), ...). pybind11 refuses any
+# other type with a TypeError; a property missing here cannot be assigned at all.
+PROPERTY_TYPES: dict[tuple[str, str], Any] = {
+    ("IBuilderConfig", "DLA_core"): int, ("IBuilderConfig", "builder_optimization_level"): int,
+    ("IBuilderConfig", "hardware_compatibility_level"): "HardwareCompatibilityLevel",
+    ("IBuilderConfig", "default_device_type"): "DeviceType",
+    ("IBuilderConfig", "profiling_verbosity"): "ProfilingVerbosity",
+    ("IBuilderConfig", "avg_timing_iterations"): int, ("IBuilderConfig", "max_aux_streams"): int,
+    ("Runtime", "DLA_core"): int, ("Runtime", "engine_host_code_allowed"): bool, ("Runtime", "max_threads"): int,
+    ("Builder", "max_threads"): int, ("Logger", "min_severity"): "ILogger.Severity", ("ITensor", "name"): str,
+    ("IExecutionContext", "debug_sync"): bool, ("IExecutionContext", "name"): str,
+}
 DLA_OPS = {"Conv", "Relu", "MaxPool", "AveragePool", "GlobalAveragePool", "BatchNormalization", "Add", "Mul",
            "Concat", "Sigmoid", "LRN", "Clip"}
 
@@ -51,6 +94,22 @@ DLA_OPS = {"Conv", "Relu", "MaxPool", "AveragePool", "GlobalAveragePool", "Batch
 @functools.lru_cache(maxsize=None)
 def load_surface(version: str) -> dict[str, Any]:
     return json.loads((SURFACE_DIR / f"tensorrt-{version}.json").read_text())
+
+
+@functools.lru_cache(maxsize=None)
+def load_enums(release: str) -> dict[str, dict[str, int]]:
+    """``{"BuilderFlag": {"kFP16": 0, ...}, ...}`` from the headers of ``release``."""
+    return json.loads(ENUMS_FILE.read_text())["releases"][release]
+
+
+def enums_for(version: str) -> str:
+    """The header release whose enum values stand for ``version`` (8.5 -> 8.5.2, 11.x -> 11.1, ...)."""
+    parts = tuple(int(p) for p in version.split(".")[:2] if p.isdigit())
+    if parts[0] <= 8:
+        return "8.5.2" if parts[:2] <= (8, 5) else "8.6.1"
+    if parts[0] in (9, 10):
+        return "10.3.0" if parts[:2] <= (10, 3) else "10.13.3"
+    return "11.1"
 
 
 def surface_for(version: str) -> str:
@@ -74,8 +133,9 @@ class FakeCuda:
     kind = "fake-cuda"
 
     def __init__(self, name: str = GPU_NAME, cc: tuple[int, int] = GPU_CC, *, devices: int = 1, dla_cores: int = 0,
-                 fast_fp16: bool = True, fast_int8: bool = True) -> None:
+                 fast_fp16: bool = True, fast_int8: bool = True, sms: int = GPU_SMS) -> None:
         self.gpus = [(name, tuple(cc))] * devices
+        self.sms = [int(sms)] * devices
         self.dla_cores, self.fast_fp16, self.fast_int8 = dla_cores, fast_fp16, fast_int8
         self._local = threading.local()
         self._lock = threading.RLock()
@@ -99,6 +159,14 @@ class FakeCuda:
 
     def device_info(self, device: int) -> tuple[str, tuple[int, int]]:
         return self.gpus[device]
+
+    def multiprocessor_count(self, device: int) -> int:
+        return self.sms[device]
+
+    def device_key(self, device: int) -> list[Any]:
+        """What TensorRT compares a timing cache or an engine with: name, compute capability, SM count."""
+        name, cc = self.gpus[device]
+        return [name, list(cc), self.sms[device]]
 
     def malloc(self, nbytes: int) -> int:
         with self._lock:
@@ -221,7 +289,139 @@ class Surfaced:
         cls = type(self)
         if name[:1] != "_" and name not in cls._surface and cls in _FAKE_CLASSES:
             raise AttributeError(f"tensorrt {cls._release}: '{cls._class_name}' object has no attribute '{name}'")
+        if name[:1] != "_" and name in cls._surface and cls._class_name:
+            _check_property(cls, name, value)
         object.__setattr__(self, name, value)
+
+
+def _check_property(cls: type, name: str, value: Any) -> None:
+    """pybind11's setter: a value of the C++ setter's type, else TypeError."""
+    kind = PROPERTY_TYPES.get((cls._class_name, name))
+    if kind is None:
+        raise NotImplementedError(f"the stand-in does not know the type of {cls._class_name}.{name}: add it to "
+                                  "PROPERTY_TYPES (from the C++ setter in NvInfer.h) before code assigns it")
+    if not _accepts(cls._trt, kind, value):
+        raise TypeError(f"(): incompatible function arguments. {cls._class_name}.{name} takes {_kind_name(kind)}; "
+                        f"invoked with: {value!r}")
+
+
+def _kind_name(kind: Any) -> str:
+    return kind.__name__ if isinstance(kind, type) else str(kind)
+
+
+def _accepts(trt: Any, kind: Any, value: Any) -> bool:
+    """Whether pybind11 converts ``value`` to the C++ type ``kind`` (a Python type or a tensorrt name)."""
+    if kind is int:  # int caster: ints and __index__ objects (enums too), never str or float
+        return not isinstance(value, (str, bytes, float)) and hasattr(value, "__index__")
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, enum.Enum)
+    if kind is bool:  # bool caster (convert pass): anything with nb_bool, so not str, not an arbitrary object
+        return isinstance(value, (bool, int, float, np.bool_)) and not isinstance(value, enum.Enum)
+    if kind is str:
+        return isinstance(value, (str, bytes))
+    if kind == "buffer":
+        return isinstance(value, (bytes, bytearray, memoryview, np.ndarray)) or hasattr(value, "__bytes__")
+    if kind == "Dims":
+        return isinstance(value, (tuple, list)) and all(_accepts(trt, int, d) for d in value)
+    if kind == "List[int]":
+        return isinstance(value, (tuple, list)) and all(_accepts(trt, int, d) for d in value)
+    if isinstance(kind, str):
+        target = trt
+        for part in kind.split("."):
+            target = getattr(target, part, None) if target is not None else None
+        if isinstance(target, type):
+            if issubclass(target, enum.Enum):  # a pybind11 enum takes only its own members
+                return isinstance(value, target)
+            return value is None or isinstance(value, target)
+    return True  # a type the stand-in does not model (capsule, ILayer...): not checked
+
+
+# ----------------------------------------------------------------------------- pybind signatures
+def _split_top(text: str) -> list[str]:
+    """Split ``text`` at the commas outside brackets (``List[Tuple[int, bool]]``, ``<Severity.WARNING: 2>``)."""
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        if ch in "([{<":
+            depth += 1
+        elif ch in ")]}>":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            parts.append(text[start:i].strip())
+            start = i + 1
+    if text[start:].strip():
+        parts.append(text[start:].strip())
+    return parts
+
+
+def _type_of(annotation: str) -> Any:
+    """A pybind annotation -> what :func:`_accepts` checks."""
+    simple = {"int": int, "float": float, "bool": bool, "str": str, "buffer": "buffer", "List[int]": "List[int]",
+              # pybind11 3 (the 11.x bindings) spells the same casters as typing protocols
+              "typing.SupportsInt": int, "typing.SupportsFloat": float, "typing_extensions.Buffer": "buffer",
+              "collections.abc.Sequence[typing.SupportsInt]": "List[int]"}
+    if annotation in simple:
+        return simple[annotation]
+    for prefix in ("tensorrt_bindings.tensorrt.", "tensorrt.", "nvinfer1::", "nvonnxparser::"):
+        if annotation.startswith(prefix):
+            name = annotation[len(prefix):].replace("::", ".")
+            return {"ILogger.Severity": "ILogger.Severity", "IParserError": "ParserError",
+                    "IEngineInspector": "EngineInspector"}.get(name, name)
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def parse_signature(text: str) -> tuple[inspect.Signature, dict[str, Any]] | None:
+    """``"f(self: X, pool: tensorrt.MemoryPoolType, pool_size: int = 0) -> None"`` -> (signature
+    without self, {parameter: type}); None for ``(*args, **kwargs)`` (no check possible)."""
+    open_at = text.index("(")
+    depth, close_at = 0, len(text)
+    for i in range(open_at, len(text)):
+        depth += {"(": 1, ")": -1}.get(text[i], 0)
+        if depth == 0:
+            close_at = i
+            break
+    params, types_ = [], {}
+    for raw in _split_top(text[open_at + 1:close_at])[1:]:  # [0] is self
+        if raw.startswith("*"):
+            return None
+        name, _, rest = raw.partition(":")
+        annotation, eq, _default = rest.partition("=")
+        name = name.strip()
+        params.append(inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                        default=None if eq else inspect.Parameter.empty))
+        types_[name] = _type_of(annotation.strip())
+    try:
+        return inspect.Signature(params), types_
+    except ValueError:  # a required parameter after a defaulted one (execute(batch_size=1, bindings)): pybind allows it
+        return inspect.Signature([p.replace(default=inspect.Parameter.empty) for p in params]), types_
+
+
+def check_call(trt: Any, class_name: str, method: str, signatures: list[str], args: tuple[Any, ...],
+               kwargs: dict[str, Any]) -> None:
+    """Refuse a call no pybind overload of ``class_name.method`` takes (TypeError, as pybind11 says it)."""
+    parsed = [parse_signature(sig) for sig in signatures]
+    if not parsed or any(p is None for p in parsed):
+        return
+    for signature, types_ in parsed:  # type: ignore[misc]
+        try:
+            bound = signature.bind(*args, **kwargs)
+        except TypeError:
+            continue
+        if all(types_.get(k) is None or _accepts(trt, types_[k], v) for k, v in bound.arguments.items()):
+            return
+    shown = ", ".join([*map(repr, args), *(f"{k}={v!r}" for k, v in kwargs.items())])
+    raise TypeError(f"{method}(): incompatible function arguments. The following argument types are supported:\n"
+                    + "\n".join(f"    {i + 1}. {sig[sig.index('('):]}" for i, sig in enumerate(signatures))
+                    + f"\n\nInvoked with: <tensorrt.{class_name}>, {shown}")
+
+
+def _checked(impl: Callable[..., Any], class_name: str, method: str, signatures: list[str]) -> Callable[..., Any]:
+    @functools.wraps(impl)
+    def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+        check_call(type(self)._trt, class_name, method, signatures, args, kwargs)
+        return impl(self, *args, **kwargs)
+    call.__signatures__ = signatures  # type: ignore[attr-defined]
+    return call
 
 
 def _user_defined(obj: Any, cls: type, name: str) -> bool:
@@ -248,7 +448,7 @@ class _ILogger(Surfaced):
 @_fake
 class _Logger(_ILogger):
     def __init__(self, min_severity: Any = None) -> None:
-        self.min_severity = min_severity
+        self.min_severity = type(self).WARNING if min_severity is None else min_severity
         self._messages: list[tuple[Any, str]] = []
 
     def log(self, severity: Any, msg: str) -> None:
@@ -257,7 +457,9 @@ class _Logger(_ILogger):
 
 @_fake
 class _TimingCache(Surfaced):
-    def __init__(self, key: str, entries: int) -> None:
+    """``_key``: the TensorRT version and device (name, compute capability, SM count) it was made on."""
+
+    def __init__(self, key: Any, entries: int) -> None:
         self._key, self._entries = key, entries
 
     def serialize(self) -> "_HostMemory":
@@ -423,7 +625,8 @@ class _BuilderConfig(Surfaced):
         self._cache: _TimingCache | None = None
         self.default_device_type = trt.DeviceType.GPU
         self.profiling_verbosity = trt.ProfilingVerbosity.LAYER_NAMES_ONLY
-        self.hardware_compatibility_level = trt.HardwareCompatibilityLevel.NONE
+        if hasattr(trt, "HardwareCompatibilityLevel"):  # 8.6+
+            self.hardware_compatibility_level = trt.HardwareCompatibilityLevel.NONE
 
     def set_flag(self, flag: Any) -> None:
         self._flags.add(flag)
@@ -456,6 +659,13 @@ class _BuilderConfig(Surfaced):
         return _new(self, "ITimingCache", key, entries)
 
     def set_timing_cache(self, cache: _TimingCache, ignore_mismatch: bool) -> bool:
+        # NvInfer.h (10.3.0), IBuilderConfig::setTimingCache: a cache made with another TensorRT or
+        # on a device with other properties is refused (false) unless ignoreMismatch; the config
+        # then has no cache, so getTimingCache() returns nullptr (None in Python).
+        fake = FAKES[self._release_id]
+        here = [fake.version, fake.cuda.device_key(fake.cuda.current)]
+        if cache._key and cache._key != here and not ignore_mismatch:
+            return False
         self._cache = cache
         return True
 
@@ -542,18 +752,20 @@ class _Builder(Surfaced):
         device = cuda.current
         header = {
             "version": self._trt.__version__, "gpu": list(cuda.gpus[device][0:1]) + [list(cuda.gpus[device][1])],
+            "sms": cuda.sms[device],
             "strong": strong, "flags": sorted(f.name for f in config._flags),
             "dla_core": config.DLA_core if dla else None, "profile": shapes,
             "io": [[t.name, True, t.dtype.name, list(t.shape)] for t in network._inputs]
             + [[t.name, False, t.dtype.name, list(t.shape)] for t in network._outputs],
             "layers": layers, "verbosity": config.profiling_verbosity.name,
             "version_compatible": config._has("VERSION_COMPATIBLE"),
-            "hardware": config.hardware_compatibility_level.name,
+            "hardware": (config.hardware_compatibility_level.name if hasattr(trt, "HardwareCompatibilityLevel")
+                         else "NONE"),
             "workspace": config._pools.get(trt.MemoryPoolType.WORKSPACE),
             "optimization_level": object.__getattribute__(config, "builder_optimization_level"),
         }
         if config._cache is not None:
-            config._cache._key = f"{self._trt.__version__}/{cuda.gpus[device][0]}"
+            config._cache._key = [self._trt.__version__, cuda.device_key(device)]
             config._cache._entries += len(layers)
         FAKES[self._release_id].builds.append(header)
         return _new(self, "IHostMemory", pack_engine(header, network._onnx))
@@ -594,13 +806,23 @@ class _Runtime(Surfaced):
             if not header.get("version_compatible"):
                 _log(self._logger, "ERROR", f"engine plan built by TensorRT {header['version']}: version mismatch")
                 return None
-            if not self.engine_host_code_allowed:
-                _log(self._logger, "ERROR", "engine host code is not allowed (set engine_host_code_allowed)")
-                return None
+        # A version-compatible plan carries its lean runtime (host code): the developer guide's
+        # "Version Compatibility" section demands setEngineHostCodeAllowed(true) to load it, on
+        # any TensorRT, the one that built it included.
+        if header.get("version_compatible") and not object.__getattribute__(self, "engine_host_code_allowed"):
+            _log(self._logger, "ERROR", "engine host code is not allowed (set engine_host_code_allowed)")
+            return None
         device_cc = tuple(fake.cuda.gpus[fake.cuda.current][1])
         if tuple(header["gpu"][1]) != device_cc and header.get("hardware") != "AMPERE_PLUS":
             _log(self._logger, "ERROR", "the engine was built for another compute capability")
             return None
+        if header.get("dla_core") is not None and self.DLA_core != header["dla_core"]:
+            _log(self._logger, "ERROR", f"DLA engine of core {header['dla_core']} deserialized by a runtime whose "
+                                        f"DLA_core is {self.DLA_core}")
+            return None
+        if header.get("sms") is not None and header["sms"] != fake.cuda.sms[fake.cuda.current]:
+            _log(self._logger, "WARNING", "Using an engine plan file across different models of devices is not "
+                                          "recommended and is likely to affect performance or even cause errors.")
         return _new(self, "ICudaEngine", header, onnx_bytes, fake.cuda.current, self.DLA_core)
 
 
@@ -806,37 +1028,72 @@ def _nptype(trt: Any) -> Callable[[Any], type]:
     return nptype
 
 
+def enum_values(class_name: str, members: list[str], release: str) -> list[tuple[str, int]] | None:
+    """(member, value) of a surface enum with the header values of ``release``; None: drop the enum
+    (an 8.5 fake: an enum 8.6 added). Members the headers lack (a newer point release) follow the
+    largest value; an enum the headers do not hold (or hold under another meaning, as the parser's
+    ``ErrorCode``) keeps the surface order."""
+    header = load_enums(release).get(class_name)
+    if release == "8.5.2":
+        newer = load_enums("8.6.1").get(class_name)
+        if newer is not None and header is None:
+            return None
+        if header is not None and newer is not None:
+            members = [m for m in members if f"k{m}" in header or f"k{m}" not in newer]
+    if header is None or sum(f"k{m}" in header for m in members) * 2 < len(members):
+        return [(m, i) for i, m in enumerate(members)]
+    top = max(header.values(), default=-1)
+    values = []
+    for m in members:
+        if f"k{m}" in header:
+            values.append((m, header[f"k{m}"]))
+        else:
+            top += 1
+            values.append((m, top))
+    return values
+
+
 def make_tensorrt(surface_version: str, version: str | None = None, *, release_id: int = 0) -> types.ModuleType:
-    """A ``tensorrt`` module with exactly the names of the ``surface_version`` release."""
+    """A ``tensorrt`` module with exactly the names, enum values and signatures of the release."""
     surface = load_surface(surface_version)
+    version = version or surface_version
+    enum_release = enums_for(version)
     module = types.ModuleType("tensorrt")
-    module.__version__ = version or surface_version
+    module.__version__ = version
     module.__spec__ = importlib.machinery.ModuleSpec("tensorrt", None)
+    module._enum_release = enum_release  # type: ignore[attr-defined]
+    classes: dict[str, dict[str, Any]] = {}
     for class_name, members in surface["classes"].items():
+        drop = SINCE_8_6.get(class_name, set()) if enum_release == "8.5.2" else set()
+        classes[class_name] = {m: info for m, info in members.items() if m not in drop}
+    for class_name, members in classes.items():
         values = [m for m, info in members.items() if info["kind"] == "enum_value"]
-        if class_name in IMPLEMENTED:
+        if class_name in IMPLEMENTED or not values:
             continue
-        if values:
-            setattr(module, class_name, enum.IntEnum(class_name, [(v, i) for i, v in enumerate(values)]))
-    severity = enum.IntEnum("Severity", [(n, i) for i, n in
-                                         enumerate(("INTERNAL_ERROR", "ERROR", "WARNING", "INFO", "VERBOSE"))])
+        numbered = enum_values(class_name, values, enum_release)
+        if numbered is not None:
+            setattr(module, class_name, enum.IntEnum(class_name, numbered))
+    severity = enum.IntEnum("Severity", [(k[1:], v) for k, v in load_enums(enum_release)["Severity"].items()])
     for class_name, impl in IMPLEMENTED.items():
-        if class_name not in surface["classes"]:
+        if class_name not in classes:
             continue
-        attrs: dict[str, Any] = {"_surface": frozenset(surface["classes"][class_name]), "_release": surface_version,
+        members = classes[class_name]
+        attrs: dict[str, Any] = {"_surface": frozenset(members), "_release": surface_version,
                                  "_class_name": class_name, "_trt": module, "_release_id": release_id}
         if class_name in ("ILogger", "Logger"):
             attrs.update({"Severity": severity, **{s.name: s for s in severity}})
         base = impl
-        if class_name == "Logger" and "ILogger" in surface["classes"]:
+        if class_name == "Logger" and "ILogger" in classes:
             base = type("Logger", (impl, module.ILogger), {})  # a Logger is an ILogger
+        for member, info in members.items():  # every call bound against the pybind signature
+            target = getattr(base, member, None)
+            if info["kind"] == "method" and info["signatures"] and inspect.isfunction(target):
+                attrs[member] = _checked(target, class_name, member, list(info["signatures"]))
         cls = type(class_name, (base,), attrs)
         _FAKE_CLASSES.add(cls)
         if base is not impl:
             _FAKE_CLASSES.add(base)
         setattr(module, class_name, cls)
-        if class_name == "ILogger":
-            module.ILogger = cls
     for name in surface["functions"]:
         if name == "nptype":
             module.nptype = _nptype(module)
@@ -862,7 +1119,7 @@ def install(monkeypatch: Any, version: str = "10.3.0", *, cuda: FakeCuda | None 
 
 def engine_bytes(onnx_path: Path, *, tensorrt_version: str, gpu_name: str = GPU_NAME, cc: tuple[int, int] = GPU_CC,
                  max_batch: int = 8, flags: tuple[str, ...] = (), dla_core: int | None = None,
-                 version_compatible: bool = False, hardware: str = "NONE") -> bytes:
+                 version_compatible: bool = False, hardware: str = "NONE", sms: int | None = None) -> bytes:
     """A fake plan for ``onnx_path`` as the fake builder would serialize it (dynamic batch 1..max_batch)."""
     import onnx
 
@@ -881,7 +1138,8 @@ def engine_bytes(onnx_path: Path, *, tensorrt_version: str, gpu_name: str = GPU_
     if dims[0] < 0:
         rest = dims[1:]
         profile[name] = [[1, *rest], [max(1, max_batch // 2), *rest], [max_batch, *rest]]
-    header = {"version": tensorrt_version, "gpu": [gpu_name, list(cc)], "strong": False, "flags": list(flags),
+    header = {"version": tensorrt_version, "gpu": [gpu_name, list(cc)], "sms": sms, "strong": False,
+              "flags": list(flags),
               "dla_core": dla_core, "profile": profile, "io": inputs + outputs,
               "layers": [{"Name": n.name or n.output[0], "LayerType": n.op_type} for n in model.graph.node],
               "verbosity": "DETAILED", "version_compatible": version_compatible, "hardware": hardware}
@@ -899,7 +1157,7 @@ def write_engine(onnx_path: Path, engine_path: Path, *, tensorrt_version: str = 
     engine_path.write_bytes(engine_bytes(
         onnx_path, tensorrt_version=tensorrt_version, gpu_name=gpu_name, cc=(major, minor), max_batch=max_batch,
         dla_core=extra.get("dla_core"), version_compatible=bool(extra.get("version_compatible")),
-        hardware=str(extra.get("hardware_compatibility_level") or "NONE")))
+        hardware=str(extra.get("hardware_compatibility_level") or "NONE"), sms=extra.get("sm_count")))
     sidecar = {"tensorrt_version": tensorrt_version, "gpu_name": gpu_name, "compute_capability": cc,
                "precision": precision, "profile": profile,
                "onnx_sha256": onnx_sha256 or sha256_file(onnx_path), **extra}

@@ -34,7 +34,7 @@ def test_build_verifies_then_records_each_precision(bundle_dir, monkeypatch, ver
     for result in outcome.results:
         engine = bundle_dir / result.engine
         side = read_sidecar(engine)
-        assert engine.name == f"server-a100.{result.precision}.trt{version}.nvidia-fake-gpu-sm87.engine"
+        assert engine.name == f"server-a100.{result.precision}.trt{version}.nvidia-fake-gpu-sm87-16sm.engine"
         assert side["engine_sha256"] == sha256_file(engine) and side["tensorrt_version"] == version
         assert side["onnx_sha256"] == sha256_file(bundle_dir / result.plan.onnx_file)
         assert side["compute_capability"] == "8.7" and side["tf32"] == "disable" and side["build_seconds"] >= 0
