@@ -1270,7 +1270,8 @@ def serve_triton_cmd(bundle: str, out: str, precision: str | None, engine: str |
 @click.argument("bundle", type=click.Path(file_okay=False, path_type=str))
 @_serve_options
 @click.option("--classifier-threshold", type=float, default=0.0, show_default=True,
-              help="nvinfer's classifier-threshold on the served probabilities; the gate counts frames left unlabelled.")
+              help="nvinfer's classifier-threshold on the served probabilities; the gate counts the frames "
+                   "it leaves unlabelled.")
 @json_option
 def serve_deepstream_cmd(bundle: str, out: str, precision: str | None, engine: str | None,
                          profile_name: str | None, overwrite: bool, classifier_threshold: float,

@@ -358,7 +358,8 @@ def _config_text(bundle: Bundle, gate: DeepStreamGate, model_key: str, model_fil
     ]
     lines = [f"# {c}" for c in comments] + ["[property]"] + [f"{k}={v}" for k, v in props]
     if precision == "int8":
-        lines.append("# INT8: the engine `convdeploy build` built and verified; nvinfer would build a Q/DQ ONNX as FP16")
+        lines.append("# INT8: the engine `convdeploy build` built and verified (nvinfer would build a Q/DQ ONNX "
+                     "as FP16)")
     return "\n".join(lines) + "\n"
 
 
@@ -499,7 +500,7 @@ def write_deepstream_config(
                 model_file = Path(onnx_path).name
                 shutil.copyfile(onnx_path, tmp / model_file)
             else:
-                model_file = Path(onnx_path).name.removesuffix(".onnx") + PROBS_SUFFIX
+                model_file = Path(onnx_path).stem + PROBS_SUFFIX  # model.onnx -> model.probs.onnx
                 served = tmp / model_file
                 write_probabilities_graph(onnx_path, served)
         else:
@@ -534,5 +535,6 @@ def write_deepstream_config(
 
 
 __all__ = ["NvinferNormalisation", "nvinfer_normalisation", "recover_pixels", "emulate_nvinfer", "DeepStreamGate",
-           "DeepStreamRefused", "gate_normalisation", "write_probabilities_graph", "ends_in_softmax", "DeepStreamConfig", "write_deepstream_config",
+           "DeepStreamRefused", "gate_normalisation", "write_probabilities_graph", "ends_in_softmax",
+           "DeepStreamConfig", "write_deepstream_config",
            "TIER_FOR_PRECISION", "CONFIG_FILE", "PIPELINE_FILE", "LABELS_FILE", "BUNDLE_RECORD_FILE"]

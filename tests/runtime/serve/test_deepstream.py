@@ -71,7 +71,8 @@ def test_imagenet_std_passes_the_decision_tier_and_records_its_error(tmp_path, s
     assert props["onnx-file"] == "model.probs.onnx" and props["network-mode"] == "0" and props["network-type"] == "1"
     assert props["classifier-threshold"] == "0.0"
     assert (tmp_path / "ds" / "labels.txt").read_text().strip() == ";".join(fixtures.CLASSES)
-    assert (tmp_path / "ds" / "model.probs.onnx").is_file() and (tmp_path / "ds" / "deepstream_app_config.txt").is_file()
+    assert (tmp_path / "ds" / "model.probs.onnx").is_file()
+    assert (tmp_path / "ds" / "deepstream_app_config.txt").is_file()
     # recorded in the bundle, which still loads with its hashes checked
     reloaded = Bundle.load(b)
     assert reloaded.manifest["serving"]["deepstream"]["max_rel_err"] == gate.report["max_rel_err"]
