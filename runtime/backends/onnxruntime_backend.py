@@ -220,12 +220,32 @@ def tensorrt_provider_options(
                      f"{dims} besides the batch)")
     if profile.dla_core is not None:
         if precision == "fp16" or fp16:
+            _check_static_for_dla(opts, dims, input_name, profile)
             opts["trt_dla_enable"] = True
             opts["trt_dla_core"] = int(profile.dla_core)
         else:
             notes.append(f"tensorrt EP: DLA core {profile.dla_core} not used for {precision} (DLA runs FP16 "
                          "engines; explicit Q/DQ INT8 is not supported on DLA by TensorRT 8.x)")
     return opts, notes
+
+
+def _check_static_for_dla(opts: dict, dims: list, input_name: str, profile: "Profile") -> None:
+    """The DLA runs static shapes only: refuse a dynamic optimization profile for it.
+
+    NVIDIA's developer guide ("Working with DLA", DLA restrictions): an engine for the DLA
+    needs min = opt = max in its optimization profile. With a batch range the TensorRT EP
+    builds with GPU fallback, so every layer would silently run on the GPU.
+    """
+    shapes = [opts.get(f"trt_profile_{k}_shapes") for k in ("min", "opt", "max")]
+    static = len(set(shapes)) == 1 if shapes[0] is not None else all(isinstance(d, int) for d in dims)
+    if not static:
+        rng = (f"batch {profile.batch_min}..{profile.batch_max}" if shapes[0] is not None
+               else f"dynamic dimensions {dims}")
+        raise UsageError(
+            f"profile {profile.name!r} puts the TensorRT EP on DLA core {profile.dla_core}, but input {input_name} "
+            f"has {rng}, and the DLA runs static shapes only (min = opt = max): every layer would fall back to the GPU",
+            "set batch min = opt = max in the profile, or build a DLA engine with `convdeploy build` "
+            "(it fixes the batch), or use a profile without dla_core")
 
 
 class OnnxRuntimeBackend(TensorSpecs):
@@ -273,9 +293,28 @@ class OnnxRuntimeBackend(TensorSpecs):
         self.precision = precision
         self.threads = threads
         self.requested = normalize_providers(providers)
+        self.notes: list[str] = []
+        self.tensorrt_options: dict[str, Any] | None = None
+        chosen, fallback = self._choose_providers(ort, allow_fallback)
+        provider_args = self._provider_args(ort, chosen, precision=precision, fp16=fp16, profile=profile,
+                                            device_id=device_id, cache_dir=cache_dir)
+        so = self._session_options(ort, threads, graph_optimization, spinning)
+        self.session = self._open_session(ort, so, provider_args)
+        self.providers = self._check_active(chosen, fallback, allow_fallback)
+        self.fallback = fallback
+        self._gpu = any(p in GPU_PROVIDERS for p in self.providers)
+        self._cuda = any(p in CUDA_PROVIDERS for p in self.providers)
+        # IOBinding allocates the output in CUDA memory: only for the CUDA-family providers.
+        self.use_iobinding = self._cuda if iobinding is None else bool(iobinding)
+        self.device_id = device_id
+        self._lock = threading.Lock()
+        self._read_specs()
+
+    # -- the steps of __init__ ----------------------------------------------------------
+    def _choose_providers(self, ort: Any, allow_fallback: bool) -> tuple[list[str], list[str]]:
+        """The requested providers this build has (CPU last), and the ones it lacks (loudly)."""
         available = set(ort.get_available_providers())
         fallback: list[str] = []
-
         chosen = [p for p in self.requested if p in available]
         missing = [p for p in self.requested if p not in available]
         if missing:
@@ -288,10 +327,12 @@ class OnnxRuntimeBackend(TensorSpecs):
             _loud(f"{msg}; running on {', '.join(chosen or [CPU])}")
         if CPU not in chosen:
             chosen.append(CPU)
+        return chosen, fallback
 
+    def _provider_args(self, ort: Any, chosen: list[str], *, precision: str, fp16: bool,
+                       profile: "Profile | None", device_id: int,
+                       cache_dir: "str | os.PathLike | None") -> list[Any]:
         provider_args: list[Any] = []
-        self.notes: list[str] = []
-        self.tensorrt_options: dict[str, Any] | None = None
         for p in chosen:
             if p == TENSORRT:
                 opts = self._tensorrt_options(ort, precision=precision, fp16=fp16, profile=profile,
@@ -302,7 +343,10 @@ class OnnxRuntimeBackend(TensorSpecs):
                 provider_args.append((p, {"device_id": device_id}))
             else:
                 provider_args.append(p)
+        return provider_args
 
+    def _session_options(self, ort: Any, threads: int | None, graph_optimization: str,
+                         spinning: str | bool) -> Any:
         so = ort.SessionOptions()
         if threads is not None:
             so.intra_op_num_threads = threads
@@ -319,16 +363,19 @@ class OnnxRuntimeBackend(TensorSpecs):
         self.spinning = spinning_policy(spinning)
         for key, value in SPINNING[self.spinning].items():
             so.add_session_config_entry(key, value)
+        return so
 
+    def _open_session(self, ort: Any, so: Any, provider_args: list[Any]) -> Any:
         try:
-            self.session = ort.InferenceSession(str(self.model_path), sess_options=so, providers=provider_args)
+            return ort.InferenceSession(str(self.model_path), sess_options=so, providers=provider_args)
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
             text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise BundleError(f"onnxruntime cannot load {self.model_path.name}: {text[:300]}",
                               "the model file may be corrupt; re-export the bundle") from None
 
-        # Assert what the session actually runs on: a provider that was available but
-        # failed to initialise (e.g. CUDA libraries missing) is dropped by onnxruntime.
+    def _check_active(self, chosen: list[str], fallback: list[str], allow_fallback: bool) -> list[str]:
+        """Assert what the session actually runs on: a provider that was available but
+        failed to initialise (e.g. CUDA libraries missing) is dropped by onnxruntime."""
         active = list(self.session.get_providers())
         dropped = [p for p in chosen if p not in active]
         if dropped:
@@ -338,15 +385,9 @@ class OnnxRuntimeBackend(TensorSpecs):
                 raise BackendUnavailableError(msg, "fix the GPU libraries or pick a CPU profile")
             fallback.extend(dropped)
             _loud(f"{msg}; running on {', '.join(active)}")
-        self.providers = active
-        self.fallback = fallback
-        self._gpu = any(p in GPU_PROVIDERS for p in active)
-        self._cuda = any(p in CUDA_PROVIDERS for p in active)
-        # IOBinding allocates the output in CUDA memory: only for the CUDA-family providers.
-        self.use_iobinding = self._cuda if iobinding is None else bool(iobinding)
-        self.device_id = device_id
-        self._lock = threading.Lock()
+        return active
 
+    def _read_specs(self) -> None:
         ins, outs = self.session.get_inputs(), self.session.get_outputs()
         self._inputs = [TensorSpec(i.name, tuple(d if isinstance(d, int) else (d or None) for d in i.shape),
                                    _ORT_DTYPES.get(i.type, i.type)) for i in ins]

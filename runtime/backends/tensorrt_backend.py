@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from convdeploy.runtime.backends.base import BackendInfo, TensorSpec, conform_batch
+from convdeploy.runtime.backends.base import BackendInfo, TensorSpec, conform_batch, run_batched
 from convdeploy.runtime.backends import cuda as cuda_runtime
 from convdeploy.runtime.bundle.contract import read_sidecar
 from convdeploy.runtime.errors import (BackendUnavailableError, BundleError, EngineMismatchError, InputError,
@@ -299,6 +299,27 @@ class BindingAPI:
         return bool(context.execute_async_v2(bindings=bindings, stream_handle=stream))
 
 
+def fixed_batch(io: EngineTensor, sidecar: dict[str, Any] | None = None) -> int | None:
+    """The one batch size an engine input takes, or None when it takes a range.
+
+    A static ONNX gives a static batch axis. A DLA engine is built from a dynamic-batch
+    ONNX with min = opt = max (the DLA runs static shapes only: NVIDIA's developer guide,
+    "Working with DLA", DLA restrictions), so the engine still reports -1 for the batch
+    axis and only its optimization profile says the batch; ``set_input_shape`` refuses
+    any other. The sidecar's min/max shapes (what the build planned) answer when the
+    engine reports no profile.
+    """
+    if io.shape and io.shape[0] >= 0:
+        return int(io.shape[0])
+    if io.profile_shapes:
+        low, _, high = io.profile_shapes
+        return int(low[0]) if low and high and low[0] == high[0] else None
+    low, high = (sidecar or {}).get("min_shape"), (sidecar or {}).get("max_shape")
+    if low and high and int(low[0]) == int(high[0]) and int(low[0]) > 0:
+        return int(low[0])
+    return None
+
+
 def engine_api(trt: Any, engine: Any, version: str) -> NamedTensorAPI | BindingAPI:
     """The execution API for ``version`` (see :func:`api_for_version`)."""
     return NamedTensorAPI(trt, engine) if api_for_version(version) == "v3" else BindingAPI(trt, engine)
@@ -397,12 +418,17 @@ class TensorRTBackend:
         self.device_id = device_id
         self._stream = cuda.stream_create()
         inp = self._in[0]
-        self.max_batch = (inp.max_shape or inp.shape)[0]
+        self.fixed_batch = fixed_batch(inp, self.sidecar)
+        self.max_batch = self.fixed_batch or (inp.max_shape or inp.shape)[0]
 
     # -- protocol ---------------------------------------------------------------------
     @property
     def inputs(self) -> list[TensorSpec]:
-        return [TensorSpec(t.name, tuple(None if d < 0 else d for d in t.shape), t.dtype.name) for t in self._in]
+        """The engine's input; a fixed-batch engine (a DLA engine too) says its batch."""
+        specs = [TensorSpec(t.name, tuple(None if d < 0 else d for d in t.shape), t.dtype.name) for t in self._in]
+        if self.fixed_batch is not None:
+            specs[0] = TensorSpec(specs[0].name, (self.fixed_batch, *specs[0].shape[1:]), specs[0].dtype)
+        return specs
 
     @property
     def outputs(self) -> list[TensorSpec]:
@@ -435,8 +461,17 @@ class TensorRTBackend:
         return cuda_runtime.host_array(ptr, tuple(shape), dtype)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        """Run one batch and return the first output as float32 (N x K)."""
+        """Run one batch and return the first output as float32 (N x K).
+
+        A fixed-batch engine (static ONNX, or a DLA engine) takes any N: the batch is
+        split into its batch size, the last chunk padded (padding outputs dropped).
+        """
         inp = self._in[0]
+        if self.fixed_batch is not None and np.shape(batch)[:1] != (self.fixed_batch,):
+            spec = self.inputs[0]
+            batch = conform_batch(batch, TensorSpec(spec.name, (None, *spec.shape[1:]), spec.dtype), "the engine",
+                                  fixed_batch_hint="")
+            return run_batched(self, batch, self.fixed_batch)
         batch = conform_batch(batch, self.inputs[0], "the engine",
                               fixed_batch_hint="lower --batch-size or rebuild the engine with a larger profile")
         if batch.shape[0] > self.max_batch:
@@ -518,5 +553,5 @@ class TensorRTBackend:
 
 
 __all__ = ["BindingAPI", "EngineDeviceWarning", "EngineTensor", "NamedTensorAPI", "RunningTensorRT", "TensorRTBackend",
-           "api_for_version", "check_sidecar", "engine_api", "import_tensorrt", "open_runtime", "parse_version", "running_tensorrt",
-           "sidecar_mismatch", "sidecar_module_warning"]
+           "api_for_version", "check_sidecar", "engine_api", "fixed_batch", "import_tensorrt", "open_runtime",
+           "parse_version", "running_tensorrt", "sidecar_mismatch", "sidecar_module_warning"]

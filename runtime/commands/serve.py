@@ -71,9 +71,13 @@ def serve_triton_cmd(bundle: str, out: str, precision: str | None, engine: str |
 @serve_group.command("deepstream")
 @click.argument("bundle", type=click.Path(file_okay=False, path_type=str))
 @_serve_options
+@click.option("--classifier-threshold", type=float, default=0.0, show_default=True,
+              help="nvinfer's classifier-threshold on the served probabilities; the gate counts the frames "
+                   "it leaves unlabelled.")
 @json_option
 def serve_deepstream_cmd(bundle: str, out: str, precision: str | None, engine: str | None,
-                         profile_name: str | None, overwrite: bool, as_json: bool) -> None:
+                         profile_name: str | None, overwrite: bool, classifier_threshold: float,
+                         as_json: bool) -> None:
     """Write DeepStream's nvinfer config and a sample pipeline, after gating its normalisation.
 
     nvinfer normalises with one net-scale-factor: the golden images are normalised as
@@ -89,7 +93,7 @@ def serve_deepstream_cmd(bundle: str, out: str, precision: str | None, engine: s
 
     try:
         result = write_deepstream_config(bundle, out, precision=precision, engine=engine, profile=profile_name,
-                                         overwrite=overwrite)
+                                         overwrite=overwrite, classifier_threshold=classifier_threshold)
     except DeepStreamRefused as exc:
         if as_json:
             echo_json({"status": "refused", "gate": exc.gate.to_dict()})

@@ -23,6 +23,20 @@ comments and the bundle), not gated: scaling a channel by 1.1 % moves the logits
 as much, which FP32's numeric tier (1e-4) and FP16's rounding bound (1 %) were not made
 for; measured on the test bundle with ImageNet's std: max_rel_err 1.5 %, cosine 0.99995,
 no decision changed.
+
+What nvinfer does with a classifier's output is modelled too. Its default classifier parser
+(nvdsinfer_context_impl_output_parsing.cpp) reads the output as probabilities: it starts
+from ``maxProbability = 0`` and keeps a class only when its value exceeds
+``classifier-threshold``. A graph that ends in logits shows a logit as the "confidence" and
+no label at all for a frame whose logits are all <= 0. So the served ONNX is a separate
+graph with a Softmax appended (``<artifact>.probs.onnx``), gated like any artifact against
+the softmax of the original's outputs on the golden inputs; and the gate counts the golden
+frames where no class exceeds the threshold (no label), judged as changed decisions.
+
+INT8: nvinfer builds INT8 only with an ``int8-calib-file``; without one it logs "INT8
+calibration file not specified. Trying FP16 mode." (nvdsinfer_model_builder.cpp) and builds
+FP16. So INT8 is served only from an engine ``convdeploy build`` verified and recorded in the
+bundle (``model-engine-file``), and refused with the reason when there is none.
 """
 
 from __future__ import annotations
@@ -35,7 +49,8 @@ from typing import Any
 
 import numpy as np
 
-from convdeploy.runtime.bundle.contract import GOLDEN_INPUTS, GOLDEN_LABELS, read_sidecar, seal_manifest
+from convdeploy.runtime.bundle.contract import (ENGINES_DIR, GOLDEN_INPUTS, GOLDEN_LABELS, read_sidecar,
+                                                seal_manifest, sidecar_path)
 from convdeploy.runtime.bundle.reader import Bundle
 from convdeploy.runtime.errors import BundleError, CheckFailedError, UsageError
 from convdeploy.runtime.fsutil import atomic_write_json
@@ -44,6 +59,7 @@ from convdeploy.runtime.parity.tolerances import tolerances_for
 from convdeploy.runtime.serve.output import serve_directory
 from convdeploy.runtime.targets import Profile, load_profile, resolve_profile
 from convdeploy.runtime.transforms.preprocess import PreprocessSpec
+from convdeploy.runtime.transforms.tta import softmax
 
 CONFIG_FILE = "config_infer_primary.txt"
 PIPELINE_FILE = "deepstream_app_config.txt"
@@ -57,6 +73,7 @@ NETWORK_MODE = {"fp32": 0, "int8": 1, "fp16": 2}
 COLOR_FORMAT = {"RGB": 0, "L": 2}
 # nvinfer's scaling-filter is an NvBufSurfTransform_Inter value.
 SCALING_FILTER = {"nearest": 0, "bilinear": 1, "bicubic": 2}
+PROBS_SUFFIX = ".probs.onnx"  # the served classifier graph: the artifact with a Softmax appended
 
 
 @dataclass(frozen=True)
@@ -129,10 +146,20 @@ class DeepStreamGate:
     report: dict[str, Any]
     verdict: Verdict
     samples: int
+    threshold: float = 0.0  # classifier-threshold
+    unlabelled: int = 0  # golden frames where no class exceeds the threshold: nvinfer shows no label
+    outputs: str = "probabilities"  # what the served graph answers: "probabilities" | "logits"
+    softmax_verdict: Verdict | None = None  # the probabilities graph against softmax(original)
+    min_top1: float = 1.0  # the tier's top-1 agreement: frames without a label count as changed decisions
+
+    @property
+    def max_unlabelled(self) -> int:
+        return int(np.floor((1.0 - self.min_top1) * self.samples + 1e-9))
 
     @property
     def passed(self) -> bool:
-        return self.verdict.passed
+        return (self.verdict.passed and (self.softmax_verdict is None or self.softmax_verdict.passed)
+                and self.unlabelled <= self.max_unlabelled)
 
     def table(self) -> str:
         return format_table([{"name": f"{self.precision} nvinfer-normalised", "report": self.report,
@@ -142,29 +169,88 @@ class DeepStreamGate:
         n = self.normalisation
         head = (f"nvinfer normalisation: net-scale-factor {n.net_scale_factor:.9g} "
                 f"(worst channel off by {100 * n.worst_error:.3g}%)")
-        return f"{head}; {self.tier} tier on {self.samples} golden images: {self.verdict.summary()}"
+        label = (f"classifier-threshold {self.threshold:g} on {self.outputs}: {self.unlabelled} of {self.samples} "
+                 f"golden frames get no label (at most {self.max_unlabelled})")
+        probs = "" if self.softmax_verdict is None else f"; softmax graph: {self.softmax_verdict.summary()}"
+        return f"{head}; {self.tier} tier on {self.samples} golden images: {self.verdict.summary()}{probs}; {label}"
 
     def to_dict(self) -> dict[str, Any]:
         return {"normalisation": self.normalisation.to_dict(), "precision": self.precision, "tier": self.tier,
                 "samples": self.samples, "passed": self.passed, "verdict": self.verdict.to_dict(),
                 "max_rel_err": self.report["max_rel_err"], "max_abs_err": self.report["max_abs_err"],
                 "min_cosine": self.report["min_cosine"], "top1_agreement": self.report["top1_agreement"],
-                "top5_overlap": self.report["top5_overlap"]}
+                "top5_overlap": self.report["top5_overlap"], "classifier_threshold": self.threshold,
+                "unlabelled": self.unlabelled, "outputs": self.outputs,
+                "softmax_verdict": None if self.softmax_verdict is None else self.softmax_verdict.to_dict()}
 
 
 class DeepStreamRefused(CheckFailedError):
     """nvinfer cannot normalise like the bundle within the tier (exit code 1)."""
 
     def __init__(self, gate: DeepStreamGate) -> None:
-        super().__init__(f"DeepStream refused: {gate.summary()}",
-                         "nvinfer's single net-scale-factor changes this model's decisions: use Triton "
-                         "(`convdeploy serve triton`) or nvdspreprocess with per-channel scaling")
+        hint = ("nvinfer's single net-scale-factor changes this model's decisions: use Triton "
+                "(`convdeploy serve triton`) or nvdspreprocess with per-channel scaling")
+        if gate.verdict.passed and gate.unlabelled > gate.max_unlabelled:
+            hint = ("frames without a label: lower --classifier-threshold, or serve a graph that outputs "
+                    "probabilities (an engine built from a graph ending in Softmax)")
+        super().__init__(f"DeepStream refused: {gate.summary()}", hint)
         self.gate = gate
 
 
+def ends_in_softmax(onnx_path: Path) -> bool:
+    """Whether the graph's first output is made by a Softmax node (it answers probabilities)."""
+    onnx = _import_onnx()
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    out = model.graph.output[0].name
+    return any(node.op_type == "Softmax" and out in node.output for node in model.graph.node)
+
+
+def _import_onnx() -> Any:
+    try:
+        import onnx
+    except ImportError:
+        raise UsageError("serve deepstream reads and edits the classifier graph with the onnx package, which is not "
+                         "installed here", "pip install onnx") from None
+    return onnx
+
+
+def write_probabilities_graph(src: Path, dst: Path) -> None:
+    """``src`` with a Softmax over the classes appended to its first output (same output name).
+
+    nvinfer's classifier parser reads probabilities (see the module docstring). The output
+    keeps its name, so ``output-blob-names`` and the labels are unchanged.
+    """
+    onnx = _import_onnx()
+    model = onnx.load(str(src))
+    graph = model.graph
+    out = graph.output[0]
+    rank = len(out.type.tensor_type.shape.dim)
+    if rank != 2:
+        raise BundleError(f"{src.name}'s output {out.name} has rank {rank}; a classifier answers N x classes")
+    logits = f"{out.name}__logits"
+    for node in graph.node:
+        node.output[:] = [logits if name == out.name else name for name in node.output]
+        node.input[:] = [logits if name == out.name else name for name in node.input]
+    # axis 1 of an N x K tensor is the classes in every opset (before 13 Softmax flattened from the axis)
+    graph.node.append(onnx.helper.make_node("Softmax", [logits], [out.name], axis=1, name="convdeploy_softmax"))
+    onnx.save(model, str(dst))
+
+
+def _judge_tier(report: dict[str, Any], tier: str, profile: Profile | None) -> Verdict:
+    tol = tolerances_for(tier, UNGATED, (profile.tolerances if profile is not None else {}).get(tier))
+    return judge(report, tier, tol)
+
+
 def gate_normalisation(bundle: Bundle, precision: str, model_path: Path, profile: Profile | None = None,
-                       threads: int | None = None) -> DeepStreamGate:
-    """Run the artifact on exact and on nvinfer-normalised golden inputs and judge the difference."""
+                       threads: int | None = None, *, served: Path | None = None, threshold: float = 0.0,
+                       outputs: str = "probabilities") -> DeepStreamGate:
+    """Run the artifact on exact and on nvinfer-normalised golden inputs and judge the difference.
+
+    ``served``: the probabilities graph nvinfer gets (judged against the softmax of
+    ``model_path``'s outputs). ``outputs``: what the served model answers when ``served`` is
+    None (an engine built from ``model_path``): ``"probabilities"`` or ``"logits"``. The
+    frames where no served value exceeds ``threshold`` get no label from nvinfer.
+    """
     from convdeploy.runtime.backends import create_backend
 
     spec = bundle.preprocess
@@ -172,18 +258,32 @@ def gate_normalisation(bundle: Bundle, precision: str, model_path: Path, profile
     golden = bundle.golden()
     exact = np.ascontiguousarray(golden[GOLDEN_INPUTS], dtype=np.float32)
     emulated = emulate_nvinfer(exact, spec, norm)
-    backend = create_backend("onnxruntime", model_path, providers=["CPUExecutionProvider"], threads=threads,
-                             precision=precision)
-    try:
-        reference, candidate = backend.run(exact), backend.run(emulated)
-    finally:
-        backend.close()
+
+    def run(path: Path, *batches: np.ndarray) -> list[np.ndarray]:
+        backend = create_backend("onnxruntime", path, providers=["CPUExecutionProvider"], threads=threads,
+                                 precision=precision)
+        try:
+            return [backend.run(b) for b in batches]
+        finally:
+            backend.close()
+
+    reference, candidate = run(model_path, exact, emulated)
     tier = TIER_FOR_PRECISION[precision]
     tol = tolerances_for(tier, UNGATED, (profile.tolerances if profile is not None else {}).get(tier))
     report = compare_outputs(reference, candidate, golden.get(GOLDEN_LABELS),
                              near_tie=float(tol.get("near_tie") or 0.0))
+    softmax_verdict = None
+    shown = candidate
+    if served is not None:
+        probs_exact, shown = run(served, exact, emulated)
+        probs_report = compare_outputs(softmax(reference), probs_exact, golden.get(GOLDEN_LABELS), near_tie=0.0)
+        softmax_verdict = _judge_tier(probs_report, "fp32", profile)
+        outputs = "probabilities"
+    unlabelled = int(np.sum(np.max(shown, axis=1) <= threshold))
     return DeepStreamGate(normalisation=norm, precision=precision, tier=tier, report=report,
-                          verdict=judge(report, tier, tol), samples=len(exact))
+                          verdict=judge(report, tier, tol), samples=len(exact), threshold=float(threshold),
+                          unlabelled=unlabelled, outputs=outputs, softmax_verdict=softmax_verdict,
+                          min_top1=float(tol.get("min_top1_agreement") or 1.0))
 
 
 @dataclass
@@ -232,6 +332,8 @@ def _config_text(bundle: Bundle, gate: DeepStreamGate, model_key: str, model_fil
         f"max_abs_err {r['max_abs_err']:.3g}, min cosine {r['min_cosine']:.6f},",
         f"top-1 agreement {100 * r['top1_agreement']:.2f}%, top-5 overlap {100 * r['top5_overlap']:.2f}%: "
         f"{'passed' if gate.passed else 'FAILED'}.",
+        f"The model answers {gate.outputs}; classifier-threshold {gate.threshold:g}: {gate.unlabelled} of "
+        f"{gate.samples} golden frames get no label.",
         *notes,
     ]
     props = [
@@ -248,7 +350,7 @@ def _config_text(bundle: Bundle, gate: DeepStreamGate, model_key: str, model_fil
         ("infer-dims", ";".join(str(d) for d in chw)),
         ("network-input-order", 0 if spec.layout == "NCHW" else 1),
         ("output-blob-names", out["name"]),
-        ("classifier-threshold", 0.0),
+        ("classifier-threshold", repr(float(gate.threshold))),
         ("classifier-async-mode", 0),
         ("maintain-aspect-ratio", 0),
         ("scaling-filter", SCALING_FILTER.get(spec.interpolation, 1)),
@@ -256,7 +358,8 @@ def _config_text(bundle: Bundle, gate: DeepStreamGate, model_key: str, model_fil
     ]
     lines = [f"# {c}" for c in comments] + ["[property]"] + [f"{k}={v}" for k, v in props]
     if precision == "int8":
-        lines.append("# INT8: the ONNX artifact is a Q/DQ graph (explicit quantization): no int8-calib-file needed")
+        lines.append("# INT8: the engine `convdeploy build` built and verified (nvinfer would build a Q/DQ ONNX "
+                     "as FP16)")
     return "\n".join(lines) + "\n"
 
 
@@ -313,6 +416,36 @@ def _record_in_bundle(bundle: Bundle, record: dict[str, Any]) -> None:
     seal_manifest(manifest, bundle.root)
 
 
+def _verified_engine(bundle: Bundle, precision: str, prof: Profile, engine: Path | None) -> Path | None:
+    """The engine to serve: ``engine`` (an INT8 one must be recorded as verified), or for INT8
+    the verified one recorded in the bundle for ``prof``; None: serve the ONNX graph."""
+    recorded = {str(k): v for k, v in (bundle.manifest.get("engines") or {}).items()}
+    how = (f"run `convdeploy build {bundle.root} --profile {prof.name} --precision int8` on the target (it builds, "
+           "verifies and records the engine), then serve again")
+    why = ("nvinfer builds INT8 only with an int8-calib-file and otherwise builds FP16 "
+           "(\"INT8 calibration file not specified. Trying FP16 mode.\")")
+    if engine is not None:
+        if not engine.is_file():
+            raise UsageError(f"engine not found: {engine}")
+        if precision == "int8":
+            try:
+                rel = engine.resolve().relative_to(bundle.root.resolve()).as_posix()
+            except ValueError:
+                rel = None
+            if rel not in recorded:
+                raise UsageError(f"engine {engine.name} is not one `convdeploy build` verified for bundle "
+                                 f"{bundle.name!r}, and {why}", how)
+        return engine
+    if precision != "int8":
+        return None
+    names = (prof.name, *getattr(prof, "aliases", ()))
+    for rel, entry in sorted(recorded.items()):
+        if entry.get("precision") == "int8" and entry.get("profile") in (None, *names) \
+                and (bundle.root / rel).is_file():
+            return bundle.root / rel
+    raise UsageError(f"bundle {bundle.name!r} has no verified INT8 engine for profile {prof.name!r}, and {why}", how)
+
+
 def write_deepstream_config(
     bundle_dir: str | os.PathLike,
     out: str | os.PathLike,
@@ -323,12 +456,17 @@ def write_deepstream_config(
     overwrite: bool = False,
     record: bool = True,
     threads: int | None = None,
+    classifier_threshold: float = 0.0,
 ) -> DeepStreamConfig:
-    """Gate nvinfer's normalisation on the golden images, then write the configs to ``out``.
+    """Gate nvinfer's normalisation and classifier threshold on the golden images, then write
+    the configs to ``out``.
 
-    Raises :class:`DeepStreamRefused` (exit code 1, nothing written) when the emulated
-    normalisation changes decisions beyond the tier. ``record``: also keep the gate's
-    result in the bundle (``deepstream.json``, listed in the manifest).
+    The served model is a graph that answers probabilities (the artifact with a Softmax
+    appended) or, for ``engine`` and for INT8, an engine `convdeploy build` verified
+    (``out/engines/<name>.engine`` with its sidecar). Raises :class:`DeepStreamRefused`
+    (exit code 1, nothing written) when the emulated normalisation changes decisions beyond
+    the tier or too many frames get no label. ``record``: also keep the gate's result in the
+    bundle (``deepstream.json``, listed in the manifest).
     """
     bundle = Bundle.load(bundle_dir)
     prof = resolve_profile(profile)
@@ -342,10 +480,9 @@ def write_deepstream_config(
                           "separates labels with ';'")
     notes: list[str] = []
     if engine is not None:
-        engine_path = Path(engine)
-        if not engine_path.is_file():
-            raise UsageError(f"engine not found: {engine_path}")
-        built = str(read_sidecar(engine_path)["precision"])
+        built = str(read_sidecar(engine)["precision"]) if Path(engine).is_file() else None
+        if built is None:
+            raise UsageError(f"engine not found: {engine}")
         if precision is not None and precision != built:
             raise UsageError(f"--precision {precision} but the engine was built for {built}")
         precision = built
@@ -353,25 +490,43 @@ def write_deepstream_config(
         precision = prof.default_precision if prof.default_precision in bundle.precisions \
             else bundle.manifest["default_precision"]
     prof.check_precision(precision)
+    engine_path = _verified_engine(bundle, precision, prof, Path(engine) if engine is not None else None)
     onnx_path = bundle.artifact_path(precision)
-    gate = gate_normalisation(bundle, precision, onnx_path, prof, threads)
-    if not gate.passed:
-        raise DeepStreamRefused(gate)
-    geometry = _geometry_note(bundle.preprocess)
-    if geometry:
-        notes.append(geometry)
-    if bundle.tta.num_views > 1:
-        notes.append(f"the bundle's TTA ({bundle.tta.views}) is not applied: nvinfer runs one view per object")
-    batch = prof.batch_opt
-    model_key, model_file, source = ("model-engine-file", "model.engine", Path(engine)) if engine is not None \
-        else ("onnx-file", Path(onnx_path).name, onnx_path)
-    text = _config_text(bundle, gate, model_key, model_file, precision, batch, notes)
     with serve_directory(out, kind="deepstream", bundle=bundle.name, overwrite=overwrite, precision=precision) as tmp:
-        shutil.copyfile(source, tmp / model_file)
-        (tmp / CONFIG_FILE).write_text(text, encoding="utf-8")
+        served: Path | None = None
+        if engine_path is None:
+            model_key, outputs = "onnx-file", "probabilities"
+            if ends_in_softmax(onnx_path):  # the artifact answers probabilities already
+                model_file = Path(onnx_path).name
+                shutil.copyfile(onnx_path, tmp / model_file)
+            else:
+                model_file = Path(onnx_path).stem + PROBS_SUFFIX  # model.onnx -> model.probs.onnx
+                served = tmp / model_file
+                write_probabilities_graph(onnx_path, served)
+        else:
+            model_key, model_file = "model-engine-file", f"{ENGINES_DIR}/{engine_path.name}"
+            (tmp / ENGINES_DIR).mkdir()
+            shutil.copyfile(engine_path, tmp / model_file)
+            shutil.copyfile(sidecar_path(engine_path), sidecar_path(tmp / model_file))
+            outputs = "probabilities" if ends_in_softmax(onnx_path) else "logits"
+            if outputs == "logits":
+                notes.append("the engine answers logits: nvinfer shows a logit as the confidence, and no label "
+                             "where every logit is <= classifier-threshold")
+        gate = gate_normalisation(bundle, precision, onnx_path, prof, threads, served=served,
+                                  threshold=classifier_threshold, outputs=outputs)
+        if not gate.passed:
+            raise DeepStreamRefused(gate)
+        geometry = _geometry_note(bundle.preprocess)
+        if geometry:
+            notes.append(geometry)
+        if bundle.tta.num_views > 1:
+            notes.append(f"the bundle's TTA ({bundle.tta.views}) is not applied: nvinfer runs one view per object")
+        batch = prof.batch_opt
+        (tmp / CONFIG_FILE).write_text(_config_text(bundle, gate, model_key, model_file, precision, batch, notes),
+                                       encoding="utf-8")
         (tmp / LABELS_FILE).write_text(";".join(bundle.classes) + "\n", encoding="utf-8")
         (tmp / PIPELINE_FILE).write_text(_pipeline_text(batch), encoding="utf-8")
-        files = sorted(p.name for p in tmp.iterdir())
+        files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
     result = DeepStreamConfig(out=Path(out), gate=gate, model_file=model_file, precision=precision,
                               profile=prof.name, batch_size=batch, files=files, notes=notes)
     if record:
@@ -380,5 +535,6 @@ def write_deepstream_config(
 
 
 __all__ = ["NvinferNormalisation", "nvinfer_normalisation", "recover_pixels", "emulate_nvinfer", "DeepStreamGate",
-           "DeepStreamRefused", "gate_normalisation", "DeepStreamConfig", "write_deepstream_config",
+           "DeepStreamRefused", "gate_normalisation", "write_probabilities_graph", "ends_in_softmax",
+           "DeepStreamConfig", "write_deepstream_config",
            "TIER_FOR_PRECISION", "CONFIG_FILE", "PIPELINE_FILE", "LABELS_FILE", "BUNDLE_RECORD_FILE"]

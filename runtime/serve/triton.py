@@ -4,11 +4,13 @@ The repository holds three models::
 
     REPO/<name>_model/       the network: onnxruntime_onnx (the bundle's ONNX artifact) or
                              tensorrt_plan (an engine built for the target), dynamic batching
-                             with the profile's batch sizes, labels.txt for classification
+                             with the profile's batch sizes (an engine's own maximum, from its
+                             sidecar), labels.txt for classification
     REPO/<name>_preprocess/  Python backend: decodes the encoded image bytes a client sends
                              and preprocesses them with the bundle's own spec (this module's
                              torch-free runtime code is copied next to it); with TTA it also
-                             runs the views through <name>_model and merges them
+                             runs the views through <name>_model (asking for its outputs in
+                             CPU memory: a GPU model answers with GPU tensors) and merges them
     REPO/<name>/             the ensemble clients call: IMAGE (bytes) in, LOGITS out, with
                              labels.txt so that Triton's classification extension answers
                              with class names
@@ -27,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from convdeploy.runtime.backends.onnxruntime_backend import tensorrt_provider_options
 from convdeploy.runtime.bundle.contract import read_sidecar
 from convdeploy.runtime.bundle.reader import Bundle
 from convdeploy.runtime.errors import BundleError, UsageError
@@ -48,6 +51,10 @@ MAX_QUEUE_DELAY_US = 100
 STEP_INSTANCES = 2
 _TRITON_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16"}
 _TRT_PRECISION_MODE = {"fp32": "FP32", "fp16": "FP16", "int8": "INT8"}
+# Where onnxruntime's TensorRT accelerator keeps its engines on the server (one directory per
+# model file): without a cache every model load rebuilds the engine (minutes on a Jetson).
+# /tmp survives model reloads, not a new container: mount a volume there to keep them.
+TRT_CACHE_ROOT = "/tmp/convdeploy-ort-trt"
 
 
 # ----------------------------------------------------------------------------- protobuf text
@@ -158,19 +165,72 @@ def _engine_precision(bundle: Bundle, engine: Path, precision: str | None) -> tu
     return built, sidecar
 
 
+def engine_max_batch(engine: Path, sidecar: dict[str, Any]) -> int:
+    """The largest batch a shipped engine takes, from its sidecar (its optimization profile).
+
+    Triton's TensorRT backend refuses a ``max_batch_size`` above the engine's ("configuration
+    specified max-batch 32 but TensorRT engine only supports max-batch 8", tensorrt_backend
+    model_state.cc), and checks every request's batch against the profile's min..max ("model
+    expected the shape of dimension 0 to be between 8 and 8", server issue 4445): an engine
+    whose minimum batch is above 1 (a DLA engine: min = opt = max) cannot take the batches
+    Triton's dynamic batcher forms, so it is refused here with the reason.
+    """
+    low, high = sidecar.get("min_shape"), sidecar.get("max_shape")
+    if not high or not low:
+        raise UsageError(f"the sidecar of engine {engine.name} does not say the engine's batch range (min_shape, "
+                         "max_shape)", "rebuild the engine with `convdeploy build` on the target")
+    if int(low[0]) > 1:
+        raise UsageError(f"engine {engine.name} takes only batches of {low[0]}..{high[0]} (a DLA engine is built "
+                         "at one batch), and Triton's dynamic batcher sends any batch from 1 up",
+                         "serve a GPU engine (a profile without dla_core) or the ONNX artifact")
+    return int(high[0])
+
+
+def _trt_accelerator(name: str, bundle: Bundle, precision: str, profile: Profile,
+                     notes: list[str]) -> dict[str, Any]:
+    """onnxruntime's TensorRT accelerator inside Triton: precision, workspace, the profile's
+    optimization shapes and an engine cache (parameter names: onnxruntime_backend's
+    src/onnxruntime.cc, which refuses any other key)."""
+    inp = bundle.manifest["inputs"][0]
+    opts, ep_notes = tensorrt_provider_options(input_name=inp["name"], input_shape=inp["shape"],
+                                               precision=precision, profile=profile)
+    notes.extend(ep_notes)
+    sha = bundle.manifest["files"].get(bundle.artifact(precision)["file"], "")[:12]
+    params: dict[str, str] = {"precision_mode": _TRT_PRECISION_MODE[precision],
+                              "max_workspace_size_bytes": str(opts["trt_max_workspace_size"]),
+                              "trt_engine_cache_enable": "1",
+                              "trt_engine_cache_path": f"{TRT_CACHE_ROOT}/{name}-{sha or precision}"}
+    if "trt_profile_min_shapes" in opts:
+        for key in ("min", "opt", "max"):
+            params[f"trt_profile_{key}_shapes"] = opts[f"trt_profile_{key}_shapes"]
+        notes.append("the TensorRT accelerator's trt_profile_*_shapes need Triton 24.04 or newer (older onnxruntime "
+                     "backends refuse the keys)")
+    if opts.get("trt_dla_enable"):
+        params.update({"trt_dla_enable": "1", "trt_dla_core": str(opts["trt_dla_core"])})
+    if precision == "int8":
+        # Triton maps precision_mode to ONE flag (INT8 -> trt_int8_enable only; there is no
+        # fp16 key beside it), so TensorRT runs the layers left unquantized in FP32.
+        notes.append("Triton's onnxruntime TensorRT accelerator takes one precision_mode: INT8 runs the layers left "
+                     "unquantized in FP32 (no FP16 beside it); an engine from `convdeploy build` (--engine) has both")
+    notes.append(f"the TensorRT accelerator caches its engines in {params['trt_engine_cache_path']} on the server: "
+                 "mount a volume there to keep them across container restarts")
+    return {"name": "tensorrt", "parameters": _parameters(params)}
+
+
 def _network_config(name: str, bundle: Bundle, platform: str, file_name: str, precision: str, profile: Profile,
-                    dims_in: list[int], dims_out: list[int]) -> tuple[dict[str, Any], str | None]:
+                    dims_in: list[int], dims_out: list[int], max_batch: int,
+                    notes: list[str]) -> tuple[dict[str, Any], str | None]:
     inp, out = bundle.manifest["inputs"][0], bundle.manifest["outputs"][0]
     gpu = uses_gpu(profile)
     config: dict[str, Any] = {
         "name": name,
         "platform": platform,
         "default_model_filename": file_name,
-        "max_batch_size": profile.batch_max,
+        "max_batch_size": max_batch,
         "input": [{"name": inp["name"], "data_type": Enum(_TRITON_TYPES[inp["dtype"]]), "dims": dims_in}],
         "output": [{"name": out["name"], "data_type": Enum(_TRITON_TYPES[out["dtype"]]), "dims": dims_out,
                     "label_filename": LABELS_FILE}],
-        "dynamic_batching": {"preferred_batch_size": sorted({profile.batch_opt, profile.batch_max}),
+        "dynamic_batching": {"preferred_batch_size": sorted({min(profile.batch_opt, max_batch), max_batch}),
                              "max_queue_delay_microseconds": MAX_QUEUE_DELAY_US},
         "instance_group": [{"count": 1, "kind": Enum("KIND_GPU" if gpu else "KIND_CPU")}],
     }
@@ -179,18 +239,15 @@ def _network_config(name: str, bundle: Bundle, platform: str, file_name: str, pr
         # onnxruntime's TensorRT provider inside Triton, at the artifact's precision (an INT8
         # artifact is a Q/DQ graph: explicit quantization, no calibration table needed).
         accelerator = f"tensorrt ({_TRT_PRECISION_MODE[precision]})"
-        config["optimization"] = {"execution_accelerators": {"gpu_execution_accelerator": [{
-            "name": "tensorrt",
-            "parameters": _parameters({"precision_mode": _TRT_PRECISION_MODE[precision],
-                                       "max_workspace_size_bytes": str(profile.workspace_mb << 20)}),
-        }]}}
+        config["optimization"] = {"execution_accelerators": {"gpu_execution_accelerator": [
+            _trt_accelerator(name, bundle, precision, profile, notes)]}}
     elif platform == "onnxruntime_onnx" and profile.backend == "openvino":
         accelerator = "openvino"
         config["optimization"] = {"execution_accelerators": {"cpu_execution_accelerator": [{"name": "openvino"}]}}
     return config, accelerator
 
 
-def _step_config(name: str, spec: ServingSpec, profile: Profile, dims_in: list[int], dtype: str,
+def _step_config(name: str, spec: ServingSpec, max_batch: int, dims_in: list[int], dtype: str,
                  classes: int) -> dict[str, Any]:
     if spec.applies_tta:
         output = {"name": LOGITS_OUTPUT, "data_type": Enum("TYPE_FP32"), "dims": [classes]}
@@ -199,7 +256,7 @@ def _step_config(name: str, spec: ServingSpec, profile: Profile, dims_in: list[i
     return {
         "name": name,
         "backend": "python",
-        "max_batch_size": profile.batch_max,
+        "max_batch_size": max_batch,
         "input": [{"name": IMAGE_INPUT, "data_type": Enum("TYPE_STRING"), "dims": [1]}],
         "output": [output],
         "dynamic_batching": {"max_queue_delay_microseconds": MAX_QUEUE_DELAY_US},
@@ -209,7 +266,7 @@ def _step_config(name: str, spec: ServingSpec, profile: Profile, dims_in: list[i
     }
 
 
-def _ensemble_config(name: str, step: str, network: str, spec: ServingSpec, profile: Profile,
+def _ensemble_config(name: str, step: str, network: str, spec: ServingSpec, max_batch: int,
                      classes: int) -> dict[str, Any]:
     steps: list[dict[str, Any]]
     if spec.applies_tta:
@@ -225,7 +282,7 @@ def _ensemble_config(name: str, step: str, network: str, spec: ServingSpec, prof
     return {
         "name": name,
         "platform": "ensemble",
-        "max_batch_size": profile.batch_max,
+        "max_batch_size": max_batch,
         "input": [{"name": IMAGE_INPUT, "data_type": Enum("TYPE_STRING"), "dims": [1]}],
         "output": [{"name": LOGITS_OUTPUT, "data_type": Enum("TYPE_FP32"), "dims": [classes],
                     "label_filename": LABELS_FILE}],
@@ -249,7 +306,8 @@ MODEL_PY = '''\
 
 Decodes the encoded images of each request and preprocesses them with the bundle's own
 spec (serving_spec.json), using convdeploy's torch-free code copied next to this file.
-Needs numpy and Pillow in Triton's Python environment.
+Needs numpy and Pillow in Triton's Python environment (the stock tritonserver image has
+no Pillow: `pip install pillow` in the image).
 """
 
 import os
@@ -262,17 +320,49 @@ if HERE not in sys.path:
 import numpy as np  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
 
-from convdeploy.runtime.errors import ConvDeployError  # noqa: E402
-from convdeploy.runtime.serve.triton_handler import (  # noqa: E402
-    IMAGE_INPUT, LOGITS_OUTPUT, SERVING_SPEC_FILE, ServingSpec, chunks, merge_request, preprocess_request,
-    request_images)
+try:
+    import PIL  # noqa: F401,E402
+except ImportError:
+    PILLOW_MISSING = ("convdeploy's Triton step {bundle!r} needs Pillow, which this Triton image lacks: "
+                      "install it in the image (pip install pillow) and restart")
+else:
+    PILLOW_MISSING = None
+    from convdeploy.runtime.errors import ConvDeployError  # noqa: E402
+    from convdeploy.runtime.serve.triton_handler import (  # noqa: E402
+        IMAGE_INPUT, SERVING_SPEC_FILE, ServingSpec, chunks, merge_request, preprocess_request, request_images)
 
 OUTPUT = {output!r}
 
 
+def _cpu_request_options():
+    """Ask for the network's outputs in CPU memory: a GPU model answers a BLS request with
+    GPU tensors, which as_numpy() refuses. PreferredMemory exists from Triton 23.04."""
+    if not hasattr(pb_utils, "PreferredMemory"):
+        return {{}}
+    cpu = pb_utils.MemoryType.TRITONSERVER_MEMORY_CPU
+    return {{"preferred_memory": pb_utils.PreferredMemory(preferred_memory_type=cpu, preferred_device_id=0)}}
+
+
+def _to_numpy(tensor):
+    """A BLS output as numpy: moved from the GPU through DLPack where it is still there
+    (Triton before 23.04 cannot ask for CPU outputs)."""
+    if tensor.is_cpu():
+        return tensor.as_numpy()
+    try:
+        from torch.utils.dlpack import from_dlpack
+    except ImportError:
+        raise RuntimeError("the network answered with GPU tensors and this Triton (before 23.04) cannot ask for CPU "
+                           "ones: use Triton 23.04 or newer, or install torch in the image to move them") from None
+    return from_dlpack(tensor.to_dlpack()).cpu().numpy()
+
+
 class TritonPythonModel:
     def initialize(self, args):
+        if PILLOW_MISSING:
+            pb_utils.Logger.log_error(PILLOW_MISSING)
+            raise RuntimeError(PILLOW_MISSING)
         self.spec = ServingSpec.load(os.path.join(HERE, SERVING_SPEC_FILE))
+        self.request_options = _cpu_request_options()
 
     def _run_network(self, rows):
         """With TTA: the views through the network model (business logic scripting), merged."""
@@ -280,11 +370,11 @@ class TritonPythonModel:
         for part in chunks(rows, self.spec.model_max_batch):
             request = pb_utils.InferenceRequest(
                 model_name=self.spec.model_name, requested_output_names=[self.spec.model_output],
-                inputs=[pb_utils.Tensor(self.spec.model_input, part)])
+                inputs=[pb_utils.Tensor(self.spec.model_input, part)], **self.request_options)
             response = request.exec()
             if response.has_error():
                 raise RuntimeError(response.error().message())
-            outputs.append(pb_utils.get_output_tensor_by_name(response, self.spec.model_output).as_numpy())
+            outputs.append(_to_numpy(pb_utils.get_output_tensor_by_name(response, self.spec.model_output)))
         return merge_request(np.concatenate(outputs), self.spec)
 
     def execute(self, requests):
@@ -321,12 +411,15 @@ def write_triton_repository(
     prof = _profile_for(bundle, profile)
     dims_in, dims_out = _batch_dims(bundle)
     notes: list[str] = []
+    max_batch = prof.batch_max
     if engine is not None:
         engine_path = Path(engine)
         precision, sidecar = _engine_precision(bundle, engine_path, precision)
         platform, source, file_name = "tensorrt_plan", engine_path, "model.plan"
+        max_batch = engine_max_batch(engine_path, sidecar)
         if sidecar.get("profile") and sidecar["profile"] != prof.name:
-            notes.append(f"the engine was built for profile {sidecar['profile']!r}, batch sizes come from {prof.name!r}")
+            notes.append(f"the engine was built for profile {sidecar['profile']!r}; its batch range is its own "
+                         f"(max {max_batch}), the instances come from {prof.name!r}")
     else:
         if precision is None:
             precision = prof.default_precision if prof.default_precision in bundle.precisions \
@@ -340,13 +433,14 @@ def write_triton_repository(
     inp, outp = bundle.manifest["inputs"][0], bundle.manifest["outputs"][0]
     spec = ServingSpec(preprocess=bundle.preprocess, tta=bundle.tta, classes=tuple(bundle.classes),
                        model_name=network, model_input=inp["name"], model_output=outp["name"],
-                       model_max_batch=prof.batch_max)
+                       model_max_batch=max_batch)
     if spec.applies_tta:
         notes.append(f"TTA {bundle.tta.views} ({bundle.tta.num_views} views, {bundle.tta.merge}) runs in the Python "
                      f"step: it sends the views to {network} and merges them")
     if any("\n" in c for c in bundle.classes):
         raise BundleError("a class name contains a line break: Triton's labels file has one label per line")
-    net_config, accelerator = _network_config(network, bundle, platform, file_name, precision, prof, dims_in, dims_out)
+    net_config, accelerator = _network_config(network, bundle, platform, file_name, precision, prof, dims_in, dims_out,
+                                              max_batch, notes)
     labels = "".join(f"{c}\n" for c in bundle.classes)
 
     with serve_directory(out, kind="triton", bundle=bundle.name, overwrite=overwrite, precision=precision,
@@ -363,15 +457,15 @@ def write_triton_repository(
             MODEL_PY.format(bundle=bundle.name, output=LOGITS_OUTPUT if spec.applies_tta else PREPROCESSED),
             encoding="utf-8")
         (step_dir / CONFIG_FILE).write_text(
-            to_pbtxt(_step_config(step, spec, prof, dims_in, inp["dtype"], len(bundle.classes))) + "\n",
+            to_pbtxt(_step_config(step, spec, max_batch, dims_in, inp["dtype"], len(bundle.classes))) + "\n",
             encoding="utf-8")
         (ens_dir / CONFIG_FILE).write_text(
-            to_pbtxt(_ensemble_config(ensemble, step, network, spec, prof, len(bundle.classes))) + "\n",
+            to_pbtxt(_ensemble_config(ensemble, step, network, spec, max_batch, len(bundle.classes))) + "\n",
             encoding="utf-8")
         (ens_dir / LABELS_FILE).write_text(labels, encoding="utf-8")
         files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
     return TritonRepository(out=Path(out), ensemble=ensemble, network=network, preprocess=step, platform=platform,
-                            precision=precision, profile=prof.name, max_batch_size=prof.batch_max,
+                            precision=precision, profile=prof.name, max_batch_size=max_batch,
                             preferred_batch_sizes=net_config["dynamic_batching"]["preferred_batch_size"],
                             instance_kind=str(net_config["instance_group"][0]["kind"]), accelerator=accelerator,
                             tta=bundle.tta.views, files=files, notes=notes)

@@ -8,6 +8,7 @@ marked ``tensorrt``, runs the real provider where onnxruntime-gpu and TensorRT e
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ from convdeploy.runtime.backends.onnxruntime_backend import (
     tensorrt_provider_options,
     user_cache_dir,
 )
+from convdeploy.runtime.errors import UsageError
 from convdeploy.runtime.targets import load_profile
 from tests.runtime.conftest import build_classifier_onnx
 
@@ -68,10 +70,28 @@ def test_static_or_spatially_dynamic_inputs_get_no_profile_shapes():
     assert set(bare) == {"device_id", "trt_fp16_enable", "trt_int8_enable"}  # no profile: onnxruntime's defaults
 
 
-def test_dla_core_for_fp16_engines_only(dla_profile):
+def static_dla_profile(tmp_path, batch=4):
+    text = Path(load_profile("jetson-xavier-nx").source).read_text()
+    text = text.replace('name = "jetson-xavier-nx"', 'name = "xnx-dla-static"')
+    text = re.sub(r"batch = \{[^}]*\}", f"batch = {{ min = {batch}, opt = {batch}, max = {batch} }}", text)
+    path = tmp_path / "xnx-dla-static.toml"
+    path.write_text(text + "dla_core = 1\n")
+    return load_profile(path)
+
+
+def test_dla_core_for_fp16_engines_with_static_shapes_only(dla_profile, tmp_path):
+    """Review 2, defect 8: the DLA runs static shapes only; a batch range would put every layer on the GPU."""
+    static = static_dla_profile(tmp_path)
     fp16, notes = tensorrt_provider_options(input_name="x", input_shape=["n", 3, 8, 8], precision="fp16",
-                                            profile=dla_profile)
+                                            profile=static)
     assert fp16["trt_dla_enable"] is True and fp16["trt_dla_core"] == 1 and notes == []
+    assert fp16["trt_profile_min_shapes"] == fp16["trt_profile_max_shapes"] == "x:4x3x8x8"
+    fixed, _ = tensorrt_provider_options(input_name="x", input_shape=[2, 3, 8, 8], precision="fp16",
+                                         profile=dla_profile)  # a static-batch model: static already
+    assert fixed["trt_dla_enable"] is True
+    with pytest.raises(UsageError, match=r"DLA core 1, but input x has batch 1\.\.16.*static shapes only") as exc:
+        tensorrt_provider_options(input_name="x", input_shape=["n", 3, 8, 8], precision="fp16", profile=dla_profile)
+    assert "\n" not in str(exc.value) and exc.value.exit_code == 2
     int8, notes = tensorrt_provider_options(input_name="x", input_shape=["n", 3, 8, 8], precision="int8",
                                             profile=dla_profile)
     assert "trt_dla_enable" not in int8 and "DLA core 1 not used for int8" in notes[0]

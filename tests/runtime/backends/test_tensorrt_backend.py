@@ -444,3 +444,69 @@ def test_an_fp16_engine_of_the_fp32_onnx_is_found_by_profile_and_judged_as_fp16(
     # asking for fp32 explicitly does not take the fp16 engine
     with pytest.raises(BundleError, match="no TensorRT engine for fp32"):
         open_bundle_backend(Bundle.load(trt_bundle), "tensorrt", precision="fp32")
+
+
+# -- DLA engines: one fixed batch (review 2, defect 3) ----------------------------------------
+def dla_engine(bundle, batch=8, *, sidecar_shapes=True, dla_core=0):
+    """A DLA engine as `convdeploy build` makes one: a dynamic-batch ONNX built with
+    min = opt = max = batch (the engine still reports -1 for the batch axis)."""
+    shape = [batch, 3, 32, 32]
+    extra = {"min_shape": shape, "opt_shape": shape, "max_shape": shape} if sidecar_shapes else {}
+    engine = engine_for(bundle, precision="fp16", dla_core=dla_core, **extra)
+    header, onnx_bytes = fake.unpack_engine(engine.read_bytes())
+    name = header["io"][0][0]
+    assert header["io"][0][3][0] == -1
+    header["profile"] = {name: [shape, shape, shape]}
+    engine.write_bytes(fake.pack_engine(header, onnx_bytes))
+    return engine
+
+
+def reference_logits(bundle, x):
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(bundle / "model.onnx"), providers=["CPUExecutionProvider"])
+    return sess.run(None, {sess.get_inputs()[0].name: x})[0]
+
+
+@pytest.mark.parametrize("images", [1, 3, 8, 11, 17])
+def test_a_dla_engine_built_at_batch_8_runs_any_batch_padded_and_split(trt_bundle, monkeypatch, images):
+    fake.install(monkeypatch, "10.3.0", cuda=fake.FakeCuda(dla_cores=2))
+    be = TensorRTBackend(dla_engine(trt_bundle, 8))
+    assert be.fixed_batch == 8 and be.max_batch == 8 and be.inputs[0].shape == (8, 3, 32, 32)
+    x = np.random.default_rng(images).standard_normal((images, 3, 32, 32)).astype(np.float32)
+    out = be.run(x)
+    assert out.shape == (images, 10)
+    # FP16 flags are not set on this fake engine: the numbers are the ONNX model's
+    np.testing.assert_allclose(out, reference_logits(trt_bundle, x), rtol=1e-5, atol=1e-5)
+    assert be.context._input_shape == (8, 3, 32, 32)  # TensorRT only ever saw its batch
+    assert be.context._executions == -(-images // 8)
+    be.close()
+
+
+def test_the_fixed_batch_comes_from_the_engine_profile_or_else_the_sidecar(trt_bundle, monkeypatch):
+    from convdeploy.runtime.backends.tensorrt_backend import EngineTensor, fixed_batch
+
+    fake.install(monkeypatch, "10.3.0", cuda=fake.FakeCuda(dla_cores=2))
+    be = TensorRTBackend(dla_engine(trt_bundle, 4, sidecar_shapes=False))  # the engine alone says 4
+    assert be.fixed_batch == 4
+    be.close()
+    dynamic = TensorRTBackend(engine_for(trt_bundle, max_batch=8))  # a GPU engine: 1..8
+    assert dynamic.fixed_batch is None and dynamic.inputs[0].shape[0] is None
+    dynamic.close()
+    bare = EngineTensor("x", 0, True, (-1, 3, 32, 32), np.dtype("float32"))
+    assert fixed_batch(bare, {"min_shape": [8, 3, 32, 32], "max_shape": [8, 3, 32, 32]}) == 8
+    assert fixed_batch(bare, {"min_shape": [1, 3, 32, 32], "max_shape": [8, 3, 32, 32]}) is None
+    assert fixed_batch(EngineTensor("x", 0, True, (2, 3, 32, 32), np.dtype("float32")), {}) == 2
+
+
+def test_predict_and_verify_run_a_dla_engine_at_other_batches(trt_bundle, monkeypatch, sample_photos):
+    from convdeploy.runtime.predictor import Predictor
+    from convdeploy.runtime.verify import verify_bundle
+
+    fake.install(monkeypatch, "10.3.0", cuda=fake.FakeCuda(dla_cores=2))
+    engine = dla_engine(trt_bundle, 8)
+    result = verify_bundle(trt_bundle, "tensorrt", "fp16", engine=engine)
+    assert result.context["backend"]["backend"] == "tensorrt", result.context
+    with Predictor.from_bundle(trt_bundle, "tensorrt", precision="fp16", engine=engine, batch_size=1) as predictor:
+        preds = predictor.predict([str(sample_photos[0])])
+    assert len(preds) == 1

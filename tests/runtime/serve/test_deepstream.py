@@ -68,9 +68,11 @@ def test_imagenet_std_passes_the_decision_tier_and_records_its_error(tmp_path, s
     props = dict(line.split("=", 1) for line in text.splitlines() if "=" in line and not line.startswith("#"))
     assert float(props["net-scale-factor"]) == pytest.approx(gate.normalisation.net_scale_factor, rel=1e-7)
     assert props["offsets"] == "123.675;116.28;103.53"
-    assert props["onnx-file"] == "model.onnx" and props["network-mode"] == "0" and props["network-type"] == "1"
+    assert props["onnx-file"] == "model.probs.onnx" and props["network-mode"] == "0" and props["network-type"] == "1"
+    assert props["classifier-threshold"] == "0.0"
     assert (tmp_path / "ds" / "labels.txt").read_text().strip() == ";".join(fixtures.CLASSES)
-    assert (tmp_path / "ds" / "model.onnx").is_file() and (tmp_path / "ds" / "deepstream_app_config.txt").is_file()
+    assert (tmp_path / "ds" / "model.probs.onnx").is_file()
+    assert (tmp_path / "ds" / "deepstream_app_config.txt").is_file()
     # recorded in the bundle, which still loads with its hashes checked
     reloaded = Bundle.load(b)
     assert reloaded.manifest["serving"]["deepstream"]["max_rel_err"] == gate.report["max_rel_err"]
@@ -94,9 +96,95 @@ def test_stds_far_apart_are_refused_with_the_table_and_nothing_written(tmp_path,
     assert "nvinfer-normalised" in r.stdout and "DeepStream refused" in r.stderr
 
 
-def test_int8_is_judged_by_the_int8_tier(tmp_path, sample_photos, monkeypatch):
+def record_verified_engine(bundle, precision="int8", profile="jetson-agx-orin"):
+    """An engine as `convdeploy build` leaves one after its verify passed: file, sidecar, manifest entry."""
+    from convdeploy.runtime.bundle.contract import record_engine, write_sidecar
+    from convdeploy.runtime.fsutil import sha256_file
+
+    onnx_file = Bundle.load(bundle).artifact(precision)["file"]
+    rel = f"engines/{profile}.{precision}.trt10.3.0.orin-sm87.engine"
+    (bundle / rel).parent.mkdir(exist_ok=True)
+    (bundle / rel).write_bytes(b"a TensorRT plan")
+    sidecar = {"tensorrt_version": "10.3.0", "gpu_name": "Orin", "compute_capability": "8.7", "precision": precision,
+               "profile": profile, "onnx_file": onnx_file, "onnx_sha256": sha256_file(bundle / onnx_file),
+               "engine_sha256": sha256_file(bundle / rel)}
+    write_sidecar(bundle / rel, sidecar)
+    record_engine(bundle, rel, sidecar)
+    return bundle / rel
+
+
+def test_int8_is_served_from_the_engine_build_verified_or_refused_with_the_reason(tmp_path, sample_photos,
+                                                                                  monkeypatch):
+    """Review 2, defect 5: nvinfer given a Q/DQ ONNX and no int8-calib-file builds FP16."""
+    from convdeploy.runtime.errors import UsageError
+
     monkeypatch.setattr(fixtures, "SPEC", PreprocessSpec(resize=40, crop=(32, 32)))
     b = fixtures.write_bundle(tmp_path / "b", sample_photos, int8=True)
-    result = write_deepstream_config(b, tmp_path / "ds", precision="int8", profile="jetson-orin")
+    with pytest.raises(UsageError, match="no verified INT8 engine.*Trying FP16 mode") as exc:
+        write_deepstream_config(b, tmp_path / "ds", precision="int8", profile="jetson-agx-orin")
+    assert "convdeploy build" in str(exc.value) and "\n" not in str(exc.value)
+    assert not (tmp_path / "ds").exists()
+    stray = b / "engines" / "stray.engine"
+    stray.parent.mkdir(exist_ok=True)
+    stray.write_bytes(b"plan")
+    stray.with_suffix(".json").write_text(json.dumps({"tensorrt_version": "10.3.0", "gpu_name": "Orin",
+                                                      "compute_capability": "8.7", "precision": "int8"}))
+    with pytest.raises(UsageError, match="not one `convdeploy build` verified"):
+        write_deepstream_config(b, tmp_path / "ds", engine=stray, profile="jetson-agx-orin")
+    engine = record_verified_engine(b)
+    result = write_deepstream_config(b, tmp_path / "ds", precision="int8", profile="jetson-agx-orin")
     assert result.gate.tier == "int8"
-    assert "network-mode=1" in (tmp_path / "ds" / CONFIG_FILE).read_text()
+    text = (tmp_path / "ds" / CONFIG_FILE).read_text()
+    props = dict(line.split("=", 1) for line in text.splitlines() if "=" in line and not line.startswith("#"))
+    assert props["network-mode"] == "1" and props["model-engine-file"] == f"engines/{engine.name}"
+    assert "onnx-file" not in props  # nvinfer must not rebuild it (as FP16) from the ONNX
+    assert (tmp_path / "ds" / "engines" / engine.name).read_bytes() == engine.read_bytes()
+    assert (tmp_path / "ds" / "engines" / engine.with_suffix(".json").name).is_file()
+    # the engine answers what its ONNX answers: logits here, and the gate says so
+    assert result.gate.outputs == "logits" and any("logit as the confidence" in n for n in result.notes)
+
+
+def test_the_served_classifier_answers_probabilities_gated_against_the_originals_softmax(tmp_path, sample_photos,
+                                                                                        monkeypatch):
+    """Review 2, defect 6: nvinfer's classifier parser reads probabilities."""
+    import onnx
+    import onnxruntime as ort
+
+    from convdeploy.runtime.transforms.tta import softmax
+
+    b = bundle_with_std(tmp_path / "b", sample_photos, (0.5, 0.5, 0.5), monkeypatch)
+    result = write_deepstream_config(b, tmp_path / "ds")
+    served = tmp_path / "ds" / "model.probs.onnx"
+    assert [n.op_type for n in onnx.load(str(served)).graph.node][-1] == "Softmax"
+    x = Bundle.load(b).golden()["inputs"].astype(np.float32)
+    original = ort.InferenceSession(str(b / "model.onnx"), providers=["CPUExecutionProvider"])
+    probs = ort.InferenceSession(str(served), providers=["CPUExecutionProvider"])
+    assert probs.get_outputs()[0].name == original.get_outputs()[0].name  # output-blob-names unchanged
+    np.testing.assert_allclose(probs.run(None, {"input": x})[0], softmax(original.run(None, {"input": x})[0]),
+                               atol=1e-6)
+    gate = result.gate
+    assert gate.outputs == "probabilities" and gate.softmax_verdict.passed and gate.unlabelled == 0
+    assert json.loads((b / "deepstream.json").read_text())["gate"]["unlabelled"] == 0
+
+
+def test_the_gate_models_the_classifier_threshold(tmp_path, sample_photos, monkeypatch):
+    import onnxruntime as ort
+
+    from convdeploy.runtime.serve.deepstream import emulate_nvinfer, nvinfer_normalisation
+    from convdeploy.runtime.transforms.tta import softmax
+
+    b = bundle_with_std(tmp_path / "b", sample_photos, (0.5, 0.5, 0.5), monkeypatch)
+    bundle = Bundle.load(b)
+    x = emulate_nvinfer(bundle.golden()["inputs"].astype(np.float32), bundle.preprocess,
+                        nvinfer_normalisation(bundle.preprocess))
+    sess = ort.InferenceSession(str(b / "model.onnx"), providers=["CPUExecutionProvider"])
+    top = softmax(sess.run(None, {"input": x})[0]).max(axis=1)
+    threshold = float(np.sort(top)[len(top) // 2])  # half the frames at or below it
+    expected = int(np.sum(top <= threshold))
+    with pytest.raises(DeepStreamRefused, match=f"{expected} of {len(top)} golden frames get no label") as info:
+        write_deepstream_config(b, tmp_path / "ds", classifier_threshold=threshold)
+    assert "classifier-threshold" in info.value.hint and not (tmp_path / "ds").exists()
+    low = float(top.min()) / 2  # every frame keeps its label
+    result = write_deepstream_config(b, tmp_path / "ds", classifier_threshold=low)
+    assert result.gate.unlabelled == 0
+    assert f"classifier-threshold={low!r}" in (tmp_path / "ds" / CONFIG_FILE).read_text()

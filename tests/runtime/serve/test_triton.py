@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import shutil
 import sys
 import types
@@ -100,54 +101,108 @@ def test_pbtxt_quotes_strings_and_leaves_enums_bare():
 
 
 # ----------------------------------------------------------------------------- the Python step
-class FakeTensor:
-    def __init__(self, name, array):
-        self.name, self.array = name, np.asarray(array)
+# A stand-in pb_utils with exactly one Triton release's names and constructor keywords, from
+# python_backend's own sources at each release branch (tests/fixtures/triton/).
+TRITON_API = json.loads((Path(__file__).parents[2] / "fixtures" / "triton" / "triton-python-backend-api.json")
+                        .read_text())["releases"]
+GPU_AS_NUMPY = "Tensor is stored in GPU and cannot be converted to NumPy."  # pb_tensor.cc
 
-    def as_numpy(self):
-        return self.array
+
+def _only_release_names(cls, names):
+    public = {k for k in vars(cls) if not k.startswith("_")}
+    assert public <= set(names), f"the stand-in {cls.__name__} defines {public - set(names)} this release lacks"
+    return cls
 
 
-def fake_pb_utils(network_path: Path | None = None) -> types.ModuleType:
-    """Enough of Triton's triton_python_backend_utils to run the generated model.py."""
+def fake_pb_utils(network_path: Path | None = None, release: str = "r24.08", gpu: bool = False,
+                  log: list | None = None) -> types.ModuleType:
+    """Triton's triton_python_backend_utils as ``release`` has it; ``gpu``: the network model
+    runs on a GPU, so BLS answers with GPU tensors unless CPU memory is asked for."""
+    api = TRITON_API[release]
+    classes, keywords = api["classes"], api["constructor_keywords"]
     mod = types.ModuleType("triton_python_backend_utils")
-    mod.Tensor = FakeTensor
+
+    class Tensor:
+        def __init__(self, name, array, on_gpu=False):
+            self._name, self.array, self._gpu = name, np.asarray(array), on_gpu
+
+        def name(self):
+            return self._name
+
+        def is_cpu(self):
+            return not self._gpu
+
+        def as_numpy(self):
+            if self._gpu:
+                raise RuntimeError(GPU_AS_NUMPY)
+            return self.array
+
+        def to_dlpack(self):
+            return self.array.__dlpack__()
 
     class TritonError(Exception):
-        pass
+        def message(self):
+            return str(self)
 
     class InferenceResponse:
         def __init__(self, output_tensors, error=None):
-            self.output_tensors, self.error_value = output_tensors, error
+            self.output_tensors, self._error = output_tensors, error
 
         def has_error(self):
-            return self.error_value is not None
+            return self._error is not None
 
         def error(self):
-            return self.error_value
+            return self._error
 
     class InferenceRequest:  # business logic scripting: runs the network with onnxruntime
-        def __init__(self, model_name, requested_output_names, inputs):
-            self.inputs, self.outputs = inputs, requested_output_names
+        def __init__(self, **kwargs):
+            unknown = set(kwargs) - set(keywords["InferenceRequest"])
+            if unknown:  # pybind: "__init__(): incompatible constructor arguments"
+                raise TypeError(f"InferenceRequest(): incompatible constructor arguments {sorted(unknown)}")
+            self.inputs, self.outputs = kwargs["inputs"], kwargs["requested_output_names"]
+            memory = kwargs.get("preferred_memory")
+            self.cpu = not gpu or (memory is not None and memory.kind == "CPU")
 
         def exec(self):
             import onnxruntime as ort
 
             sess = ort.InferenceSession(str(network_path), providers=["CPUExecutionProvider"])
-            out = sess.run(self.outputs, {t.name: t.array for t in self.inputs})[0]
-            return InferenceResponse([FakeTensor(self.outputs[0], out)])
+            out = sess.run(self.outputs, {t.name(): t.array for t in self.inputs})[0]
+            return InferenceResponse([Tensor(self.outputs[0], out, on_gpu=not self.cpu)])
 
-    mod.TritonError = TritonError
-    mod.InferenceResponse = InferenceResponse
-    mod.InferenceRequest = InferenceRequest
-    mod.get_input_tensor_by_name = lambda request, name: next(t for t in request if t.name == name)
-    mod.get_output_tensor_by_name = lambda response, name: next(t for t in response.output_tensors if t.name == name)
+    class Logger:
+        @staticmethod
+        def log_error(message):
+            (log if log is not None else []).append(("error", message))
+
+    for cls in (Tensor, TritonError, InferenceResponse, InferenceRequest, Logger):
+        setattr(mod, cls.__name__, _only_release_names(cls, classes[cls.__name__]))
+    if "PreferredMemory" in classes:
+        class MemoryType:
+            TRITONSERVER_MEMORY_CPU, TRITONSERVER_MEMORY_GPU = "CPU", "GPU"
+
+        class PreferredMemory:
+            def __init__(self, **kwargs):
+                assert set(kwargs) <= set(keywords["PreferredMemory"]), kwargs
+                self.kind = kwargs.get("preferred_memory_type")
+
+        mod.MemoryType = _only_release_names(MemoryType, classes["MemoryType"])
+        mod.PreferredMemory = PreferredMemory
+    for name in ("get_input_tensor_by_name", "get_output_tensor_by_name"):
+        assert name in api["utils_py_defs"]
+    mod.get_input_tensor_by_name = lambda request, name: next(t for t in request if t.name() == name)
+    mod.get_output_tensor_by_name = lambda response, name: next(t for t in response.output_tensors
+                                                                if t.name() == name)
     return mod
 
 
-def load_step(repo: Path, step: str, network: Path, monkeypatch) -> object:
+def FakeTensor(name, array):  # noqa: N802 - a request's input tensor, as Triton hands it over
+    return fake_pb_utils().Tensor(name, array)
+
+
+def load_step(repo: Path, step: str, network: Path, monkeypatch, **pb_options) -> object:
     """Import the generated model.py as Triton would, with the copied runtime code only."""
-    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", fake_pb_utils(network))
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", fake_pb_utils(network, **pb_options))
     for name in [m for m in sys.modules if m == "convdeploy.runtime" or m.startswith("convdeploy.runtime.")]:
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.setattr(sys, "path", [str(repo / step / "1")] + [p for p in sys.path if "wt-" not in p])
@@ -169,33 +224,74 @@ def isolated_modules():
         del sys.modules[name]
 
 
-@pytest.mark.parametrize("which", ["tiny_bundle", "tta_bundle"])
-def test_the_generated_python_step_answers_like_predict(which, request, tmp_path, sample_photos, monkeypatch,
-                                                         isolated_modules):
+@pytest.mark.parametrize("which,release,gpu", [
+    ("tiny_bundle", "r24.08", False), ("tta_bundle", "r24.08", False),
+    # Review 2, defect 4: a GPU network answers BLS with GPU tensors; the step asks for CPU
+    # memory where its Triton can (23.04+), and moves them through DLPack before that.
+    ("tta_bundle", "r23.04", True), ("tta_bundle", "r26.07", True), ("tta_bundle", "r22.12", True)])
+def test_the_generated_python_step_answers_like_predict(which, release, gpu, request, tmp_path, sample_photos,
+                                                         monkeypatch, isolated_modules):
+    if gpu and "PreferredMemory" not in TRITON_API[release]["classes"]:
+        pytest.importorskip("torch", reason="before 23.04 the step moves GPU outputs with torch's DLPack")
     bundle = request.getfixturevalue(which)
     repo = tmp_path / "repo"
     write_triton_repository(bundle, repo)
     with Predictor.from_bundle(bundle) as predictor:
         expected = predictor.predict([str(p) for p in sample_photos], topk=10)
     photos = [p.read_bytes() for p in sample_photos]
-    model = load_step(repo, "tiny-cnn_preprocess", repo / "tiny-cnn_model" / "1" / "model.onnx", monkeypatch)
+    model = load_step(repo, "tiny-cnn_preprocess", repo / "tiny-cnn_model" / "1" / "model.onnx", monkeypatch,
+                      release=release, gpu=gpu)
     bad = [[FakeTensor("IMAGE", np.array([[b"not an image"]], dtype=object))]]
     good = [[FakeTensor("IMAGE", np.array([[photos[0]], [photos[1]]], dtype=object))]]
     responses = model.execute(good + bad)
     assert responses[1].has_error() and "not an image" in str(responses[1].error())
     out = responses[0].output_tensors[0]
     if which == "tta_bundle":  # the step merged the ten crops itself
-        assert out.name == "LOGITS" and out.array.shape == (2, 10)
+        assert out.name() == "LOGITS" and out.array.shape == (2, 10)
         probs = softmax(out.array)
     else:  # the step hands preprocessed rows to the network
         import onnxruntime as ort
 
-        assert out.name == "PREPROCESSED" and out.array.shape == (2, 3, 32, 32)
+        assert out.name() == "PREPROCESSED" and out.array.shape == (2, 3, 32, 32)
         sess = ort.InferenceSession(str(repo / "tiny-cnn_model" / "1" / "model.onnx"))
         probs = softmax(sess.run(None, {"input": out.array})[0])
     for row, pred in zip(probs, expected):
         assert [int(i) for i in np.argsort(-row, kind="stable")] == pred.indices
         np.testing.assert_allclose(row[pred.indices], pred.probabilities, rtol=1e-5)
+
+
+def test_before_triton_23_04_without_torch_gpu_outputs_are_one_line(tta_bundle, tmp_path, sample_photos,
+                                                                    monkeypatch, isolated_modules):
+    repo = tmp_path / "repo"
+    write_triton_repository(tta_bundle, repo)
+    model = load_step(repo, "tiny-cnn_preprocess", repo / "tiny-cnn_model" / "1" / "model.onnx", monkeypatch,
+                      release="r22.12", gpu=True)
+    monkeypatch.setitem(sys.modules, "torch", None)
+    monkeypatch.setitem(sys.modules, "torch.utils.dlpack", None)
+    images = [[FakeTensor("IMAGE", np.array([[sample_photos[0].read_bytes()]], dtype=object))]]
+    with pytest.raises(RuntimeError, match="GPU tensors.*Triton 23.04 or newer") as exc:
+        model.execute(images)
+    assert "\n" not in str(exc.value)
+
+
+def test_a_missing_pillow_is_one_log_line_and_the_model_does_not_load(tiny_bundle, tmp_path, monkeypatch,
+                                                                      isolated_modules):
+    """Review 2, defect 13: the stock tritonserver image has no Pillow."""
+    repo = tmp_path / "repo"
+    write_triton_repository(tiny_bundle, repo)
+    log: list = []
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", fake_pb_utils(log=log))
+    monkeypatch.setitem(sys.modules, "PIL", None)  # `import PIL` raises ImportError
+    for name in [m for m in sys.modules if m == "convdeploy.runtime" or m.startswith("convdeploy.runtime.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setattr(sys, "path", [str(repo / "tiny-cnn_preprocess" / "1")] + sys.path)
+    spec = importlib.util.spec_from_file_location("triton_step", repo / "tiny-cnn_preprocess" / "1" / "model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # the import itself does not fail with a traceback
+    with pytest.raises(RuntimeError, match="needs Pillow"):
+        module.TritonPythonModel().initialize({"model_config": "{}"})
+    assert len(log) == 1 and log[0][0] == "error"
+    assert "pip install pillow" in log[0][1] and "\n" not in log[0][1]
 
 
 def test_the_handler_functions_reject_what_is_not_an_image(tiny_bundle):
@@ -257,3 +353,63 @@ def test_the_readme_client_against_a_live_tritonserver(tiny_bundle, tmp_path, sa
     finally:
         server.terminate()
         server.wait(30)
+
+
+# ----------------------------------------------------------------------------- engines and accelerators
+def engine_with_sidecar(bundle: Path, tmp_path: Path, low: int, high: int, **extra) -> Path:
+    from convdeploy.runtime.fsutil import sha256_file
+
+    engine = tmp_path / "engines" / "model.fp32.engine"
+    engine.parent.mkdir(parents=True, exist_ok=True)
+    engine.write_bytes(b"a TensorRT plan")
+    sidecar = {"tensorrt_version": "10.3.0", "gpu_name": "Orin", "compute_capability": "8.7", "precision": "fp32",
+               "profile": "jetson-agx-orin", "onnx_sha256": sha256_file(bundle / "model.onnx"),
+               "min_shape": [low, 3, 32, 32], "opt_shape": [high, 3, 32, 32], "max_shape": [high, 3, 32, 32],
+               **extra}
+    engine.with_suffix(".json").write_text(json.dumps(sidecar))
+    return engine
+
+
+def test_a_shipped_engines_max_batch_comes_from_its_sidecar(tiny_bundle, tmp_path):
+    """Review 2, defect 3: Triton refuses max_batch_size above the engine's ("configuration
+    specified max-batch 32 but TensorRT engine only supports max-batch 8")."""
+    engine = engine_with_sidecar(tiny_bundle, tmp_path, 1, 8)
+    repo = write_triton_repository(tiny_bundle, tmp_path / "repo", engine=engine, profile="server-gpu")
+    parsed = configs(tmp_path / "repo")
+    net = parsed["tiny-cnn_model"]
+    assert net.platform == "tensorrt_plan" and net.max_batch_size == repo.max_batch_size == 8
+    assert max(net.dynamic_batching.preferred_batch_size) <= 8
+    assert parsed["tiny-cnn"].max_batch_size == parsed["tiny-cnn_preprocess"].max_batch_size == 8
+
+
+def test_a_dla_engine_at_one_batch_is_refused_for_tritons_dynamic_batcher(tiny_bundle, tmp_path):
+    engine = engine_with_sidecar(tiny_bundle, tmp_path, 8, 8, dla_core=0)
+    with pytest.raises(UsageError, match="takes only batches of 8..8") as exc:
+        write_triton_repository(tiny_bundle, tmp_path / "repo", engine=engine, profile="server-gpu")
+    assert "\n" not in str(exc.value) and not (tmp_path / "repo").exists()
+    old = engine_with_sidecar(tiny_bundle, tmp_path, 1, 8)
+    side = json.loads(old.with_suffix(".json").read_text())
+    del side["min_shape"], side["max_shape"]
+    old.with_suffix(".json").write_text(json.dumps(side))
+    with pytest.raises(UsageError, match="does not say the engine's batch range"):
+        write_triton_repository(tiny_bundle, tmp_path / "repo", engine=old, profile="server-gpu")
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_the_tensorrt_accelerator_gets_an_engine_cache_and_profile_shapes(tiny_bundle, tmp_path, precision):
+    """Review 2, defect 9: without a cache every model load rebuilds the engine; without
+    profile shapes TensorRT rebuilds whenever a batch falls outside what it has seen."""
+    repo = write_triton_repository(tiny_bundle, tmp_path / "repo", profile="server-gpu", precision=precision)
+    net = configs(tmp_path / "repo")["tiny-cnn_model"]
+    params = dict(net.optimization.execution_accelerators.gpu_execution_accelerator[0].parameters)
+    assert params["trt_engine_cache_enable"] == "1"
+    assert params["trt_engine_cache_path"].startswith("/tmp/convdeploy-ort-trt/tiny-cnn_model-")
+    assert params["trt_profile_min_shapes"] == "input:1x3x32x32"
+    assert params["trt_profile_max_shapes"] == f"input:{net.max_batch_size}x3x32x32"
+    assert params["precision_mode"] == precision.upper()
+    # Every key is one Triton's onnxruntime backend knows (it refuses any other: src/onnxruntime.cc).
+    assert set(params) <= {"precision_mode", "max_workspace_size_bytes", "trt_engine_cache_enable",
+                           "trt_engine_cache_path", "trt_profile_min_shapes", "trt_profile_opt_shapes",
+                           "trt_profile_max_shapes", "trt_dla_enable", "trt_dla_core"}
+    assert any("24.04" in n for n in repo.notes)
+    assert any("FP32" in n and "--engine" in n for n in repo.notes) == (precision == "int8")
