@@ -1,6 +1,7 @@
 """Wall time of ``convdeploy export`` (export + checks + simplification + parity gate).
 
     python benchmarks/export_parity_time.py [--arch resnet50] [--data digits] [--samples 256] [--json out.json]
+    python benchmarks/export_parity_time.py --quick    # LeNet-5, TorchScript only, 16 samples
 
 Each exporter (TorchScript, dynamo) runs ``convdeploy export ARCH --precision fp32`` in a
 fresh process, exactly as a user would, so the time includes starting Python and
@@ -57,7 +58,11 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=256, help="parity samples (the CLI default)")
     ap.add_argument("--exporters", default="torchscript,dynamo")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--quick", action="store_true", help="LeNet-5, TorchScript, 16 samples: checks that it runs")
     args = ap.parse_args()
+    if args.quick:
+        ap.set_defaults(arch="lenet5", exporters="torchscript", samples=16)
+        args = ap.parse_args()
 
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"load average {os.getloadavg()[0]:.2f}", file=sys.stderr)

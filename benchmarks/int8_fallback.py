@@ -2,6 +2,7 @@
 
     python benchmarks/int8_fallback.py CKPT [CKPT ...] [--flavors u8s8,s8s8] [--calib-method entropy]
                                        [--bench-seconds 3] [--threads 2] [--json out.json]
+    python benchmarks/int8_fallback.py --quick     # LeNet-5 (random weights, digits), u8s8, short timings
 
 For each checkpoint and INT8 flavor, ``export_bundle(..., precisions="int8",
 int8_fallback="auto")`` runs the real export: the fully quantized graph is gated first
@@ -40,11 +41,16 @@ import time
 from pathlib import Path
 
 
-def run_one(ckpt: str, flavor: str, method: str, threads: int | None, root: Path) -> dict:
-    from convdeploy.exporter.export.parity import ParityFailedError
-    from convdeploy.exporter.export.writer import export_bundle
+def label(ckpt: str) -> str:
+    """A checkpoint's run directory (runs/r18-ft/best -> r18-ft), or the architecture's name."""
+    return Path(ckpt).parent.name or ckpt
 
-    out = root / f"{Path(ckpt).parent.name}-{flavor}"
+
+def run_one(ckpt: str, flavor: str, method: str, threads: int | None, root: Path) -> dict:
+    from convdeploy.exporter import export_bundle
+    from convdeploy.exporter.export.parity import ParityFailedError
+
+    out = root / f"{label(ckpt)}-{flavor}"
     start = time.perf_counter()
     try:
         result = export_bundle(ckpt, out, precisions="int8", int8_flavor=flavor, calib_method=method,
@@ -78,7 +84,7 @@ def fmt(row: dict) -> list[str]:
     p50 = ((row["speed"] or {}).get("p50_ms") or {})
     ms = {b: p50.get(b) or {} for b in ("1", "8")}
     return [
-        f"{Path(row['checkpoint']).parent.name} {row['flavor']}",
+        f"{label(row['checkpoint'])} {row['flavor']}",
         agree(row["plain"]), drop(row["plain"]), f"{row['plain'].get('min_cosine', 0):.4f}",
         f"{len(row['excluded'])}/{row['quantized_layers']}", agree(row["mixed"]), drop(row["mixed"]),
         f"{row['mixed'].get('min_cosine', 0):.4f}",
@@ -97,13 +103,21 @@ HEADER = ["model flavor", "plain top1", "plain dAcc", "plain cos", "float/quant"
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("checkpoints", nargs="+")
+    ap.add_argument("checkpoints", nargs="*", help="checkpoint directories (or architecture names: random weights)")
     ap.add_argument("--flavors", default="u8s8,s8s8")
     ap.add_argument("--calib-method", default="entropy", choices=["minmax", "entropy", "percentile"])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--bench-seconds", type=float, default=3.0, help="timing per graph and batch size")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--quick", action="store_true",
+                    help="LeNet-5 with random weights (digits data), u8s8, 0.05 s timings: checks that it runs")
     args = ap.parse_args()
+    if args.quick:
+        ap.set_defaults(flavors="u8s8", bench_seconds=0.05)
+        args = ap.parse_args()
+        args.checkpoints = args.checkpoints or ["lenet5"]
+    elif not args.checkpoints:
+        ap.error("give at least one CKPT (or pass --quick)")
 
     from convdeploy.exporter.export import int8_fallback
 
@@ -124,7 +138,7 @@ def main() -> None:
     print("\ndAcc: accuracy change in points vs the FP32 source on the gate's labelled samples; float/quant: "
           "nodes kept in float / quantized nodes of the full INT8 graph.")
     for row in rows:
-        print(f"{Path(row['checkpoint']).parent.name} {row['flavor']}: kept in float: {', '.join(row['excluded'])}")
+        print(f"{label(row['checkpoint'])} {row['flavor']}: kept in float: {', '.join(row['excluded'])}")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
 

@@ -1,11 +1,13 @@
 """INT8 against FP32 through onnxruntime on this CPU, per INT8 graph flavor.
 
-    python benchmarks/int8_vs_fp32.py [--archs resnet18,resnet50] [--threads 2] [--rounds 20] [--json out.json]
+    python benchmarks/int8_vs_fp32.py [--archs resnet18,resnet50] [--threads 2] [--rounds 20] [--json out.json] [--quick]
+
+``--quick``: LeNet-5 only, batch 1 and 2, two rounds: checks that it runs (numbers mean nothing).
 
 For each architecture (random weights; speed does not depend on them) the FP32 graph is
 exported by ``exporter.onnx_export.export_onnx`` and quantized by
 ``exporter.precision.quantize_int8`` (static, per-channel, MinMax, calibrated on real
-digits through the model's ImageNet preprocessing) into:
+digits through the model's own preprocessing, ImageNet's for ResNets) into:
 
 - ``s8s8``: signed symmetric activations, the Q/DQ graph TensorRT expects;
 - ``u8s8``: unsigned activations with a zero point, the graph convdeploy ships for CPU
@@ -32,7 +34,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 
 
 def cpu_flags() -> str:
@@ -86,24 +87,30 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=20, help="timed calls per graph at batch 1 (fewer at larger)")
     ap.add_argument("--calib", type=int, default=64, help="calibration images")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--quick", action="store_true", help="LeNet-5, batch 1 and 2, 2 rounds: checks that it runs")
     args = ap.parse_args()
+    if args.quick:
+        ap.set_defaults(archs="lenet5", batches="1,2", rounds=2, calib=16)
+        args = ap.parse_args()
 
     import onnxruntime as ort
 
+    from convdeploy.exporter.architectures.registry import get_entry
     from convdeploy.exporter.data.datasets import labelled_images
     from convdeploy.runtime.backends import create_backend
     from convdeploy.runtime.parity.metrics import compare_outputs
-    from convdeploy.runtime.transforms.preprocess import IMAGENET_EVAL, preprocess_batch
+    from convdeploy.runtime.transforms.preprocess import preprocess_batch
 
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores ({cpu_flags()}), "
           f"load average {os.getloadavg()[0]:.2f}; onnxruntime {ort.__version__}; threads={args.threads}",
           file=sys.stderr)
-    calib = preprocess_batch(labelled_images("digits", "train", limit=args.calib).images, IMAGENET_EVAL)
-    evalset = preprocess_batch(labelled_images("digits", "val", limit=32).images, IMAGENET_EVAL)
     batches = [int(b) for b in args.batches.split(",")]
     results = []
     with tempfile.TemporaryDirectory(prefix="convdeploy-int8-bench-") as tmp:
         for arch in args.archs.split(","):
+            spec = get_entry(arch).preprocess
+            calib = preprocess_batch(labelled_images("digits", "train", limit=args.calib).images, spec)
+            evalset = preprocess_batch(labelled_images("digits", "val", limit=32).images, spec)
             paths = build_variants(arch, Path(tmp), calib)
             backends = {k: create_backend("onnxruntime", p, threads=args.threads) for k, p in paths.items()}
             ref = backends["fp32"].run(evalset)

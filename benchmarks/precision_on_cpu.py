@@ -1,6 +1,7 @@
 """Each artifact of a bundle on this CPU: why predict/bench run FP32 or INT8 instead of FP16 here.
 
     python benchmarks/precision_on_cpu.py BUNDLE [--threads 2] [--rounds 30] [--batch-sizes 1,8]
+    python benchmarks/precision_on_cpu.py --quick    # the tests' tiny FP32 + INT8 bundle, 2 rounds
 
 Opens every precision of BUNDLE with onnxruntime's CPU provider (``--precision`` given
 explicitly, so nothing is swapped) and times model-only calls on the bundle's golden
@@ -18,7 +19,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -27,13 +31,29 @@ from convdeploy.runtime.bundle.reader import Bundle
 from convdeploy.runtime.predictor import Predictor
 
 
+def tiny_bundle() -> Path:
+    """The tests' tiny CNN as an FP32 + INT8 bundle made from real photos (for ``--quick``)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from tests.runtime.conftest import save_sample_photos, write_bundle
+
+    work = Path(tempfile.mkdtemp(prefix="precision-bench-"))
+    return write_bundle(work / "bundle", save_sample_photos(work), int8=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("bundle")
+    ap.add_argument("bundle", nargs="?", help="the bundle to time (--quick: the tests' tiny one when omitted)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--batch-sizes", default="1,8")
+    ap.add_argument("--quick", action="store_true", help="2 rounds, the tiny bundle by default: checks that it runs")
     args = ap.parse_args()
+    if args.quick:
+        ap.set_defaults(rounds=2)
+        args = ap.parse_args()
+        args.bundle = args.bundle or tiny_bundle()
+    elif args.bundle is None:
+        ap.error("BUNDLE is required (or pass --quick)")
     sizes = [int(b) for b in args.batch_sizes.split(",")]
     bundle = Bundle.load(args.bundle)
     golden = bundle.golden()[GOLDEN_INPUTS]

@@ -1,6 +1,6 @@
 """One-thread preprocessing throughput on a real JPEG photo, against plain Pillow + numpy.
 
-    python benchmarks/preprocess_throughput.py [--seconds 0.4] [--repeats 7] [--json out.json]
+    python benchmarks/preprocess_throughput.py [--seconds 0.4] [--repeats 7] [--json out.json] [--quick]
 
 The photo is scikit-learn's china.jpg resized to 500x375 (a typical ImageNet JPEG) and
 encoded at quality 90, decoded from memory so disk speed does not count. Rows:
@@ -116,7 +116,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=0.4, help="length of one timing round per case")
     parser.add_argument("--repeats", type=int, default=7, help="rounds per case (the best counts)")
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    parser.add_argument("--quick", action="store_true", help="one short round per case: checks that it runs")
     args = parser.parse_args(argv)
+    if args.quick:
+        parser.set_defaults(seconds=0.02, repeats=1)
+        args = parser.parse_args(argv)
 
     small, large = photo_jpeg((500, 375)), photo_jpeg((2000, 1500))
 

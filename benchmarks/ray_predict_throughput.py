@@ -10,6 +10,7 @@ sample photos, resized to 500x375), then times, on the same images:
 and prints img/s and the per-image overhead Ray adds (ray x1 vs local, in ms per image).
 
     python benchmarks/ray_predict_throughput.py --images 400
+    python benchmarks/ray_predict_throughput.py --quick     # 16 images, one run: checks that it runs
 """
 
 from __future__ import annotations
@@ -28,21 +29,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=400)
     parser.add_argument("--repeats", type=int, default=2, help="timed runs per row; the best is kept")
+    parser.add_argument("--quick", action="store_true", help="16 images, one run per row: checks that it runs")
     args = parser.parse_args()
+    if args.quick:
+        parser.set_defaults(images=16, repeats=1)
+        args = parser.parse_args()
 
     import ray
-    from PIL import Image
-    from sklearn.datasets import load_sample_image
 
     from convdeploy.runtime.predictor import Predictor
     from convdeploy.runtime.serve.ray_batch import predict_on_ray
-    from tests.runtime.conftest import real_images, write_bundle
+    from tests.runtime.conftest import real_images, save_sample_photos, write_bundle
 
     work = Path(tempfile.mkdtemp(prefix="ray-bench-"))
-    photos = []
-    for name in ("china.jpg", "flower.jpg"):
-        Image.fromarray(load_sample_image(name)).save(work / name, quality=92)
-        photos.append(work / name)
+    photos = save_sample_photos(work)
     bundle = write_bundle(work / "bundle", photos)
     crops = real_images(photos)
     files = []

@@ -2,6 +2,7 @@
 
     convdeploy demo --out demo-run
     python benchmarks/report_screenshot.py demo-run/report.html benchmarks/report_screenshot.png
+    python benchmarks/report_screenshot.py --quick   # a report of the tests' tiny bundle, into a temp dir
 
 The page is opened from disk with the same flags as the report's browser test, the top
 of it (summary, checks, accuracy) is captured, and the PNG is reduced to a 256-colour
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -42,12 +44,35 @@ def screenshot(page: Path, out: Path, *, width: int = 1100, height: int = 1500) 
     return out.stat().st_size
 
 
+def tiny_report(work: Path) -> Path:
+    """A real report.html (``check --report``'s) of the tests' tiny bundle, verified here: for ``--quick``."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from convdeploy.runtime.parity.report_document import write_check_report
+    from convdeploy.runtime.verify import verify_bundle
+    from tests.runtime.conftest import save_sample_photos, write_bundle
+
+    bundle = write_bundle(work / "bundle", save_sample_photos(work / "photos"))
+    files = write_check_report(work / "report", verify_bundle(bundle, "onnxruntime"), bundle)
+    if files.html is None:
+        raise SystemExit(f"no report.html: {files.note}")
+    return files.html
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("page", type=Path, help="a report.html")
-    parser.add_argument("out", type=Path, help="the PNG to write")
+    parser.add_argument("page", type=Path, nargs="?", help="a report.html")
+    parser.add_argument("out", type=Path, nargs="?", help="the PNG to write")
     parser.add_argument("--height", type=int, default=1500, help="pixels of the page's top to capture")
+    parser.add_argument("--quick", action="store_true",
+                        help="screenshot a report of the tests' tiny bundle into a temporary directory")
     args = parser.parse_args()
+    if args.quick and args.page is None:
+        with tempfile.TemporaryDirectory(prefix="report-shot-") as tmp:
+            size = screenshot(tiny_report(Path(tmp)), Path(tmp) / "shot.png", height=args.height)
+        print(f"report of the tests' tiny bundle: {size / 1024:.0f} KB")
+        return
+    if args.page is None or args.out is None:
+        parser.error("PAGE and OUT are required (or pass --quick)")
     size = screenshot(args.page, args.out, height=args.height)
     print(f"{args.out}: {size / 1024:.0f} KB")
 

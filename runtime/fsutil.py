@@ -273,13 +273,6 @@ def repair_directory(target: str | os.PathLike) -> List[str]:
     return done
 
 
-def restore_interrupted_replace(target: str | os.PathLike) -> bool:
-    """Put back ``target`` if a replacement of it was cut between its two renames."""
-    missing = not os.path.lexists(target)
-    repair_directory(target)
-    return missing and os.path.lexists(target)
-
-
 def _mtime(path: Path) -> float:
     try:
         return path.lstat().st_mtime

@@ -25,6 +25,7 @@ from convdeploy.runtime.parity.tolerances import resolve
 from convdeploy.runtime.transforms.tta import merge_views
 
 if TYPE_CHECKING:  # pragma: no cover
+    from convdeploy.runtime.backends.select import Selection
     from convdeploy.runtime.targets import Profile
 
 
@@ -91,7 +92,6 @@ def verify_bundle(
     engine the target will run. ``engine``: that file runs, or the call fails; it is
     never replaced by another artifact.
     """
-    from convdeploy.runtime.backends import open_bundle_backend
     from convdeploy.runtime.targets import resolve_profile
 
     prof = resolve_profile(profile)
@@ -107,10 +107,33 @@ def verify_bundle(
                                          require_backend=require_backend, **backend_opts)
         raise BundleError(f"{path} kept changing while it was verified",
                           "wait until the export that is replacing it has finished")
-    asked_backend = backend
-    backend = required_backend(backend, prof, require_backend)
     bundle = path
+    opened_backend = required_backend(backend, prof, require_backend)
     golden = bundle.golden()
+    inputs, reference, labels = _golden_arrays(bundle, golden)
+    selection = _open_for_verify(bundle, backend, opened_backend, prof, precision=precision, threads=threads,
+                                 engine=engine, **backend_opts)
+    try:
+        tier = selection.precision
+        tol = resolve(tier, prof, tolerances)
+        limits = [m for m in (batch_size, prof.batch_max if prof else None,
+                              getattr(selection.backend, "max_batch", None)) if m]
+        chunk = min(limits) if limits else 32
+        rows = [_golden_row(bundle, golden, selection, tol, chunk)]
+        tta = bundle.tta
+        if check_tta and tta.num_views > 1 and GOLDEN_TTA_INPUTS in golden and GOLDEN_TTA_OUTPUTS in golden:
+            rows.append(_tta_row(bundle, golden, selection, tol, chunk))
+        return ParityReport(rows=rows, inputs=golden_inputs_description(bundle, len(inputs), labels is not None),
+                            subject="verify",
+                            context={"bundle": bundle.name, "precision": tier, "backend": selection.describe(),
+                                     "tolerances": tol},
+                            reference_outputs=reference)
+    finally:
+        selection.backend.close()
+
+
+def _golden_arrays(bundle: Bundle, golden: Mapping[str, Any]) -> tuple[Any, Any, Any]:
+    """golden.npz's inputs, reference outputs and labels (or None), checked against the manifest's input."""
     if GOLDEN_INPUTS not in golden or GOLDEN_OUTPUTS not in golden:
         raise BundleError(f"{bundle.manifest.get('golden')} lacks 'inputs' or 'outputs'", "re-export the bundle")
     inputs, reference = golden[GOLDEN_INPUTS], golden[GOLDEN_OUTPUTS]
@@ -121,11 +144,17 @@ def verify_bundle(
     if inputs.ndim != 1 + len(expected) or tuple(inputs.shape[1:]) != expected or len(inputs) != len(reference):
         raise BundleError(f"golden inputs {inputs.shape} / outputs {reference.shape} do not match the model input "
                           f"(N, {', '.join(map(str, expected))})", "re-export the bundle")
-    labels = golden.get(GOLDEN_LABELS)
+    return inputs, reference, golden.get(GOLDEN_LABELS)
+
+
+def _open_for_verify(bundle: Bundle, asked_backend: str, backend: str, prof: "Profile | None",
+                     **opts: Any) -> "Selection":
+    """Open ``backend`` (:func:`required_backend`'s answer to ``asked_backend``); a required profile
+    backend that cannot run here says how to proceed."""
+    from convdeploy.runtime.backends import open_bundle_backend
 
     try:
-        selection = open_bundle_backend(bundle, backend, precision=precision, profile=prof, threads=threads,
-                                        engine=engine, **backend_opts)
+        return open_bundle_backend(bundle, backend, profile=prof, **opts)
     except BackendUnavailableError as exc:
         if prof is None or asked_backend != "auto" or backend != prof.backend:
             raise
@@ -133,41 +162,41 @@ def verify_bundle(
             f"profile {prof.name!r} runs on {prof.backend}, which cannot run here: {exc.message}",
             f"verify on the target; or pass --no-require-backend to verify with another backend here "
             f"(it proves nothing about {prof.backend}); {exc.hint or ''}".rstrip("; ")) from None
-    try:
-        tier = selection.precision
-        tol = resolve(tier, prof, tolerances)
-        limits = [m for m in (batch_size, prof.batch_max if prof else None,
-                              getattr(selection.backend, "max_batch", None)) if m]
-        chunk = min(limits) if limits else 32
-        near_tie = float(tol.get("near_tie") or 1e-4)
-        # The gate's accepted outputs of the ONNX file that runs (or that the engine was built from).
-        source = bundle.source_precision(selection.artifact)
-        accepted = golden.get(accepted_key(source)) if source else None
-        if accepted is not None and accepted.shape != reference.shape:
-            raise BundleError(f"golden accepted outputs {accepted.shape} do not match {reference.shape}",
-                              "re-export the bundle")
-        candidate = run_batched(selection.backend, inputs, chunk)
-        report = compare_outputs(reference, candidate, labels, near_tie=near_tie, accepted=accepted)
-        rows = [ParityRow(f"{selection.artifact} ({tier})", tier, selection.artifact, report,
-                          judge(report, tier, tol), tol)]
-        tta = bundle.tta
-        if check_tta and tta.num_views > 1 and GOLDEN_TTA_INPUTS in golden and GOLDEN_TTA_OUTPUTS in golden:
-            views, merged_ref = golden[GOLDEN_TTA_INPUTS], golden[GOLDEN_TTA_OUTPUTS]
-            if len(views) != len(merged_ref) * tta.num_views:
-                raise BundleError(f"golden TTA views ({len(views)}) do not match {len(merged_ref)} "
-                                  f"images x {tta.num_views} views of {tta.views}", "re-export the bundle")
-            merged = merge_views(run_batched(selection.backend, views, chunk), tta)
-            rep = compare_outputs(merged_ref, merged, labels if labels is not None and
-                                  len(labels) == len(merged) else None, near_tie=near_tie)
-            rows.append(ParityRow(f"{selection.artifact} +tta {tta.views}/{tta.merge}", tier, selection.artifact,
-                                  rep, judge(rep, tier, tol), tol, tta=tta.views))
-        return ParityReport(rows=rows, inputs=golden_inputs_description(bundle, len(inputs), labels is not None),
-                            subject="verify",
-                            context={"bundle": bundle.name, "precision": tier, "backend": selection.describe(),
-                                     "tolerances": tol},
-                            reference_outputs=reference)
-    finally:
-        selection.backend.close()
+
+
+def _golden_row(bundle: Bundle, golden: Mapping[str, Any], selection: "Selection", tol: dict[str, Any],
+                chunk: int) -> ParityRow:
+    """The artifact that runs against the golden outputs, judged by its tier."""
+    tier = selection.precision
+    reference, labels = golden[GOLDEN_OUTPUTS], golden.get(GOLDEN_LABELS)
+    # The gate's accepted outputs of the ONNX file that runs (or that the engine was built from).
+    source = bundle.source_precision(selection.artifact)
+    accepted = golden.get(accepted_key(source)) if source else None
+    if accepted is not None and accepted.shape != reference.shape:
+        raise BundleError(f"golden accepted outputs {accepted.shape} do not match {reference.shape}",
+                          "re-export the bundle")
+    candidate = run_batched(selection.backend, golden[GOLDEN_INPUTS], chunk)
+    report = compare_outputs(reference, candidate, labels, near_tie=_near_tie(tol), accepted=accepted)
+    return ParityRow(f"{selection.artifact} ({tier})", tier, selection.artifact, report, judge(report, tier, tol), tol)
+
+
+def _tta_row(bundle: Bundle, golden: Mapping[str, Any], selection: "Selection", tol: dict[str, Any],
+             chunk: int) -> ParityRow:
+    """The golden TTA views, merged as the Predictor merges them, against the merged golden outputs."""
+    tier, tta, labels = selection.precision, bundle.tta, golden.get(GOLDEN_LABELS)
+    views, merged_ref = golden[GOLDEN_TTA_INPUTS], golden[GOLDEN_TTA_OUTPUTS]
+    if len(views) != len(merged_ref) * tta.num_views:
+        raise BundleError(f"golden TTA views ({len(views)}) do not match {len(merged_ref)} "
+                          f"images x {tta.num_views} views of {tta.views}", "re-export the bundle")
+    merged = merge_views(run_batched(selection.backend, views, chunk), tta)
+    rep = compare_outputs(merged_ref, merged, labels if labels is not None and
+                          len(labels) == len(merged) else None, near_tie=_near_tie(tol))
+    return ParityRow(f"{selection.artifact} +tta {tta.views}/{tta.merge}", tier, selection.artifact,
+                     rep, judge(rep, tier, tol), tol, tta=tta.views)
+
+
+def _near_tie(tol: Mapping[str, Any]) -> float:
+    return float(tol.get("near_tie") or 1e-4)
 
 
 __all__ = ["golden_inputs_description", "required_backend", "verify_bundle"]

@@ -142,6 +142,43 @@ def test_a_pipeline_stage_imports_only_earlier_stages():
         assert not graph[unit] & later, f"{unit} imports a later stage: {sorted(graph[unit] & later)}"
 
 
+def module_graph() -> dict[str, set[str]]:
+    """{module: {convdeploy modules it imports}}; ``from pkg import sub`` counts as importing ``pkg.sub``."""
+    modules = set(imports())
+    graph: dict[str, set[str]] = {}
+    for module, found in imports().items():
+        deps = {f"{target}.{name}" if f"{target}.{name}" in modules else target for target, name in found}
+        graph[module] = {d for d in deps if d in modules and d != module}
+    return graph
+
+
+def test_no_two_modules_import_each_other_even_lazily():
+    """A lazy import hides a cycle from the import system, not from a reader: within one unit
+    too (report_document <-> report_html once shared a constant that way)."""
+    graph = module_graph()
+
+    def cycle_from(start: str) -> list[str] | None:
+        path, seen = [start], {start}
+
+        def walk(module: str) -> list[str] | None:
+            for dep in sorted(graph.get(module, ())):
+                if dep == start:
+                    return path + [start]
+                if dep not in seen:
+                    seen.add(dep)
+                    path.append(dep)
+                    found = walk(dep)
+                    if found:
+                        return found
+                    path.pop()
+            return None
+
+        return walk(start)
+
+    cycles = [c for c in map(cycle_from, sorted(graph)) if c]
+    assert not cycles, "import cycle: " + " -> ".join(cycles[0])
+
+
 @pytest.mark.parametrize("module, is_package, source, expected", [
     ("convdeploy.runtime.build.plan", False, "from ..bundle.contract import X", ("convdeploy.runtime.bundle.contract", "X")),
     ("convdeploy.runtime.build", True, "from .plan import X", ("convdeploy.runtime.build.plan", "X")),

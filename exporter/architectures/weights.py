@@ -230,44 +230,71 @@ def load_weights(
         CheckpointError: the checkpoint does not fit; the message names the first
             missing, unexpected and differently shaped keys.
     """
-    if isinstance(path_or_state_dict, (str, os.PathLike)):
-        source = source or str(path_or_state_dict)
-        state = load_state_dict_file(path_or_state_dict)
-    elif isinstance(path_or_state_dict, Mapping):
-        source = source or "<state_dict>"
-        state = normalize_state_dict(path_or_state_dict, source)
-    else:
-        raise UsageError(f"load_weights needs a path or a state_dict, got {type(path_or_state_dict).__name__}")
-
+    state, source = _read_state(path_or_state_dict, source)
     arch = getattr(model, "convdeploy_name", type(model).__name__)
     target = model.state_dict()
     optional = tuple(getattr(model, "optional_checkpoint_prefixes", ()))
-    head_keys = list(model.head_parameter_names()) if hasattr(model, "head_parameter_names") else []
     report = LoadReport(source=source, model_num_classes=getattr(model, "num_classes", None))
+    _drop_unused_optional(state, target, optional, report)
+    _drop_differing_head(model, state, target, report, strict_head=strict_head, arch=arch)
+    fresh = _check_fit(state, target, optional, report, arch=arch)
 
-    # Optional parts the model was built without (GoogLeNet's aux heads with aux_logits=False).
+    full = {k: (state[k] if k in state else v) for k, v in target.items()}
+    try:
+        model.load_state_dict(full, strict=True)
+    except RuntimeError as exc:  # e.g. a tensor whose dtype cannot be copied
+        raise CheckpointError(f"{source} does not fit {arch}: {_first_line(exc)}") from None
+    report.loaded = [k for k in target if k in state]
+    report.kept_initialized = fresh
+    return report
+
+
+def _read_state(path_or_state_dict: str | os.PathLike | Mapping[str, torch.Tensor],
+                source: str | None) -> tuple[dict[str, torch.Tensor], str]:
+    """The checkpoint's state_dict, normalized, and the name messages give it."""
+    if isinstance(path_or_state_dict, (str, os.PathLike)):
+        return load_state_dict_file(path_or_state_dict), source or str(path_or_state_dict)
+    if isinstance(path_or_state_dict, Mapping):
+        source = source or "<state_dict>"
+        return normalize_state_dict(path_or_state_dict, source), source
+    raise UsageError(f"load_weights needs a path or a state_dict, got {type(path_or_state_dict).__name__}")
+
+
+def _drop_unused_optional(state: dict[str, torch.Tensor], target: Mapping[str, torch.Tensor],
+                          optional: tuple[str, ...], report: LoadReport) -> None:
+    """Optional parts the model was built without (GoogLeNet's aux heads with aux_logits=False)."""
     for key in list(state):
         if key not in target and optional and key.startswith(optional):
             report.dropped_unused.append(key)
             del state[key]
 
-    # A classifier of another shape: keep the model's fresh one (or refuse, with strict_head).
+
+def _drop_differing_head(model: nn.Module, state: dict[str, torch.Tensor], target: Mapping[str, torch.Tensor],
+                         report: LoadReport, *, strict_head: bool, arch: str) -> None:
+    """A classifier of another shape: keep the model's fresh one (or refuse, with strict_head)."""
+    head_keys = list(model.head_parameter_names()) if hasattr(model, "head_parameter_names") else []
     classifier_weight = f"{getattr(model, 'classifier_name', 'fc')}.weight"
     if classifier_weight in state and state[classifier_weight].ndim >= 1:
         report.checkpoint_num_classes = int(state[classifier_weight].shape[0])
     differing_head = [k for k in head_keys if k in state and k in target and state[k].shape != target[k].shape]
-    if differing_head:
-        if strict_head:
-            raise CheckpointError(
-                f"{source}: the checkpoint's classifier has {report.checkpoint_num_classes} outputs, "
-                f"{arch} has {report.model_num_classes}",
-                f"create the model with num_classes={report.checkpoint_num_classes}, or allow a new head",
-            )
-        for key in head_keys:
-            if key in state:
-                report.dropped_head.append(key)
-                del state[key]
+    if not differing_head:
+        return
+    if strict_head:
+        raise CheckpointError(
+            f"{report.source}: the checkpoint's classifier has {report.checkpoint_num_classes} outputs, "
+            f"{arch} has {report.model_num_classes}",
+            f"create the model with num_classes={report.checkpoint_num_classes}, or allow a new head",
+        )
+    for key in head_keys:
+        if key in state:
+            report.dropped_head.append(key)
+            del state[key]
 
+
+def _check_fit(state: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor], optional: tuple[str, ...],
+               report: LoadReport, *, arch: str) -> list[str]:
+    """The model's keys the checkpoint may leave initialised; a CheckpointError naming the first
+    missing, unexpected and differently shaped keys when anything else does not fit."""
     missing, fresh = [], []
     for key in target:
         if key in state or key in report.dropped_head:
@@ -279,28 +306,20 @@ def load_weights(
             missing.append(key)
     unexpected = [k for k in state if k not in target]
     reshaped = [k for k in state if k in target and state[k].shape != target[k].shape]
-    if missing or unexpected or reshaped:
-        problems = []
-        if missing:
-            problems.append(f"{len(missing)} missing ({_named(missing)})")
-        if unexpected:
-            problems.append(f"{len(unexpected)} unexpected ({_named(unexpected)})")
-        if reshaped:
-            shown = [f"{k} {_shape(state[k])} vs {_shape(target[k])}" for k in reshaped]
-            problems.append(f"{len(reshaped)} of another shape ({_named(shown)})")
-        matching = sum(1 for k in target if k in state and state[k].shape == target[k].shape)
-        if matching < len(target) // 2:
-            hint = f"only {matching} of {len(target)} tensors match: it looks like a checkpoint of another architecture"
-        else:
-            hint = ("check that the model options (num_classes, in_chans, small_input, aux_logits, ...) match the "
-                    "checkpoint's: --model-arg KEY=VALUE, listed by `convdeploy models ARCH`")
-        raise CheckpointError(f"{source} does not fit {arch}: " + "; ".join(problems), hint)
-
-    full = {k: (state[k] if k in state else v) for k, v in target.items()}
-    try:
-        model.load_state_dict(full, strict=True)
-    except RuntimeError as exc:  # e.g. a tensor whose dtype cannot be copied
-        raise CheckpointError(f"{source} does not fit {arch}: {_first_line(exc)}") from None
-    report.loaded = [k for k in target if k in state]
-    report.kept_initialized = fresh
-    return report
+    if not (missing or unexpected or reshaped):
+        return fresh
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing ({_named(missing)})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected ({_named(unexpected)})")
+    if reshaped:
+        shown = [f"{k} {_shape(state[k])} vs {_shape(target[k])}" for k in reshaped]
+        problems.append(f"{len(reshaped)} of another shape ({_named(shown)})")
+    matching = sum(1 for k in target if k in state and state[k].shape == target[k].shape)
+    if matching < len(target) // 2:
+        hint = f"only {matching} of {len(target)} tensors match: it looks like a checkpoint of another architecture"
+    else:
+        hint = ("check that the model options (num_classes, in_chans, small_input, aux_logits, ...) match the "
+                "checkpoint's: --model-arg KEY=VALUE, listed by `convdeploy models ARCH`")
+    raise CheckpointError(f"{report.source} does not fit {arch}: " + "; ".join(problems), hint)

@@ -337,6 +337,54 @@ def fit(
     after each completed epoch's checkpoint (rank 0).
     """
     started = time.perf_counter()
+    session = _start(model, prepared, progress, meta_extra)
+    config, state = prepared.config, session.state
+    with deterministic(config.deterministic and session.device.type == "cpu"), threads(config.threads):
+        for epoch in range(state.start_epoch, config.epochs):
+            record = _train_and_evaluate(session, epoch)
+            improved = state.add(record)
+            if session.ddp.main:
+                _save_epoch(prepared, model, state, record, improved, session.base_meta, _train_state(session, epoch),
+                            session.ddp.world)
+                log(
+                    f"epoch {epoch + 1}/{config.epochs}  train loss {record['train_loss']:.4f} "
+                    f"acc {100 * record['train_acc']:.2f}%  val loss {record['val_loss']:.4f} "
+                    f"acc {100 * record['val_acc']:.2f}%  {record['img_per_s']:.0f} img/s  lr {record['lr']:.2e}"
+                    + ("  *best" if improved else ""),
+                    session.show,
+                )
+                if on_epoch_end is not None:
+                    on_epoch_end(epoch + 1, record)
+    session.ddp.finish()
+    return _result(session, started)
+
+
+@dataclass
+class _Session:
+    """Everything one training run holds between epochs (see :func:`_start`)."""
+
+    prepared: PreparedRun
+    model: nn.Module
+    net: nn.Module  # the model as trained: DDP-wrapped when distributed
+    ddp: Distributed
+    device: torch.device
+    show: bool
+    amp: bool
+    train_ds: ImageDataset
+    val_part: Any  # this process's shard of the validation set
+    eval_bs: int
+    steps_per_epoch: int
+    trainable: list[nn.Parameter]
+    params: tuple[int, int]  # total, trainable
+    optimizer: torch.optim.Optimizer
+    scaler: Any
+    state: _Progress
+    base_meta: dict[str, Any]
+
+
+def _start(model: nn.Module, prepared: PreparedRun, progress: bool,
+           meta_extra: Mapping[str, Any] | None) -> _Session:
+    """Device, processes, data, optimizer and resumed progress, said in the log as the run starts."""
     config, dataset, run = prepared.config, prepared.dataset, prepared.run
     device = resolve_device(config.device)
     ddp = Distributed.start(device)
@@ -372,59 +420,59 @@ def fit(
         f"augmentation {prepared.augment}; {device}" + (f" x{ddp.world} (DDP)" if ddp.enabled else ""),
         show,
     )
-
     eval_bs = config.eval_batch_size or max(config.batch_size, 256)
-    val_part = ddp.shard(val_ds)
-    with deterministic(config.deterministic and device.type == "cpu"), threads(config.threads):
-        for epoch in range(state.start_epoch, config.epochs):
-            loader = make_loader(
-                train_ds, batch_size=config.batch_size, shuffle=True, seed=config.seed, epoch=epoch,
-                num_workers=config.num_workers, sampler=ddp.sampler(train_ds, config.seed, epoch),
-                pin_memory=device.type == "cuda",
-            )
-            bar = progress_bar(len(loader), f"epoch {epoch + 1}/{config.epochs}", show)
-            epoch_start = time.perf_counter()
-            stats = train_one_epoch(net, loader, optimizer, config, epoch=epoch, steps_per_epoch=steps_per_epoch,
-                                    trainable=trainable, device=device, amp=amp, scaler=scaler, bar=bar,
-                                    world=ddp.world)
-            bar.close()
-            loss_sum, correct, seen = all_reduce([stats.loss_sum, stats.correct, stats.seen], device)
-            v_loss, v_correct, v_n = evaluate(model, val_part, batch_size=eval_bs, device=device,
-                                              num_workers=config.num_workers, amp=amp)
-            v_loss_sum, v_correct, v_n = all_reduce([v_loss * v_n, v_correct * v_n, v_n], device)
-            record = {
-                "epoch": epoch + 1,
-                "lr": stats.lr,
-                "train_loss": loss_sum / max(seen, 1),
-                "train_acc": correct / max(seen, 1),
-                "val_loss": v_loss_sum / max(v_n, 1),
-                "val_acc": v_correct / max(v_n, 1),
-                "time_s": round(time.perf_counter() - epoch_start, 3),
-                "img_per_s": round(seen / max(stats.seconds, 1e-9), 1),
-            }
-            improved = state.add(record)
-            if ddp.main:
-                train_state = {
-                    "optimizer": optimizer.state_dict(),
-                    "scaler": scaler.state_dict() if scaler is not None and amp else None,
-                    "epoch": epoch + 1,
-                    "global_step": (epoch + 1) * steps_per_epoch,
-                    "history": state.history,
-                    "best_acc": state.best_acc,
-                    "best_epoch": state.best_epoch,
-                    "rng": rng_state(),
-                }
-                _save_epoch(prepared, model, state, record, improved, base_meta, train_state, ddp.world)
-                log(
-                    f"epoch {epoch + 1}/{config.epochs}  train loss {record['train_loss']:.4f} "
-                    f"acc {100 * record['train_acc']:.2f}%  val loss {record['val_loss']:.4f} "
-                    f"acc {100 * record['val_acc']:.2f}%  {record['img_per_s']:.0f} img/s  lr {stats.lr:.2e}"
-                    + ("  *best" if improved else ""),
-                    show,
-                )
-                if on_epoch_end is not None:
-                    on_epoch_end(epoch + 1, record)
-    ddp.finish()
+    return _Session(prepared, model, net, ddp, device, show, amp, train_ds, ddp.shard(val_ds), eval_bs,
+                    steps_per_epoch, trainable, (params_total, params_trainable), optimizer, scaler, state, base_meta)
+
+
+def _train_and_evaluate(session: _Session, epoch: int) -> dict[str, Any]:
+    """One epoch of training, then validation; the epoch's record, summed over all processes."""
+    config, device = session.prepared.config, session.device
+    loader = make_loader(
+        session.train_ds, batch_size=config.batch_size, shuffle=True, seed=config.seed, epoch=epoch,
+        num_workers=config.num_workers, sampler=session.ddp.sampler(session.train_ds, config.seed, epoch),
+        pin_memory=device.type == "cuda",
+    )
+    bar = progress_bar(len(loader), f"epoch {epoch + 1}/{config.epochs}", session.show)
+    epoch_start = time.perf_counter()
+    stats = train_one_epoch(session.net, loader, session.optimizer, config, epoch=epoch,
+                            steps_per_epoch=session.steps_per_epoch, trainable=session.trainable, device=device,
+                            amp=session.amp, scaler=session.scaler, bar=bar, world=session.ddp.world)
+    bar.close()
+    loss_sum, correct, seen = all_reduce([stats.loss_sum, stats.correct, stats.seen], device)
+    v_loss, v_correct, v_n = evaluate(session.model, session.val_part, batch_size=session.eval_bs, device=device,
+                                      num_workers=config.num_workers, amp=session.amp)
+    v_loss_sum, v_correct, v_n = all_reduce([v_loss * v_n, v_correct * v_n, v_n], device)
+    return {
+        "epoch": epoch + 1,
+        "lr": stats.lr,
+        "train_loss": loss_sum / max(seen, 1),
+        "train_acc": correct / max(seen, 1),
+        "val_loss": v_loss_sum / max(v_n, 1),
+        "val_acc": v_correct / max(v_n, 1),
+        "time_s": round(time.perf_counter() - epoch_start, 3),
+        "img_per_s": round(seen / max(stats.seconds, 1e-9), 1),
+    }
+
+
+def _train_state(session: _Session, epoch: int) -> dict[str, Any]:
+    """What ``last`` needs to resume after ``epoch``: optimizer, scaler, progress and RNG states."""
+    state, scaler = session.state, session.scaler
+    return {
+        "optimizer": session.optimizer.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None and session.amp else None,
+        "epoch": epoch + 1,
+        "global_step": (epoch + 1) * session.steps_per_epoch,
+        "history": state.history,
+        "best_acc": state.best_acc,
+        "best_epoch": state.best_epoch,
+        "rng": rng_state(),
+    }
+
+
+def _result(session: _Session, started: float) -> TrainResult:
+    prepared, state = session.prepared, session.state
+    run = prepared.run
     last = state.history[-1] if state.history else {"val_acc": float("nan")}
     return TrainResult(
         out_dir=run.out,
@@ -436,11 +484,11 @@ def fit(
         last_val_acc=last["val_acc"],
         epochs=len(state.history),
         history=state.history,
-        params_total=params_total,
-        params_trainable=params_trainable,
+        params_total=session.params[0],
+        params_trainable=session.params[1],
         wall_time_s=time.perf_counter() - started,
         resumed_from=state.resumed_from,
-        world_size=ddp.world,
-        rank=ddp.rank,
-        skipped=list(dataset.skipped),
+        world_size=session.ddp.world,
+        rank=session.ddp.rank,
+        skipped=list(prepared.dataset.skipped),
     )

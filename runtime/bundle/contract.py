@@ -65,6 +65,8 @@ PARITY_FILE = "parity.json"
 # The accuracy report (runtime.parity.report_document): also written by check/bench --report DIR.
 REPORT_JSON = "report.json"
 REPORT_HTML = "report.html"
+# report.json's "format" and report.html's <meta name="generator">: how a report of ours is recognised.
+REPORT_FORMAT = "convdeploy-report"
 MODEL_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
 ENGINES_DIR = "engines"
 ENGINE_SUFFIX = ".engine"

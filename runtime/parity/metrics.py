@@ -47,100 +47,138 @@ def compare_outputs(
     gate already judged on its larger sample are not held against a device again, and
     the accuracy drop is measured from the accepted accuracy.
     """
+    ref, cand = _as_logits(reference, candidate)
+    n, k = ref.shape
+    scale = np.maximum(np.abs(ref).max(axis=1), 1e-12)  # each sample's logit scale
+    top1 = _top1_decisions(ref, cand, scale, near_tie)
+    report: dict[str, Any] = {"samples": n, "classes": k, **_numeric_errors(ref, cand, scale),
+                              **_decision_metrics(ref, cand, top1, max_flips_listed)}
+    y = None
+    if labels is not None:
+        y = np.asarray(labels).reshape(-1)
+        if y.shape[0] != n:
+            raise UsageError(f"{y.shape[0]} labels for {n} samples")
+        report.update(_accuracies(top1, y))
+    if accepted is not None:
+        report.update(_since_accepted(np.asarray(accepted).reshape(n, k).argmax(axis=1), top1, y))
+    return report
+
+
+def _as_logits(reference: np.ndarray, candidate: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Both as float64 N x K (one sample may come as a vector), or a UsageError."""
     ref = np.asarray(reference, dtype=np.float64)
     cand = np.asarray(candidate, dtype=np.float64)
     if ref.ndim == 1:
         ref, cand = ref[None], cand[None]
     if ref.shape != cand.shape or ref.ndim != 2:
         raise UsageError(f"cannot compare outputs of shapes {reference.shape} and {candidate.shape}")
-    n, k = ref.shape
-    if n == 0:
+    if ref.shape[0] == 0:
         raise UsageError("no samples to compare")
-    finite = bool(np.isfinite(cand).all())
+    return ref, cand
+
+
+def _numeric_errors(ref: np.ndarray, cand: np.ndarray, scale: np.ndarray) -> dict[str, Any]:
+    """Finiteness, absolute and scale-relative error, cosine similarity."""
     diff = np.abs(cand - ref)
-    scale = np.maximum(np.abs(ref).max(axis=1), 1e-12)
     rel = diff.max(axis=1) / scale
     dot = (ref * cand).sum(axis=1)
     norms = np.linalg.norm(ref, axis=1) * np.linalg.norm(cand, axis=1)
     cosine = np.where(norms > 0, dot / np.maximum(norms, 1e-300), 1.0)
-
-    ref_top = _topk(ref, 2 if k > 1 else 1)
-    ref_top1 = ref_top[:, 0]
-    cand_top1 = cand.argmax(axis=1)
-    if k > 1:
-        sorted_ref = np.take_along_axis(ref, ref_top[:, :2], axis=1)
-        margin = sorted_ref[:, 0] - sorted_ref[:, 1]
-    else:
-        margin = np.full(n, np.inf)
-    tie = margin < near_tie * scale
-    flipped = ref_top1 != cand_top1
-    flips_on_ties = int((flipped & tie).sum())
-    flips_clear = int((flipped & ~tie).sum())
-    outside = int((~tie).sum())
-
-    k5 = min(5, k)
-    t5r, t5c = _topk(ref, k5), _topk(cand, k5)
-    overlap = np.array([len(set(a) & set(b)) / k5 for a, b in zip(t5r.tolist(), t5c.tolist())])
-
-    flips = [
-        {
-            "index": int(i),
-            "reference": int(ref_top1[i]),
-            "candidate": int(cand_top1[i]),
-            "reference_margin": float(margin[i]),
-            "near_tie": bool(tie[i]),
-        }
-        for i in np.flatnonzero(flipped)[:max_flips_listed]
-    ]
-    report: dict[str, Any] = {
-        "samples": n,
-        "classes": k,
-        "finite": finite,
+    return {
+        "finite": bool(np.isfinite(cand).all()),
         "max_abs_err": float(diff.max()),
         "mean_abs_err": float(diff.mean()),
         "max_rel_err": float(rel.max()),
         "logit_scale": float(np.median(scale)),
         "min_cosine": float(cosine.min()),
         "mean_cosine": float(cosine.mean()),
+    }
+
+
+@dataclass
+class _Top1:
+    """Each sample's top-1 decision by both, and whether the reference's was a near-tie."""
+
+    reference: np.ndarray
+    candidate: np.ndarray
+    margin: np.ndarray  # the reference's top-1 minus top-2 logit
+    tie: np.ndarray
+
+    @property
+    def flipped(self) -> np.ndarray:
+        return self.reference != self.candidate
+
+    @property
+    def outside(self) -> int:
+        """Samples whose reference decision is not a near-tie."""
+        return int((~self.tie).sum())
+
+
+def _top1_decisions(ref: np.ndarray, cand: np.ndarray, scale: np.ndarray, near_tie: float) -> _Top1:
+    n, k = ref.shape
+    ref_top = _topk(ref, 2 if k > 1 else 1)
+    if k > 1:
+        sorted_ref = np.take_along_axis(ref, ref_top[:, :2], axis=1)
+        margin = sorted_ref[:, 0] - sorted_ref[:, 1]
+    else:
+        margin = np.full(n, np.inf)
+    return _Top1(ref_top[:, 0], cand.argmax(axis=1), margin, margin < near_tie * scale)
+
+
+def _decision_metrics(ref: np.ndarray, cand: np.ndarray, top1: _Top1, max_flips_listed: int) -> dict[str, Any]:
+    """Top-1 agreement (flips on near-ties counted apart), top-5 overlap and the flipped samples."""
+    flipped, tie, outside = top1.flipped, top1.tie, top1.outside
+    flips_clear = int((flipped & ~tie).sum())
+    k5 = min(5, ref.shape[1])
+    t5r, t5c = _topk(ref, k5), _topk(cand, k5)
+    overlap = np.array([len(set(a) & set(b)) / k5 for a, b in zip(t5r.tolist(), t5c.tolist())])
+    flips = [
+        {
+            "index": int(i),
+            "reference": int(top1.reference[i]),
+            "candidate": int(top1.candidate[i]),
+            "reference_margin": float(top1.margin[i]),
+            "near_tie": bool(tie[i]),
+        }
+        for i in np.flatnonzero(flipped)[:max_flips_listed]
+    ]
+    return {
         "top1_agreement": float(1.0 - flipped.mean()),
         "top1_outside_ties": float(1.0 - flips_clear / outside) if outside else 1.0,
         "flips": int(flipped.sum()),
-        "flips_on_near_ties": flips_on_ties,
+        "flips_on_near_ties": int((flipped & tie).sum()),
         "flips_clear": flips_clear,
         "near_ties": int(tie.sum()),
         "top5_overlap": float(overlap.mean()),
         "flipped_samples": flips,
     }
-    y = None
-    if labels is not None:
-        y = np.asarray(labels).reshape(-1)
-        if y.shape[0] != n:
-            raise UsageError(f"{y.shape[0]} labels for {n} samples")
-        acc_ref = float((ref_top1 == y).mean())
-        acc_cand = float((cand_top1 == y).mean())
-        report.update(
-            {
-                "accuracy_reference": acc_ref,
-                "accuracy_candidate": acc_cand,
-                # in percentage points, positive when the candidate is worse
-                "accuracy_drop": 100.0 * (acc_ref - acc_cand),
-            }
-        )
-    if accepted is not None:
-        acc_top1 = np.asarray(accepted).reshape(n, k).argmax(axis=1)
-        new = flipped & (acc_top1 == ref_top1)
-        report.update(
-            {
-                "accepted_flips": int((acc_top1 != ref_top1).sum()),
-                "new_flips": int(new.sum()),
-                "top1_agreement_new": float(1.0 - new.mean()),
-                "top1_outside_ties_new": float(1.0 - (new & ~tie).sum() / outside) if outside else 1.0,
-            }
-        )
-        if y is not None:
-            report["accuracy_accepted"] = float((acc_top1 == y).mean())
-            report["accuracy_drop_new"] = 100.0 * (report["accuracy_accepted"] - report["accuracy_candidate"])
-    return report
+
+
+def _accuracies(top1: _Top1, y: np.ndarray) -> dict[str, Any]:
+    acc_ref = float((top1.reference == y).mean())
+    acc_cand = float((top1.candidate == y).mean())
+    return {
+        "accuracy_reference": acc_ref,
+        "accuracy_candidate": acc_cand,
+        # in percentage points, positive when the candidate is worse
+        "accuracy_drop": 100.0 * (acc_ref - acc_cand),
+    }
+
+
+def _since_accepted(accepted_top1: np.ndarray, top1: _Top1, y: np.ndarray | None) -> dict[str, Any]:
+    """The decision metrics counting only what changed since the gate accepted the artifact."""
+    new = top1.flipped & (accepted_top1 == top1.reference)
+    outside = top1.outside
+    out: dict[str, Any] = {
+        "accepted_flips": int((accepted_top1 != top1.reference).sum()),
+        "new_flips": int(new.sum()),
+        "top1_agreement_new": float(1.0 - new.mean()),
+        "top1_outside_ties_new": float(1.0 - (new & ~top1.tie).sum() / outside) if outside else 1.0,
+    }
+    if y is not None:
+        out["accuracy_accepted"] = float((accepted_top1 == y).mean())
+        out["accuracy_drop_new"] = 100.0 * (out["accuracy_accepted"] - float((top1.candidate == y).mean()))
+    return out
 
 
 @dataclass

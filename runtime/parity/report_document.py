@@ -60,7 +60,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from convdeploy.runtime.bundle.contract import REPORT_HTML, REPORT_JSON, is_bundle_dir
+from convdeploy.runtime.bundle.contract import REPORT_FORMAT, REPORT_HTML, REPORT_JSON, is_bundle_dir
 from convdeploy.runtime.errors import InputError, InternalError, UsageError
 from convdeploy.runtime.fsutil import atomic_write_bytes, atomic_write_json
 from convdeploy.runtime.jsondata import read_json_file
@@ -69,7 +69,6 @@ from convdeploy.runtime.parity.report import ParityReport, ParityRow
 from convdeploy.runtime.parity.samples import wilson_interval
 from convdeploy.runtime.versions import package_version
 
-REPORT_FORMAT = "convdeploy-report"
 REPORT_SCHEMA_VERSION = 1
 # Thumbnails per artifact: the gallery lists every flip, pictures for the first ones
 # (a broken INT8 graph can flip thousands; the page must still open).

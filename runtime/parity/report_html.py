@@ -17,7 +17,7 @@ import json
 from html import escape
 from typing import Any, Mapping, Sequence
 
-from convdeploy.runtime.parity.report_document import REPORT_FORMAT
+from convdeploy.runtime.bundle.contract import REPORT_FORMAT
 from convdeploy.runtime.parity.report_plots import accuracy_figure, confusion_figure, per_class_figure
 
 # The page's <meta name="generator">: how write_report recognises a report.html of its own.

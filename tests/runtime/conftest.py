@@ -66,6 +66,19 @@ def build_classifier_onnx(path: Path, *, seed: int = 0, num_classes: int = 10, c
     return path
 
 
+def save_sample_photos(folder: Path) -> list[Path]:
+    """scikit-learn's two sample photos (china, flower) saved as JPEGs in ``folder``: the
+    real images benchmarks/ build their tiny bundles from (``--quick``)."""
+    from sklearn.datasets import load_sample_image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name in ("china.jpg", "flower.jpg"):
+        Image.fromarray(load_sample_image(name)).save(folder / name, quality=92)
+        paths.append(folder / name)
+    return paths
+
+
 def real_images(sample_photos: list[Path]) -> list[Image.Image]:
     """Eight real images: the two photos and three real crops of each (different content)."""
     out = []

@@ -149,16 +149,16 @@ def test_atomic_directory_leaves_nothing_on_failure(tmp_path):
 
 
 def test_a_replacement_cut_between_its_renames_is_restored(tmp_path):
-    from convdeploy.runtime.fsutil import restore_interrupted_replace
+    from convdeploy.runtime.fsutil import repair_directory
 
     target = tmp_path / "last"
     with atomic_directory(target) as tmp:
         (tmp / "v1").write_text("complete")
     # What a kill between the two renames of a replacement leaves behind:
     os.replace(target, tmp_path / ".last.old-12345")
-    assert restore_interrupted_replace(target)
+    assert repair_directory(target) == [f"restored {target} (a replacement of it was interrupted)"]
     assert (target / "v1").read_text() == "complete"
-    assert not restore_interrupted_replace(target)  # nothing left to do
+    assert repair_directory(target) == []  # nothing left to do
     os.replace(target, tmp_path / ".last.old-999")
     with atomic_directory(target, overwrite=True, kind=OURS) as tmp:  # the next write repairs it first
         (tmp / "v2").write_text("new")
