@@ -7,6 +7,7 @@ from typing import Any, Callable
 import click
 
 from convdeploy.runtime.commands.common import THREADS, echo_json, wants_json
+from convdeploy.exporter.training.choices import AMP_MODES, OPTIMIZERS, SCHEDULES
 from convdeploy.runtime.limits import MAX_THREADS
 
 
@@ -47,9 +48,9 @@ def training_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--epochs", type=click.IntRange(min=1), default=None, help="Epochs in total."),
         click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Images per step (per process)."),
         click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None, help="Peak learning rate."),
-        click.option("--optimizer", type=click.Choice(["sgd", "adamw"]), default=None),
+        click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=None),
         click.option("--momentum", type=click.FloatRange(0, 1), default=None, help="SGD momentum."),
-        click.option("--schedule", type=click.Choice(["cosine", "step", "none"]), default=None,
+        click.option("--schedule", type=click.Choice(SCHEDULES), default=None,
                      help="Learning-rate schedule after the warm-up."),
         click.option("--warmup", "warmup_epochs", type=click.FloatRange(min=0), default=None,
                      help="Linear warm-up, in epochs."),
@@ -80,7 +81,7 @@ def training_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--threads", type=THREADS, default=None,
                      help="PyTorch threads of the training process."),
         click.option("--device", default=None, help="auto, cpu, cuda or cuda:N (default: auto)."),
-        click.option("--amp", type=click.Choice(["auto", "on", "off"]), default=None,
+        click.option("--amp", type=click.Choice(AMP_MODES), default=None,
                      help="Mixed precision (auto: on CUDA only)."),
         click.option("--val-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
                      help="Share of each class held out for validation when the folder has no val/ (default 0.2)."),

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, Mapping
 
 from convdeploy.exporter.architectures.registry import get_entry
+from convdeploy.exporter.training.choices import AMP_MODES, OPTIMIZERS, SCHEDULES
 from convdeploy.runtime.errors import UsageError
 from convdeploy.runtime.limits import MAX_THREADS
 
@@ -28,8 +29,6 @@ __all__ = [
     "resolve_config",
 ]
 
-OPTIMIZERS = ("sgd", "adamw")
-SCHEDULES = ("cosine", "step", "none")
 #: Fields that may change between an interrupted run and its resumption.
 RESUMABLE_FIELDS = ("epochs", "num_workers", "device", "strict", "eval_batch_size")
 # Fields whose command-line option has another name than the field.
@@ -89,7 +88,7 @@ class TrainConfig:
         need(float(self.warmup_epochs) >= 0, f"warm-up must be >= 0 epochs, got {self.warmup_epochs}")
         need(0.0 <= float(self.label_smoothing) < 1.0, f"label smoothing must be in [0, 1), got {self.label_smoothing}")
         need(self.grad_clip is None or float(self.grad_clip) > 0, f"gradient clip must be positive, got {self.grad_clip}")
-        need(str(self.amp) in ("auto", "on", "off"), f"amp must be auto, on or off, got {self.amp!r}")
+        need(str(self.amp) in AMP_MODES, f"amp must be {', '.join(AMP_MODES[:-1])} or {AMP_MODES[-1]}, got {self.amp!r}")
         need(0 <= int(self.num_workers) <= MAX_THREADS,
              f"workers must be between 0 and {MAX_THREADS}, got {self.num_workers}")
         need(0.0 < float(self.val_fraction) < 1.0, f"val fraction must be in (0, 1), got {self.val_fraction}")

@@ -6,6 +6,7 @@ from typing import Any, Callable
 
 import click
 
+from convdeploy.runtime.bundle.contract import PRECISIONS
 from convdeploy.runtime.commands.common import ConvDeployGroup, echo_json, json_option
 
 
@@ -24,7 +25,7 @@ def _serve_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     for option in reversed([
         click.option("--out", required=True, type=click.Path(file_okay=False, path_type=str),
                      help="Directory to write (atomically; an existing one only with --overwrite)."),
-        click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default=None,
+        click.option("--precision", type=click.Choice(PRECISIONS), default=None,
                      help="ONNX artifact to serve (default: the profile's, else the bundle's)."),
         click.option("--engine", type=click.Path(dir_okay=False, path_type=str), default=None,
                      help="A TensorRT engine built for the target (with its sidecar) instead of the ONNX file."),
