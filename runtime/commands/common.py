@@ -66,6 +66,43 @@ def _environment_error(exc: BaseException, params: dict[str, Any]) -> ConvDeploy
     return ConvDeployError(message, hint)
 
 
+# 128 + SIGPIPE: what a shell reports for `ls | head`'s ls (seen under `set -o pipefail`).
+EXIT_BROKEN_PIPE = 141
+
+
+def _stdout_pipe_closed() -> bool:
+    """Whether stdout is a pipe whose reader has gone (not a socket or a file that broke).
+
+    poll() reports POLLERR on the write end of a pipe whose read end is closed (Linux, macOS);
+    where poll() is missing a broken pipe is taken to be stdout's.
+    """
+    import select
+    import sys
+
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, ValueError, OSError):  # replaced by a test runner or closed: nothing more to say
+        return True
+    if not hasattr(select, "poll"):
+        return True
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return any(events & select.POLLERR for _, events in poller.poll(0))
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's last flush does not report the
+    closed pipe again (Python's documented way: docs.python.org/3/library/signal.html, SIGPIPE)."""
+    import os
+    import sys
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (AttributeError, ValueError, OSError):
+        pass
+
+
 class ConvDeployCommand(click.Command):
     """A command that leaves its parameters where the group's error handling can read them."""
 
@@ -117,6 +154,13 @@ class ConvDeployGroup(click.Group):
             raise
         except (click.exceptions.Exit, click.Abort):
             raise  # click's own control flow
+        except BrokenPipeError:
+            if ctx.meta.get("convdeploy.debug") or not _stdout_pipe_closed():
+                raise
+            # The reader of our output went away (`convdeploy predict ... | head -1`): end quietly,
+            # as `ls | head` does; the status is the shell's for a process ended by SIGPIPE.
+            _silence_stdout()
+            ctx.exit(EXIT_BROKEN_PIPE)
         except Exception as exc:  # a bug: keep the traceback, say so, exit 3
             if ctx.meta.get("convdeploy.debug"):
                 raise
