@@ -394,8 +394,7 @@ def _tensorrt_preflight(plan: ExportPlan, artifacts: Mapping[str, Mapping[str, A
             raise ExportError(f"the {precision} graph would not build with TensorRT for profile {plan.profile.name!r}: "
                               f"{'; '.join(report.problems)}",
                               "see `convdeploy profiles NAME` for what the target's TensorRT parses")
-        notes.append(f"TensorRT pre-flight of {art['file']} for {plan.profile.name}: "
-                     + ("ok" if not report.skipped else f"skipped ({report.skipped})"))
+        notes.append(report.summary(plan.profile.name))
     return notes
 
 
