@@ -66,6 +66,8 @@ def check_cmd(bundle: str, checkpoint: str | None, data: str | None, samples: in
         report = check_bundle_on_ray(bundle, checkpoint, address=ray_address, workers=ray_workers, **options)
     else:
         report = check_bundle(bundle, checkpoint, **options)
+    if explain and report.passed:
+        report.notes.append("--explain: the check passed; there is nothing to explain")
     doc = report.to_dict()
     if report_path and report_path.endswith(".json"):
         atomic_write_json(report_path, doc)
