@@ -35,3 +35,39 @@ def test_a_closed_pipe_ends_quietly(command, tmp_path, sample_photos):
     assert "error" not in r.stderr and "Broken pipe" not in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert "Exception ignored" not in r.stderr, r.stderr
     assert r.returncode in (0, 141), r.stderr
+
+
+BAD_ARGUMENTS = [
+    (["export", "lenet5", "--out", "{tmp}/b", "--precision", "fp32,fp33"], "unknown precision 'fp33'"),
+    (["export", "lenet5", "--out", "{tmp}/b", "--profile", "jetson-orin-nan"], "did you mean jetson-orin-nano"),
+    (["export", "lenet5", "--out", "{tmp}/b", "--tol", "max_rel_err"], "cannot parse tolerance 'max_rel_err'"),
+    (["export", "lenet5", "--out", "{tmp}/b", "--preprocess", "{{not json"], "preprocessing spec"),
+    (["export", "lenet5", "--out", "{tmp}/b", "--model-arg", "variant"], "--model-arg expects KEY=VALUE"),
+    (["export", "lenet5", "--out", "{tmp}/b", "--data", "{tmp}/no-such-dir"], "data folder not found"),
+    (["export", "lenet5", "--out", "{tmp}/b", "--resize", "big"], "--resize expects SIZE or HEIGHTxWIDTH"),
+    (["check", "{tmp}/b", "--profile", "cpu-x68"], "did you mean cpu-x86"),
+    (["check", "{tmp}/b", "--tol", "int9.max_rel_err=1"], "unknown precision 'int9'"),
+    (["train", "lenet5", "--data", "{tmp}/no-such-dir"], "data folder not found"),
+    (["finetune", "resnet18", "--weights", "w.pth", "--data", "digits", "--augment", "nonsense"], "augment"),
+]
+
+
+def test_arguments_are_refused_before_torch_is_imported(tmp_path):
+    """With PyTorch unimportable, a bad argument is still told: it was checked before the import."""
+    from tests.conftest import run_without_torch
+
+    cases = [[a.format(tmp=tmp_path) for a in args] for args, _ in BAD_ARGUMENTS]
+    code = (
+        "import json\n"
+        "from convdeploy.cli import main\n"
+        "from tests.conftest import cli_runner\n"
+        f"for args in {cases!r}:\n"
+        "    r = cli_runner().invoke(main, args)\n"
+        "    print(json.dumps([r.exit_code, r.stderr.strip()]))\n"
+    )
+    r = run_without_torch(code)
+    assert r.returncode == 0, r.stderr
+    results = [__import__("json").loads(line) for line in r.stdout.splitlines()]
+    for (args, expected), (exit_code, stderr) in zip(BAD_ARGUMENTS, results):
+        assert exit_code == 2 and expected in stderr and "needs PyTorch" not in stderr, (args, stderr)
+        assert stderr.count("\n") == 0, (args, stderr)  # one line

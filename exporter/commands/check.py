@@ -8,6 +8,7 @@ from convdeploy.runtime.commands.common import (
     ConvDeployCommand, echo_json, echo_parity_text, echo_report_files, echo_warnings, json_option,
     needs_torch, ray_options,
 )
+from convdeploy.exporter.commands.validate import checked_before_torch
 
 
 @click.command("check", cls=ConvDeployCommand)
@@ -35,6 +36,7 @@ from convdeploy.runtime.commands.common import (
               help="Failing samples --explain compares layer by layer.")
 @ray_options
 @json_option
+@checked_before_torch()
 @needs_torch
 def check_cmd(bundle: str, checkpoint: str | None, data: str | None, samples: int, precision: str | None,
               profile_name: str | None, tolerance: tuple[str, ...], no_tta: bool, report_path: str | None,
