@@ -71,3 +71,35 @@ def test_arguments_are_refused_before_torch_is_imported(tmp_path):
     for (args, expected), (exit_code, stderr) in zip(BAD_ARGUMENTS, results):
         assert exit_code == 2 and expected in stderr and "needs PyTorch" not in stderr, (args, stderr)
         assert stderr.count("\n") == 0, (args, stderr)  # one line
+
+
+def test_no_python_repr_reaches_a_user(tmp_path, sample_photos):
+    """Messages of the common user-error paths and the profile listings read as text, not as Python
+    (the issue saw `('8.0.1', '8.2.1')`): no tuple or list repr of strings in what is printed."""
+    import json
+
+    from convdeploy.cli import main
+    from tests.conftest import cli_runner
+
+    bundle = write_bundle(tmp_path / "b", sample_photos)
+    broken = write_bundle(tmp_path / "broken", sample_photos)
+    manifest = json.loads((broken / "manifest.json").read_text())
+    manifest["parity"]["status"] = "unknown"
+    (broken / "manifest.json").write_text(json.dumps(manifest))
+    spec = json.loads((bundle / "manifest.json").read_text())["preprocess"]
+    runs = [
+        (["profiles", "jetson-nano"], 0),
+        (["profiles", "jetson-agx-orin"], 0),
+        (["profiles"], 0),
+        (["build", bundle, "--profile", "jetson-nano", "--dry-run"], 2),  # opset 17 above TensorRT 8.0/8.2's 13
+        (["verify", broken], 2),
+        (["predict", bundle, sample_photos[0], "--profile", "jetson-orin-nan"], 2),
+        (["export", "lenet5", "--out", tmp_path / "x", "--preprocess", json.dumps({**spec, "layout": "NCWH"})], 2),
+        (["export", "lenet5", "--out", tmp_path / "x", "--preprocess", json.dumps({**spec, "dtype": "int8"})], 2),
+        (["export", "lenet5", "--out", tmp_path / "x", "--preprocess", json.dumps({**spec, "color_mode": "X"})], 2),
+    ]
+    for args, code in runs:
+        r = cli_runner().invoke(main, [str(a) for a in args])
+        said = r.stdout + r.stderr
+        assert r.exit_code == code, (args, said)
+        assert "('" not in said and "['" not in said and "(\"" not in said and "[\"" not in said, (args, said)

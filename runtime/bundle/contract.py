@@ -251,7 +251,7 @@ def validate_manifest(manifest: Any) -> dict[str, Any]:
     _need(manifest.get("default_precision") in artifacts, "'default_precision' must name one of the artifacts")
     parity = manifest.get("parity")
     _need(isinstance(parity, dict) and parity.get("status") in PARITY_STATES,
-          f"'parity.status' must be one of {PARITY_STATES}")
+          f"'parity.status' must be one of {', '.join(PARITY_STATES)}")
     _need(isinstance(manifest.get("provenance"), dict), "'provenance' must be an object")
     files = manifest.get("files")
     _need(isinstance(files, dict) and all(isinstance(v, str) and len(v) == 64 for v in files.values()),
@@ -264,7 +264,7 @@ def validate_manifest(manifest: Any) -> dict[str, Any]:
     _need(isinstance(engines, dict), "'engines' must map engine files to their records")
     for name, record in engines.items():
         _need(isinstance(record, dict) and record.get("precision") in PRECISIONS,
-              f"engine record {name!r} needs a precision in {PRECISIONS}")
+              f"engine record {name!r} needs a precision in {', '.join(PRECISIONS)}")
         _need(isinstance(record.get("engine_sha256"), str) and len(record["engine_sha256"]) == 64,
               f"engine record {name!r} needs an engine_sha256")
     return manifest

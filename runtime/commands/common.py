@@ -257,9 +257,25 @@ def echo_json(data: Any) -> None:
         ctx.meta["convdeploy.json_written"] = True
 
 
+def plain(value: Any) -> str:
+    """A value as a person reads it, never a Python repr: ``8.0.1, 8.2.1`` for a list or a
+    tuple, ``key=value, ...`` for a mapping, ``-`` for an empty one or None."""
+    if value is None:
+        return "-"
+    if isinstance(value, (list, tuple, set, frozenset)):
+        items = sorted(value) if isinstance(value, (set, frozenset)) else value
+        return ", ".join(plain(v) for v in items) or "-"
+    if isinstance(value, dict):  # nested tables flattened: int8.max_accuracy_drop=0.5
+        parts = [", ".join(f"{k}.{kk}={plain(vv)}" for kk, vv in v.items()) if isinstance(v, dict)
+                 else f"{k}={plain(v)}" for k, v in value.items()]
+        return ", ".join(p for p in parts if p) or "-"
+    return str(value)
+
+
 def echo_table(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> None:
     """Print ``rows`` as an aligned text table; ``columns`` is [(key, header), ...]."""
-    cells = [[h for _, h in columns]] + [["" if r.get(k) is None else str(r.get(k)) for k, _ in columns] for r in rows]
+    cells = [[h for _, h in columns]] + [["" if r.get(k) is None else plain(r.get(k)) for k, _ in columns]
+                                         for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
     for n, row in enumerate(cells):
         click.echo("  ".join(c.rjust(w) if n and c.replace(",", "").replace(".", "").isdigit() else c.ljust(w)
