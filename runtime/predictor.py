@@ -227,8 +227,8 @@ class Predictor:
         ``profile``: a profile name, TOML path or :class:`runtime.targets.Profile`; it sets the
         provider order, the default precision and the batch limits. ``prefer_fast``: with
         no ``precision``, run the fastest artifact that passed the gate on this device
-        when the declared default is slow here (FP32 or INT8 instead of FP16 on a CPU;
-        :func:`runtime.backends.open_bundle_backend` says which and why).
+        (:mod:`runtime.backends.fastest`: a u8s8 INT8 over FP32 over FP16 on an x86 CPU;
+        the backend line's ``selected_because`` says which and why).
         """
         from convdeploy.runtime.backends import open_bundle_backend
 

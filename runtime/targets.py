@@ -335,6 +335,16 @@ def canonical_name(name: str) -> str:
     return new
 
 
+def _unknown_profile_hint(name: str) -> str:
+    """``did you mean jetson-orin-nano?`` for a typo of a shipped name (never a retired alias), else the list."""
+    import difflib
+
+    close = difflib.get_close_matches(name.lower(), list_profiles(), n=3, cutoff=0.6)
+    if close:
+        return f"did you mean {' or '.join(close)}? (`convdeploy profiles` lists them; a .toml path works too)"
+    return f"use one of {', '.join(list_profiles())} or a path to a .toml file"
+
+
 def load_profile(name_or_path: "str | Path") -> Profile:
     """Load a shipped profile by name (or previous-release alias), or a user's TOML file by path."""
     candidate = Path(name_or_path)
@@ -343,10 +353,7 @@ def load_profile(name_or_path: "str | Path") -> Profile:
     else:
         path = PROFILE_DIR / f"{canonical_name(str(name_or_path))}.toml"
         if not path.is_file():
-            raise ProfileError(
-                f"unknown profile {str(name_or_path)!r}",
-                f"use one of {', '.join(list_profiles())} or a path to a .toml file",
-            )
+            raise ProfileError(f"unknown profile {str(name_or_path)!r}", _unknown_profile_hint(str(name_or_path)))
     if not path.is_file():
         raise ProfileError(f"profile file not found: {path}")
     try:

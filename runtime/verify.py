@@ -42,6 +42,18 @@ def golden_inputs_description(bundle: Bundle, samples: int, labelled: bool) -> P
                         advice="re-export the bundle with --data DIR")
 
 
+def checked_notes(bundle: Bundle, artifact: str, source: str | None, asked: str | None) -> list[str]:
+    """Which of the bundle's artifacts this verify checked, when it declares others: one note
+    that names each unchecked one and the command that checks it (nothing when asked for one)."""
+    others = [p for p in bundle.precisions if p != source]
+    if asked is not None or not others:
+        return []
+    what = "the declared default" if source == bundle.default_precision else "the artifact that runs here"
+    rest = ", ".join(f"{p} ({bundle.artifact(p)['file']})" for p in others)
+    return [f"verify checked {artifact}{f' ({source})' if source and source not in artifact else ''}, {what}; "
+            f"not checked: {rest} (verify --precision {others[0]} checks {'it' if len(others) == 1 else 'that one'})"]
+
+
 def required_backend(backend: str, profile: "Profile | None", require: bool | None) -> str:
     """The backend verify must open: ``backend``, or the profile's when it is required.
 
@@ -124,7 +136,8 @@ def verify_bundle(
         if check_tta and tta.num_views > 1 and GOLDEN_TTA_INPUTS in golden and GOLDEN_TTA_OUTPUTS in golden:
             rows.append(_tta_row(bundle, golden, selection, tol, chunk))
         return ParityReport(rows=rows, inputs=golden_inputs_description(bundle, len(inputs), labels is not None),
-                            subject="verify",
+                            subject="verify", notes=checked_notes(bundle, selection.artifact,
+                                                                  bundle.source_precision(selection.artifact), precision),
                             context={"bundle": bundle.name, "precision": tier, "backend": selection.describe(),
                                      "tolerances": tol},
                             reference_outputs=reference)

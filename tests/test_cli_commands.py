@@ -12,7 +12,7 @@ from convdeploy.runtime.commands.common import LazyGroup
 from tests.conftest import REPO, cli_runner
 
 # Modules under */commands/ that hold shared pieces, not a command.
-SHARED = {"__init__", "common", "training_options"}
+SHARED = {"__init__", "common", "training_options", "validate"}
 
 
 @pytest.mark.parametrize("name", sorted(COMMANDS))

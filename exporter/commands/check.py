@@ -8,6 +8,7 @@ from convdeploy.runtime.commands.common import (
     ConvDeployCommand, echo_json, echo_parity_text, echo_report_files, echo_warnings, json_option,
     needs_torch, ray_options,
 )
+from convdeploy.exporter.commands.validate import checked_before_torch
 
 
 @click.command("check", cls=ConvDeployCommand)
@@ -35,6 +36,7 @@ from convdeploy.runtime.commands.common import (
               help="Failing samples --explain compares layer by layer.")
 @ray_options
 @json_option
+@checked_before_torch()
 @needs_torch
 def check_cmd(bundle: str, checkpoint: str | None, data: str | None, samples: int, precision: str | None,
               profile_name: str | None, tolerance: tuple[str, ...], no_tta: bool, report_path: str | None,
@@ -66,6 +68,8 @@ def check_cmd(bundle: str, checkpoint: str | None, data: str | None, samples: in
         report = check_bundle_on_ray(bundle, checkpoint, address=ray_address, workers=ray_workers, **options)
     else:
         report = check_bundle(bundle, checkpoint, **options)
+    if explain and report.passed:
+        report.notes.append("--explain: the check passed; there is nothing to explain")
     doc = report.to_dict()
     if report_path and report_path.endswith(".json"):
         atomic_write_json(report_path, doc)

@@ -11,6 +11,7 @@ from convdeploy.runtime.commands.common import (
     ConvDeployCommand, echo_json, echo_parity_text, echo_warnings, json_option, model_arg_option,
     needs_torch,
 )
+from convdeploy.exporter.commands.validate import checked_before_torch, common
 
 
 @click.command("export", cls=ConvDeployCommand)
@@ -64,6 +65,7 @@ from convdeploy.runtime.commands.common import (
               help="Replace the bundle at --out (only a bundle convdeploy wrote; any other directory is refused).")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 @json_option
+@checked_before_torch(lambda params: (common(params), _preprocess_argument(params.get("preprocess"))))
 @needs_torch
 def export_cmd(source: str, out: str, precision: str, profile_name: str, exporter: str, opset: int | None,
                data: str | None, calib_samples: int, calib_method: str, int8_flavor: str | None,

@@ -6,6 +6,7 @@ from typing import Any
 
 import click
 
+from convdeploy.exporter.commands.validate import checked_before_torch, training_arguments
 from convdeploy.runtime.commands.common import ConvDeployCommand, json_option, needs_torch
 from convdeploy.exporter.commands.training_options import training_options, echo_train_result
 
@@ -21,6 +22,7 @@ from convdeploy.exporter.commands.training_options import training_options, echo
                    "the fewer layers you freeze; with little data train only the new head.")
 @training_options
 @json_option
+@checked_before_torch(training_arguments)
 @needs_torch
 def finetune_cmd(arch: str, weights: str, freeze: str, data: str, out: str | None, num_classes: int | None,
                  strict: bool, resume: bool, overwrite: bool, no_progress: bool, as_json: bool,

@@ -6,6 +6,7 @@ from typing import Any
 
 import click
 
+from convdeploy.exporter.commands.validate import checked_before_torch, training_arguments
 from convdeploy.runtime.commands.common import ConvDeployCommand, echo_json, json_option, needs_torch
 from convdeploy.exporter.commands.training_options import training_options, echo_train_result
 
@@ -17,6 +18,7 @@ from convdeploy.exporter.commands.training_options import training_options, echo
               help="Train ARCH's plain and residual variants (e.g. plain20 and resnet20) with the same seed and "
                    "write both curves to OUT/compare.png and OUT/compare.json.")
 @json_option
+@checked_before_torch(training_arguments)
 @needs_torch
 def train_cmd(arch: str, data: str, out: str | None, num_classes: int | None, strict: bool, resume: bool,
               overwrite: bool, no_progress: bool, compare_plain: bool, as_json: bool, **options: Any) -> None:

@@ -91,6 +91,7 @@ from convdeploy.runtime.jsondata import read_marker
 from convdeploy.runtime.errors import BundleError, InputError, InternalError, UsageError
 from convdeploy.runtime.fsutil import (atomic_directory, atomic_write_json, check_replaceable, remove_owned_directory,
                                        scratch_directory)
+from convdeploy.runtime.parity.recorded import check_overrides, limit_notes, recorded_limits
 from convdeploy.runtime.parity.report_document import build_report_document, skipped_report_document, write_report
 from convdeploy.runtime.parity.samples import fewer_samples_warning, sample_size_warnings
 from convdeploy.runtime.targets import Profile, resolve_profile
@@ -394,8 +395,7 @@ def _tensorrt_preflight(plan: ExportPlan, artifacts: Mapping[str, Mapping[str, A
             raise ExportError(f"the {precision} graph would not build with TensorRT for profile {plan.profile.name!r}: "
                               f"{'; '.join(report.problems)}",
                               "see `convdeploy profiles NAME` for what the target's TensorRT parses")
-        notes.append(f"TensorRT pre-flight of {art['file']} for {plan.profile.name}: "
-                     + ("ok" if not report.skipped else f"skipped ({report.skipped})"))
+        notes.append(report.summary(plan.profile.name))
     return notes
 
 
@@ -842,6 +842,8 @@ def check_bundle(
     if len(src.classes) != len(bundle.classes):
         raise UsageError(f"the source has {len(src.classes)} classes, the bundle {len(bundle.classes)}",
                          "pass the checkpoint the bundle was exported from")
+    recorded = recorded_limits(bundle)  # judged as exported unless --profile/--tol say otherwise
+    tolerances = check_overrides(recorded, tolerances, explicit_profile=profile is not None)
     if profile is None:
         profile = (prov.get("profile") or {}).get("name") or "cpu-x86"
     prof = resolve_profile(profile)
@@ -870,7 +872,7 @@ def check_bundle(
     report = parity_runner(src.model, {p: bundle.artifact_path(p) for p in chosen}, pdata,
                         reference_spec=src.preprocess, candidate_spec=bundle.preprocess,
                         tta=bundle.tta if tta else None, profile=prof, overrides=tolerances, threads=threads)
-    report.notes = notes + report.notes
+    report.notes = notes + report.notes + limit_notes(report.rows, recorded, prof)
     report.warnings = [*warnings, *report.warnings, *sample_size_warnings(report.rows)]
     if explain and not report.passed:
         found = explain_report(src.model, report, {p: bundle.artifact_path(p) for p in bundle.precisions}, pdata,

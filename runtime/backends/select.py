@@ -93,6 +93,12 @@ def _engine_precisions(req: _Request) -> list[str]:
     default (engines are usually FP16/INT8 builds of the FP32 ONNX), the bundle's, then any."""
     if req.explicit_precision:
         return [req.precision]
+    if req.prefer_fast:  # predict, bench: the fastest engine first (runtime.backends.fastest)
+        from convdeploy.runtime.backends.fastest import SPEED_ORDER, TENSORRT, qualifies
+
+        wanted = dict.fromkeys(p for p in SPEED_ORDER[TENSORRT]
+                               if p != "int8" or qualifies(req.bundle, "int8", TENSORRT) is None)
+        return [p for p in wanted if req.profile is None or p in req.profile.allowed_precisions]
     default = req.profile.default_precision if req.profile else None
     wanted = dict.fromkeys(p for p in (default, req.precision, "fp16", "int8", "fp32") if p)
     return [p for p in wanted if req.profile is None or p in req.profile.allowed_precisions]
@@ -116,35 +122,30 @@ def _open_tensorrt(req: _Request) -> _Opened:
         req.notes.append(f"tensorrt: threads={req.threads} not applied (a TensorRT engine runs on the GPU)")
     # An engine runs at the precision it was built for (an FP16 engine from the FP32 ONNX,
     # say): that is what it is judged at.
-    return backend, backend.describe().precision, os.path.relpath(path, req.bundle.root)
+    built = backend.describe().precision
+    if req.prefer_fast and not req.explicit_precision and not req.engine and built != req.precision:
+        from convdeploy.runtime.backends.fastest import TENSORRT, fastest_reason
+
+        req.precision_reason = fastest_reason(built, req.precision, TENSORRT)
+    return backend, built, os.path.relpath(path, req.bundle.root)
 
 
-def _fast_cpu_precision(req: _Request, providers: list[str]) -> None:
-    """On onnxruntime's CPU provider alone, run a passing INT8 artifact of the CPU flavor (u8s8)
-    or else FP32 instead of a declared FP16 default: the CPU provider has no FP16 kernels for
-    most operators and casts around them, so FP16 runs slower than FP32 there
-    (benchmarks/precision_on_cpu.py). The s8s8 INT8 graph is TensorRT's format, not reliably
-    faster than FP32 on a CPU (benchmarks/int8_vs_fp32.py), so it is not picked.
-    Only when no precision was asked for; the reason goes into the backend line."""
+def _fast_onnxruntime_precision(req: _Request, providers: list[str]) -> None:
+    """With no precision asked for (predict, bench), run the fastest artifact that passed the
+    gate on the provider that runs it (:mod:`runtime.backends.fastest` states the order and
+    why); the reason goes into the backend line."""
+    from convdeploy.runtime.backends.fastest import ORT_GPU, cpu_device_class, fastest_precision, fastest_reason
     from convdeploy.runtime.backends.onnxruntime_backend import GPU_PROVIDERS, available_providers, normalize_providers
 
-    if not req.prefer_fast or req.explicit_precision or req.precision != "fp16":
+    if not req.prefer_fast or req.explicit_precision:
         return
     usable = set(available_providers())
-    if any(p in usable for p in normalize_providers(providers) if p in GPU_PROVIDERS):
-        return  # a GPU provider runs FP16 natively
-    allowed = req.profile.allowed_precisions if req.profile is not None else None
-    gate_passed = (req.bundle.manifest.get("parity") or {}).get("status") == "passed"
-    for candidate in ("int8", "fp32"):
-        if candidate not in req.bundle.precisions or (allowed is not None and candidate not in allowed):
-            continue
-        if candidate == "int8" and (not gate_passed or req.bundle.artifact("int8").get("int8_flavor") != "u8s8"):
-            continue
-        req.precision_reason = (f"{candidate} instead of the declared default fp16: onnxruntime's CPU provider has no "
-                                f"fast FP16 path{' (int8 passed the parity gate)' if candidate == 'int8' else ''}; "
-                                "--precision fp16 runs it anyway")
-        req.precision = candidate
-        return
+    on_gpu = any(p in usable for p in normalize_providers(providers) if p in GPU_PROVIDERS)
+    device = ORT_GPU if on_gpu else cpu_device_class()
+    chosen = fastest_precision(req.bundle, device, req.profile.allowed_precisions if req.profile else None)
+    if chosen is not None and chosen != req.precision:
+        req.precision_reason = fastest_reason(chosen, req.precision, device)
+        req.precision = chosen
 
 
 def _open_onnxruntime(req: _Request) -> _Opened:
@@ -158,7 +159,7 @@ def _open_onnxruntime(req: _Request) -> _Opened:
         # The CUDA EP when this build has it, never the TensorRT EP: it compiles engines
         # for minutes on first use, so only a profile asks for it.
         providers = ([CUDA] if CUDA in available_providers() else []) + [CPU]
-    _fast_cpu_precision(req, providers)
+    _fast_onnxruntime_precision(req, providers)
     backend = OnnxRuntimeBackend(req.bundle.artifact_path(req.precision), providers=providers, threads=req.threads,
                                  allow_fallback=req.allow_fallback, precision=req.precision, profile=req.profile,
                                  **req.passed_through(OnnxRuntimeBackend.OPTIONS))
@@ -305,10 +306,10 @@ def open_bundle_backend(
     backends; a TensorRT selection says in its notes that it did not apply it. Returns a
     :class:`Selection` that says what runs and why.
 
-    ``prefer_fast`` (predict and bench; not verify, which checks the declared artifact):
-    with no ``precision`` asked for, a default that is slow on the device that runs it
-    gives way to the fastest artifact that passed the gate: on onnxruntime's CPU
-    provider, INT8 (gate passed) or FP32 instead of FP16. The reason says so.
+    ``prefer_fast`` (predict and bench; not verify, which checks the declared artifacts):
+    with no ``precision`` asked for, the fastest artifact that passed the gate on the
+    device that runs it (:mod:`runtime.backends.fastest`: e.g. a u8s8 INT8 over FP32 on an
+    x86 CPU, FP32 over FP16 there, INT8 > FP16 > FP32 engines on TensorRT). The reason says so.
     """
     if backend != "auto":
         _kind(backend)  # an unknown name: one clear UsageError before anything loads

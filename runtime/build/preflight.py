@@ -38,17 +38,24 @@ class PreflightReport:
     onnx_file: str
     problems: list[str] = field(default_factory=list)
     skipped: str | None = None  # why nothing was checked (no ``onnx`` package here)
+    tensorrt: tuple[str, ...] = ()  # the TensorRT releases whose parser limits were checked against
 
     @property
     def ok(self) -> bool:
         return not self.problems
 
-    def summary(self) -> str:
+    def summary(self, profile: str | None = None) -> str:
+        """One line that says what this is: convdeploy's own static checks of the graph against
+        the parser limits of the profile's TensorRT releases, never TensorRT's parser itself
+        (that runs when ``convdeploy build`` builds the engine on the device)."""
+        what = f"static TensorRT pre-flight of {Path(self.onnx_file).name}" + (f" for {profile}" if profile else "")
         if self.skipped:
-            return f"pre-flight of {self.onnx_file} skipped: {self.skipped}"
-        if self.ok:
-            return f"pre-flight of {self.onnx_file}: ok"
-        return f"pre-flight of {self.onnx_file} failed: {'; '.join(self.problems)}"
+            return f"{what} skipped: {self.skipped}"
+        if not self.ok:
+            return f"{what} failed: {'; '.join(self.problems)}"
+        against = f"TensorRT {' and '.join(self.tensorrt)}'s" if self.tensorrt else "TensorRT's"
+        return (f"{what}: ok (convdeploy's checks of the graph against {against} ONNX parser limits, "
+                "not TensorRT's parser: that runs at `convdeploy build` on the device)")
 
     def raise_for_problems(self) -> None:
         """Refuse the graph with every reason on one line (:class:`BundleError`, exit 2)."""
@@ -78,8 +85,8 @@ def check_model(model: Any, profile: "Profile", precision: str, *, dla: bool = F
     limit = getattr(profile, "opset", None)
     line = getattr(profile, "tensorrt", None)
     if opset is not None and limit is not None and opset > int(limit):
-        problems.append(f"opset {opset} is above {limit}, the newest the profile's TensorRT"
-                        f"{' ' + str(line) if line else ''} parser reads")
+        releases = " " + " and ".join(line) if isinstance(line, (tuple, list)) and line else ""
+        problems.append(f"opset {opset} is above {limit}, the newest the profile's TensorRT{releases} parser reads")
     foreign = sorted({f"{n.domain}::{n.op_type}" for n in model.graph.node if n.domain not in STANDARD_DOMAINS})
     if foreign:
         problems.append(f"non-standard operators {', '.join(foreign)} (TensorRT parses the ai.onnx domain only)")
@@ -109,7 +116,7 @@ def preflight(onnx_path: str | os.PathLike, profile: "Profile", precision: str, 
     :meth:`PreflightReport.raise_for_problems` to refuse a graph that fails.
     """
     path = Path(onnx_path)
-    report = PreflightReport(str(path))
+    report = PreflightReport(str(path), tensorrt=tuple(getattr(profile, "tensorrt", None) or ()))
     if dla is None:
         dla = getattr(profile, "dla_core", None) is not None and precision != "fp32"
     try:

@@ -44,7 +44,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from convdeploy.runtime.errors import BundleError, ConvDeployError, EngineMismatchError, InternalError
 from convdeploy.runtime.fsutil import OwnedKind, atomic_write_json, sha256_file
@@ -55,6 +55,23 @@ MANIFEST_SCHEMA_VERSION = 1
 
 # The precisions a bundle can carry (one ONNX graph each) and the backends that run them.
 PRECISIONS = ("fp32", "fp16", "int8")
+
+
+def parse_precisions(precisions: "str | Sequence[str]") -> list:
+    """``"fp32,fp16"`` or a sequence -> the validated names, in the contract's order (fp32, fp16, int8).
+
+    Torch-free, so that ``export --precision`` is checked before PyTorch is imported.
+    """
+    from convdeploy.runtime.errors import UsageError
+
+    items = precisions.split(",") if isinstance(precisions, str) else list(precisions)
+    wanted = [p.strip().lower() for p in items if p and p.strip()]
+    bad = [p for p in wanted if p not in PRECISIONS]
+    if bad:
+        raise UsageError(f"unknown precision {bad[0]!r}", f"use a comma-separated list of {', '.join(PRECISIONS)}")
+    if not wanted:
+        raise UsageError("no precision given", f"use a comma-separated list of {', '.join(PRECISIONS)}")
+    return [p for p in PRECISIONS if p in wanted]
 BACKENDS = ("onnxruntime", "tensorrt", "openvino")
 PARITY_STATES = ("passed", "failed", "skipped")
 
@@ -236,7 +253,7 @@ def validate_manifest(manifest: Any) -> dict[str, Any]:
     _need(manifest.get("default_precision") in artifacts, "'default_precision' must name one of the artifacts")
     parity = manifest.get("parity")
     _need(isinstance(parity, dict) and parity.get("status") in PARITY_STATES,
-          f"'parity.status' must be one of {PARITY_STATES}")
+          f"'parity.status' must be one of {', '.join(PARITY_STATES)}")
     _need(isinstance(manifest.get("provenance"), dict), "'provenance' must be an object")
     files = manifest.get("files")
     _need(isinstance(files, dict) and all(isinstance(v, str) and len(v) == 64 for v in files.values()),
@@ -249,7 +266,7 @@ def validate_manifest(manifest: Any) -> dict[str, Any]:
     _need(isinstance(engines, dict), "'engines' must map engine files to their records")
     for name, record in engines.items():
         _need(isinstance(record, dict) and record.get("precision") in PRECISIONS,
-              f"engine record {name!r} needs a precision in {PRECISIONS}")
+              f"engine record {name!r} needs a precision in {', '.join(PRECISIONS)}")
         _need(isinstance(record.get("engine_sha256"), str) and len(record["engine_sha256"]) == 64,
               f"engine record {name!r} needs an engine_sha256")
     return manifest

@@ -66,6 +66,43 @@ def _environment_error(exc: BaseException, params: dict[str, Any]) -> ConvDeploy
     return ConvDeployError(message, hint)
 
 
+# 128 + SIGPIPE: what a shell reports for `ls | head`'s ls (seen under `set -o pipefail`).
+EXIT_BROKEN_PIPE = 141
+
+
+def _stdout_pipe_closed() -> bool:
+    """Whether stdout is a pipe whose reader has gone (not a socket or a file that broke).
+
+    poll() reports POLLERR on the write end of a pipe whose read end is closed (Linux, macOS);
+    where poll() is missing a broken pipe is taken to be stdout's.
+    """
+    import select
+    import sys
+
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, ValueError, OSError):  # replaced by a test runner or closed: nothing more to say
+        return True
+    if not hasattr(select, "poll"):
+        return True
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return any(events & select.POLLERR for _, events in poller.poll(0))
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's last flush does not report the
+    closed pipe again (Python's documented way: docs.python.org/3/library/signal.html, SIGPIPE)."""
+    import os
+    import sys
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (AttributeError, ValueError, OSError):
+        pass
+
+
 class ConvDeployCommand(click.Command):
     """A command that leaves its parameters where the group's error handling can read them."""
 
@@ -117,6 +154,13 @@ class ConvDeployGroup(click.Group):
             raise
         except (click.exceptions.Exit, click.Abort):
             raise  # click's own control flow
+        except BrokenPipeError:
+            if ctx.meta.get("convdeploy.debug") or not _stdout_pipe_closed():
+                raise
+            # The reader of our output went away (`convdeploy predict ... | head -1`): end quietly,
+            # as `ls | head` does; the status is the shell's for a process ended by SIGPIPE.
+            _silence_stdout()
+            ctx.exit(EXIT_BROKEN_PIPE)
         except Exception as exc:  # a bug: keep the traceback, say so, exit 3
             if ctx.meta.get("convdeploy.debug"):
                 raise
@@ -213,9 +257,25 @@ def echo_json(data: Any) -> None:
         ctx.meta["convdeploy.json_written"] = True
 
 
+def plain(value: Any) -> str:
+    """A value as a person reads it, never a Python repr: ``8.0.1, 8.2.1`` for a list or a
+    tuple, ``key=value, ...`` for a mapping, ``-`` for an empty one or None."""
+    if value is None:
+        return "-"
+    if isinstance(value, (list, tuple, set, frozenset)):
+        items = sorted(value) if isinstance(value, (set, frozenset)) else value
+        return ", ".join(plain(v) for v in items) or "-"
+    if isinstance(value, dict):  # nested tables flattened: int8.max_accuracy_drop=0.5
+        parts = [", ".join(f"{k}.{kk}={plain(vv)}" for kk, vv in v.items()) if isinstance(v, dict)
+                 else f"{k}={plain(v)}" for k, v in value.items()]
+        return ", ".join(p for p in parts if p) or "-"
+    return str(value)
+
+
 def echo_table(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> None:
     """Print ``rows`` as an aligned text table; ``columns`` is [(key, header), ...]."""
-    cells = [[h for _, h in columns]] + [["" if r.get(k) is None else str(r.get(k)) for k, _ in columns] for r in rows]
+    cells = [[h for _, h in columns]] + [["" if r.get(k) is None else plain(r.get(k)) for k, _ in columns]
+                                         for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
     for n, row in enumerate(cells):
         click.echo("  ".join(c.rjust(w) if n and c.replace(",", "").replace(".", "").isdigit() else c.ljust(w)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from convdeploy.runtime.commands.common import ConvDeployCommand, echo_json, echo_table, json_option
+from convdeploy.runtime.commands.common import ConvDeployCommand, echo_json, echo_table, json_option, plain
 
 
 @click.command("profiles", cls=ConvDeployCommand)
@@ -26,7 +26,7 @@ def profiles_cmd(name: str | None, as_json: bool) -> None:
             echo_json(profile.to_dict())
         else:
             for key, value in profile.to_dict().items():
-                click.echo(f"{key:>22}: {value}")
+                click.echo(f"{key:>22}: {plain(value)}")
         return
     rows = [load_profile(n).to_dict() for n in list_profiles()]
     if as_json:

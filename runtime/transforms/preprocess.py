@@ -97,15 +97,16 @@ class PreprocessSpec:
                 "upgrade convdeploy or re-export the bundle",
             )
         if self.color_mode not in _COLOR_MODES:
-            raise UsageError(f"color_mode must be one of {sorted(_COLOR_MODES)}, got {self.color_mode!r}")
+            raise UsageError(f"color_mode must be one of {', '.join(sorted(_COLOR_MODES))}, got {self.color_mode!r}")
         if self.interpolation not in INTERPOLATIONS:
-            raise UsageError(f"interpolation must be one of {sorted(INTERPOLATIONS)}, got {self.interpolation!r}")
+            raise UsageError(f"interpolation must be one of {', '.join(sorted(INTERPOLATIONS))}, "
+                             f"got {self.interpolation!r}")
         if not self.antialias and self.interpolation not in ("nearest", "bilinear"):
             raise UsageError("antialias=false is supported for nearest and bilinear interpolation only")
         if self.layout not in _LAYOUTS:
-            raise UsageError(f"layout must be one of {_LAYOUTS}, got {self.layout!r}")
+            raise UsageError(f"layout must be one of {', '.join(_LAYOUTS)}, got {self.layout!r}")
         if self.dtype not in _DTYPES:
-            raise UsageError(f"dtype must be one of {_DTYPES}, got {self.dtype!r}")
+            raise UsageError(f"dtype must be one of {', '.join(_DTYPES)}, got {self.dtype!r}")
         channels = _COLOR_MODES[self.color_mode]
         if len(self.mean) != channels or len(self.std) != channels:
             raise UsageError(f"mean and std need {channels} value(s) for color_mode {self.color_mode}")

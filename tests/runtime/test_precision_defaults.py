@@ -5,6 +5,7 @@ an explicit --precision, and verify, keep what was asked for or declared."""
 from __future__ import annotations
 
 import json
+import platform
 from pathlib import Path
 
 import pytest
@@ -117,3 +118,40 @@ def test_bench_compare_times_the_fp32_artifact_when_another_runs(bundle_copy):
     row = result["torch"]["model_only"][0]
     assert result["model_only"][0]["precision"] == "fp16"
     assert row["runtime_precision"] == "fp32" and row["selected_precision"] == "fp16"
+
+
+def _declare(root: Path, **changes) -> Path:
+    manifest = json.loads((root / "manifest.json").read_text())
+    for key, value in changes.items():
+        if key == "int8_flavor":
+            manifest["artifacts"]["int8"]["int8_flavor"] = value
+        else:
+            manifest["parity"]["status"] = value
+    atomic_write_json(root / "manifest.json", manifest)
+    return root
+
+
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="the x86 CPU's speed order")
+@pytest.mark.parametrize("flavor, parity, expected", [
+    ("u8s8", "passed", "int8"),    # the issue's case: fp32 default + a gated u8s8 INT8 (4.3x faster) ran fp32
+    ("s8s8", "passed", "fp32"),    # TensorRT's INT8 graph is not a CPU fast path
+    ("u8s8", "skipped", "fp32"),   # never gated: not "passed the gate"
+])
+def test_a_declared_fp32_default_gives_way_to_a_faster_passing_int8(bundle_copy, sample_photos, flavor, parity,
+                                                                    expected):
+    root = _declare(bundle_copy(), int8_flavor=flavor, parity=parity)
+    with Predictor.from_bundle(root, "onnxruntime") as p:
+        info = p.info()
+    assert info["judged_precision"] == expected
+    if expected == "int8":
+        assert info["selected_because"].endswith(
+            "int8 instead of the declared default fp32: the fastest artifact that passed the gate here "
+            "(onnxruntime's CPU provider on x86-64: int8 (u8s8) > fp32 > fp16); --precision fp32 runs it anyway")
+        r = cli_runner().invoke(main, ["predict", str(root), str(sample_photos[0]), "--no-progress"])
+        assert r.exit_code == 0, r.output
+        line = next(line for line in r.stderr.splitlines() if line.startswith("backend:"))
+        assert "int8, model.int8.onnx" in line and "the fastest artifact that passed the gate" in line
+        assert bench_bundle(root, "onnxruntime", batch_sizes=[1], warmup=0, iterations=1)["model_only"][0][
+            "precision"] == "int8"
+    with Predictor.from_bundle(root, "onnxruntime", precision="fp32") as p:
+        assert p.info()["judged_precision"] == "fp32"  # asked for: always that one

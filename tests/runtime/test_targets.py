@@ -176,3 +176,15 @@ def test_invalid_profiles_say_what_is_wrong_in_one_line(tmp_path, body, message)
 def test_unknown_profile_lists_the_known_ones():
     with pytest.raises(ProfileError, match="jetson-agx-orin"):
         load_profile("jetson-tx1")
+
+
+def test_a_profile_typo_gets_did_you_mean():
+    from convdeploy.runtime.errors import ProfileError
+    from convdeploy.runtime.targets import load_profile
+
+    with pytest.raises(ProfileError) as info:
+        load_profile("jetson-orin-nan")
+    assert "did you mean jetson-orin-nano" in str(info.value)
+    with pytest.raises(ProfileError) as info:
+        load_profile("mars")
+    assert "did you mean" not in str(info.value) and "use one of" in str(info.value)

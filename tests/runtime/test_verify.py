@@ -128,3 +128,11 @@ def test_broken_golden_files(bundle_copy):
     (root / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match="has no golden.npz"):
         verify_bundle(root)
+
+
+def test_verify_says_which_artifact_it_checked(tiny_bundle):
+    """Without --precision verify checks one artifact: it says which, and what it left unchecked."""
+    assert verify_bundle(tiny_bundle).notes == [
+        "verify checked model.onnx (fp32), the declared default; not checked: int8 (model.int8.onnx) "
+        "(verify --precision int8 checks it)"]
+    assert verify_bundle(tiny_bundle, precision="int8").notes == []  # asked for: that one, nothing to say

@@ -203,3 +203,28 @@ def test_check_explain_passing_bundle_explains_nothing(lenet_bundle):
     res = CliRunner().invoke(main, ["check", str(lenet_bundle), "--samples", "32", "--explain"])
     assert res.exit_code == 0, res.output
     assert "first divergent" not in res.output
+    assert "--explain: the check passed; there is nothing to explain" in res.output  # said, not silent
+
+
+def test_check_judges_a_failed_bundle_with_the_limits_it_was_exported_under(tmp_path):
+    """The issue's case: an export failed under a tightened --tol; `check X.failed` re-judged it with
+    the defaults and said PASSED. It judges with parity.json's limits, says so, and --explain explains."""
+    ckpt = cached_lenet_checkpoint()
+    out = tmp_path / "tight"
+    res = CliRunner().invoke(main, ["export", str(ckpt), "--out", str(out), "--parity-samples", "32",
+                                    "--tol", "fp32.max_rel_err=1e-12", "--no-progress"])
+    assert res.exit_code == 1, res.output
+    failed = tmp_path / "tight.failed"
+    res = CliRunner().invoke(main, ["check", str(failed), "--checkpoint", str(ckpt), "--data", "digits",
+                                    "--samples", "32", "--explain"])
+    assert res.exit_code == 1, res.output
+    assert "parity FAILED" in res.output and "parity PASSED" not in res.output
+    assert "judged with the limits the bundle was exported under (parity.json), not the defaults: " \
+           "fp32.max_rel_err=1e-12 (default 0.0001)" in res.output
+    assert "explain fp32 (model.onnx)" in res.output and "layers by error added: features.c3" in res.output
+    # told otherwise, it judges as told and says where its limits differ from the recorded ones
+    res = CliRunner().invoke(main, ["check", str(failed), "--checkpoint", str(ckpt), "--data", "digits",
+                                    "--samples", "32", "--tol", "fp32.max_rel_err=1e-4"])
+    assert res.exit_code == 0, res.output
+    assert "this check's limits differ from the ones the bundle was exported under (parity.json): " \
+           "fp32.max_rel_err=0.0001 (export: 1e-12)" in res.output

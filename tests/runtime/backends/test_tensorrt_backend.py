@@ -510,3 +510,27 @@ def test_predict_and_verify_run_a_dla_engine_at_other_batches(trt_bundle, monkey
     with Predictor.from_bundle(trt_bundle, "tensorrt", precision="fp16", engine=engine, batch_size=1) as predictor:
         preds = predictor.predict([str(sample_photos[0])])
     assert len(preds) == 1
+
+
+def test_predict_runs_the_fastest_engine_that_passed_the_gate(trt_bundle, monkeypatch):
+    """TensorRT's order is int8 > fp16 > fp32 (runtime.backends.fastest); verify keeps the declared order."""
+    from convdeploy.runtime.targets import load_profile
+
+    fake.install(monkeypatch, "10.3.0")
+    engine_for(trt_bundle, precision="fp16", profile="jetson-agx-orin")
+    fake.write_engine(trt_bundle / "model.int8.onnx", trt_bundle / "engines" / "model.int8.engine",
+                      precision="int8", profile="jetson-agx-orin")
+    profile = load_profile("jetson-agx-orin")
+    sel = open_bundle_backend(Bundle.load(trt_bundle), profile=profile, prefer_fast=True)
+    assert sel.artifact == "engines/model.int8.engine" and sel.precision == "int8"
+    assert "int8 instead of the declared default" in sel.reason and "TensorRT: int8 > fp16 > fp32" in sel.reason
+    sel.backend.close()
+    sel = open_bundle_backend(Bundle.load(trt_bundle), profile=profile)  # verify's choice: the declared default
+    assert sel.precision == "fp16"
+    sel.backend.close()
+    manifest = json.loads((trt_bundle / "manifest.json").read_text())
+    manifest["parity"]["status"] = "skipped"  # an INT8 graph never gated is not picked for speed
+    (trt_bundle / "manifest.json").write_text(json.dumps(manifest))
+    sel = open_bundle_backend(Bundle.load(trt_bundle), profile=profile, prefer_fast=True)
+    assert sel.precision == "fp16"
+    sel.backend.close()
