@@ -42,7 +42,7 @@ from pathlib import Path
 
 def run_one(ckpt: str, flavor: str, method: str, threads: int | None, root: Path) -> dict:
     from convdeploy.exporter.export.parity import ParityFailedError
-    from convdeploy.exporter.export.writer import export_bundle
+    from convdeploy.exporter.export.pipeline import export_bundle
 
     out = root / f"{Path(ckpt).parent.name}-{flavor}"
     start = time.perf_counter()

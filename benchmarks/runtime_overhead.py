@@ -117,7 +117,7 @@ def make_imagefolder(root: Path, photos: Path) -> Path:
 
 
 def export(root: Path, arch: str, data: Path, precisions: str) -> Path:
-    from convdeploy.exporter.export.writer import export_bundle
+    from convdeploy.exporter.export.pipeline import export_bundle
 
     out = root / f"{arch}-{precisions.replace(',', '-')}"
     if not (out / "manifest.json").is_file():

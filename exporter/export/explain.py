@@ -45,6 +45,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import onnx
 
+from convdeploy.exporter.export.options import DEFAULT_EXPLAIN_SAMPLES
 from convdeploy.runtime.errors import UsageError
 from convdeploy.runtime.parity.metrics import compare_outputs
 
@@ -53,7 +54,6 @@ from convdeploy.runtime.parity.metrics import compare_outputs
 # per tensor and grows to a few 1e-3 along a ResNet; 1e-2 is the FP16 gate's logit
 # bound. INT8: 1-5 % per layer is normal for 8-bit activations; 10 % is not.
 DIVERGENCE_THRESHOLDS: dict[str, float] = {"fp32": 1e-4, "fp16": 1e-2, "int8": 0.1}
-DEFAULT_EXPLAIN_SAMPLES = 16
 DEFAULT_TOP_K = 5
 INPUT_MODULE = "<input>"
 # The attribute under which LogitsOnly holds the model: the first scope of every node.

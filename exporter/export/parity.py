@@ -28,6 +28,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from convdeploy.exporter.export.options import DEFAULT_PARITY_SAMPLES
 from convdeploy.exporter.export.source import reference_logits
 from convdeploy.runtime.backends.base import run_batched
 from convdeploy.runtime.errors import CheckFailedError, UsageError
@@ -37,7 +38,6 @@ from convdeploy.runtime.parity.tolerances import resolve
 from convdeploy.runtime.transforms.preprocess import PreprocessSpec, preprocess_batch
 from convdeploy.runtime.transforms.tta import TTASpec, make_views, merge_views
 
-DEFAULT_PARITY_SAMPLES = 256
 DEFAULT_TTA_SAMPLES = 64
 RANDOM_SAMPLES = 16
 

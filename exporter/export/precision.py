@@ -45,7 +45,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from convdeploy.exporter.export.options import CALIB_METHODS, INT8_FLAVORS
 from convdeploy.exporter.export.onnx_utils import graph_opset, op_counts, save_checked
+from convdeploy.runtime.build.preflight import tensorrt_int8_problems
 from convdeploy.runtime.errors import InternalError, UsageError
 
 # onnxruntime's converters and quantizer are imported in the functions that use them:
@@ -65,8 +67,6 @@ FP16_BLOCKED_OPS = (
 # FP32: unseen images can exceed what the calibration sample showed.
 FP16_HEADROOM = 0.25
 
-INT8_FLAVORS = ("s8s8", "u8s8")
-CALIB_METHODS = ("minmax", "entropy", "percentile")
 
 
 def int8_flavor_for(backend: str) -> str:
@@ -378,36 +378,6 @@ TENSORRT_QDQ_OPTIONS: dict = {
     # A Q/DQ pair per consumer, so that TensorRT can fuse each branch (residual adds) on its own.
     "DedicatedQDQPair": True,
 }
-#: Element types TensorRT's parser accepts as the input of a DequantizeLinear (10.x; 8.x: INT8 only).
-TENSORRT_DQ_INPUT_TYPES = ("INT8",)
-
-
-def tensorrt_int8_problems(model: onnx.ModelProto) -> list[str]:
-    """Why TensorRT's ONNX parser would refuse this Q/DQ graph; [] when nothing is found.
-
-    Checks that every DequantizeLinear reads an INT8 tensor (an initializer of that type,
-    or a QuantizeLinear whose zero point is INT8) and that every node is in the standard
-    ONNX domain.
-    """
-    inits = {t.name: TensorProto.DataType.Name(t.data_type) for t in model.graph.initializer}
-    producers = {o: n for n in model.graph.node for o in n.output}
-    problems = []
-    for node in model.graph.node:
-        if node.domain not in ("", "ai.onnx"):
-            problems.append(f"{node.name or node.op_type}: operator domain {node.domain!r}")
-        if node.op_type != "DequantizeLinear":
-            continue
-        source = node.input[0]
-        if source in inits:
-            dtype = inits[source]
-        elif source in producers and producers[source].op_type == "QuantizeLinear":
-            q = producers[source]
-            dtype = inits.get(q.input[2], "UNKNOWN") if len(q.input) > 2 and q.input[2] else "UINT8"
-        else:
-            dtype = "UNKNOWN"
-        if dtype not in TENSORRT_DQ_INPUT_TYPES:
-            problems.append(f"{node.name}: DequantizeLinear input {source!r} is {dtype}, not INT8")
-    return problems
 
 
 ENTROPY_BINS = 2048  # histogram bins of the entropy calibration, as TensorRT's

@@ -194,10 +194,10 @@ def run_parity_on_ray(
 def check_bundle_on_ray(bundle_dir: str | os.PathLike, source: str | os.PathLike | None = None, *,
                         address: str | None = None, workers: int | None = None, num_cpus: int | None = None,
                         **options: Any) -> ParityReport:
-    """:func:`exporter.export.writer.check_bundle` with the gate's forward passes on Ray."""
+    """:func:`exporter.export.check.check_bundle` with the gate's forward passes on Ray."""
     import functools
 
-    from convdeploy.exporter.export.writer import check_bundle
+    from convdeploy.exporter.export.check import check_bundle
 
     runner = functools.partial(run_parity_on_ray, address=address, workers=workers, num_cpus=num_cpus)
     return check_bundle(bundle_dir, source, parity_runner=runner, **options)

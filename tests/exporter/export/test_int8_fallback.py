@@ -25,7 +25,7 @@ from convdeploy.exporter.export.onnx_export import export_onnx
 from convdeploy.exporter.export.parity import ParityFailedError
 from convdeploy.exporter.export.precision import quantize_int8
 from convdeploy.exporter.export.source import load_source
-from convdeploy.exporter.export.writer import export_bundle
+from convdeploy.exporter.export.pipeline import export_bundle
 from convdeploy.exporter.training.checkpoint import load_checkpoint, save_checkpoint
 from convdeploy.runtime.bundle.contract import MANIFEST_FILE
 from convdeploy.runtime.errors import UsageError

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from convdeploy.exporter.export.writer import check_bundle, export_bundle
+from convdeploy.exporter.export.check import check_bundle
+from convdeploy.exporter.export.pipeline import export_bundle
 from tests.exporter.export.export_helpers import cached_lenet_checkpoint
 
 ray = pytest.importorskip("ray")
