@@ -15,9 +15,9 @@ from convdeploy.exporter.export.precision import (
     fp16_storage_emulation,
     int8_flavor_for,
     quantize_int8,
-    tensorrt_int8_problems,
     validate_int8_options,
 )
+from convdeploy.runtime.build.preflight import tensorrt_int8_problems
 from convdeploy.runtime.errors import InternalError, UsageError
 
 
@@ -224,6 +224,21 @@ def test_the_tensorrt_check_finds_what_its_parser_refuses(small_cnn, tmp_path):
     model = onnx.load(str(tmp_path / "u8s8.onnx"))
     model.graph.node[0].domain = "com.microsoft"
     assert any("non-standard operators com.microsoft::" in p for p in tensorrt_int8_problems(model))
+
+
+def test_build_preflight_refuses_what_the_export_refuses(small_cnn, tmp_path):
+    """One check that an INT8 graph is TensorRT-parseable: the u8s8 graph (UINT8 activations
+    into DequantizeLinear) is refused by `build`'s pre-flight too, not only its INT32 biases."""
+    from convdeploy.runtime.build.preflight import preflight
+    from convdeploy.runtime.targets import load_profile
+
+    calib = np.random.default_rng(5).standard_normal((16, 3, 16, 16)).astype(np.float32)
+    quantize_int8(small_cnn, tmp_path / "u8s8.onnx", calib, flavor="u8s8")
+    report = preflight(tmp_path / "u8s8.onnx", load_profile("jetson-agx-orin"), "int8")
+    assert any("DequantizeLinear of an UINT8 tensor" in p for p in report.problems), report.summary()
+    assert set(tensorrt_int8_problems(onnx.load(str(tmp_path / "u8s8.onnx")))) <= set(report.problems)
+    quantize_int8(small_cnn, tmp_path / "s8s8.onnx", calib, flavor="s8s8")
+    assert preflight(tmp_path / "s8s8.onnx", load_profile("jetson-agx-orin"), "int8").ok
 
 
 def test_calibration_is_computed_from_the_given_data_every_time(small_cnn, tmp_path):
