@@ -663,7 +663,7 @@ def explain_report(
     """
     import tempfile
 
-    from convdeploy.exporter.export.precision import fp16_storage_emulation
+    from convdeploy.exporter.export.fp16 import fp16_storage_emulation
     from convdeploy.runtime.transforms.preprocess import preprocess_batch
 
     failed: dict[str, list[str]] = {}

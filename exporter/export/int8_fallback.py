@@ -5,7 +5,7 @@ first convolution on few input channels, an activation with outliers, a layer wh
 range the calibration set does not cover well). :func:`search_int8_fallback` finds
 them and keeps them in float:
 
-1. Quantize everything (:func:`exporter.export.precision.quantize_int8`) and gate it;
+1. Quantize everything (:func:`exporter.export.int8.quantize_int8`) and gate it;
    if it passes, nothing else happens.
 2. Rank the quantized activations by sensitivity (:func:`rank_layers`): on calibration
    images, the logit error each causes when its Q/DQ pair is the only one left active
@@ -41,7 +41,7 @@ import onnx
 
 from convdeploy.exporter.export.explain import relative_error
 from convdeploy.exporter.export.options import INT8_FALLBACK_MODES
-from convdeploy.exporter.export.precision import quantize_int8
+from convdeploy.exporter.export.int8 import quantize_int8
 from convdeploy.runtime.build.preflight import dequantize_input_problems
 from convdeploy.runtime.errors import UsageError
 

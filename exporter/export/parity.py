@@ -227,7 +227,7 @@ def run_parity(
     the same) the candidates'. With a non-identity ``tta`` the merged TTA outputs of the
     first ``tta_samples`` images are compared too. An FP16 artifact is also judged as
     ``fp16-emulated``: the same graph with its FP16 activations rounded explicitly
-    (:func:`exporter.export.precision.fp16_storage_emulation`), since onnxruntime's CPU provider
+    (:func:`exporter.export.fp16.fp16_storage_emulation`), since onnxruntime's CPU provider
     computes FP16 graphs in FP32 and would hide overflow and rounding that a GPU shows.
     Tolerances: the precision's tier, then ``profile.tolerances``, then ``overrides``.
     Never raises on a failed gate: the caller reads :attr:`ParityReport.passed`.
@@ -249,7 +249,7 @@ def run_locally(model: Any, artifacts: Mapping[str, str | os.PathLike], data: Pa
     onnxruntime backend (CPU) for each candidate row."""
     import tempfile
 
-    from convdeploy.exporter.export.precision import fp16_storage_emulation
+    from convdeploy.exporter.export.fp16 import fp16_storage_emulation
 
     identical = candidate_spec == reference_spec
     if data.images is not None:

@@ -51,7 +51,8 @@ from convdeploy.exporter.export.options import ExportOptions
 from convdeploy.exporter.export.parity import ParityFailedError, ParityReport, run_parity
 from convdeploy.exporter.export.plan import (ExportPlan, ShippedSpecs, export_stages, plan_export, preprocess_spec,
                                              shipped_specs, with_geometry_over)
-from convdeploy.exporter.export.precision import convert_fp16, quantize_int8
+from convdeploy.exporter.export.fp16 import convert_fp16
+from convdeploy.exporter.export.int8 import quantize_int8
 from convdeploy.exporter.export.source import SourceModel, load_source, parse_classes
 from convdeploy.runtime.build.preflight import preflight
 from convdeploy.runtime.bundle.contract import MODEL_FILES, REPORT_HTML

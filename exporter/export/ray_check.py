@@ -40,7 +40,7 @@ class ParityActor:
                  candidate_spec: dict[str, Any], tta: dict[str, Any], emulate_fp16: bool) -> None:
         import torch
 
-        from convdeploy.exporter.export.precision import fp16_storage_emulation
+        from convdeploy.exporter.export.fp16 import fp16_storage_emulation
         from convdeploy.runtime.backends import create_backend
 
         torch.set_num_threads(1)

@@ -23,7 +23,7 @@ from convdeploy.exporter.export.explain import relative_error
 from convdeploy.exporter.export.int8_fallback import graph_logits, excluded_nodes, only_pair_active, qdq_problems, rank_layers
 from convdeploy.exporter.export.onnx_export import export_onnx
 from convdeploy.exporter.export.parity import ParityFailedError
-from convdeploy.exporter.export.precision import quantize_int8
+from convdeploy.exporter.export.int8 import quantize_int8
 from convdeploy.exporter.export.source import load_source
 from convdeploy.exporter.export.pipeline import export_bundle
 from convdeploy.exporter.training.checkpoint import load_checkpoint, save_checkpoint
