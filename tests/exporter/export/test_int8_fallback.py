@@ -19,7 +19,7 @@ from click.testing import CliRunner
 
 from convdeploy.cli import main
 from convdeploy.exporter.data.datasets import labelled_images
-from convdeploy.exporter.export.explain import relative_error
+from convdeploy.exporter.export.layer_divergence import relative_error
 from convdeploy.exporter.export.int8_fallback import graph_logits, excluded_nodes, only_pair_active, qdq_problems, rank_layers
 from convdeploy.exporter.export.onnx_export import export_onnx
 from convdeploy.exporter.export.parity import ParityFailedError
