@@ -35,10 +35,10 @@ def test_export_options_are_frozen_and_name_every_export_option():
 
 
 def test_the_modules_that_use_the_choices_read_them_from_options():
-    from convdeploy.exporter.export import explain, int8_fallback, onnx_export, options, parity, precision
+    from convdeploy.exporter.export import explain, int8, int8_fallback, onnx_export, options, parity
 
     assert onnx_export.EXPORTERS is options.EXPORTERS and onnx_export.DEFAULT_OPSET == options.DEFAULT_OPSET
-    assert precision.INT8_FLAVORS is options.INT8_FLAVORS and precision.CALIB_METHODS is options.CALIB_METHODS
+    assert int8.INT8_FLAVORS is options.INT8_FLAVORS and int8.CALIB_METHODS is options.CALIB_METHODS
     assert int8_fallback.FALLBACK_MODES is options.INT8_FALLBACK_MODES
     assert parity.DEFAULT_PARITY_SAMPLES == options.DEFAULT_PARITY_SAMPLES
     assert explain.DEFAULT_EXPLAIN_SAMPLES == options.DEFAULT_EXPLAIN_SAMPLES
