@@ -6,7 +6,7 @@
 
 For each architecture (random weights; speed does not depend on them) the FP32 graph is
 exported by ``exporter.onnx_export.export_onnx`` and quantized by
-``exporter.precision.quantize_int8`` (static, per-channel, MinMax, calibrated on real
+``exporter.export.int8.quantize_int8`` (static, per-channel, MinMax, calibrated on real
 digits through the model's own preprocessing, ImageNet's for ResNets) into:
 
 - ``s8s8``: signed symmetric activations, the Q/DQ graph TensorRT expects;
@@ -50,7 +50,7 @@ def build_variants(arch: str, root: Path, calib: np.ndarray) -> dict[str, Path]:
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from convdeploy.exporter.export.onnx_export import export_onnx
-    from convdeploy.exporter.export.precision import quantize_int8
+    from convdeploy.exporter.export.int8 import quantize_int8
     from convdeploy.exporter.architectures.registry import create_model, get_entry
 
     torch.manual_seed(0)

@@ -24,11 +24,11 @@ _LAZY = {
     "create_model": "convdeploy.exporter.architectures.registry",
     "list_models": "convdeploy.exporter.architectures.registry",
     "model_info": "convdeploy.exporter.architectures.registry",
-    "train": "convdeploy.exporter.training.scratch",
+    "train": "convdeploy.exporter.training.from_scratch",
     "finetune": "convdeploy.exporter.training.transfer",
     "load_checkpoint": "convdeploy.exporter.training.checkpoint",
-    "export_bundle": "convdeploy.exporter.export.writer",
-    "check_bundle": "convdeploy.exporter.export.writer",
+    "export_bundle": "convdeploy.exporter.export.pipeline",
+    "check_bundle": "convdeploy.exporter.export.check",
 }
 
 

@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from convdeploy.exporter.data.datasets import DIGITS_KIND, write_digits_imagefolder
-from convdeploy.exporter.export.writer import export_bundle
+from convdeploy.exporter.export.pipeline import export_bundle
 from convdeploy.exporter.training.config import suggested_config
 from convdeploy.exporter.training.run_dir import RunState
-from convdeploy.exporter.training.scratch import train
+from convdeploy.exporter.training.from_scratch import train
 from convdeploy.runtime.bench import bench_bundle
 from convdeploy.runtime.bundle.contract import BUNDLE_KIND, REPORT_JSON
 from convdeploy.runtime.errors import CheckFailedError, InputError

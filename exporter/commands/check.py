@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import click
 
+from convdeploy.exporter.commands.validate import checked_before_torch
+from convdeploy.exporter.export import options as export_options
 from convdeploy.runtime.commands.common import (
     ConvDeployCommand, echo_json, echo_parity_text, echo_report_files, echo_warnings, json_option,
     needs_torch, ray_options,
 )
-from convdeploy.exporter.commands.validate import checked_before_torch
 
 
 @click.command("check", cls=ConvDeployCommand)
@@ -18,7 +19,8 @@ from convdeploy.exporter.commands.validate import checked_before_torch
 @click.option("--data", default=None, metavar="DIR|digits",
               help="Labelled images (ImageFolder or 'digits'); default: digits for digits models, "
                    "else the bundle's golden inputs.")
-@click.option("--samples", type=click.IntRange(min=1), default=256, show_default=True,
+@click.option("--samples", type=click.IntRange(min=1), default=export_options.DEFAULT_PARITY_SAMPLES,
+              show_default=True,
               help="Images compared (from the data's val split).")
 @click.option("--precision", default=None, metavar="LIST", help="Artifacts to check (default: all in the bundle).")
 @click.option("--profile", "profile_name", default=None, metavar="NAME|FILE",
@@ -32,7 +34,8 @@ from convdeploy.exporter.commands.validate import checked_before_torch
 @click.option("--explain", is_flag=True,
               help="When the check fails, find the first layer where each failing artifact diverges from the "
                    "source, and the layers that add the most error.")
-@click.option("--explain-samples", type=click.IntRange(min=1), default=16, show_default=True,
+@click.option("--explain-samples", type=click.IntRange(min=1), default=export_options.DEFAULT_EXPLAIN_SAMPLES,
+              show_default=True,
               help="Failing samples --explain compares layer by layer.")
 @ray_options
 @json_option
@@ -54,7 +57,7 @@ def check_cmd(bundle: str, checkpoint: str | None, data: str | None, samples: in
       convdeploy check bundles/lenet5 --data digits --ray
       convdeploy check bundles/r18.failed --explain
     """
-    from convdeploy.exporter.export.writer import check_bundle
+    from convdeploy.exporter.export.check import check_bundle
     from convdeploy.runtime.parity.tolerances import parse_tolerance_overrides
     from convdeploy.runtime.errors import CheckFailedError
     from convdeploy.runtime.fsutil import atomic_write_json

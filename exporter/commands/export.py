@@ -7,34 +7,38 @@ from typing import Any
 
 import click
 
+from convdeploy.exporter.commands.validate import checked_before_torch, common
+from convdeploy.exporter.export import options as export_options
 from convdeploy.runtime.commands.common import (
     ConvDeployCommand, echo_json, echo_parity_text, echo_warnings, json_option, model_arg_option,
     needs_torch,
 )
-from convdeploy.exporter.commands.validate import checked_before_torch, common
 
 
 @click.command("export", cls=ConvDeployCommand)
 @click.argument("source")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=str),
               help="Bundle directory to write (written atomically; must not exist unless --overwrite).")
-@click.option("--precision", default="fp32", show_default=True, metavar="LIST",
+@click.option("--precision", default=export_options.DEFAULT_PRECISIONS, show_default=True, metavar="LIST",
               help="Comma-separated precisions: fp32,fp16,int8 (model.onnx in fp32 is always written).")
-@click.option("--profile", "profile_name", default="cpu-x86", show_default=True, metavar="NAME|FILE",
-              help="Target profile: opset, allowed precisions, INT8 flavor, tolerance overrides.")
-@click.option("--exporter", type=click.Choice(["torchscript", "dynamo"]), default="torchscript", show_default=True,
-              help="PyTorch ONNX exporter (chosen explicitly, never the library default).")
-@click.option("--opset", type=click.IntRange(9, 23), default=None, help="ONNX opset (default: the profile's).")
+@click.option("--profile", "profile_name", default=export_options.DEFAULT_PROFILE, show_default=True,
+              metavar="NAME|FILE", help="Target profile: opset, allowed precisions, INT8 flavor, tolerance overrides.")
+@click.option("--exporter", type=click.Choice(export_options.EXPORTERS), default=export_options.DEFAULT_EXPORTER,
+              show_default=True, help="PyTorch ONNX exporter (chosen explicitly, never the library default).")
+@click.option("--opset", type=click.IntRange(export_options.MIN_OPSET, export_options.MAX_OPSET), default=None,
+              help="ONNX opset (default: the profile's).")
 @click.option("--data", default=None, metavar="DIR|digits",
               help="Real images for parity, calibration and golden outputs: an ImageFolder or 'digits' "
                    "(default: digits for digits models, else random tensors, reported loudly).")
-@click.option("--calib-samples", type=click.IntRange(min=1), default=128, show_default=True,
+@click.option("--calib-samples", type=click.IntRange(min=1), default=export_options.DEFAULT_CALIB_SAMPLES,
+              show_default=True,
               help="INT8 calibration images (from the data's train split).")
-@click.option("--calib-method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax",
-              show_default=True, help="INT8 calibration method.")
-@click.option("--int8-flavor", type=click.Choice(["s8s8", "u8s8"]), default=None,
+@click.option("--calib-method", type=click.Choice(export_options.CALIB_METHODS),
+              default=export_options.DEFAULT_CALIB_METHOD, show_default=True, help="INT8 calibration method.")
+@click.option("--int8-flavor", type=click.Choice(export_options.INT8_FLAVORS), default=None,
               help="INT8 Q/DQ graph: s8s8 (TensorRT) or u8s8 (fast on x86 CPUs); default by the profile's backend.")
-@click.option("--int8-fallback", type=click.Choice(["off", "auto"]), default="off", show_default=True,
+@click.option("--int8-fallback", type=click.Choice(export_options.INT8_FALLBACK_MODES),
+              default=export_options.DEFAULT_INT8_FALLBACK, show_default=True,
               help="auto: when the INT8 graph fails its gate, keep the fewest sensitive layers in float until it "
                    "passes (recorded in the manifest with the layers and the speed cost).")
 @click.option("--tta", default=None, metavar="SPEC",
@@ -55,7 +59,8 @@ from convdeploy.exporter.commands.validate import checked_before_torch, common
               help="Ship this center crop (five_crop/ten_crop TTA need one), e.g. --resize 288 --crop 256.")
 @click.option("--static-batch", is_flag=True, help="Fix the batch axis to 1 instead of a dynamic 'batch' axis.")
 @click.option("--no-parity", is_flag=True, help="Skip the parity gate (recorded as skipped in the bundle).")
-@click.option("--parity-samples", type=click.IntRange(min=1), default=256, show_default=True,
+@click.option("--parity-samples", type=click.IntRange(min=1), default=export_options.DEFAULT_PARITY_SAMPLES,
+              show_default=True,
               help="Images the gate compares (from the data's val split).")
 @click.option("--tolerance", "--tol", "tolerance", multiple=True, metavar="[PREC.]KEY=VALUE",
               help="Override a parity tolerance (repeatable), e.g. fp16.min_top1_agreement=0.999; "
@@ -92,12 +97,16 @@ def export_cmd(source: str, out: str, precision: str, profile_name: str, exporte
     from tqdm import tqdm
 
     from convdeploy.exporter.export.parity import ParityFailedError
-    from convdeploy.exporter.export.writer import export_bundle, export_stages
+    from convdeploy.exporter.export.pipeline import export_bundle, export_stages
     from convdeploy.runtime.parity.tolerances import parse_tolerance_overrides
 
     stages = export_stages(precision)
-    overrides = parse_tolerance_overrides(tolerance)
-    spec = _preprocess_argument(preprocess)
+    options = export_options.ExportOptions(
+        precisions=precision, profile=profile_name, exporter=exporter, opset=opset, data=data,
+        calib_samples=calib_samples, calib_method=calib_method, int8_flavor=int8_flavor, int8_fallback=int8_fallback,
+        tta=tta, dynamic_batch=not static_batch, parity=not no_parity, parity_samples=parity_samples,
+        tolerances=parse_tolerance_overrides(tolerance), preprocess=_preprocess_argument(preprocess), name=name,
+        overwrite=overwrite, weights=weights, classes=classes, model_kwargs=list(model_args), resize=resize, crop=crop)
     with tqdm(total=len(stages), unit="step", file=sys.stderr, disable=True if (no_progress or as_json) else None,
               leave=False, bar_format="{desc:<10} {bar} {n_fmt}/{total_fmt} [{elapsed}]") as bar:
         started: list[str] = []
@@ -109,14 +118,7 @@ def export_cmd(source: str, out: str, precision: str, profile_name: str, exporte
             bar.set_description_str(stage)
 
         try:
-            result = export_bundle(
-                source, out, precisions=precision, profile=profile_name, exporter=exporter, opset=opset, data=data,
-                calib_samples=calib_samples, calib_method=calib_method, int8_flavor=int8_flavor, tta=tta,
-                dynamic_batch=not static_batch, parity=not no_parity, parity_samples=parity_samples,
-                tolerances=overrides, preprocess=spec, name=name, overwrite=overwrite, progress=progress,
-                weights=weights, classes=classes, model_kwargs=list(model_args), resize=resize, crop=crop,
-                int8_fallback=int8_fallback,
-            )
+            result = export_bundle(source, out, options, progress=progress)
         except ParityFailedError as exc:
             bar.close()
             if as_json:

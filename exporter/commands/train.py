@@ -44,7 +44,7 @@ def train_cmd(arch: str, data: str, out: str | None, num_classes: int | None, st
     """
     from convdeploy.exporter.architectures.options import parse_model_args
     from convdeploy.exporter.training.experiments import compare_plain_residual
-    from convdeploy.exporter.training.scratch import train
+    from convdeploy.exporter.training.from_scratch import train
     from convdeploy.runtime.errors import UsageError
 
     out = out or f"runs/{arch}"

@@ -5,7 +5,7 @@ first convolution on few input channels, an activation with outliers, a layer wh
 range the calibration set does not cover well). :func:`search_int8_fallback` finds
 them and keeps them in float:
 
-1. Quantize everything (:func:`exporter.export.precision.quantize_int8`) and gate it;
+1. Quantize everything (:func:`exporter.export.int8.quantize_int8`) and gate it;
    if it passes, nothing else happens.
 2. Rank the quantized activations by sensitivity (:func:`rank_layers`): on calibration
    images, the logit error each causes when its Q/DQ pair is the only one left active
@@ -39,11 +39,13 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import onnx
 
-from convdeploy.exporter.export.explain import relative_error
-from convdeploy.exporter.export.precision import quantize_int8
+from convdeploy.exporter.export.layer_divergence import relative_error
+from convdeploy.exporter.export.options import INT8_FALLBACK_MODES
+from convdeploy.exporter.export.int8 import quantize_int8
+from convdeploy.runtime.build.preflight import dequantize_input_problems
 from convdeploy.runtime.errors import UsageError
 
-FALLBACK_MODES = ("off", "auto")
+FALLBACK_MODES = INT8_FALLBACK_MODES
 SENSITIVITY_SAMPLES = 32  # calibration images the ranking runs on
 BENCH_SECONDS = 0.5  # per graph and batch size, in interleaved rounds
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
@@ -222,22 +224,21 @@ def rank_layers(int8_path: str | os.PathLike, inputs: np.ndarray) -> list[LayerS
 def qdq_problems(path: str | os.PathLike, flavor: str) -> list[str]:
     """What would keep TensorRT from parsing an INT8 Q/DQ graph: a QuantizeLinear feeding
     anything but DequantizeLinear, and (``s8s8``) a DequantizeLinear reading INT32 data
-    (quantized biases)."""
+    (quantized biases; :func:`runtime.build.preflight.dequantize_input_problems`)."""
     model = onnx.load(str(path), load_external_data=False)
     graph = model.graph
     consumers: dict[str, list[Any]] = {}
     for node in graph.node:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
-    int32 = {t.name for t in graph.initializer if t.data_type == onnx.TensorProto.INT32}
     problems = []
     for node in graph.node:
         if node.op_type == "QuantizeLinear":
             bad = [c.name for c in consumers.get(node.output[0], []) if c.op_type != "DequantizeLinear"]
             if bad:
                 problems.append(f"{node.name} feeds {', '.join(bad)} (not a DequantizeLinear)")
-        if flavor == "s8s8" and node.op_type == "DequantizeLinear" and node.input[0] in int32:
-            problems.append(f"{node.name} dequantizes INT32 data ({node.input[0]})")
+    if flavor == "s8s8":
+        problems.extend(dequantize_input_problems(model))
     return problems
 
 

@@ -13,6 +13,7 @@ from typing import Any, Mapping
 
 import onnx
 
+from convdeploy.runtime.build.preflight import graph_opset as read_opset
 from convdeploy.runtime.errors import UsageError
 from convdeploy.runtime.fsutil import atomic_write_bytes
 
@@ -32,11 +33,12 @@ def _first_line(exc: BaseException) -> str:
 
 
 def graph_opset(model: Any) -> int:
-    """The default-domain opset of an ONNX ModelProto."""
-    for imp in model.opset_import:
-        if imp.domain in ("", "ai.onnx"):
-            return int(imp.version)
-    raise ExportError("the ONNX graph imports no default-domain opset")
+    """The default-domain opset of an ONNX ModelProto (:func:`runtime.build.preflight.graph_opset`);
+    a graph that imports none is refused."""
+    opset = read_opset(model)
+    if opset is None:
+        raise ExportError("the ONNX graph imports no default-domain opset")
+    return opset
 
 
 def count_nodes(model: Any) -> int:

@@ -28,6 +28,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from convdeploy.exporter.export.options import DEFAULT_PARITY_SAMPLES
 from convdeploy.exporter.export.source import reference_logits
 from convdeploy.runtime.backends.base import run_batched
 from convdeploy.runtime.errors import CheckFailedError, UsageError
@@ -37,7 +38,6 @@ from convdeploy.runtime.parity.tolerances import resolve
 from convdeploy.runtime.transforms.preprocess import PreprocessSpec, preprocess_batch
 from convdeploy.runtime.transforms.tta import TTASpec, make_views, merge_views
 
-DEFAULT_PARITY_SAMPLES = 256
 DEFAULT_TTA_SAMPLES = 64
 RANDOM_SAMPLES = 16
 
@@ -180,6 +180,32 @@ def judge_row(name: str, precision: str, artifact: str, reference: np.ndarray, c
                      reference_logits=reference, candidate_logits=candidate, labels=labels)
 
 
+@dataclass
+class GateOutputs:
+    """What an executor of the gate returns: the source's logits and each candidate row's.
+
+    The executor runs the forward passes (here, :func:`run_locally`; on a Ray cluster,
+    :mod:`exporter.export.ray_check`); :func:`judge_outputs` alone turns them into rows,
+    notes and the report, so the two paths cannot judge differently.
+    """
+
+    reference: np.ndarray  # N x K, the source on the reference-preprocessed inputs
+    candidates: dict[str, np.ndarray]  # row name (CandidateRun.name) -> N x K
+    reference_tta: np.ndarray | None = None  # merged TTA logits of the first images; None: TTA not compared
+    candidates_tta: dict[str, np.ndarray] = field(default_factory=dict)
+    candidate_info: dict[str, Any] = field(default_factory=dict)  # row name -> how it ran (backend, providers)
+    executor: dict[str, Any] = field(default_factory=dict)  # where the passes ran, for the report's context
+    notes: list[str] = field(default_factory=list)
+
+
+def gate_specs(artifacts: Mapping[str, Any], reference_spec: PreprocessSpec, candidate_spec: PreprocessSpec | None,
+               tta: TTASpec | None) -> tuple[PreprocessSpec, TTASpec]:
+    """The candidate's spec (default: the reference's) and the TTA compared (default: none)."""
+    if not artifacts:
+        raise UsageError("nothing to compare: no exported artifacts")
+    return candidate_spec or reference_spec, tta or TTASpec()
+
+
 def run_parity(
     model: Any,
     artifacts: Mapping[str, str | os.PathLike],
@@ -201,68 +227,92 @@ def run_parity(
     the same) the candidates'. With a non-identity ``tta`` the merged TTA outputs of the
     first ``tta_samples`` images are compared too. An FP16 artifact is also judged as
     ``fp16-emulated``: the same graph with its FP16 activations rounded explicitly
-    (:func:`exporter.export.precision.fp16_storage_emulation`), since onnxruntime's CPU provider
+    (:func:`exporter.export.fp16.fp16_storage_emulation`), since onnxruntime's CPU provider
     computes FP16 graphs in FP32 and would hide overflow and rounding that a GPU shows.
     Tolerances: the precision's tier, then ``profile.tolerances``, then ``overrides``.
     Never raises on a failed gate: the caller reads :attr:`ParityReport.passed`.
     """
+    start = time.perf_counter()
+    candidate_spec, tta = gate_specs(artifacts, reference_spec, candidate_spec, tta)
+    outputs = run_locally(model, artifacts, data, reference_spec=reference_spec, candidate_spec=candidate_spec,
+                          tta=tta, tta_samples=tta_samples, batch_size=batch_size, threads=threads,
+                          emulate_fp16=emulate_fp16)
+    return judge_outputs(outputs, artifacts, data, reference_spec=reference_spec, candidate_spec=candidate_spec,
+                         tta=tta, profile=profile, overrides=overrides, emulate_fp16=emulate_fp16, started=start)
+
+
+def run_locally(model: Any, artifacts: Mapping[str, str | os.PathLike], data: ParityData, *,
+                reference_spec: PreprocessSpec, candidate_spec: PreprocessSpec, tta: TTASpec,
+                tta_samples: int = DEFAULT_TTA_SAMPLES, batch_size: int = 32, threads: int | None = None,
+                emulate_fp16: bool = True) -> GateOutputs:
+    """The gate's forward passes in this process: PyTorch for the reference, the runtime's
+    onnxruntime backend (CPU) for each candidate row."""
     import tempfile
 
-    import torch
+    from convdeploy.exporter.export.fp16 import fp16_storage_emulation
 
-    from convdeploy.exporter.export.precision import fp16_storage_emulation
-
-    start = time.perf_counter()
-    if not artifacts:
-        raise UsageError("nothing to compare: no exported artifacts")
-    candidate_spec = candidate_spec or reference_spec
     identical = candidate_spec == reference_spec
-    notes: list[str] = []
-    if not identical:
-        ref_d, cand_d = reference_spec.to_dict(), candidate_spec.to_dict()
-        diff = ", ".join(f"{k}: {ref_d[k]!r} -> {cand_d[k]!r}" for k in ref_d if ref_d[k] != cand_d[k])
-        notes.append(f"the bundle's preprocessing differs from the source's ({diff})")
     if data.images is not None:
         ref_in = preprocess_batch(data.images, reference_spec)
         cand_in = ref_in if identical else preprocess_batch(data.images, candidate_spec)
     else:  # ParityData holds either images or arrays
         ref_in = cand_in = np.ascontiguousarray(data.arrays, dtype=np.float32)
-        if not identical:
-            notes.append("the inputs are preprocessed arrays: the preprocessing difference is not exercised")
-    ref_out = reference_logits(model, ref_in, batch_size=batch_size)
-
-    tta = tta or TTASpec()
-    tta_on = tta.views != "identity"
-    ref_tta = cand_tta_in = None
-    n_tta = 0
-    if tta_on:
-        if data.images is None:
-            notes.append(f"TTA ({tta.views}) not compared: it needs decoded images, not preprocessed arrays")
-        else:
-            subset = data.images[:tta_samples]
-            n_tta = len(subset)
-            ref_views = _preprocess_views(subset, reference_spec, tta)
-            ref_tta = merge_views(reference_logits(model, ref_views, batch_size=batch_size), tta)
-            cand_tta_in = ref_views if identical else _preprocess_views(subset, candidate_spec, tta)
-
-    rows: list[ParityRow] = []
-    candidates: dict[str, Any] = {}
-    labels = data.labels
+    outputs = GateOutputs(reference=reference_logits(model, ref_in, batch_size=batch_size), candidates={})
+    cand_tta_in = None
+    if tta.views != "identity" and data.images is not None:
+        subset = data.images[:tta_samples]
+        ref_views = _preprocess_views(subset, reference_spec, tta)
+        outputs.reference_tta = merge_views(reference_logits(model, ref_views, batch_size=batch_size), tta)
+        cand_tta_in = ref_views if identical else _preprocess_views(subset, candidate_spec, tta)
     with tempfile.TemporaryDirectory(prefix="convdeploy-parity-") as scratch:
         for run in candidate_runs(artifacts, emulate_fp16):
             path = Path(artifacts[run.precision])
             if run.emulated:
                 path = fp16_storage_emulation(path, Path(scratch) / "fp16-emulated.onnx")
             out, info = backend_logits(path, cand_in, precision=run.precision, batch_size=batch_size, threads=threads)
-            rows.append(judge_row(run.name, run.precision, run.artifact, ref_out, out, labels,
-                                  profile=profile, overrides=overrides))
-            candidates[run.name] = info
-            if ref_tta is not None and cand_tta_in is not None:
-                merged = merge_views(backend_logits(path, cand_tta_in, precision=run.precision, batch_size=batch_size,
-                                                    threads=threads)[0], tta)
-                rows.append(judge_row(tta_row_name(run.name, tta), run.precision, run.artifact, ref_tta, merged,
-                                      None if labels is None else labels[:n_tta], profile=profile,
-                                      overrides=overrides, tta=tta.views))
+            outputs.candidates[run.name] = out
+            outputs.candidate_info[run.name] = info
+            if cand_tta_in is not None:
+                outputs.candidates_tta[run.name] = merge_views(
+                    backend_logits(path, cand_tta_in, precision=run.precision, batch_size=batch_size,
+                                   threads=threads)[0], tta)
+    return outputs
+
+
+def gate_notes(data: ParityData, reference_spec: PreprocessSpec, candidate_spec: PreprocessSpec,
+               tta: TTASpec) -> list[str]:
+    """What the report says about how the comparison was made: a preprocessing that differs
+    (and which fields), one that the inputs cannot exercise, a TTA that cannot be compared."""
+    notes: list[str] = []
+    if candidate_spec != reference_spec:
+        ref_d, cand_d = reference_spec.to_dict(), candidate_spec.to_dict()
+        diff = ", ".join(f"{k}: {ref_d[k]!r} -> {cand_d[k]!r}" for k in ref_d if ref_d[k] != cand_d[k])
+        notes.append(f"the bundle's preprocessing differs from the source's ({diff})")
+        if data.images is None:
+            notes.append("the inputs are preprocessed arrays: the preprocessing difference is not exercised")
+    if tta.views != "identity" and data.images is None:
+        notes.append(f"TTA ({tta.views}) not compared: it needs decoded images, not preprocessed arrays")
+    return notes
+
+
+def judge_outputs(outputs: GateOutputs, artifacts: Mapping[str, str | os.PathLike], data: ParityData, *,
+                  reference_spec: PreprocessSpec, candidate_spec: PreprocessSpec, tta: TTASpec,
+                  profile: Any | None = None, overrides: Mapping[str, Mapping[str, float | None]] | None = None,
+                  emulate_fp16: bool = True, started: float | None = None) -> ParityReport:
+    """The gate's one judge: rows (each candidate and its TTA twin), notes and the report,
+    from the outputs an executor gathered."""
+    import torch
+
+    labels = data.labels
+    rows: list[ParityRow] = []
+    n_tta = 0 if outputs.reference_tta is None else len(outputs.reference_tta)
+    for run in candidate_runs(artifacts, emulate_fp16):
+        rows.append(judge_row(run.name, run.precision, run.artifact, outputs.reference, outputs.candidates[run.name],
+                              labels, profile=profile, overrides=overrides))
+        if n_tta:
+            rows.append(judge_row(tta_row_name(run.name, tta), run.precision, run.artifact, outputs.reference_tta,
+                                  outputs.candidates_tta[run.name], None if labels is None else labels[:n_tta],
+                                  profile=profile, overrides=overrides, tta=tta.views))
     reference = {
         "framework": "pytorch",
         "torch": torch.__version__,
@@ -270,14 +320,18 @@ def run_parity(
         "precision": "fp32",
         # TF32 only exists on CUDA matmuls; the reference runs on the CPU in full FP32.
         "tf32": "not applicable (CPU reference)",
+        **outputs.executor,
         "preprocess": reference_spec.to_dict(),
     }
     inputs = ParityInputs(source=data.source, samples=len(data), labelled=labels is not None, random=data.random,
-                          preprocessing_identical=identical, advice="pass --data DIR (or digits)")
-    return ParityReport(rows=rows, inputs=inputs, subject="parity", notes=notes,
-                        context={"reference": reference, "candidates": candidates,
-                                 "seconds": round(time.perf_counter() - start, 3)},
-                        reference_outputs=ref_out, sample_images=display_samples(data), sample_paths=data.paths)
+                          preprocessing_identical=candidate_spec == reference_spec,
+                          advice="pass --data DIR (or digits)")
+    seconds = 0.0 if started is None else round(time.perf_counter() - started, 3)
+    return ParityReport(rows=rows, inputs=inputs, subject="parity",
+                        notes=[*gate_notes(data, reference_spec, candidate_spec, tta), *outputs.notes],
+                        context={"reference": reference, "candidates": outputs.candidate_info, "seconds": seconds},
+                        reference_outputs=outputs.reference, sample_images=display_samples(data),
+                        sample_paths=data.paths)
 
 
 def display_samples(data: ParityData) -> Sequence[Any] | np.ndarray | None:
@@ -285,7 +339,7 @@ def display_samples(data: ParityData) -> Sequence[Any] | np.ndarray | None:
     return data.images if data.images is not None else data.arrays
 
 
-__all__ = ["DEFAULT_PARITY_SAMPLES", "DEFAULT_TTA_SAMPLES", "RANDOM_SAMPLES", "CandidateRun", "ParityData",
-           "ParityFailedError", "ParityReport", "ParityRow", "backend_logits", "candidate_runs",
-           "display_samples", "judge_row",
-           "run_parity", "tta_row_name"]
+__all__ = ["DEFAULT_PARITY_SAMPLES", "DEFAULT_TTA_SAMPLES", "RANDOM_SAMPLES", "CandidateRun", "GateOutputs",
+           "ParityData", "ParityFailedError", "ParityReport", "ParityRow", "backend_logits", "candidate_runs",
+           "display_samples", "gate_notes", "gate_specs", "judge_outputs", "judge_row", "run_locally", "run_parity",
+           "tta_row_name"]

@@ -3,10 +3,9 @@
 The samples are chosen exactly as the single-machine ``check`` chooses them; each Ray
 actor (a callable class in ``map_batches``) holds the PyTorch source model and the
 bundle's artifacts and returns, per image, the reference logits and every candidate's
-logits (TTA views merged where the gate compares TTA). The driver then measures and judges
-the gathered logits with the same functions as the single-machine gate
-(``exporter.export.parity.judge_row``: ``compare_outputs`` and ``judge`` with the tiers
-of ``runtime.parity.tolerances``), so both paths give the same report for the same samples.
+logits (TTA views merged where the gate compares TTA). The driver then judges the gathered
+logits with the single-machine gate's own judge (``exporter.export.parity.judge_outputs``:
+rows, notes and the report), so both paths give the same report for the same samples.
 Images travel as PNG bytes (lossless) and models as bytes: workers need no shared disk.
 """
 
@@ -21,10 +20,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from convdeploy.exporter.export.parity import (DEFAULT_TTA_SAMPLES, ParityData, ParityReport, ParityRow,
-                                               candidate_runs, display_samples, judge_row, tta_row_name)
-from convdeploy.runtime.errors import UsageError
-from convdeploy.runtime.parity.report import ParityInputs
+from convdeploy.exporter.export.parity import (DEFAULT_TTA_SAMPLES, GateOutputs, ParityData, ParityReport,
+                                               candidate_runs, gate_specs, judge_outputs)
 from convdeploy.runtime.serve.ray_batch import connect, import_ray, quiet_data_context
 from convdeploy.runtime.transforms.preprocess import PreprocessSpec
 from convdeploy.runtime.transforms.tta import TTASpec
@@ -43,7 +40,7 @@ class ParityActor:
                  candidate_spec: dict[str, Any], tta: dict[str, Any], emulate_fp16: bool) -> None:
         import torch
 
-        from convdeploy.exporter.export.precision import fp16_storage_emulation
+        from convdeploy.exporter.export.fp16 import fp16_storage_emulation
         from convdeploy.runtime.backends import create_backend
 
         torch.set_num_threads(1)
@@ -122,29 +119,40 @@ def run_parity_on_ray(
     workers: int | None = None,
     num_cpus: int | None = None,
 ) -> ParityReport:
-    """:func:`exporter.export.parity.run_parity` with its forward passes on a Ray cluster."""
-    ray = import_ray()
+    """:func:`exporter.export.parity.run_parity` with its forward passes on a Ray cluster;
+    judged by the same :func:`exporter.export.parity.judge_outputs`."""
     start = time.perf_counter()
-    if not artifacts:
-        raise UsageError("nothing to compare: no exported artifacts")
-    candidate_spec = candidate_spec or reference_spec
-    identical = candidate_spec == reference_spec
-    tta = tta or TTASpec()
-    tta_on = tta.views != "identity" and data.images is not None
-    notes: list[str] = []
-    if not identical:
-        notes.append("the bundle's preprocessing differs from the source's")
-    if tta.views != "identity" and data.images is None:
-        notes.append(f"TTA ({tta.views}) not compared: it needs decoded images, not preprocessed arrays")
-    n = len(data)
+    candidate_spec, tta = gate_specs(artifacts, reference_spec, candidate_spec, tta)
+    outputs = run_on_ray(model, artifacts, data, reference_spec=reference_spec, candidate_spec=candidate_spec,
+                         tta=tta, tta_samples=tta_samples, batch_size=batch_size, emulate_fp16=emulate_fp16,
+                         address=address, workers=workers, num_cpus=num_cpus)
+    return judge_outputs(outputs, artifacts, data, reference_spec=reference_spec, candidate_spec=candidate_spec,
+                         tta=tta, profile=profile, overrides=overrides, emulate_fp16=emulate_fp16, started=start)
+
+
+def _rows_in(data: ParityData, tta_on: bool, tta_samples: int) -> list[dict[str, Any]]:
+    """One Ray row per sample: its index, whether its TTA views are compared, and the image
+    (PNG bytes) or the array."""
     rows_in: list[dict[str, Any]] = []
-    for i in range(n):
+    for i in range(len(data)):
         row: dict[str, Any] = {"row": i, "tta": bool(tta_on and i < tta_samples)}
         if data.images is not None:
             row["png"] = _png(data.images[i])
         else:
             row["array"] = np.asarray(data.arrays[i], dtype=np.float32)  # type: ignore[index]
         rows_in.append(row)
+    return rows_in
+
+
+def run_on_ray(model: Any, artifacts: Mapping[str, str | os.PathLike], data: ParityData, *,
+               reference_spec: PreprocessSpec, candidate_spec: PreprocessSpec, tta: TTASpec,
+               tta_samples: int = DEFAULT_TTA_SAMPLES, batch_size: int = 32, emulate_fp16: bool = True,
+               address: str | None = None, workers: int | None = None, num_cpus: int | None = None) -> GateOutputs:
+    """The gate's forward passes on :class:`ParityActor` s, gathered back in sample order."""
+    ray = import_ray()
+    n = len(data)
+    tta_on = tta.views != "identity" and data.images is not None
+    rows_in = _rows_in(data, tta_on, tta_samples)
     payload = {p: (p, Path(path).read_bytes()) for p, path in artifacts.items()}
     started = connect(address, num_cpus=num_cpus)
     quiet_data_context()
@@ -166,41 +174,29 @@ def run_parity_on_ray(
     def column(key: str) -> np.ndarray:
         return np.stack([np.asarray(r[key], dtype=np.float32) for r in gathered])
 
-    ref_out = column("reference")
+    runs = candidate_runs(artifacts, emulate_fp16)
     n_tta = min(n, tta_samples) if tta_on else 0
-    labels = data.labels
-    rows: list[ParityRow] = []
-    for run in candidate_runs(artifacts, emulate_fp16):
-        rows.append(judge_row(run.name, run.precision, run.artifact, ref_out, column(f"candidate:{run.name}"), labels,
-                              profile=profile, overrides=overrides))
-        if n_tta:
-            rows.append(judge_row(tta_row_name(run.name, tta), run.precision, run.artifact,
-                                  column("reference_tta")[:n_tta], column(f"candidate_tta:{run.name}")[:n_tta],
-                                  None if labels is None else labels[:n_tta], profile=profile, overrides=overrides,
-                                  tta=tta.views))
-    inputs = ParityInputs(source=data.source, samples=n, labelled=labels is not None, random=data.random,
-                          preprocessing_identical=identical, advice="pass --data DIR (or digits)")
-    reference = {"framework": "pytorch", "device": "cpu", "precision": "fp32", "ray": address or "local",
-                 "workers": workers, "preprocess": reference_spec.to_dict()}
-    candidates = {run.name: {"backend": "onnxruntime", "providers": ["CPUExecutionProvider"]}
-                  for run in candidate_runs(artifacts, emulate_fp16)}
-    return ParityReport(rows=rows, inputs=inputs, subject="parity",
-                        notes=notes + [f"forward passes on Ray ({address or 'local'}, {workers} worker(s))"],
-                        context={"reference": reference, "candidates": candidates,
-                                 "seconds": round(time.perf_counter() - start, 3)},
-                        reference_outputs=ref_out, sample_images=display_samples(data), sample_paths=data.paths)
+    return GateOutputs(
+        reference=column("reference"),
+        candidates={run.name: column(f"candidate:{run.name}") for run in runs},
+        reference_tta=column("reference_tta")[:n_tta] if n_tta else None,
+        candidates_tta={run.name: column(f"candidate_tta:{run.name}")[:n_tta] for run in runs} if n_tta else {},
+        candidate_info={run.name: {"backend": "onnxruntime", "providers": ["CPUExecutionProvider"]} for run in runs},
+        executor={"ray": address or "local", "workers": workers},
+        notes=[f"forward passes on Ray ({address or 'local'}, {workers} worker(s))"],
+    )
 
 
 def check_bundle_on_ray(bundle_dir: str | os.PathLike, source: str | os.PathLike | None = None, *,
                         address: str | None = None, workers: int | None = None, num_cpus: int | None = None,
                         **options: Any) -> ParityReport:
-    """:func:`exporter.export.writer.check_bundle` with the gate's forward passes on Ray."""
+    """:func:`exporter.export.check.check_bundle` with the gate's forward passes on Ray."""
     import functools
 
-    from convdeploy.exporter.export.writer import check_bundle
+    from convdeploy.exporter.export.check import check_bundle
 
     runner = functools.partial(run_parity_on_ray, address=address, workers=workers, num_cpus=num_cpus)
     return check_bundle(bundle_dir, source, parity_runner=runner, **options)
 
 
-__all__ = ["ParityActor", "run_parity_on_ray", "check_bundle_on_ray"]
+__all__ = ["ParityActor", "run_on_ray", "run_parity_on_ray", "check_bundle_on_ray"]

@@ -204,83 +204,107 @@ def load_source(
     if weights is not None:
         src = _from_weights(text, weights, classes, kwargs, seed)
     elif path.exists():
-        ckpt = load_checkpoint(path)
-        meta = dict(ckpt.meta)
-        data = meta.get("data") or {}
-        root = data.get("root") if data.get("kind") == "imagefolder" else None
-        src = SourceModel(
-            model=ckpt.model, kind="checkpoint", source=str(ckpt.path), architecture=ckpt.architecture,
-            classes=ckpt.classes, preprocess=ckpt.preprocess, tta=TTASpec.from_dict(meta.get("tta")),
-            checkpoint_sha256=ckpt.sha256, meta=meta, digits=data.get("kind") == "digits",
-            data_root=str(root) if root and Path(str(root)).is_dir() else None,
-        )
+        src = _from_checkpoint(path)
     elif _FACTORY.match(text):
-        module_name, fn_name = text.split(":")
-        cwd = os.getcwd()
-        added = cwd not in sys.path
-        if added:  # a factory in the current directory, as `python -m` would find it
-            sys.path.insert(0, cwd)
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as exc:
-            raise UsageError(f"cannot import {module_name!r} for {text}: {exc}",
-                             "run from the directory that holds the module, or install it") from None
-        except Exception as exc:  # the user's module failed while importing: their error, not ours
-            raise _user_code_error(f"importing {module_name}", exc) from exc
-        finally:
-            if added:
-                sys.path.remove(cwd)
-        fn = getattr(module, fn_name, None)
-        if not callable(fn):
-            raise UsageError(f"{module_name} has no function {fn_name!r}")
-        torch.manual_seed(seed)
-        try:
-            model = fn()
-        except Exception as exc:
-            raise _user_code_error(f"your factory {text}()", exc) from exc
-        if not isinstance(model, torch.nn.Module):
-            raise UsageError(f"{text} returned {type(model).__name__}, not a torch.nn.Module")
-        notes = []
-        spec = getattr(model, "default_preprocess", None)
-        if not isinstance(spec, PreprocessSpec):
-            # No spec of its own: the one given is the truth for both sides of the gate.
-            spec = preprocess or IMAGENET_EVAL
-            if preprocess is None:
-                notes.append(f"{text} sets no default_preprocess: assumed ImageNet eval preprocessing "
-                             "(resize 256, crop 224, ImageNet mean/std); pass --preprocess to change it")
-        src = SourceModel(model=model.eval(), kind="factory", source=text,
-                          architecture=str(getattr(model, "convdeploy_name", text)),
-                          classes=[], preprocess=spec, tta=TTASpec(), notes=notes)
-        given = getattr(model, "classes", None)
-        if given:
-            src.classes = [str(c) for c in given]
-        else:
-            try:
-                src.classes = [str(i) for i in range(_output_classes(model, spec))]
-            except Exception as exc:
-                raise _user_code_error(f"the model from {text} (a forward pass on a {spec.input_shape} input)",
-                                       exc) from exc
+        src = _from_factory(text, preprocess, seed)
     else:
-        if _looks_like_path(text):
-            reason = why_unreadable(text)
-            raise InputError(f"checkpoint {text}: {reason or 'not found'}",
-                             "pass a checkpoint directory written by `convdeploy train` (e.g. runs/x/best)")
-        try:
-            entry = get_entry(text)
-        except UsageError as exc:
-            raise UsageError(f"unknown architecture {text!r}, and no checkpoint file or directory of that name "
-                             "(nor MODULE:FUNCTION)", exc.hint) from None
-        torch.manual_seed(seed)
-        k = len(classes) if classes is not None else entry.num_classes
-        model = create_model(text, num_classes=k, **kwargs).eval()
-        src = SourceModel(
-            model=model, kind="architecture", source=text, architecture=text,
-            classes=[str(i) for i in range(k)],
-            preprocess=resolve_spec(entry.preprocess, in_chans=kwargs.get("in_chans")), tta=TTASpec(),
-            digits="digits" in entry.tags, model_kwargs=kwargs,
-            notes=[f"{text} has random weights (seed {seed}, no checkpoint): the bundle is for testing the "
-                   f"toolchain, its predictions mean nothing (load trained ones with --weights FILE)"],
-        )
+        src = _from_architecture(text, classes, kwargs, seed)
     if classes is not None:
         src.classes = [str(c) for c in classes]
     return src
+
+
+def _from_checkpoint(path: Path) -> SourceModel:
+    """A checkpoint directory written by ``convdeploy train`` / ``finetune``."""
+    ckpt = load_checkpoint(path)
+    meta = dict(ckpt.meta)
+    data = meta.get("data") or {}
+    root = data.get("root") if data.get("kind") == "imagefolder" else None
+    return SourceModel(
+        model=ckpt.model, kind="checkpoint", source=str(ckpt.path), architecture=ckpt.architecture,
+        classes=ckpt.classes, preprocess=ckpt.preprocess, tta=TTASpec.from_dict(meta.get("tta")),
+        checkpoint_sha256=ckpt.sha256, meta=meta, digits=data.get("kind") == "digits",
+        data_root=str(root) if root and Path(str(root)).is_dir() else None,
+    )
+
+
+def _import_factory(text: str) -> Any:
+    """The function ``module:function`` names, imported as ``python -m`` would find it."""
+    module_name, fn_name = text.split(":")
+    cwd = os.getcwd()
+    added = cwd not in sys.path
+    if added:  # a factory in the current directory, as `python -m` would find it
+        sys.path.insert(0, cwd)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise UsageError(f"cannot import {module_name!r} for {text}: {exc}",
+                         "run from the directory that holds the module, or install it") from None
+    except Exception as exc:  # the user's module failed while importing: their error, not ours
+        raise _user_code_error(f"importing {module_name}", exc) from exc
+    finally:
+        if added:
+            sys.path.remove(cwd)
+    fn = getattr(module, fn_name, None)
+    if not callable(fn):
+        raise UsageError(f"{module_name} has no function {fn_name!r}")
+    return fn
+
+
+def _from_factory(text: str, preprocess: PreprocessSpec | None, seed: int) -> SourceModel:
+    """``module:function`` returning an ``nn.Module``; its preprocessing and classes from the
+    model's own attributes where it has them."""
+    fn = _import_factory(text)
+    torch.manual_seed(seed)
+    try:
+        model = fn()
+    except Exception as exc:
+        raise _user_code_error(f"your factory {text}()", exc) from exc
+    if not isinstance(model, torch.nn.Module):
+        raise UsageError(f"{text} returned {type(model).__name__}, not a torch.nn.Module")
+    notes = []
+    spec = getattr(model, "default_preprocess", None)
+    if not isinstance(spec, PreprocessSpec):
+        # No spec of its own: the one given is the truth for both sides of the gate.
+        spec = preprocess or IMAGENET_EVAL
+        if preprocess is None:
+            notes.append(f"{text} sets no default_preprocess: assumed ImageNet eval preprocessing "
+                         "(resize 256, crop 224, ImageNet mean/std); pass --preprocess to change it")
+    src = SourceModel(model=model.eval(), kind="factory", source=text,
+                      architecture=str(getattr(model, "convdeploy_name", text)),
+                      classes=[], preprocess=spec, tta=TTASpec(), notes=notes)
+    given = getattr(model, "classes", None)
+    if given:
+        src.classes = [str(c) for c in given]
+    else:
+        try:
+            src.classes = [str(i) for i in range(_output_classes(model, spec))]
+        except Exception as exc:
+            raise _user_code_error(f"the model from {text} (a forward pass on a {spec.input_shape} input)",
+                                   exc) from exc
+    return src
+
+
+def _from_architecture(text: str, classes: Sequence[str] | None, kwargs: dict[str, Any], seed: int) -> SourceModel:
+    """A registered architecture with random weights (said in the notes); a name that looks
+    like a path but is not there is refused as a missing checkpoint."""
+    if _looks_like_path(text):
+        reason = why_unreadable(text)
+        raise InputError(f"checkpoint {text}: {reason or 'not found'}",
+                         "pass a checkpoint directory written by `convdeploy train` (e.g. runs/x/best)")
+    try:
+        entry = get_entry(text)
+    except UsageError as exc:
+        raise UsageError(f"unknown architecture {text!r}, and no checkpoint file or directory of that name "
+                         "(nor MODULE:FUNCTION)", exc.hint) from None
+    torch.manual_seed(seed)
+    k = len(classes) if classes is not None else entry.num_classes
+    model = create_model(text, num_classes=k, **kwargs).eval()
+    return SourceModel(
+        model=model, kind="architecture", source=text, architecture=text,
+        classes=[str(i) for i in range(k)],
+        preprocess=resolve_spec(entry.preprocess, in_chans=kwargs.get("in_chans")), tta=TTASpec(),
+        digits="digits" in entry.tags, model_kwargs=kwargs,
+        notes=[f"{text} has random weights (seed {seed}, no checkpoint): the bundle is for testing the "
+               f"toolchain, its predictions mean nothing (load trained ones with --weights FILE)"],
+    )

@@ -11,7 +11,7 @@ from convdeploy.exporter.architectures.registry import get_entry
 from convdeploy.exporter.data.datasets import DIGITS
 from convdeploy.exporter.training.config import TrainConfig, resolve_config, suggested_config
 from convdeploy.exporter.training.report import plot_curves
-from convdeploy.exporter.training.scratch import train
+from convdeploy.exporter.training.from_scratch import train
 from convdeploy.runtime.errors import UsageError
 from convdeploy.runtime.fsutil import atomic_write_json
 

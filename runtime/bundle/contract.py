@@ -46,7 +46,7 @@ import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from convdeploy.runtime.errors import BundleError, ConvDeployError, EngineMismatchError, InternalError
+from convdeploy.runtime.errors import BundleError, ConvDeployError, EngineMismatchError, InternalError, UsageError
 from convdeploy.runtime.fsutil import OwnedKind, atomic_write_json, sha256_file
 from convdeploy.runtime.jsondata import read_json_file, read_marker, refuse_unknown_fields
 
@@ -74,6 +74,18 @@ def parse_precisions(precisions: "str | Sequence[str]") -> list:
     return [p for p in PRECISIONS if p in wanted]
 BACKENDS = ("onnxruntime", "tensorrt", "openvino")
 PARITY_STATES = ("passed", "failed", "skipped")
+
+
+def parse_precisions(precisions: str | Sequence[str]) -> list[str]:
+    """``"fp32,fp16"`` or a sequence -> the validated names, in the contract's order (fp32, fp16, int8)."""
+    items = precisions.split(",") if isinstance(precisions, str) else list(precisions)
+    wanted = [p.strip().lower() for p in items if p and p.strip()]
+    bad = [p for p in wanted if p not in PRECISIONS]
+    if bad:
+        raise UsageError(f"unknown precision {bad[0]!r}", f"use a comma-separated list of {', '.join(PRECISIONS)}")
+    if not wanted:
+        raise UsageError("no precision given", f"use a comma-separated list of {', '.join(PRECISIONS)}")
+    return [p for p in PRECISIONS if p in wanted]
 
 # ----------------------------------------------------------------------------- file names
 MANIFEST_FILE = "manifest.json"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from convdeploy.cli import main
-from convdeploy.exporter.export.precision import convert_fp16
+from convdeploy.exporter.export.fp16 import convert_fp16
 from convdeploy.runtime.bench import add_torch_comparison, bench_bundle
 from convdeploy.runtime.fsutil import atomic_write_json, sha256_file
 from convdeploy.runtime.predictor import Predictor

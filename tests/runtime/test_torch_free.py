@@ -78,7 +78,8 @@ def test_a_real_exported_bundle_decides_like_its_pytorch_source_without_torch(tm
     torch = pytest.importorskip("torch")
     from sklearn.datasets import load_digits
 
-    from convdeploy.exporter.export.writer import export_bundle, load_source
+    from convdeploy.exporter.export.pipeline import export_bundle
+    from convdeploy.exporter.export.source import load_source
     from convdeploy.runtime.transforms.imageio import decode_image
     from convdeploy.runtime.transforms.preprocess import preprocess
 

@@ -23,9 +23,9 @@ from convdeploy.exporter.architectures.registry import create_model, get_entry
 from convdeploy.exporter.data.datasets import labelled_images
 from convdeploy.exporter.export.explain import INPUT_MODULE, explain_divergence, select_samples
 from convdeploy.exporter.export.onnx_export import export_onnx
-from convdeploy.exporter.export.precision import quantize_int8
+from convdeploy.exporter.export.int8 import quantize_int8
 from convdeploy.exporter.export.source import load_source
-from convdeploy.exporter.export.writer import export_bundle
+from convdeploy.exporter.export.pipeline import export_bundle
 from convdeploy.runtime.bundle.contract import MANIFEST_FILE, MODEL_FILES, seal_manifest
 from convdeploy.runtime.transforms.preprocess import preprocess_batch
 from tests.exporter.export.export_helpers import cached_lenet_checkpoint

@@ -19,13 +19,13 @@ from click.testing import CliRunner
 
 from convdeploy.cli import main
 from convdeploy.exporter.data.datasets import labelled_images
-from convdeploy.exporter.export.explain import relative_error
+from convdeploy.exporter.export.layer_divergence import relative_error
 from convdeploy.exporter.export.int8_fallback import graph_logits, excluded_nodes, only_pair_active, qdq_problems, rank_layers
 from convdeploy.exporter.export.onnx_export import export_onnx
 from convdeploy.exporter.export.parity import ParityFailedError
-from convdeploy.exporter.export.precision import quantize_int8
+from convdeploy.exporter.export.int8 import quantize_int8
 from convdeploy.exporter.export.source import load_source
-from convdeploy.exporter.export.writer import export_bundle
+from convdeploy.exporter.export.pipeline import export_bundle
 from convdeploy.exporter.training.checkpoint import load_checkpoint, save_checkpoint
 from convdeploy.runtime.bundle.contract import MANIFEST_FILE
 from convdeploy.runtime.errors import UsageError

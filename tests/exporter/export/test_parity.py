@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from convdeploy.exporter.export.writer import export_bundle
+from convdeploy.exporter.export.pipeline import export_bundle
 from convdeploy.exporter.export.onnx_export import export_onnx
 from convdeploy.exporter.export.parity import ParityData, ParityFailedError, run_parity
 from convdeploy.exporter.architectures.registry import get_entry

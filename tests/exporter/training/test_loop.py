@@ -20,7 +20,7 @@ from convdeploy.exporter.architectures.registry import create_model
 from convdeploy.exporter.training.config import TrainConfig, suggested_config
 from convdeploy.exporter.training.loop import compute_loss, evaluate, fit, lr_factor
 from convdeploy.exporter.training.prepare import prepare_data, prepare_run
-from convdeploy.exporter.training.scratch import train
+from convdeploy.exporter.training.from_scratch import train
 from convdeploy.runtime.errors import CheckpointError, InputError, UsageError
 from convdeploy.runtime.transforms.preprocess import digits_spec
 from tests.conftest import REPO

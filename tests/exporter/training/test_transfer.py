@@ -8,7 +8,7 @@ from safetensors.torch import load_file, save_file
 
 from convdeploy.exporter.training.checkpoint import read_meta
 from convdeploy.exporter.training.config import TrainConfig, finetune_config, suggested_config
-from convdeploy.exporter.training.scratch import train
+from convdeploy.exporter.training.from_scratch import train
 from convdeploy.exporter.training.transfer import apply_freeze, finetune, freeze_units, stage_names
 from convdeploy.exporter.architectures.registry import create_model
 from convdeploy.runtime.errors import CheckpointError, UsageError

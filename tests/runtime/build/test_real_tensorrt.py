@@ -20,7 +20,7 @@ CASES = [("lenet5", "digits", 32), ("resnet18", None, 224)]
 def gpu_bundle(request, tmp_path_factory):
     pytest.importorskip("tensorrt")
     pytest.importorskip("torch")
-    from convdeploy.exporter.export.writer import export_bundle
+    from convdeploy.exporter.export.pipeline import export_bundle
 
     arch, data, _ = request.param
     out = tmp_path_factory.mktemp("gpu") / arch

@@ -171,3 +171,14 @@ def test_onnx_metadata_carries_the_manifest_without_its_files_table():
     props = onnx_metadata({"schema_version": 1, "name": "n", "files": {"model.onnx": "0" * 64}}, "fp16")
     assert props[ONNX_PRECISION_KEY] == "fp16"
     assert "files" not in props[ONNX_MANIFEST_KEY] and '"name":"n"' in props[ONNX_MANIFEST_KEY]
+
+
+def test_precision_lists_are_parsed_by_the_contract():
+    """One parser for every precision list (export --precision, check --precision)."""
+    from convdeploy.runtime.bundle.contract import parse_precisions
+
+    assert parse_precisions("int8, FP16") == ["fp16", "int8"]  # the contract's order
+    assert parse_precisions(["fp32"]) == ["fp32"]
+    for bad, message in (("fp8", "unknown precision 'fp8'"), (" , ", "no precision given")):
+        with pytest.raises(UsageError, match=message):
+            parse_precisions(bad)

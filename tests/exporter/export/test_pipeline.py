@@ -10,7 +10,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from convdeploy.exporter.export.writer import check_bundle, export_bundle, export_stages, parse_precisions
+from convdeploy.exporter.export.check import check_bundle
+from convdeploy.exporter.export.pipeline import export_bundle, export_stages
 from convdeploy.exporter.export.parity import ParityFailedError
 from convdeploy.runtime.bundle.reader import Bundle
 from convdeploy.runtime.errors import InputError, ProfileError, UsageError
@@ -172,12 +173,12 @@ def test_opset_comes_from_the_profile(lenet_ckpt, tmp_path):
 
 
 def test_no_half_bundle_when_a_step_crashes(lenet_ckpt, tmp_path, monkeypatch):
-    from convdeploy.exporter.export import writer
+    from convdeploy.exporter.export import pipeline
 
     def boom(*args, **kwargs):
         raise RuntimeError("simulated crash during quantization")
 
-    monkeypatch.setattr(writer, "quantize_int8", boom)
+    monkeypatch.setattr(pipeline, "quantize_int8", boom)
     with pytest.raises(RuntimeError, match="simulated"):
         export_bundle(lenet_ckpt, tmp_path / "b", precisions="int8", profile="cpu")
     assert not (tmp_path / "b").exists() and not (tmp_path / "b.failed").exists()
@@ -280,12 +281,7 @@ def test_torch_bench_loads_through_load_source(lenet_ckpt):
         bench_torch("no-such-net", sample_shape=(1, 32, 32))
 
 
-def test_precisions_and_stages():
-    assert parse_precisions("int8, FP16") == ["fp16", "int8"]  # the contract's order
-    assert parse_precisions(["fp32"]) == ["fp32"]
-    for bad, message in (("fp8", "unknown precision 'fp8'"), (" , ", "no precision given")):
-        with pytest.raises(UsageError, match=message):
-            parse_precisions(bad)
+def test_stages():
     assert export_stages("fp32") == ["load", "export", "parity", "write"]
     assert export_stages("int8,fp16") == ["load", "export", "fp16", "int8", "parity", "write"]
 
@@ -315,7 +311,7 @@ def test_a_tensorrt_profile_gets_the_int8_graph_its_parser_takes(lenet_ckpt, tmp
 
 
 def test_a_graph_the_target_tensorrt_would_refuse_is_refused_at_export(lenet_ckpt, tmp_path, monkeypatch):
-    from convdeploy.exporter.export import writer
+    from convdeploy.exporter.export import pipeline
     from convdeploy.exporter.export.onnx_utils import ExportError
     from convdeploy.runtime.build.preflight import PreflightReport
 
@@ -324,7 +320,7 @@ def test_a_graph_the_target_tensorrt_would_refuse_is_refused_at_export(lenet_ckp
         report.problems = ["node q1 (DequantizeLinear) takes an INT32 input"]
         return report
 
-    monkeypatch.setattr(writer, "preflight", refuses)
+    monkeypatch.setattr(pipeline, "preflight", refuses)
     with pytest.raises(ExportError, match="would not build with TensorRT for profile 'jetson-xavier-nx'.*INT32"):
         export_bundle(lenet_ckpt, tmp_path / "b", precisions="fp32", profile="jetson-xavier-nx", data="digits",
                       parity_samples=16)
