@@ -22,7 +22,7 @@ from convdeploy.runtime.errors import BackendUnavailableError, BundleError, Usag
 from convdeploy.runtime.parity.metrics import compare_outputs, judge
 from convdeploy.runtime.parity.report import ParityInputs, ParityReport, ParityRow
 from convdeploy.runtime.parity.tolerances import resolve
-from convdeploy.runtime.transforms.tta import merge_views
+from convdeploy.runtime.transforms.tta import merge_views, softmax
 
 if TYPE_CHECKING:  # pragma: no cover
     from convdeploy.runtime.targets import Profile
@@ -146,12 +146,21 @@ def verify_bundle(
         if accepted is not None and accepted.shape != reference.shape:
             raise BundleError(f"golden accepted outputs {accepted.shape} do not match {reference.shape}",
                               "re-export the bundle")
+        # An engine built with `build --output probabilities` (for DeepStream) answers the softmax
+        # of the logits: it is held to the softmax of the golden outputs, by the same tier.
+        answers = str((getattr(selection.backend, "sidecar", None) or {}).get("output") or "logits")
+        if answers == "probabilities":
+            reference = softmax(reference)
+            accepted = None if accepted is None else softmax(accepted)
         candidate = run_batched(selection.backend, inputs, chunk)
         report = compare_outputs(reference, candidate, labels, near_tie=near_tie, accepted=accepted)
-        rows = [ParityRow(f"{selection.artifact} ({tier})", tier, selection.artifact, report,
+        shown = f"{selection.artifact} ({tier}{', probabilities' if answers != 'logits' else ''})"
+        rows = [ParityRow(shown, tier, selection.artifact, report,
                           judge(report, tier, tol), tol)]
         tta = bundle.tta
-        if check_tta and tta.num_views > 1 and GOLDEN_TTA_INPUTS in golden and GOLDEN_TTA_OUTPUTS in golden:
+        # TTA merges logits; DeepStream runs one view, so a probabilities engine is judged on one
+        if (check_tta and answers == "logits" and tta.num_views > 1 and GOLDEN_TTA_INPUTS in golden
+                and GOLDEN_TTA_OUTPUTS in golden):
             views, merged_ref = golden[GOLDEN_TTA_INPUTS], golden[GOLDEN_TTA_OUTPUTS]
             if len(views) != len(merged_ref) * tta.num_views:
                 raise BundleError(f"golden TTA views ({len(views)}) do not match {len(merged_ref)} "
@@ -164,7 +173,7 @@ def verify_bundle(
         return ParityReport(rows=rows, inputs=golden_inputs_description(bundle, len(inputs), labels is not None),
                             subject="verify",
                             context={"bundle": bundle.name, "precision": tier, "backend": selection.describe(),
-                                     "tolerances": tol},
+                                     "tolerances": tol, **({"output": answers} if answers != "logits" else {})},
                             reference_outputs=reference)
     finally:
         selection.backend.close()
