@@ -556,3 +556,23 @@ def test_predict_and_verify_run_a_dla_engine_at_other_batches(trt_bundle, monkey
     with Predictor.from_bundle(trt_bundle, "tensorrt", precision="fp16", engine=engine, batch_size=1) as predictor:
         preds = predictor.predict([str(sample_photos[0])])
     assert len(preds) == 1
+
+
+def test_predict_refuses_an_engine_that_answers_probabilities(trt_bundle, monkeypatch, tmp_path, sample_photos):
+    """An engine for DeepStream (`build --output probabilities`) answers softmax: predict, which
+    applies softmax to logits, refuses it in one line instead of flattening every confidence."""
+    from convdeploy.runtime.build.probabilities import write_probabilities_graph
+    from convdeploy.runtime.predictor import Predictor
+
+    fake.install(monkeypatch, "10.3.0")
+    graph = tmp_path / "model.probs.onnx"
+    write_probabilities_graph(trt_bundle / "model.onnx", graph)
+    engine = trt_bundle / "engines" / "model.fp32.probs.engine"
+    engine.parent.mkdir(exist_ok=True)
+    engine.write_bytes(fake.engine_bytes(graph, tensorrt_version="10.3.0"))
+    sidecar = {"tensorrt_version": "10.3.0", "gpu_name": fake.GPU_NAME, "compute_capability": "8.7",
+               "precision": "fp32", "onnx_sha256": sha256_file(trt_bundle / "model.onnx"), "output": "probabilities"}
+    engine.with_suffix(".json").write_text(json.dumps(sidecar))
+    with pytest.raises(UsageError, match="answers probabilities .*predict reads logits") as exc:
+        Predictor.from_bundle(trt_bundle, "tensorrt", precision="fp32", engine=engine)
+    assert "\n" not in str(exc.value)

@@ -175,3 +175,18 @@ def test_a_probabilities_engine_is_verified_against_the_softmax_and_a_wrong_one_
     monkeypatch.setattr(fake._Engine, "_run", lambda self, x: np.log(real_run(self, x)))
     failed = build_engines(bundle_dir, "server-a100", ["fp32"], output="probabilities")
     assert not failed.passed and failed.results[0].status == "failed"
+
+
+def test_adopt_a_trtexec_engine_of_the_probabilities_graph(bundle_dir, monkeypatch, tmp_path):
+    """The route without Python TensorRT (the Nano): the dry run's line builds the probabilities
+    graph with trtexec, and --adopt --output probabilities takes it in, verified against the softmax."""
+    fake.install(monkeypatch, "10.3.0")
+    dry = build_engines(bundle_dir, "server-a100", ["fp32"], dry_run=True, tensorrt="10.x", output="probabilities")
+    graph = bundle_dir / dry.results[0].plan.onnx_file
+    plan_file = tmp_path / "probs.plan"
+    plan_file.write_bytes(fake.engine_bytes(graph, tensorrt_version="10.3.0", max_batch=256))
+    outcome = build_engines(bundle_dir, "server-a100", ["fp32"], adopt=plan_file, output="probabilities")
+    assert outcome.passed and outcome.results[0].status == "adopted", outcome.failure_message()
+    assert read_sidecar(bundle_dir / outcome.results[0].engine)["output"] == "probabilities"
+    logits = build_engines(bundle_dir, "server-a100", ["fp32"], adopt=plan_file)  # claimed as logits: fails
+    assert not logits.passed and logits.results[0].status == "failed"
