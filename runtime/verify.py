@@ -22,7 +22,7 @@ from convdeploy.runtime.errors import BackendUnavailableError, BundleError, Usag
 from convdeploy.runtime.parity.metrics import compare_outputs, judge
 from convdeploy.runtime.parity.report import ParityInputs, ParityReport, ParityRow
 from convdeploy.runtime.parity.tolerances import resolve
-from convdeploy.runtime.transforms.tta import merge_views
+from convdeploy.runtime.transforms.tta import merge_views, softmax
 
 if TYPE_CHECKING:  # pragma: no cover
     from convdeploy.runtime.backends.select import Selection
@@ -131,16 +131,21 @@ def verify_bundle(
         limits = [m for m in (batch_size, prof.batch_max if prof else None,
                               getattr(selection.backend, "max_batch", None)) if m]
         chunk = min(limits) if limits else 32
-        rows = [_golden_row(bundle, golden, selection, tol, chunk)]
+        # An engine built with `build --output probabilities` (for DeepStream) answers the softmax
+        # of the logits: it is held to the softmax of the golden outputs, by the same tier.
+        answers = str((getattr(selection.backend, "sidecar", None) or {}).get("output") or "logits")
+        rows = [_golden_row(bundle, golden, selection, tol, chunk, answers)]
         tta = bundle.tta
-        if check_tta and tta.num_views > 1 and GOLDEN_TTA_INPUTS in golden and GOLDEN_TTA_OUTPUTS in golden:
+        # TTA merges logits; DeepStream runs one view, so a probabilities engine is judged on one.
+        if (check_tta and answers == "logits" and tta.num_views > 1 and GOLDEN_TTA_INPUTS in golden
+                and GOLDEN_TTA_OUTPUTS in golden):
             rows.append(_tta_row(bundle, golden, selection, tol, chunk))
         return ParityReport(rows=rows, inputs=golden_inputs_description(bundle, len(inputs), labels is not None),
                             subject="verify", notes=checked_notes(bundle, selection.artifact,
                                                                   bundle.source_precision(selection.artifact), precision),
                             context={"bundle": bundle.name, "precision": tier, "backend": selection.describe(),
-                                     "tolerances": tol},
-                            reference_outputs=reference)
+                                     "tolerances": tol, **({"output": answers} if answers != "logits" else {})},
+                            reference_outputs=softmax(reference) if answers == "probabilities" else reference)
     finally:
         selection.backend.close()
 
@@ -178,7 +183,7 @@ def _open_for_verify(bundle: Bundle, asked_backend: str, backend: str, prof: "Pr
 
 
 def _golden_row(bundle: Bundle, golden: Mapping[str, Any], selection: "Selection", tol: dict[str, Any],
-                chunk: int) -> ParityRow:
+                chunk: int, answers: str = "logits") -> ParityRow:
     """The artifact that runs against the golden outputs, judged by its tier."""
     tier = selection.precision
     reference, labels = golden[GOLDEN_OUTPUTS], golden.get(GOLDEN_LABELS)
@@ -188,9 +193,13 @@ def _golden_row(bundle: Bundle, golden: Mapping[str, Any], selection: "Selection
     if accepted is not None and accepted.shape != reference.shape:
         raise BundleError(f"golden accepted outputs {accepted.shape} do not match {reference.shape}",
                           "re-export the bundle")
+    if answers == "probabilities":
+        reference = softmax(reference)
+        accepted = None if accepted is None else softmax(accepted)
     candidate = run_batched(selection.backend, golden[GOLDEN_INPUTS], chunk)
     report = compare_outputs(reference, candidate, labels, near_tie=_near_tie(tol), accepted=accepted)
-    return ParityRow(f"{selection.artifact} ({tier})", tier, selection.artifact, report, judge(report, tier, tol), tol)
+    shown = f"{selection.artifact} ({tier}{', probabilities' if answers != 'logits' else ''})"
+    return ParityRow(shown, tier, selection.artifact, report, judge(report, tier, tol), tol)
 
 
 def _tta_row(bundle: Bundle, golden: Mapping[str, Any], selection: "Selection", tol: dict[str, Any],

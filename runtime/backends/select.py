@@ -116,7 +116,7 @@ def _open_tensorrt(req: _Request) -> _Opened:
         here = running_tensorrt(int(req.opts.get("device_id") or 0))
         path = req.bundle.find_engine(_engine_precisions(req),
                                       profile=[req.profile.name, *req.profile.aliases] if req.profile else None,
-                                      fits=here.mismatch)
+                                      fits=here.mismatch, prefer=here.same_module)
     backend = TensorRTBackend(path, **req.passed_through(TensorRTBackend.OPTIONS))
     if req.threads is not None:
         req.notes.append(f"tensorrt: threads={req.threads} not applied (a TensorRT engine runs on the GPU)")

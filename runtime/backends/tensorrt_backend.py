@@ -195,6 +195,18 @@ class RunningTensorRT:
     version: str
     gpu_name: str
     compute_capability: tuple[int, int]
+    sm_count: int | None = None
+
+    def same_module(self, sidecar: dict[str, Any]) -> bool:
+        """Whether the engine was built on a GPU like this one down to its SM count: the Jetson
+        Orin modules all report "Orin" at 8.7 with 4, 8 or 16 SMs (see sidecar_module_warning)."""
+        try:
+            built_cc = _cc(sidecar["compute_capability"])
+        except (KeyError, TypeError, ValueError, EngineMismatchError):
+            return False
+        built_sms = sidecar.get("sm_count")
+        return (built_cc == tuple(self.compute_capability) and built_sms is not None
+                and self.sm_count is not None and int(built_sms) == int(self.sm_count))
 
     def mismatch(self, sidecar: dict[str, Any], engine_name: str = "engine") -> str | None:
         return sidecar_mismatch(sidecar, trt_version=self.version, gpu_name=self.gpu_name,
@@ -207,7 +219,7 @@ def running_tensorrt(device_id: int = 0) -> RunningTensorRT:
     cuda = cuda_runtime.load_cuda_runtime()
     cuda.set_device(device_id)
     name, cc = cuda.device_info(device_id)
-    return RunningTensorRT(str(trt.__version__), name, cc)
+    return RunningTensorRT(str(trt.__version__), name, cc, cuda_runtime.multiprocessor_count(cuda, device_id))
 
 
 # ---------------------------------------------------------------------------- engine I/O

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 from convdeploy.runtime.build.builder import build_serialized_engine, layer_placement
 from convdeploy.runtime.build.plan import FAILED_DIR, BuildPlan, make_plan, parse_line
 from convdeploy.runtime.build.preflight import preflight
+from convdeploy.runtime.build.probabilities import write_probabilities_graph
 from convdeploy.runtime.build.trtexec import trtexec_line
 from convdeploy.runtime.bundle.contract import ENGINES_DIR, record_engine, sidecar_path, write_sidecar
 from convdeploy.runtime.bundle.reader import Bundle
@@ -179,13 +180,16 @@ def _open_device(device_id: int) -> _Device:
 
 def _sidecar(plan: BuildPlan, device: _Device, bundle: Bundle, engine_bytes_sha: str,
              placement: dict[str, list[str]], seconds: float | None, **extra: Any) -> dict[str, Any]:
-    onnx_path = bundle.root / plan.onnx_file
+    # onnx_file/onnx_sha256 name the bundle's artifact (what the bundle's hashes vouch for); a
+    # probabilities engine also names the derived graph TensorRT parsed (graph_file).
+    onnx_path = bundle.root / plan.source_file
     fields: dict[str, Any] = {
         "tensorrt_version": device.version, "gpu_name": device.gpu_name,
         "compute_capability": f"{device.compute_capability[0]}.{device.compute_capability[1]}",
         "sm_count": device.sm_count,
         "precision": plan.precision, "profile": plan.profile, "typing": plan.typing,
-        "onnx_file": plan.onnx_file, "onnx_sha256": sha256_file(onnx_path), "engine_sha256": engine_bytes_sha,
+        "onnx_file": plan.source_file, "onnx_sha256": sha256_file(onnx_path), "engine_sha256": engine_bytes_sha,
+        "output": plan.output,
         "input": plan.input_name, "min_shape": list(plan.min_shape), "opt_shape": list(plan.opt_shape),
         "max_shape": list(plan.max_shape), "builder_flags": list(plan.builder_flags),
         "cleared_flags": list(plan.cleared_flags), "workspace_mb": plan.workspace_mb, "tf32": plan.tf32,
@@ -196,6 +200,9 @@ def _sidecar(plan: BuildPlan, device: _Device, bundle: Bundle, engine_bytes_sha:
         "cuda_runtime": device.cuda_kind, **jetson_release(),
         "build_seconds": None if seconds is None else round(seconds, 3), "notes": list(plan.notes),
     }
+    if plan.onnx_file != plan.source_file:
+        fields["graph_file"] = plan.onnx_file
+        fields["graph_sha256"] = sha256_file(bundle.root / plan.onnx_file)
     if plan.dla_core is not None:
         fields["dla_layers"] = placement.get("dla_layers", [])
         fields["gpu_fallback_layers"] = placement.get("gpu_layers", [])
@@ -261,6 +268,7 @@ def build_engines(
     tensorrt: str | None = None,
     version_compatible: bool = False,
     hardware_compatibility: str = "NONE",
+    output: str = "logits",
     progress: Callable[[str], None] | None = None,
 ) -> BuildOutcome:
     """Build (or, with ``dry_run``, plan) the TensorRT engines of a bundle for ``profile``.
@@ -270,6 +278,13 @@ def build_engines(
 
     ``tensorrt``: with ``dry_run``, plan for that one of the profile's TensorRT releases
     only (default: each release the profile names, one labelled command each).
+
+    ``output``: ``"probabilities"`` builds from the artifact with a Softmax appended
+    (written to ``engines/<artifact>.probs.onnx``, outside the bundle's sealed files),
+    verifies it against the softmax of the golden outputs with the precision's tier, and
+    records ``"output": "probabilities"`` in the sidecar: the engine ``serve deepstream``
+    serves (nvinfer's classifier-threshold reads probabilities). ``predict``/``verify``
+    pick only logits engines unless told.
 
     ``precisions``: default the profile's default precision. ``adopt``: an engine file
     built elsewhere (``trtexec``) to take in for the single precision given. Returns a
@@ -301,13 +316,14 @@ def build_engines(
                              "use a TensorRT profile (jetson-*, server-*) or add tensorrt = [\"10.3\"] to it")
         for precision in wanted:
             outcome.results += _dry_run(bundle, prof, precision, lines, version_compatible=version_compatible,
-                                        hardware_compatibility=hardware_compatibility)
+                                        hardware_compatibility=hardware_compatibility, output=output)
         return outcome
     for precision in wanted:
         plan = make_plan(bundle, prof, precision, device.version, gpu_name=device.gpu_name,
                          compute_capability=device.compute_capability, version_compatible=version_compatible,
-                         hardware_compatibility=hardware_compatibility, sm_count=device.sm_count)
+                         hardware_compatibility=hardware_compatibility, sm_count=device.sm_count, output=output)
         outcome.notes += [note for note in plan.notes if note not in outcome.notes]
+        write_derived_graph(bundle, plan)
         checked = preflight(bundle.root / plan.onnx_file, prof, precision, dla=plan.dla_core is not None)
         checked.raise_for_problems()
         if checked.skipped:
@@ -366,6 +382,7 @@ def _dry_run(bundle: Bundle, prof: "Profile", precision: str, releases: Sequence
             plan = make_plan(bundle, prof, precision, release,
                              compute_capability=prof.compute_capability_tuple, **options)
             command = trtexec_line(plan, bundle.root)
+            write_derived_graph(bundle, plan)  # the command's --onnx must exist
         except UsageError as exc:  # a ProfileError (precision not allowed) is no UsageError: it propagates
             first = first or exc
             results.append(EngineResult(precision, "refused", None, "", tensorrt=release,
@@ -378,6 +395,13 @@ def _dry_run(bundle: Bundle, prof: "Profile", precision: str, releases: Sequence
     if first is not None and all(r.status == "refused" for r in results):
         raise first
     return results
+
+
+def write_derived_graph(bundle: Bundle, plan: BuildPlan) -> None:
+    """Write the graph a probabilities plan builds from (the artifact with a Softmax appended)
+    into ``engines/``; nothing for a plan that builds from the bundle's own artifact."""
+    if plan.onnx_file != plan.source_file:
+        write_probabilities_graph(bundle.root / plan.source_file, bundle.root / plan.onnx_file)
 
 
 def _sha256_bytes(data: bytes) -> str:

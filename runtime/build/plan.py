@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from convdeploy.runtime.build.probabilities import OUTPUTS, ends_in_softmax, probabilities_graph_file
 from convdeploy.runtime.bundle.contract import ENGINE_SUFFIX, ENGINES_DIR
 from convdeploy.runtime.errors import BackendUnavailableError, UsageError
 
@@ -163,6 +164,16 @@ class BuildPlan:
     # Every input axis fixed in the ONNX: no explicit shapes / optimization profile (trtexec refuses them).
     static_input: bool = False
     platform: str = "dgpu"  # "jetpack" | "dgpu": hardware compatibility exists on dGPUs only
+    # What the engine answers: "logits" (the bundle's graph) or "probabilities" (the graph with a
+    # Softmax appended, for DeepStream's classifier-threshold; runtime.build.probabilities). For
+    # "probabilities", onnx_file is that derived graph and source_onnx_file the bundle's artifact.
+    output: str = "logits"
+    source_onnx_file: str = ""  # the bundle's ONNX artifact the engine derives from ("" = onnx_file)
+
+    @property
+    def source_file(self) -> str:
+        """The bundle's ONNX artifact behind the engine (what its sidecar's ``onnx_sha256`` names)."""
+        return self.source_onnx_file or self.onnx_file
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -198,12 +209,16 @@ def _shapes(bundle: "Bundle", profile: "Profile", static: bool) -> tuple[tuple[i
 def make_plan(bundle: "Bundle", profile: "Profile", precision: str, tensorrt: str, *,
               gpu_name: str | None = None, compute_capability: tuple[int, int] | None = None,
               version_compatible: bool = False, hardware_compatibility: str = "NONE",
-              sm_count: int | None = None) -> BuildPlan:
+              sm_count: int | None = None, output: str = "logits") -> BuildPlan:
     """Decide how to build ``precision`` of ``bundle`` for ``profile`` with TensorRT ``tensorrt``.
 
     Refuses (:class:`UsageError`) what cannot be built honestly: a precision the profile
     does not allow, INT8 on DLA, a precision whose ONNX graph the bundle lacks where the
     TensorRT line takes the precision from the graph.
+
+    ``output="probabilities"``: build from the artifact with a Softmax appended
+    (:func:`runtime.build.probabilities.probabilities_graph_file`, which the caller writes),
+    for DeepStream; the engine's name says ``probs``.
     """
     profile.check_precision(precision)
     version = parse_line(tensorrt)
@@ -270,13 +285,25 @@ def make_plan(bundle: "Bundle", profile: "Profile", precision: str, tensorrt: st
         notes.append(f"int8 on TensorRT {tensorrt} is strongly typed: the layers the Q/DQ graph leaves unquantized "
                      "run in FP32 (no FP16 fallback), so this engine can be slower than the fp16 one; compare them "
                      "with `convdeploy bench`")
+    if output not in OUTPUTS:
+        raise UsageError(f"unknown output {output!r}", f"use one of {', '.join(OUTPUTS)}")
+    source = bundle.artifact(onnx_precision)["file"]
+    onnx_file = source
+    if output == "probabilities" and not ends_in_softmax(bundle.root / source):
+        onnx_file = probabilities_graph_file(source)
+        notes.append(f"built from {onnx_file}: {source} with a Softmax appended, so the engine answers "
+                     "probabilities (DeepStream's classifier-threshold reads them)")
     mins, opts, maxs = _shapes(bundle, profile, static=dla_core is not None)
     line = ".".join(map(str, version))
     # Engines and timing caches are keyed by the SM count too: Orin modules share a name and 8.7.
     tag = cache_tag(gpu_name, compute_capability, sm_count)
-    stem = f"{slug(profile.name)}.{precision}.trt{line}.{tag}"
+    # A DLA engine and a GPU engine of one precision must not share a name; nor a probabilities
+    # engine and a logits one.
+    where = "" if dla_core is None else f".dla{dla_core}"
+    answers = ".probs" if output == "probabilities" else ""
+    stem = f"{slug(profile.name)}.{precision}{where}{answers}.trt{line}.{tag}"
     return BuildPlan(
-        profile=profile.name, precision=precision, tensorrt=line, onnx_file=bundle.artifact(onnx_precision)["file"],
+        profile=profile.name, precision=precision, tensorrt=line, onnx_file=onnx_file,
         onnx_precision=onnx_precision, typing=typing, network_flags=network_flags,
         builder_flags=tuple(builder_flags), cleared_flags=cleared, input_name=bundle.input_name,
         min_shape=mins, opt_shape=opts, max_shape=maxs, workspace_mb=int(getattr(profile, "workspace_mb", 1024)),
@@ -285,6 +312,7 @@ def make_plan(bundle: "Bundle", profile: "Profile", precision: str, tensorrt: st
         engine_file=f"{ENGINES_DIR}/{stem}{ENGINE_SUFFIX}",
         timing_cache_file=f"{ENGINES_DIR}/{TIMING_CACHE_DIR}/trt{line}.{tag}.cache",
         notes=tuple(notes), static_input=has_static_input(bundle), platform=platform,
+        output=output, source_onnx_file="" if onnx_file == source else source,
     )
 
 

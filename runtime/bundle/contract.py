@@ -16,6 +16,8 @@ A bundle directory::
     report.json, report.html                        the gate's evidence for a person to read
                                                     (runtime.parity.report_document)
     engines/<name>.engine + <name>.json             built on the target: engine and its sidecar
+    engines/<artifact>.probs.onnx                   an artifact with a Softmax appended, built for
+                                                    DeepStream (`build --output probabilities`)
 
 Shape of a manifest (schema version 1)::
 
@@ -302,6 +304,8 @@ SIDECAR_REQUIRED = ("tensorrt_version", "gpu_name", "compute_capability", "preci
 SIDECAR_OPTIONAL = (
     "profile",  # the target profile it was built for
     "onnx_file", "onnx_sha256",  # the ONNX file it was built from (must be one of the bundle's)
+    "output",  # what it answers: "logits" (the default when absent) or "probabilities"
+    "graph_file", "graph_sha256",  # the graph TensorRT parsed when not onnx_file (onnx_file + Softmax)
     "engine_sha256",
     "typing",  # "strong" (precision from the graph) or "weak" (precision from builder flags)
     "builder_flags", "cleared_flags",  # BuilderFlag names set / cleared (TF32)
@@ -316,8 +320,8 @@ SIDECAR_OPTIONAL = (
     "sm_count",  # the GPU's SM count: Jetson Orin modules share name and compute capability (see the backend)
     "build_seconds", "built_with", "adopted_from", "notes",
 )
-ENGINE_RECORD_KEYS = ("precision", "profile", "tensorrt_version", "gpu_name", "compute_capability", "engine_sha256",
-                      "sidecar")
+ENGINE_RECORD_KEYS = ("precision", "profile", "tensorrt_version", "gpu_name", "compute_capability", "sm_count",
+                      "output", "engine_sha256", "sidecar")
 # Short spellings accepted for the required keys (hand-written sidecars of trtexec engines).
 SIDECAR_ALIASES = {"tensorrt": "tensorrt_version", "gpu": "gpu_name"}
 

@@ -174,7 +174,8 @@ class Bundle:
 
     # -- engines built on the target ----------------------------------------------------
     def find_engine(self, precisions: str | Sequence[str], *, profile: str | Sequence[str] | None = None,
-                    fits: Callable[[dict[str, Any], str], str | None] | None = None) -> Path:
+                    fits: Callable[[dict[str, Any], str], str | None] | None = None,
+                    prefer: Callable[[dict[str, Any]], bool] | None = None, output: str = "logits") -> Path:
         """The engine in ``engines/`` built for the first of ``precisions`` that has one.
 
         ``profile``: only engines built for that profile (or for none in particular); a
@@ -182,7 +183,11 @@ class Bundle:
         ``fits(sidecar, engine_name)``: why an engine cannot run here (another TensorRT or
         GPU), or None; such engines are skipped, so a stale or foreign engine never hides
         the one built for this device. Engines built from an ONNX file that is not one of
-        this bundle's are skipped too. Nothing usable: :class:`EngineMismatchError` with
+        this bundle's are skipped too, and engines that answer another ``output`` than the
+        one asked for (``"logits"``, or ``"probabilities"``: built for DeepStream).
+        ``prefer(sidecar)``: among the usable engines of a precision, those it accepts come
+        first (the engine built on this very module: Jetson Orin modules share a name and
+        compute capability, and differ in SM count). Nothing usable: :class:`EngineMismatchError` with
         the first reason when engines of the precision exist but none fits, else
         :class:`BundleError` that lists what ``engines/`` holds.
         """
@@ -203,6 +208,8 @@ class Bundle:
             seen.append(f"{engine.name}: {sidecar['precision']}/{sidecar.get('profile')}")
             if names and sidecar.get("profile") not in (None, *names):
                 continue
+            if (sidecar.get("output") or "logits") != output:
+                continue
             if sidecar.get("onnx_sha256") and sidecar["onnx_sha256"] not in ours:
                 refusals.setdefault(sidecar["precision"], []).append(
                     f"engine {engine.name} was built from another ONNX model than this bundle's")
@@ -212,6 +219,8 @@ class Bundle:
                 refusals.setdefault(sidecar["precision"], []).append(reason)
                 continue
             usable.append((engine, sidecar))
+        if prefer is not None:  # stable: the sorted order stays within each group
+            usable.sort(key=lambda item: not prefer(item[1]))
         for precision in wanted:
             for engine, sidecar in usable:
                 if sidecar["precision"] == precision:

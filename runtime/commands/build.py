@@ -22,9 +22,13 @@ from convdeploy.runtime.commands.common import ConvDeployCommand, echo_json, jso
 @click.option("--tensorrt", "tensorrt", default=None, metavar="VERSION",
               help="With --dry-run: print only the command for this one of the profile's TensorRT releases "
                    "(default: one labelled command per release).")
+@click.option("--output", "output", type=click.Choice(["logits", "probabilities"]), default="logits",
+              show_default=True,
+              help="What the engine answers: probabilities builds from the graph with a Softmax appended "
+                   "(for `serve deepstream`, whose classifier-threshold reads probabilities).")
 @json_option
 def build_cmd(bundle: str, profile_name: str | None, precisions: str | None, dry_run: bool, adopt: str | None,
-              device_id: int, dla_core: int | None, tensorrt: str | None, as_json: bool) -> None:
+              device_id: int, dla_core: int | None, tensorrt: str | None, output: str, as_json: bool) -> None:
     """Build TensorRT engines for this device, verify them, record them in the bundle.
 
     Each engine is verified against the bundle's golden outputs with its precision's
@@ -36,6 +40,7 @@ def build_cmd(bundle: str, profile_name: str | None, precisions: str | None, dry
       convdeploy build bundles/resnet18 --profile jetson-xavier-nx --precision fp16 --dla-core 0
       convdeploy build bundles/resnet18 --profile server-a100 --dry-run
       convdeploy build bundles/resnet18 --profile jetson-nano --dry-run --tensorrt 8.2.1
+      convdeploy build bundles/resnet18 --profile jetson-agx-orin --precision int8 --output probabilities
       convdeploy build bundles/resnet18 --profile server-a100 --precision fp16 --adopt r18.plan
     """
     from convdeploy.runtime.build import build_engines
@@ -47,7 +52,7 @@ def build_cmd(bundle: str, profile_name: str | None, precisions: str | None, dry
     if unknown:
         raise UsageError(f"unknown precision(s) {', '.join(unknown)}", f"use {', '.join(PRECISIONS)}")
     outcome = build_engines(bundle, profile_name, wanted, dry_run=dry_run, adopt=adopt, device_id=device_id,
-                            dla_core=dla_core, tensorrt=tensorrt,
+                            dla_core=dla_core, tensorrt=tensorrt, output=output,
                             progress=None if as_json else (lambda m: click.echo(m, err=True)))
     if as_json:
         echo_json(outcome.to_dict())

@@ -85,9 +85,15 @@ def serve_deepstream_cmd(bundle: str, out: str, precision: str | None, engine: s
     nvinfer would, and the command refuses (exit 1, with the table) when that changes
     the model's decisions beyond the tier. The result is also recorded in the bundle.
 
+    INT8 is served from the engine `convdeploy build --precision int8 --output probabilities`
+    built and verified on the target (nvinfer would build a Q/DQ graph as FP16, and its
+    classifier-threshold reads probabilities); a logits engine is refused.
+
     \b
     Example:
       convdeploy serve deepstream bundles/resnet18 --out ds-resnet18 --profile jetson-agx-orin
+      convdeploy build bundles/resnet18 --profile jetson-agx-orin --precision int8 --output probabilities
+      convdeploy serve deepstream bundles/resnet18 --out ds-int8 --profile jetson-agx-orin --precision int8
       deepstream-app -c ds-resnet18/deepstream_app_config.txt
     """
     from convdeploy.runtime.serve.deepstream import DeepStreamRefused, write_deepstream_config

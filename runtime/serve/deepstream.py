@@ -36,19 +36,27 @@ frames where no class exceeds the threshold (no label), judged as changed decisi
 INT8: nvinfer builds INT8 only with an ``int8-calib-file``; without one it logs "INT8
 calibration file not specified. Trying FP16 mode." (nvdsinfer_model_builder.cpp) and builds
 FP16. So INT8 is served only from an engine ``convdeploy build`` verified and recorded in the
-bundle (``model-engine-file``), and refused with the reason when there is none.
+bundle (``model-engine-file``), and refused with the reason when there is none. That engine
+must answer probabilities too: ``convdeploy build --precision int8 --output probabilities``
+builds it from the Q/DQ graph with the Softmax appended (runtime.build.probabilities) and
+verifies it against the softmax of the golden outputs by the INT8 tier; an INT8 engine
+built from the logits graph is refused, with that command.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from convdeploy.runtime.build.probabilities import (ends_in_softmax, probabilities_name,
+                                                   write_probabilities_graph)
 from convdeploy.runtime.bundle.contract import (ENGINES_DIR, GOLDEN_INPUTS, GOLDEN_LABELS, read_sidecar,
                                                 seal_manifest, sidecar_path)
 from convdeploy.runtime.bundle.reader import Bundle
@@ -73,7 +81,6 @@ NETWORK_MODE = {"fp32": 0, "int8": 1, "fp16": 2}
 COLOR_FORMAT = {"RGB": 0, "L": 2}
 # nvinfer's scaling-filter is an NvBufSurfTransform_Inter value.
 SCALING_FILTER = {"nearest": 0, "bilinear": 1, "bicubic": 2}
-PROBS_SUFFIX = ".probs.onnx"  # the served classifier graph: the artifact with a Softmax appended
 
 
 @dataclass(frozen=True)
@@ -195,45 +202,6 @@ class DeepStreamRefused(CheckFailedError):
                     "probabilities (an engine built from a graph ending in Softmax)")
         super().__init__(f"DeepStream refused: {gate.summary()}", hint)
         self.gate = gate
-
-
-def ends_in_softmax(onnx_path: Path) -> bool:
-    """Whether the graph's first output is made by a Softmax node (it answers probabilities)."""
-    onnx = _import_onnx()
-    model = onnx.load(str(onnx_path), load_external_data=False)
-    out = model.graph.output[0].name
-    return any(node.op_type == "Softmax" and out in node.output for node in model.graph.node)
-
-
-def _import_onnx() -> Any:
-    try:
-        import onnx
-    except ImportError:
-        raise UsageError("serve deepstream reads and edits the classifier graph with the onnx package, which is not "
-                         "installed here", "pip install onnx") from None
-    return onnx
-
-
-def write_probabilities_graph(src: Path, dst: Path) -> None:
-    """``src`` with a Softmax over the classes appended to its first output (same output name).
-
-    nvinfer's classifier parser reads probabilities (see the module docstring). The output
-    keeps its name, so ``output-blob-names`` and the labels are unchanged.
-    """
-    onnx = _import_onnx()
-    model = onnx.load(str(src))
-    graph = model.graph
-    out = graph.output[0]
-    rank = len(out.type.tensor_type.shape.dim)
-    if rank != 2:
-        raise BundleError(f"{src.name}'s output {out.name} has rank {rank}; a classifier answers N x classes")
-    logits = f"{out.name}__logits"
-    for node in graph.node:
-        node.output[:] = [logits if name == out.name else name for name in node.output]
-        node.input[:] = [logits if name == out.name else name for name in node.input]
-    # axis 1 of an N x K tensor is the classes in every opset (before 13 Softmax flattened from the axis)
-    graph.node.append(onnx.helper.make_node("Softmax", [logits], [out.name], axis=1, name="convdeploy_softmax"))
-    onnx.save(model, str(dst))
 
 
 def _judge_tier(report: dict[str, Any], tier: str, profile: Profile | None) -> Verdict:
@@ -358,8 +326,8 @@ def _config_text(bundle: Bundle, gate: DeepStreamGate, model_key: str, model_fil
     ]
     lines = [f"# {c}" for c in comments] + ["[property]"] + [f"{k}={v}" for k, v in props]
     if precision == "int8":
-        lines.append("# INT8: the engine `convdeploy build` built and verified (nvinfer would build a Q/DQ ONNX "
-                     "as FP16)")
+        lines.append("# INT8: the engine `convdeploy build --output probabilities` built and verified (nvinfer "
+                     "would build a Q/DQ ONNX as FP16)")
     return "\n".join(lines) + "\n"
 
 
@@ -416,14 +384,26 @@ def _record_in_bundle(bundle: Bundle, record: dict[str, Any]) -> None:
     seal_manifest(manifest, bundle.root)
 
 
+def _answers(engine: Path) -> str:
+    """What an engine answers, from its sidecar: "probabilities" or "logits" (the default)."""
+    return str(read_sidecar(engine).get("output") or "logits")
+
+
 def _verified_engine(bundle: Bundle, precision: str, prof: Profile, engine: Path | None) -> Path | None:
-    """The engine to serve: ``engine`` (an INT8 one must be recorded as verified), or for INT8
-    the verified one recorded in the bundle for ``prof``; None: serve the ONNX graph."""
+    """The engine to serve: ``engine`` (an INT8 one must be recorded as verified and answer
+    probabilities), or for INT8 the verified probabilities engine recorded in the bundle for
+    ``prof``; None: serve the ONNX graph."""
     recorded = {str(k): v for k, v in (bundle.manifest.get("engines") or {}).items()}
-    how = (f"run `convdeploy build {bundle.root} --profile {prof.name} --precision int8` on the target (it builds, "
-           "verifies and records the engine), then serve again")
+    command = f"convdeploy build {bundle.root} --profile {prof.name} --precision int8 --output probabilities"
+    how = f"run `{command}` on the target (it builds, verifies and records the engine), then serve again"
     why = ("nvinfer builds INT8 only with an int8-calib-file and otherwise builds FP16 "
            "(\"INT8 calibration file not specified. Trying FP16 mode.\")")
+
+    def logits_refusal(name: str) -> UsageError:
+        return UsageError(f"engine {name} answers logits, and nvinfer's classifier-threshold reads probabilities "
+                          "(a logit would be shown as the confidence, and frames whose logits are all <= the "
+                          "threshold get no label)", how)
+
     if engine is not None:
         if not engine.is_file():
             raise UsageError(f"engine not found: {engine}")
@@ -435,14 +415,20 @@ def _verified_engine(bundle: Bundle, precision: str, prof: Profile, engine: Path
             if rel not in recorded:
                 raise UsageError(f"engine {engine.name} is not one `convdeploy build` verified for bundle "
                                  f"{bundle.name!r}, and {why}", how)
+            if _answers(engine) != "probabilities":
+                raise logits_refusal(engine.name)
         return engine
     if precision != "int8":
         return None
     names = (prof.name, *getattr(prof, "aliases", ()))
-    for rel, entry in sorted(recorded.items()):
-        if entry.get("precision") == "int8" and entry.get("profile") in (None, *names) \
-                and (bundle.root / rel).is_file():
-            return bundle.root / rel
+    verified = [bundle.root / rel for rel, entry in sorted(recorded.items())
+                if entry.get("precision") == "int8" and entry.get("profile") in (None, *names)
+                and (bundle.root / rel).is_file()]
+    for path in verified:
+        if _answers(path) == "probabilities":
+            return path
+    if verified:
+        raise logits_refusal(verified[0].name)
     raise UsageError(f"bundle {bundle.name!r} has no verified INT8 engine for profile {prof.name!r}, and {why}", how)
 
 
@@ -492,7 +478,9 @@ def write_deepstream_config(
     prof.check_precision(precision)
     engine_path = _verified_engine(bundle, precision, prof, Path(engine) if engine is not None else None)
     onnx_path = bundle.artifact_path(precision)
-    with serve_directory(out, kind="deepstream", bundle=bundle.name, overwrite=overwrite, precision=precision) as tmp:
+    with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(serve_directory(out, kind="deepstream", bundle=bundle.name, overwrite=overwrite,
+                                                  precision=precision))
         served: Path | None = None
         if engine_path is None:
             model_key, outputs = "onnx-file", "probabilities"
@@ -500,7 +488,7 @@ def write_deepstream_config(
                 model_file = Path(onnx_path).name
                 shutil.copyfile(onnx_path, tmp / model_file)
             else:
-                model_file = Path(onnx_path).stem + PROBS_SUFFIX  # model.onnx -> model.probs.onnx
+                model_file = probabilities_name(onnx_path)  # model.onnx -> model.probs.onnx
                 served = tmp / model_file
                 write_probabilities_graph(onnx_path, served)
         else:
@@ -508,10 +496,16 @@ def write_deepstream_config(
             (tmp / ENGINES_DIR).mkdir()
             shutil.copyfile(engine_path, tmp / model_file)
             shutil.copyfile(sidecar_path(engine_path), sidecar_path(tmp / model_file))
-            outputs = "probabilities" if ends_in_softmax(onnx_path) else "logits"
+            outputs = "probabilities" if ends_in_softmax(onnx_path) else _answers(engine_path)
             if outputs == "logits":
                 notes.append("the engine answers logits: nvinfer shows a logit as the confidence, and no label "
                              "where every logit is <= classifier-threshold")
+            elif not ends_in_softmax(onnx_path):
+                # Built from the artifact with a Softmax appended (build --output probabilities): gate
+                # that graph, written again here by the one function that derives it.
+                scratch = stack.enter_context(tempfile.TemporaryDirectory(prefix="convdeploy-ds-"))
+                served = Path(scratch) / probabilities_name(onnx_path)
+                write_probabilities_graph(onnx_path, served)
         gate = gate_normalisation(bundle, precision, onnx_path, prof, threads, served=served,
                                   threshold=classifier_threshold, outputs=outputs)
         if not gate.passed:

@@ -153,6 +153,52 @@ def test_find_engine_skips_stale_and_foreign_engines_for_the_one_built_here(trt_
         bundle.find_engine("fp32", fits=running.mismatch)
 
 
+def test_find_engine_prefers_the_engine_built_on_this_very_module(trt_bundle, monkeypatch):
+    """Issue 16: every Orin module reports "Orin" at 8.7 (AGX Orin 16 SMs, Orin NX 8): with an
+    engine of each in one bundle, the one whose sidecar has this GPU's SM count is picked; the
+    other module's engine still runs when it is the only one, with the existing warning."""
+    import warnings
+
+    from convdeploy.runtime.backends.tensorrt_backend import EngineDeviceWarning, RunningTensorRT
+
+    engines = trt_bundle / "engines"
+    orin = dict(gpu_name="Orin", cc="8.7", profile="jetson-agx-orin")
+    agx = fake.write_engine(trt_bundle / "model.onnx", engines / "a-orin-16sm.engine", sm_count=16, **orin)
+    nx = fake.write_engine(trt_bundle / "model.onnx", engines / "b-orin-8sm.engine", sm_count=8, **orin)
+    bundle = Bundle.load(trt_bundle)
+    running = RunningTensorRT("10.3.0", "Orin", (8, 7), sm_count=8)
+    assert running.same_module(read_sidecar(nx)) and not running.same_module(read_sidecar(agx))
+    assert not running.same_module({**read_sidecar(nx), "compute_capability": "7.2"})
+    assert bundle.find_engine("fp32", fits=running.mismatch) == agx  # sorted first: no preference without prefer
+    assert bundle.find_engine("fp32", fits=running.mismatch, prefer=running.same_module) == nx
+    assert bundle.find_engine("fp32", prefer=RunningTensorRT("10.3.0", "Orin", (8, 7), 16).same_module) == agx
+    # through the backend selection, on an Orin NX (8 SMs): its own engine, no warning
+    fake.install(monkeypatch, "10.3.0", cuda=fake.FakeCuda("Orin", (8, 7), sms=8))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", EngineDeviceWarning)
+        selection = open_bundle_backend(bundle, "tensorrt", precision="fp32")
+    assert selection.artifact == "engines/b-orin-8sm.engine"
+    selection.backend.close()
+    nx.unlink()
+    with pytest.warns(EngineDeviceWarning, match=r"built on another Orin module \(16 SMs; this Orin has 8\)"):
+        selection = open_bundle_backend(bundle, "tensorrt", precision="fp32")
+    assert selection.artifact == "engines/a-orin-16sm.engine"
+    selection.backend.close()
+
+
+def test_find_engine_picks_probabilities_engines_only_when_asked(trt_bundle):
+    """An engine built with `build --output probabilities` (for DeepStream) answers softmax:
+    predict/verify/bench must never pick it for logits."""
+    engines = trt_bundle / "engines"
+    probs = fake.write_engine(trt_bundle / "model.onnx", engines / "a.fp32.probs.engine", output="probabilities")
+    bundle = Bundle.load(trt_bundle)
+    with pytest.raises(BundleError, match="no TensorRT engine for fp32"):
+        bundle.find_engine("fp32")
+    logits = fake.write_engine(trt_bundle / "model.onnx", engines / "b.fp32.engine")  # no "output": logits
+    assert bundle.find_engine("fp32") == logits
+    assert bundle.find_engine("fp32", output="probabilities") == probs
+
+
 def test_an_engine_maps_to_the_golden_outputs_of_its_own_precision(trt_bundle):
     """Audit #22: an FP16 engine built from the FP32 ONNX is held to fp16's accepted outputs (none
     in this bundle), never to the FP32 graph's."""
@@ -534,3 +580,23 @@ def test_predict_runs_the_fastest_engine_that_passed_the_gate(trt_bundle, monkey
     sel = open_bundle_backend(Bundle.load(trt_bundle), profile=profile, prefer_fast=True)
     assert sel.precision == "fp16"
     sel.backend.close()
+
+
+def test_predict_refuses_an_engine_that_answers_probabilities(trt_bundle, monkeypatch, tmp_path, sample_photos):
+    """An engine for DeepStream (`build --output probabilities`) answers softmax: predict, which
+    applies softmax to logits, refuses it in one line instead of flattening every confidence."""
+    from convdeploy.runtime.build.probabilities import write_probabilities_graph
+    from convdeploy.runtime.predictor import Predictor
+
+    fake.install(monkeypatch, "10.3.0")
+    graph = tmp_path / "model.probs.onnx"
+    write_probabilities_graph(trt_bundle / "model.onnx", graph)
+    engine = trt_bundle / "engines" / "model.fp32.probs.engine"
+    engine.parent.mkdir(exist_ok=True)
+    engine.write_bytes(fake.engine_bytes(graph, tensorrt_version="10.3.0"))
+    sidecar = {"tensorrt_version": "10.3.0", "gpu_name": fake.GPU_NAME, "compute_capability": "8.7",
+               "precision": "fp32", "onnx_sha256": sha256_file(trt_bundle / "model.onnx"), "output": "probabilities"}
+    engine.with_suffix(".json").write_text(json.dumps(sidecar))
+    with pytest.raises(UsageError, match="answers probabilities .*predict reads logits") as exc:
+        Predictor.from_bundle(trt_bundle, "tensorrt", precision="fp32", engine=engine)
+    assert "\n" not in str(exc.value)

@@ -36,6 +36,19 @@ def test_dry_run_prints_the_trtexec_command_of_the_profile(bundle_dir):
     assert json.loads(r.stdout)["results"][0]["command"].startswith("trtexec ")
 
 
+def test_output_probabilities_on_the_command_line(bundle_dir, monkeypatch):
+    r = run("build", bundle_dir, "--profile", "jetson-agx-orin", "--precision", "int8", "--output", "probabilities",
+            "--dry-run", "--tensorrt", "10.3")
+    assert r.exit_code == 0, r.output
+    command = [line for line in r.stdout.splitlines() if line.startswith("trtexec ")]
+    assert len(command) == 1 and "engines/model.int8.probs.onnx" in command[0], r.stdout
+    fake.install(monkeypatch, "10.3.0", cuda=fake.FakeCuda("Orin", (8, 7)))
+    r = run("build", bundle_dir, "--profile", "jetson-agx-orin", "--precision", "int8", "--output", "probabilities")
+    assert r.exit_code == 0 and "int8: built -> engines/jetson-agx-orin.int8.probs.trt10.3.0" in r.stdout, r.output
+    r = run("build", bundle_dir, "--output", "softmax", "--dry-run")
+    assert r.exit_code == 2 and "softmax" in r.stderr
+
+
 @pytest.mark.parametrize("args,message", [
     (["--precision", "fp64"], "unknown precision(s) fp64"),
     (["--profile", "jetson-agx-xavier", "--precision", "int8", "--dla-core", "0", "--dry-run"], "DLA runs INT8 only"),

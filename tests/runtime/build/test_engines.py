@@ -77,6 +77,7 @@ def test_a_dla_build_records_which_layers_fell_back_to_the_gpu(bundle_dir, monke
     assert side["dla_layers"] and side["dla_layers"][0].startswith("{ForeignNode[")
     assert set(side["gpu_fallback_layers"]) == {"flat", "logits"}  # Flatten and Gemm run on the GPU
     assert side["min_shape"] == side["max_shape"] == [8, 3, 32, 32]  # static: the profile's opt batch
+    assert ".fp16.dla0." in outcome.results[0].engine  # never the GPU fp16 engine's name
     with pytest.raises(UsageError, match="DLA runs INT8 only with implicit quantization"):
         build_engines(bundle_dir, "jetson-agx-xavier", ["int8"], dla_core=0)
 
@@ -140,3 +141,52 @@ def test_dry_run_needs_no_tensorrt_and_touches_nothing(bundle_dir):
         ("10.3", "dry-run"), ("10.16", "dry-run"), ("11.4.1", "dry-run")]
     assert not (bundle_dir / "engines").exists()
     np.testing.assert_equal(outcome.to_dict()["results"][0]["plan"]["precision"], "fp16")
+
+
+def test_dry_run_for_probabilities_prints_the_softmax_graphs_line_and_writes_that_graph(bundle_dir):
+    """`build --dry-run --output probabilities`: the trtexec line builds the graph with the Softmax
+    appended, which the dry run writes under engines/ (so the line runs), never into the sealed files."""
+    import onnx
+
+    hashes = json.loads((bundle_dir / "manifest.json").read_text())["files"]
+    outcome = build_engines(bundle_dir, "jetson-agx-orin", ["int8"], dry_run=True, tensorrt="10.3",
+                            output="probabilities")
+    result = outcome.results[0]
+    graph = bundle_dir / "engines" / "model.int8.probs.onnx"
+    assert result.status == "dry-run" and f"--onnx={graph}" in result.command
+    assert ".int8.probs.trt10.3." in result.command  # --saveEngine: its own name
+    assert [n.op_type for n in onnx.load(str(graph)).graph.node][-1] == "Softmax"
+    assert any("Softmax appended" in line for line in outcome.dry_run_lines())
+    assert json.loads((bundle_dir / "manifest.json").read_text())["files"] == hashes and Bundle.load(bundle_dir)
+    plain = build_engines(bundle_dir, "jetson-agx-orin", ["int8"], dry_run=True, tensorrt="10.3")
+    assert f"--onnx={bundle_dir / 'model.int8.onnx'}" in plain.results[0].command
+
+
+def test_a_probabilities_engine_is_verified_against_the_softmax_and_a_wrong_one_fails(bundle_dir, monkeypatch):
+    """The engine is held to softmax(golden outputs) by its precision's tier: logits where
+    probabilities are due (an engine built from the wrong graph) fail the verify."""
+    fake.install(monkeypatch, "10.3.0")
+    outcome = build_engines(bundle_dir, "server-a100", ["fp32"], output="probabilities")
+    assert outcome.passed, outcome.failure_message()
+    assert outcome.results[0].report.context["output"] == "probabilities"
+    assert read_sidecar(bundle_dir / outcome.results[0].engine)["output"] == "probabilities"
+    # a logits engine's run presented as probabilities: the numeric fp32 tier refuses it
+    real_run = fake._Engine._run
+    monkeypatch.setattr(fake._Engine, "_run", lambda self, x: np.log(real_run(self, x)))
+    failed = build_engines(bundle_dir, "server-a100", ["fp32"], output="probabilities")
+    assert not failed.passed and failed.results[0].status == "failed"
+
+
+def test_adopt_a_trtexec_engine_of_the_probabilities_graph(bundle_dir, monkeypatch, tmp_path):
+    """The route without Python TensorRT (the Nano): the dry run's line builds the probabilities
+    graph with trtexec, and --adopt --output probabilities takes it in, verified against the softmax."""
+    fake.install(monkeypatch, "10.3.0")
+    dry = build_engines(bundle_dir, "server-a100", ["fp32"], dry_run=True, tensorrt="10.x", output="probabilities")
+    graph = bundle_dir / dry.results[0].plan.onnx_file
+    plan_file = tmp_path / "probs.plan"
+    plan_file.write_bytes(fake.engine_bytes(graph, tensorrt_version="10.3.0", max_batch=256))
+    outcome = build_engines(bundle_dir, "server-a100", ["fp32"], adopt=plan_file, output="probabilities")
+    assert outcome.passed and outcome.results[0].status == "adopted", outcome.failure_message()
+    assert read_sidecar(bundle_dir / outcome.results[0].engine)["output"] == "probabilities"
+    logits = build_engines(bundle_dir, "server-a100", ["fp32"], adopt=plan_file)  # claimed as logits: fails
+    assert not logits.passed and logits.results[0].status == "failed"

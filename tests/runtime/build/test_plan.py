@@ -60,13 +60,36 @@ def test_dla_builds_fp16_with_gpu_fallback_and_static_shapes_and_refuses_int8(bu
     plan = make_plan(bundle, xavier, "fp16", "8.5.2", gpu_name="Xavier", compute_capability=(7, 2))
     assert plan.dla_core == 0 and plan.gpu_fallback and plan.typing == "weak"
     assert plan.builder_flags == ("FP16", "GPU_FALLBACK") and plan.min_shape == plan.opt_shape == plan.max_shape
-    assert plan.engine_file == "engines/jetson-agx-xavier.fp16.trt8.5.2.xavier-sm72.engine"
+    assert plan.engine_file == "engines/jetson-agx-xavier.fp16.dla0.trt8.5.2.xavier-sm72.engine"
     with pytest.raises(UsageError, match="DLA runs INT8 only with implicit quantization"):
         make_plan(bundle, xavier, "int8", "8.5.2")
     fp32 = make_plan(bundle, xavier, "fp32", "8.5.2")
     assert fp32.dla_core is None and "runs on the GPU" in fp32.notes[0]
     orin = dataclasses.replace(load_profile("jetson-agx-orin"), dla_core=1)
     assert make_plan(bundle, orin, "fp16", "10.3.0").typing == "weak"  # DLA on 10.x: weak typing + FP16
+
+
+def test_dla_and_gpu_engines_of_one_precision_get_different_names(bundle):
+    """A DLA fp16 engine must not overwrite the GPU fp16 engine (or the other core's): the name says dla0/dla1."""
+    gpu_profile = load_profile("jetson-agx-xavier")
+    device = dict(gpu_name="Xavier", compute_capability=(7, 2), sm_count=8)
+    plans = {core: make_plan(bundle, gpu_profile if core is None else dataclasses.replace(gpu_profile, dla_core=core),
+                             "fp16", "8.5.2", **device) for core in (None, 0, 1)}
+    names = {core: plan.engine_file for core, plan in plans.items()}
+    assert len(set(names.values())) == 3, names
+    assert ".dla" not in names[None] and ".fp16.dla0." in names[0] and ".fp16.dla1." in names[1]
+    # an fp32 "DLA" build runs on the GPU: named as the GPU engine it is
+    assert ".dla" not in make_plan(bundle, XAVIER_DLA, "fp32", "8.5.2", **device).engine_file
+
+
+def test_a_probabilities_plan_builds_the_softmax_graph_under_engines(bundle):
+    plan = make_plan(bundle, load_profile("jetson-agx-orin"), "int8", "10.3.0", output="probabilities")
+    assert plan.output == "probabilities" and plan.onnx_file == "engines/model.int8.probs.onnx"
+    assert plan.source_file == "model.int8.onnx" and ".int8.probs.trt10.3.0." in plan.engine_file
+    logits = make_plan(bundle, load_profile("jetson-agx-orin"), "int8", "10.3.0")
+    assert logits.onnx_file == logits.source_file == "model.int8.onnx" and logits.engine_file != plan.engine_file
+    with pytest.raises(UsageError, match="unknown output 'softmax'"):
+        make_plan(bundle, load_profile("jetson-agx-orin"), "int8", "10.3.0", output="softmax")
 
 
 def test_the_profile_refuses_a_precision_it_does_not_allow(bundle):

@@ -96,18 +96,19 @@ def test_stds_far_apart_are_refused_with_the_table_and_nothing_written(tmp_path,
     assert "nvinfer-normalised" in r.stdout and "DeepStream refused" in r.stderr
 
 
-def record_verified_engine(bundle, precision="int8", profile="jetson-agx-orin"):
+def record_verified_engine(bundle, precision="int8", profile="jetson-agx-orin", output="logits"):
     """An engine as `convdeploy build` leaves one after its verify passed: file, sidecar, manifest entry."""
     from convdeploy.runtime.bundle.contract import record_engine, write_sidecar
     from convdeploy.runtime.fsutil import sha256_file
 
     onnx_file = Bundle.load(bundle).artifact(precision)["file"]
-    rel = f"engines/{profile}.{precision}.trt10.3.0.orin-sm87.engine"
+    probs = ".probs" if output == "probabilities" else ""
+    rel = f"engines/{profile}.{precision}{probs}.trt10.3.0.orin-sm87.engine"
     (bundle / rel).parent.mkdir(exist_ok=True)
-    (bundle / rel).write_bytes(b"a TensorRT plan")
+    (bundle / rel).write_bytes(b"a TensorRT plan" + probs.encode())
     sidecar = {"tensorrt_version": "10.3.0", "gpu_name": "Orin", "compute_capability": "8.7", "precision": precision,
                "profile": profile, "onnx_file": onnx_file, "onnx_sha256": sha256_file(bundle / onnx_file),
-               "engine_sha256": sha256_file(bundle / rel)}
+               "engine_sha256": sha256_file(bundle / rel), "output": output}
     write_sidecar(bundle / rel, sidecar)
     record_engine(bundle, rel, sidecar)
     return bundle / rel
@@ -131,7 +132,16 @@ def test_int8_is_served_from_the_engine_build_verified_or_refused_with_the_reaso
                                                       "compute_capability": "8.7", "precision": "int8"}))
     with pytest.raises(UsageError, match="not one `convdeploy build` verified"):
         write_deepstream_config(b, tmp_path / "ds", engine=stray, profile="jetson-agx-orin")
-    engine = record_verified_engine(b)
+    # an INT8 engine built from the logits graph: refused, with the exact command that builds the right one
+    logits = record_verified_engine(b)
+    command = f"convdeploy build {b} --profile jetson-agx-orin --precision int8 --output probabilities"
+    with pytest.raises(UsageError, match=f"engine {logits.name} answers logits") as exc:
+        write_deepstream_config(b, tmp_path / "ds", precision="int8", profile="jetson-agx-orin")
+    assert f"run `{command}`" in str(exc.value) and "\n" not in str(exc.value)
+    with pytest.raises(UsageError, match="answers logits"):
+        write_deepstream_config(b, tmp_path / "ds", engine=logits, profile="jetson-agx-orin")
+    assert not (tmp_path / "ds").exists()
+    engine = record_verified_engine(b, output="probabilities")
     result = write_deepstream_config(b, tmp_path / "ds", precision="int8", profile="jetson-agx-orin")
     assert result.gate.tier == "int8"
     text = (tmp_path / "ds" / CONFIG_FILE).read_text()
@@ -140,8 +150,54 @@ def test_int8_is_served_from_the_engine_build_verified_or_refused_with_the_reaso
     assert "onnx-file" not in props  # nvinfer must not rebuild it (as FP16) from the ONNX
     assert (tmp_path / "ds" / "engines" / engine.name).read_bytes() == engine.read_bytes()
     assert (tmp_path / "ds" / "engines" / engine.with_suffix(".json").name).is_file()
-    # the engine answers what its ONNX answers: logits here, and the gate says so
-    assert result.gate.outputs == "logits" and any("logit as the confidence" in n for n in result.notes)
+    # the engine answers probabilities: the gate ran the graph it was built from (Softmax appended)
+    gate = result.gate
+    assert gate.outputs == "probabilities" and gate.softmax_verdict is not None and gate.softmax_verdict.passed
+    assert not any("logit" in n for n in result.notes)
+    assert not list((tmp_path / "ds").glob("*.onnx"))  # the gated graph is not shipped: nvinfer gets the engine
+
+
+def test_int8_end_to_end_build_output_probabilities_then_serve(tmp_path, sample_photos, monkeypatch):
+    """`build --precision int8 --output probabilities` on the stand-in TensorRT: the engine is built
+    from the Q/DQ graph with a Softmax appended, verified against the golden outputs' softmax,
+    recorded, and it is the one serve deepstream ships; a plain INT8 build is not."""
+    import onnxruntime as ort
+
+    from convdeploy.runtime.build import build_engines
+    from convdeploy.runtime.bundle.contract import read_sidecar
+    from convdeploy.runtime.fsutil import sha256_file
+    from tests.runtime.backends import fake_tensorrt as fake
+    from tests.runtime.build.conftest import requantize_for_tensorrt
+
+    monkeypatch.setattr(fixtures, "SPEC", PreprocessSpec(resize=40, crop=(32, 32)))
+    b = fixtures.write_bundle(tmp_path / "b", sample_photos, int8=True)
+    requantize_for_tensorrt(b, sample_photos)
+    hashes = json.loads((b / "manifest.json").read_text())["files"]
+    fake.install(monkeypatch, "10.3.0", cuda=fake.FakeCuda("Orin", (8, 7), sms=16))
+    plain = build_engines(b, "jetson-agx-orin", ["int8"]).results[0]
+    outcome = build_engines(b, "jetson-agx-orin", ["int8"], output="probabilities")
+    result = outcome.results[0]
+    assert outcome.passed and result.status == "built", outcome.failure_message()
+    assert result.engine != plain.engine and ".int8.probs." in result.engine
+    side = read_sidecar(b / result.engine)
+    assert side["output"] == "probabilities" and side["graph_file"] == "engines/model.int8.probs.onnx"
+    assert side["onnx_file"] == "model.int8.onnx" and side["onnx_sha256"] == sha256_file(b / "model.int8.onnx")
+    assert side["graph_sha256"] == sha256_file(b / "engines" / "model.int8.probs.onnx")
+    assert read_sidecar(b / plain.engine)["output"] == "logits"
+    # verified against softmax(golden): what the engine answers sums to 1 on every golden image
+    x = Bundle.load(b).golden()["inputs"].astype(np.float32)
+    probs = ort.InferenceSession(str(b / "engines" / "model.int8.probs.onnx"),
+                                 providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+    assert result.report.passed and result.report.context["output"] == "probabilities"
+    assert result.report.context["precision"] == "int8"
+    # the sealed bundle files are untouched: the graph lives under engines/
+    assert json.loads((b / "manifest.json").read_text())["files"] == hashes and Bundle.load(b)
+    served = write_deepstream_config(b, tmp_path / "ds", precision="int8", profile="jetson-agx-orin")
+    props = dict(line.split("=", 1) for line in (tmp_path / "ds" / CONFIG_FILE).read_text().splitlines()
+                 if "=" in line and not line.startswith("#"))
+    assert props["model-engine-file"] == f"engines/{(b / result.engine).name}"
+    assert served.gate.outputs == "probabilities" and served.gate.passed
 
 
 def test_the_served_classifier_answers_probabilities_gated_against_the_originals_softmax(tmp_path, sample_photos,
