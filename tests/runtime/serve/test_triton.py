@@ -216,11 +216,23 @@ def load_step(repo: Path, step: str, network: Path, monkeypatch, **pb_options) -
 
 
 @pytest.fixture
-def isolated_modules():
-    """Drop, after the test, every module imported from a generated repository."""
+def isolated_modules(tmp_path_factory):
+    """Drop, after the test, every module imported from a generated repository, and the
+    stand-ins (no file). A real library a test imported stays: torch (DLPack) imported twice
+    in one process corrupts its C extension's state and crashes a later test."""
+    base = str(tmp_path_factory.getbasetemp())
     before = set(sys.modules)
     yield
-    for name in set(sys.modules) - before:
+    new = set(sys.modules) - before
+
+    def from_repository(name: str) -> bool:
+        path = getattr(sys.modules.get(name), "__file__", None)
+        if path is not None:
+            return str(path).startswith(base)
+        top = name.partition(".")[0]
+        return top == name or (top in new and from_repository(top))
+
+    for name in sorted(n for n in new if from_repository(n)):
         del sys.modules[name]
 
 
