@@ -23,6 +23,7 @@ Schema (``format`` ``"convdeploy-report"``, ``schema_version`` 1)::
         {"name": "int8", "precision": "int8", "artifact": "model.int8.onnx", "tta": null,
          "passed": true, "samples": 256,
          "checks": [{"check", "metric", "value", "limit", "ok"}, ...],     # the tier's checks
+         "tolerance_overrides": {check: {"set_by": "command line" | "profile NAME", "default"}},
          "numeric": {"max_abs_err", "max_rel_err", "min_cosine", "mean_cosine"},
          "agreement": {"same", "total", "value", "wilson95": [lo, hi], "flips",
                        "flips_on_near_ties", "near_tie"},
@@ -130,6 +131,7 @@ def _row_document(row: ParityRow, classes: Sequence[str], samples: Sequence[Any]
         "name": row.name, "precision": row.precision, "artifact": row.artifact, "tta": row.tta,
         "passed": row.passed, "samples": n,
         "checks": [dict(c) for c in row.verdict.checks],
+        "tolerance_overrides": {k: dict(v) for k, v in row.overridden.items()},
         "numeric": {k: _finite(rep[k]) for k in ("max_abs_err", "max_rel_err", "min_cosine", "mean_cosine")},
         "agreement": {"same": n - int(rep["flips"]), **proportion(n - int(rep["flips"]), n),
                       "flips": int(rep["flips"]), "flips_on_near_ties": int(rep["flips_on_near_ties"]),
@@ -268,6 +270,57 @@ def _bench_key(result: Mapping[str, Any]) -> tuple[Any, Any, Any]:
     return backend.get("backend"), backend.get("artifact"), backend.get("precision")
 
 
+# --------------------------------------------------------------------------- reading a document
+# The checks that tolerate some flipped decisions when their limit has slack; a limit
+# without slack (100 % agreement, no accuracy drop) fails on one flip at any sample size.
+_DECISION_CHECKS = ("min_top1_agreement", "min_top1_outside_ties", "max_accuracy_drop")
+
+
+def one_flip_failures(artifact: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The passed checks of a report's ``artifact`` that one more flipped decision would fail.
+
+    A tier that tolerates flips (agreement >= 99 %, an accuracy drop <= 1 point) gives
+    weak evidence when the sample is so small that its slack is less than one sample: the
+    verdict then hangs on a single image. Each entry: ``{"check", "limit", "value",
+    "after_one_flip"}``. Agreement outside near-ties is counted over every sample (the
+    report does not keep how many were near-ties), so it is flagged only when certain.
+    Checks whose limit has no slack are not listed: one flip fails them by design.
+    """
+    n = int(artifact.get("samples") or 0)
+    if n <= 0:
+        return []
+    out = []
+    for check in artifact.get("checks") or []:
+        name, limit, value = check.get("check"), check.get("limit"), check.get("value")
+        if name not in _DECISION_CHECKS or not check.get("ok") or limit is None or value is None:
+            continue
+        if name == "max_accuracy_drop":
+            if limit <= 0:
+                continue
+            after = value + 100.0 / n  # one right answer of the artifact turned wrong
+            fails = after > limit + 1e-12
+        else:
+            if limit >= 1.0:
+                continue
+            after = value - 1.0 / n
+            fails = after < limit - 1e-12
+        if fails:
+            out.append({"check": name, "limit": float(limit), "value": float(value), "after_one_flip": after})
+    return out
+
+
+def weak_evidence(document: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A passed report whose verdict one flipped decision would overturn: ``{"samples": fewest
+    samples among the fragile rows, "rows": {artifact name: one_flip_failures(...)}}``, else None."""
+    if document.get("status") != "passed":
+        return None
+    rows = {a.get("name"): found for a in document.get("artifacts") or [] if (found := one_flip_failures(a))}
+    if not rows:
+        return None
+    samples = min(int(a.get("samples") or 0) for a in document.get("artifacts") or [] if a.get("name") in rows)
+    return {"samples": samples, "rows": rows}
+
+
 # --------------------------------------------------------------------------- reading and writing
 def load_report_document(path: str | os.PathLike) -> dict[str, Any]:
     """A report.json this module wrote (format and schema version checked)."""
@@ -383,6 +436,6 @@ def write_bench_report(directory: str | os.PathLike, result: Mapping[str, Any],
 
 
 __all__ = ["REPORT_FORMAT", "REPORT_SCHEMA_VERSION", "THUMBNAILS_PER_ARTIFACT", "ReportFiles",
-           "bench_only_document", "build_report_document", "load_report_document", "proportion",
-           "skipped_report_document", "thumbnail_uri", "with_bench", "write_bench_report", "write_check_report",
-           "write_report"]
+           "bench_only_document", "build_report_document", "load_report_document", "one_flip_failures",
+           "proportion", "skipped_report_document", "thumbnail_uri", "weak_evidence", "with_bench",
+           "write_bench_report", "write_check_report", "write_report"]
