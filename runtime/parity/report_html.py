@@ -130,6 +130,8 @@ def _scalar(value: Any) -> str:
         return "yes" if value else "no"
     if value is None:
         return "<span class=muted>-</span>"
+    if isinstance(value, float):
+        return f"{value:.6g}"
     return _e(value)
 
 
@@ -172,7 +174,9 @@ def _kv_rows(data: Mapping[str, Any], depth: int = 0, skip: Sequence[str] = ()) 
                 rows.extend(_kv_rows(item, depth + 1) if isinstance(item, Mapping) else
                             [f"<tr><th></th><td>{_scalar(item)}</td></tr>"])
         elif isinstance(value, (list, tuple)):
-            shown = ", ".join(_scalar(v) for v in value) if value else "<span class=muted>none</span>"
+            # Versions and names on one line; sentences (notes) one per line.
+            glue = "<br>" if any(isinstance(v, str) and " " in v for v in value) else ", "
+            shown = glue.join(_scalar(v) for v in value) if value else "<span class=muted>none</span>"
             rows.append(f"<tr><th{cls}>{_label(key)}</th><td>{shown}</td></tr>")
         else:
             rows.append(f"<tr><th{cls}>{_label(key)}</th><td>{_scalar(value)}</td></tr>")
