@@ -96,7 +96,8 @@ MANIFEST = {"name": "lenet5-digits", "architecture": "lenet5",
                            "checkpoint_meta": {"metrics": {"val_acc": 0.98}, "model_kwargs": {}},
                            "profile": {"name": "jetson-agx-orin", "backend": "tensorrt",
                                        "device": "Jetson AGX Orin", "tensorrt": ["10.3", "10.16"]},
-                           "notes": ["TensorRT pre-flight of model.onnx: ok"]}}
+                           "notes": ["static pre-flight of model.onnx: ok",
+                                     "static pre-flight of model.int8.onnx: ok"]}}
 
 
 def _page(rows: list[ParityRow], n: int, manifest: dict | None = None, bench: list | None = None) -> Page:
@@ -167,6 +168,11 @@ def test_provenance_is_rows_not_json(page):
     assert row[1]["text"] == "10.3, 10.16"
     row = next(r for r in provenance if r[0]["text"] == "model kwargs")
     assert row[1]["text"] == "-"
+    row = next(r for r in provenance if r[0]["text"] == "notes")  # sentences: one a line
+    assert row[1]["text"].split("\n") == ["static pre-flight of model.onnx: ok",
+                                          "static pre-flight of model.int8.onnx: ok"]
+    row = next(r for r in provenance if r[0]["text"] == "val acc")
+    assert row[1]["text"] == "0.98"
 
 
 def test_the_header_names_the_target_profile(page):
