@@ -5,8 +5,9 @@
     python benchmarks/report_screenshot.py --quick   # a report of the tests' tiny bundle, into a temp dir
 
 The page is opened from disk with the same flags as the report's browser test, the top
-of it (summary, checks, accuracy) is captured, and the PNG is reduced to a 256-colour
-palette so that the committed file stays small (< 300 KB). Prints the size.
+of it (summary, checks, accuracy) is captured with the bench section below it (``--also``:
+the latencies per batch and per image sit at the page's end), and the PNG is reduced to a
+256-colour palette so that the committed file stays small (< 300 KB). Prints the size.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
-def screenshot(page: Path, out: Path, *, width: int = 1100, height: int = 1500) -> int:
+def screenshot(page: Path, out: Path, *, width: int = 1100, height: int = 1090, also: str | None = "#bench") -> int:
     from PIL import Image
     from playwright.sync_api import sync_playwright
 
@@ -38,6 +39,15 @@ def screenshot(page: Path, out: Path, *, width: int = 1100, height: int = 1500) 
             raw = Path(profile) / "shot.png"
             tab.screenshot(path=str(raw))
             image = Image.open(raw).convert("RGB")
+            if also and tab.locator(also).count():
+                extra = Path(profile) / "also.png"
+                tab.locator(also).screenshot(path=str(extra))
+                below = Image.open(extra).convert("RGB")
+                gap = 24
+                whole = Image.new("RGB", (image.width, image.height + gap + below.height), "#fafafa")
+                whole.paste(image, (0, 0))
+                whole.paste(below, ((image.width - below.width) // 2, image.height + gap))
+                image = whole
         finally:
             context.close()
     image.quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(out, optimize=True)
@@ -62,18 +72,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("page", type=Path, nargs="?", help="a report.html")
     parser.add_argument("out", type=Path, nargs="?", help="the PNG to write")
-    parser.add_argument("--height", type=int, default=1500, help="pixels of the page's top to capture")
+    parser.add_argument("--height", type=int, default=1090, help="pixels of the page's top to capture")
+    parser.add_argument("--also", default="#bench", help="a CSS selector captured below the top ('' for none)")
     parser.add_argument("--quick", action="store_true",
                         help="screenshot a report of the tests' tiny bundle into a temporary directory")
     args = parser.parse_args()
     if args.quick and args.page is None:
         with tempfile.TemporaryDirectory(prefix="report-shot-") as tmp:
-            size = screenshot(tiny_report(Path(tmp)), Path(tmp) / "shot.png", height=args.height)
+            size = screenshot(tiny_report(Path(tmp)), Path(tmp) / "shot.png", height=args.height,
+                              also=args.also or None)
         print(f"report of the tests' tiny bundle: {size / 1024:.0f} KB")
         return
     if args.page is None or args.out is None:
         parser.error("PAGE and OUT are required (or pass --quick)")
-    size = screenshot(args.page, args.out, height=args.height)
+    size = screenshot(args.page, args.out, height=args.height, also=args.also or None)
     print(f"{args.out}: {size / 1024:.0f} KB")
 
 

@@ -29,11 +29,24 @@ from convdeploy.runtime.errors import CheckFailedError, InputError
 from convdeploy.runtime.fsutil import check_replaceable
 from convdeploy.runtime.parity.report_document import load_report_document, with_bench, write_report
 from convdeploy.runtime.predictor import Predictor
+from convdeploy.runtime.targets import resolve_profile
 from convdeploy.runtime.verify import verify_bundle
 
 DEMO_ARCH = "lenet5"
 DEMO_PROFILE = "jetson-agx-orin"
 BENCH_ITERATIONS = 20  # per batch size: enough for a p50 on LeNet-5, seconds in all
+PRECISION_WORDS = {"fp32": "FP32", "fp16": "FP16", "int8": "S8S8 INT8"}  # the Jetson profile's INT8 flavour
+
+
+def _verify_words(result: Any) -> str:
+    """What a verify line measured: its golden rows, their agreement and, with labels, their accuracy."""
+    report = result.rows[0].report
+    n = int(report["samples"])
+    words = f"on the bundle's {n} golden rows, {n - int(report['flips'])}/{n} decisions as the source's"
+    if "accuracy_candidate" in report:
+        correct = round(float(report["accuracy_candidate"]) * n)
+        words += f"; verify accuracy {correct}/{n} ({100 * float(report['accuracy_candidate']):.2f}%)"
+    return words
 
 
 def run_demo(
@@ -62,14 +75,26 @@ def run_demo(
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
 
+    target = resolve_profile(DEMO_PROFILE)
+    log(f"convdeploy demo: {DEMO_ARCH} on scikit-learn's 1,797 handwritten digits, deployed for {DEMO_PROFILE}")
+    log(f"      why {DEMO_PROFILE} on this machine: the demo builds the bundle a Jetson AGX Orin would receive "
+        f"({', '.join(PRECISION_WORDS.get(p, p) for p in precisions)} ONNX, opset {target.opset}) and gates it "
+        "here, on the "
+        "CPU, before any engine exists; the TensorRT engine is built and verified on the device "
+        "(`convdeploy build`, then `convdeploy verify`)")
+    # The digits as PNG files first: their val folder is training's val split, image for image.
+    digits_dir = out / "digits"
+    write_digits_imagefolder(digits_dir, overwrite=True)
+    val_files = sorted((digits_dir / "val").glob("*/*.png"))
     log(f"[1/5] training {DEMO_ARCH} on scikit-learn's handwritten digits")
     t0 = time.perf_counter()
     overrides = {} if epochs is None else {"epochs": epochs}
     config = suggested_config(DEMO_ARCH, **overrides)
     trained = train(DEMO_ARCH, "digits", config, out / "run", overwrite=overwrite, progress=progress)
     timings["train_s"] = time.perf_counter() - t0
-    log(f"      best val accuracy {100 * trained.best_val_acc:.2f}% at epoch {trained.best_epoch} "
-        f"({timings['train_s']:.1f} s)")
+    val_size = len(val_files)
+    log(f"      training accuracy: {100 * trained.best_val_acc:.2f}% on the {val_size} val images "
+        f"(best epoch {trained.best_epoch}, {timings['train_s']:.1f} s)")
 
     log(f"[2/5] exporting {', '.join(precisions)} for profile {DEMO_PROFILE} with the parity gate")
     t0 = time.perf_counter()
@@ -79,14 +104,14 @@ def run_demo(
     )
     timings["export_s"] = time.perf_counter() - t0
     if exported.parity is not None:
+        gate = exported.parity.inputs.samples
+        log(f"      gate accuracy (acc ref/cand below): on {gate} of the {val_size} val images (a seeded sample, "
+            "the gate's default size), so it need not equal training's")
         log(exported.parity.table())
     if not exported.passed:
         raise CheckFailedError(f"the parity gate failed; see {exported.out_dir}/parity.json")
 
     log("[3/5] predicting the validation PNGs with the torch-free runtime")
-    digits_dir = out / "digits"
-    write_digits_imagefolder(digits_dir, overwrite=True)
-    val_files = sorted((digits_dir / "val").glob("*/*.png"))
     t0 = time.perf_counter()
     accuracy: dict[str, float] = {}
     for precision in precisions:
@@ -94,15 +119,19 @@ def run_demo(
             preds = list(predictor.predict_iter(val_files, topk=1))
         correct = sum(p.ok and p.labels[0] == f.parent.name for p, f in zip(preds, val_files))
         accuracy[precision] = correct / len(val_files)
-        log(f"      {precision}: {correct}/{len(val_files)} correct ({100 * accuracy[precision]:.2f}%)")
+        log(f"      predict accuracy, {precision}: {correct}/{len(val_files)} correct "
+            f"({100 * accuracy[precision]:.2f}%): the same {len(val_files)} val images as training's, "
+            "read back as PNG files")
     timings["predict_s"] = time.perf_counter() - t0
 
     log("[4/5] verifying every artifact against the golden outputs, as on a device")
     verified = {}
+    golden_rows = None
     for precision in precisions:
         result = verify_bundle(exported.out_dir, backend="onnxruntime", precision=precision)
         verified[precision] = result.passed
-        log(f"      {result.summary()}")
+        golden_rows = int(result.rows[0].report["samples"])
+        log(f"      {result.summary()}: {_verify_words(result)}")
     if not all(verified.values()):
         raise CheckFailedError("on-device verify failed", f"see `convdeploy verify {exported.out_dir}`")
 
@@ -126,6 +155,10 @@ def run_demo(
         "bundle": str(exported.out_dir),
         "parity": exported.status,
         "runtime_accuracy": accuracy,
+        # Why the demo's accuracies differ: each is measured on its own set of images.
+        "samples": {"training_and_predict": len(val_files),
+                    "gate": exported.parity.inputs.samples if exported.parity is not None else None,
+                    "verify": golden_rows},
         "verified": verified,
         "report": str(files.html),
         "timings": timings,

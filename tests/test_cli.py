@@ -138,3 +138,26 @@ def test_python_api_mirrors_the_cli():
 def test_importing_the_packages_stays_light():
     proc = run_without_torch("import convdeploy.exporter, convdeploy.runtime, convdeploy.profiles\nimport sys\nassert 'torch' not in sys.modules\n")
     assert proc.returncode == 0, proc.stderr
+
+
+def test_models_shows_macs_in_a_unit_where_lenet_is_not_zero(cli):
+    from convdeploy.exporter.architectures.registry import get_entry
+    from convdeploy.exporter.commands.models import mmacs
+
+    r = cli("models", "lenet*")
+    assert r.exit_code == 0
+    header, _, row = r.output.splitlines()[:3]
+    columns = header.split()
+    assert "MMACs" in columns and "GMACs" not in columns
+    lenet = row.split()
+    shown = lenet[columns.index("MMACs")]
+    assert float(shown) > 0 and shown == mmacs(get_entry("lenet5").macs)
+    assert mmacs(0.000416) == "0.416" and mmacs(4.1118) == "4,112" and mmacs(0.0406) == "40.6"
+
+
+def test_the_torch_hint_says_python_3_10_on_older_pythons():
+    from convdeploy.runtime.commands.common import torch_install_hint
+
+    old = torch_install_hint((3, 8))
+    assert "Python 3.10+" in old and "Python 3.8" in old and "convdeploy[torch]" in old
+    assert "pip install 'convdeploy[torch]'" in torch_install_hint((3, 11))

@@ -29,6 +29,8 @@ PAGE_FACTS = """() => ({
   nearTies: document.querySelectorAll('.badge.tie').length,
   warnings: Array.from(document.querySelectorAll('.warnings li')).map(li => li.textContent),
   status: document.querySelector('h1 .badge').textContent,
+  verdict: (document.querySelector('.verdict') || {}).textContent || null,
+  target: (document.querySelector('.target') || {}).textContent || null,
 })"""
 
 
@@ -147,8 +149,12 @@ def test_check_report_bench_report_and_the_page_in_chromium(cli, exported, other
 def test_the_bundles_own_report_opens_in_chromium(exported):
     facts = open_in_chromium(exported / "report.html")
     assert_a_complete_page(facts)
-    assert facts["status"] == "PASSED"
+    # 64 samples and INT8's 99 %: 63/64 is 98.4 %, so the pass hangs on one image, and the page says so.
+    assert facts["status"] == "PASSED, weak evidence"
+    assert facts["verdict"].startswith("PASSED, weak evidence: 64 samples; one flip would fail (int8: top-1 "
+                                       "agreement ≥ 99 %")
     assert any("too few for min_top1_agreement=0.99" in w for w in facts["warnings"])
+    assert facts["target"].startswith("target profile cpu-x86")
 
 
 def test_bench_report_on_a_fresh_directory_starts_from_the_bundles_report(cli, exported, tmp_path):

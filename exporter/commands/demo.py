@@ -23,6 +23,12 @@ def demo_cmd(out: str, epochs: int | None, overwrite: bool, no_progress: bool, a
     classifies the validation digits as PNG files with the torch-free runtime and
     verifies every artifact against the golden outputs. A few minutes on 2 CPU cores.
 
+    Why a Jetson profile on a CPU: the bundle is what the device receives; its parity
+    gate runs here, before any engine exists, and the engine is built on the device
+    (`convdeploy build`). Its three accuracies are measured on different images:
+    training's and predict's on the 359 val digits, the gate's on a sample of 256 of
+    them, verify's on the bundle's 32 golden rows.
+
     \b
     Example:
       convdeploy demo --out demo-run
@@ -30,7 +36,8 @@ def demo_cmd(out: str, epochs: int | None, overwrite: bool, no_progress: bool, a
     """
     from convdeploy.exporter.demo import run_demo
 
-    log = (lambda message: None) if as_json else click.echo
+    # With --json the story goes to stderr, like every command's progress: stdout stays one JSON document.
+    log = (lambda message: click.echo(message, err=True)) if as_json else click.echo
     summary = run_demo(out, epochs=epochs, overwrite=overwrite, progress=not (no_progress or as_json), log=log)
     if as_json:
         echo_json(summary)

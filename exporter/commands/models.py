@@ -37,13 +37,20 @@ def models_cmd(pattern: str | None, as_json: bool) -> None:
         info = entry.as_dict()
         info["input"] = "x".join(str(d) for d in entry.input_size)
         info["params_fmt"] = f"{entry.params:,}" if entry.params is not None else None
-        info["macs_fmt"] = f"{entry.macs:.3f}" if entry.macs is not None else None
+        info["macs_fmt"] = mmacs(entry.macs) if entry.macs is not None else None
         rows.append(info)
     if as_json:
         echo_json([{k: v for k, v in r.items() if not k.endswith("_fmt") and k != "input"} for r in rows])
         return
     echo_table(rows, [("name", "name"), ("family", "family"), ("params_fmt", "params"),
-                      ("macs_fmt", "GMACs"), ("input", "input"), ("num_classes", "classes"), ("paper", "paper")])
+                      ("macs_fmt", "MMACs"), ("input", "input"), ("num_classes", "classes"), ("paper", "paper")])
+
+
+def mmacs(gmacs: float) -> str:
+    """Multiply-accumulates in millions, legible at both ends of the zoo: LeNet-5's 0.416, ResNet-50's 4,112
+    (in GMACs, LeNet-5 would read 0.000)."""
+    m = gmacs * 1e3
+    return f"{m:,.0f}" if m >= 100 else f"{m:.3g}"
 
 
 def _echo_model_options(name: str, as_json: bool) -> None:

@@ -34,7 +34,7 @@ from convdeploy.runtime.backends.base import run_batched
 from convdeploy.runtime.errors import CheckFailedError, UsageError
 from convdeploy.runtime.parity.metrics import compare_outputs, judge
 from convdeploy.runtime.parity.report import ParityInputs, ParityReport, ParityRow
-from convdeploy.runtime.parity.tolerances import resolve
+from convdeploy.runtime.parity.tolerances import overridden, resolve
 from convdeploy.runtime.transforms.preprocess import PreprocessSpec, preprocess_batch
 from convdeploy.runtime.transforms.tta import TTASpec, make_views, merge_views
 
@@ -177,7 +177,8 @@ def judge_row(name: str, precision: str, artifact: str, reference: np.ndarray, c
     tol = resolve(precision, profile, overrides)
     report = compare_outputs(reference, candidate, labels, near_tie=float(tol.get("near_tie") or 0.0))
     return ParityRow(name, precision, artifact, report, judge(report, precision, tol), tol, tta=tta,
-                     reference_logits=reference, candidate_logits=candidate, labels=labels)
+                     reference_logits=reference, candidate_logits=candidate, labels=labels,
+                     overridden=overridden(precision, profile, overrides))
 
 
 @dataclass

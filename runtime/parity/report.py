@@ -38,6 +38,9 @@ class ParityRow:
     reference_logits: np.ndarray | None = field(default=None, repr=False, compare=False)
     candidate_logits: np.ndarray | None = field(default=None, repr=False, compare=False)
     labels: np.ndarray | None = field(default=None, repr=False, compare=False)
+    # Tolerance keys a profile or the command line changed from the tier's default
+    # (:func:`runtime.parity.tolerances.overridden`): the report marks those limits.
+    overridden: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def passed(self) -> bool:

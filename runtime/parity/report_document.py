@@ -23,6 +23,7 @@ Schema (``format`` ``"convdeploy-report"``, ``schema_version`` 1)::
         {"name": "int8", "precision": "int8", "artifact": "model.int8.onnx", "tta": null,
          "passed": true, "samples": 256,
          "checks": [{"check", "metric", "value", "limit", "ok"}, ...],     # the tier's checks
+         "tolerance_overrides": {check: {"set_by": "command line" | "profile NAME", "default"}},
          "numeric": {"max_abs_err", "max_rel_err", "min_cosine", "mean_cosine"},
          "agreement": {"same", "total", "value", "wilson95": [lo, hi], "flips",
                        "flips_on_near_ties", "near_tie"},
@@ -129,6 +130,7 @@ def _row_document(row: ParityRow, classes: Sequence[str], samples: Sequence[Any]
         "name": row.name, "precision": row.precision, "artifact": row.artifact, "tta": row.tta,
         "passed": row.passed, "samples": n,
         "checks": [dict(c) for c in row.verdict.checks],
+        "tolerance_overrides": {k: dict(v) for k, v in row.overridden.items()},
         "numeric": {k: _finite(rep[k]) for k in ("max_abs_err", "max_rel_err", "min_cosine", "mean_cosine")},
         "agreement": {"same": n - int(rep["flips"]), **proportion(n - int(rep["flips"]), n),
                       "flips": int(rep["flips"]), "flips_on_near_ties": int(rep["flips_on_near_ties"]),
@@ -382,6 +384,6 @@ def write_bench_report(directory: str | os.PathLike, result: Mapping[str, Any],
 
 
 __all__ = ["REPORT_FORMAT", "REPORT_SCHEMA_VERSION", "THUMBNAILS_PER_ARTIFACT", "ReportFiles",
-           "bench_only_document", "build_report_document", "load_report_document", "proportion",
-           "skipped_report_document", "thumbnail_uri", "with_bench", "write_bench_report", "write_check_report",
-           "write_report"]
+           "bench_only_document", "build_report_document", "load_report_document",
+           "proportion", "skipped_report_document", "thumbnail_uri", "with_bench",
+           "write_bench_report", "write_check_report", "write_report"]

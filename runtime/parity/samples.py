@@ -11,7 +11,7 @@ every accuracy and agreement. Torch-free.
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 from convdeploy.runtime.errors import InternalError
 
@@ -88,4 +88,56 @@ def fewer_samples_warning(what: str, got: int, asked: int, why: str) -> str | No
     return f"{what} ran on {got} samples, {asked} asked: {why}"
 
 
-__all__ = ["Z95", "fewer_samples_warning", "sample_size_warnings", "samples_needed", "wilson_interval"]
+# --------------------------------------------------------------------------- one flip from failing
+# The checks that tolerate some flipped decisions when their limit has slack; a limit
+# without slack (100 % agreement, no accuracy drop) fails on one flip at any sample size.
+_DECISION_CHECKS = ("min_top1_agreement", "min_top1_outside_ties", "max_accuracy_drop")
+
+
+def one_flip_failures(artifact: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The passed checks of a report's ``artifact`` that one more flipped decision would fail.
+
+    A tier that tolerates flips (agreement >= 99 %, an accuracy drop <= 1 point) gives
+    weak evidence when the sample is so small that its slack is less than one sample: the
+    verdict then hangs on a single image. Each entry: ``{"check", "limit", "value",
+    "after_one_flip"}``. Agreement outside near-ties is counted over every sample (the
+    report does not keep how many were near-ties), so it is flagged only when certain.
+    Checks whose limit has no slack are not listed: one flip fails them by design.
+    """
+    n = int(artifact.get("samples") or 0)
+    if n <= 0:
+        return []
+    out = []
+    for check in artifact.get("checks") or []:
+        name, limit, value = check.get("check"), check.get("limit"), check.get("value")
+        if name not in _DECISION_CHECKS or not check.get("ok") or limit is None or value is None:
+            continue
+        if name == "max_accuracy_drop":
+            if limit <= 0:
+                continue
+            after = value + 100.0 / n  # one right answer of the artifact turned wrong
+            fails = after > limit + 1e-12
+        else:
+            if limit >= 1.0:
+                continue
+            after = value - 1.0 / n
+            fails = after < limit - 1e-12
+        if fails:
+            out.append({"check": name, "limit": float(limit), "value": float(value), "after_one_flip": after})
+    return out
+
+
+def weak_evidence(document: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A passed report whose verdict one flipped decision would overturn: ``{"samples": fewest
+    samples among the fragile rows, "rows": {artifact name: one_flip_failures(...)}}``, else None."""
+    if document.get("status") != "passed":
+        return None
+    rows = {a.get("name"): found for a in document.get("artifacts") or [] if (found := one_flip_failures(a))}
+    if not rows:
+        return None
+    samples = min(int(a.get("samples") or 0) for a in document.get("artifacts") or [] if a.get("name") in rows)
+    return {"samples": samples, "rows": rows}
+
+
+__all__ = ["Z95", "fewer_samples_warning", "one_flip_failures", "sample_size_warnings", "samples_needed", "weak_evidence",
+           "wilson_interval"]

@@ -140,3 +140,24 @@ def resolve(precision: str, profile: "Profile | None" = None,
     table (:func:`profile_table`), then ``overrides`` (flat, or keyed by precision as
     :func:`parse_tolerance_overrides` returns them; see :func:`layer_for`)."""
     return tolerances_for(precision, profile_table(profile, precision), layer_for(overrides, precision))
+
+
+def overridden(precision: str, profile: "Profile | None" = None,
+               overrides: Mapping[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+    """The keys of :func:`resolve` that differ from the tier's default, and who changed them:
+    ``{key: {"set_by": "command line" | "profile NAME", "default": tier value}}``.
+
+    A layer that repeats the value below it changes nothing and is not named, so a report
+    marks only the limits a reader would not find in the tier's table.
+    """
+    tier = TIERS[precision] if precision in TIERS else {}
+    after_profile = tolerances_for(precision, profile_table(profile, precision))
+    final = resolve(precision, profile, overrides)
+    out: dict[str, dict[str, Any]] = {}
+    for key, value in final.items():
+        if value != after_profile.get(key):
+            out[key] = {"set_by": "command line", "default": tier.get(key)}
+        elif value != tier.get(key):
+            out[key] = {"set_by": f"profile {getattr(profile, 'name', '?')}", "default": tier.get(key)}
+    return out
+
