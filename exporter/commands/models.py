@@ -11,9 +11,14 @@ from convdeploy.runtime.commands.common import (
 
 @click.command("models", cls=ConvDeployCommand)
 @click.argument("pattern", required=False)
+@click.option("--layers", "layers", is_flag=True,
+              help="With a NAME: every layer's output shape, parameters and multiply-accumulates, by block, "
+                   "and what each 1x1 bottleneck saves (measured on the real modules).")
+@click.option("--csv", "csv_path", default=None, type=click.Path(dir_okay=False, path_type=str), metavar="FILE",
+              help="With --layers: also write the per-layer cost table to FILE as CSV.")
 @json_option
 @needs_torch
-def models_cmd(pattern: str | None, as_json: bool) -> None:
+def models_cmd(pattern: str | None, layers: bool, csv_path: str | None, as_json: bool) -> None:
     """List the registered architectures, or show one with its builder options.
 
     With an exact NAME: its paper, input and preprocessing, and each option that
@@ -24,10 +29,19 @@ def models_cmd(pattern: str | None, as_json: bool) -> None:
     Example:
       convdeploy models 'resnet*'
       convdeploy models lenet5
+      convdeploy models googlenet --layers --csv googlenet-cost.csv
       convdeploy models --json
     """
     from convdeploy.exporter.architectures.registry import get_entry, list_models
+    from convdeploy.runtime.errors import UsageError
 
+    if layers or csv_path:
+        if not pattern:
+            raise UsageError("--layers needs one architecture NAME", "run `convdeploy models` to list them")
+        from convdeploy.exporter.commands.models_layers import echo_layers
+
+        echo_layers(pattern, as_json=as_json, csv_path=csv_path)
+        return
     if pattern and pattern in list_models():
         _echo_model_options(pattern, as_json)
         return
