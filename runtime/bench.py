@@ -158,7 +158,10 @@ def bench_bundle(
 
             b = batch_sizes[0]
             x, _ = _rows(golden, sample_shape, b * views, bundle.preprocess.dtype)
-            stage_files = [Path(p) for p in images][: max(e2e_images, b)] if images else None
+            stage_files = None
+            if images:
+                given = [Path(p) for p in images]
+                stage_files = [given[i % len(given)] for i in range(max(e2e_images, len(given)))]
             add_layer_profile(result, predictor, bundle, backend_request=backend, batch=b, rows=x, tta=tta,
                               profile=prof, threads=threads, iterations=iterations, files=stage_files,
                               backend_opts=backend_opts, progress=progress)

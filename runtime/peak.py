@@ -62,7 +62,7 @@ def measure_fma_peak(threads: Optional[int] = None, *, refresh: bool = False,
     """
     threads = int(threads or os.cpu_count() or 1)
     cpu = cpu_model()
-    key = f"{cpu} | {threads} threads"
+    key = f"{cpu} | {threads} threads | best of {repeats}"
     cache = _cache_path()
     entries = _read_cache(cache)
     if not refresh and isinstance(entries.get(key), dict) and entries[key].get("gflops"):

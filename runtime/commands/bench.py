@@ -28,11 +28,15 @@ from convdeploy.runtime.commands.common import (
 @click.option("--report", "report_dir", default=None, type=click.Path(file_okay=False, path_type=str), metavar="DIR",
               help="Add these timings to the report in DIR (report.json/report.html; started from the "
                    "bundle's own report when DIR has none).")
+@click.option("--layers", "layers", is_flag=True,
+              help="Also time every layer (the backend's own profiler) in the source's module names, with its "
+                   "MACs, GFLOP/s and fraction of this CPU's measured peak; with --images, split the end-to-end "
+                   "time into decode, views, preprocess, inference and merge.")
 @json_option
 def bench_cmd(bundle: str, backend: str, precision: str | None, profile_name: str | None, threads: int | None,
               batch_sizes: str, warmup: int, iterations: int | None, duration: float | None,
               image_paths: tuple[str, ...], e2e_images: int, tta: str | None, compare_torch: str | None,
-              report_dir: str | None, as_json: bool) -> None:
+              report_dir: str | None, layers: bool, as_json: bool) -> None:
     """Latency (p50/p90/p99) and throughput, model-only and end to end.
 
     \b
@@ -40,6 +44,7 @@ def bench_cmd(bundle: str, backend: str, precision: str | None, profile_name: st
       convdeploy bench bundles/resnet18 --batch-sizes 1,8 --threads 2 --images photos/
       convdeploy bench bundles/resnet18 --compare-torch runs/resnet18/best --json
       convdeploy bench bundles/resnet18 --report reports/resnet18
+      convdeploy bench bundles/resnet50 --layers --batch-sizes 1 --threads 2 --images photos/
     """
     from convdeploy.runtime.bench import bench_bundle
     from convdeploy.runtime.errors import InputError, UsageError
@@ -68,7 +73,8 @@ def bench_cmd(bundle: str, backend: str, precision: str | None, profile_name: st
     result = bench_bundle(bundle, backend, precision=precision, profile=profile_name, threads=threads,
                           batch_sizes=sizes, warmup=warmup, iterations=iterations, duration=duration,
                           images=files, e2e_images=e2e_images, tta=tta, compare_with=compare_with,
-                          progress=None if as_json else (lambda m: click.echo(f"timing {m}...", err=True)))
+                          progress=None if as_json else (lambda m: click.echo(f"timing {m}...", err=True)),
+                          **({"layers": True} if layers else {}))
     if report_dir:
         from convdeploy.runtime.parity.report_document import write_bench_report
 
@@ -90,6 +96,10 @@ def bench_cmd(bundle: str, backend: str, precision: str | None, profile_name: st
                      "fraction": f"{100 * e['fraction_of_model_only']:.1f}%"} for e in result["end_to_end"]],
                    [("batch", "batch"), ("images", "images"), ("throughput_ips", "img/s"),
                     ("fraction", "of model-only"), ("errors", "errors")])
+    if "layers" in result:
+        from convdeploy.runtime.commands.bench_layers import echo_layer_profile
+
+        echo_layer_profile(result)
     if "torch" in result:
         click.echo(f"PyTorch eager ({result['torch']['model']}, torch {result['torch']['torch']}), "
                    "compared at the same precision:")
