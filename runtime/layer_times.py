@@ -239,12 +239,11 @@ def join_events(events: Sequence[dict[str, Any]], nodes: Optional[dict[str, Grap
     source layer. Returns rows with ``layer``, ``onnx_nodes``, ``ops``, ``us``, ``macs``
     (per image), ``int8`` (whether the kernel ran on integers, None when not a MAC layer)."""
     producers = {o: n for n in (nodes or {}).values() for o in n.outputs}
+    resolved = [resolve_event(e["name"], nodes, producers) if nodes else ([], None) for e in events]
+    if nodes:
+        _match_by_order(events, resolved, nodes)
     rows: dict[str, dict[str, Any]] = {}
-    for e in events:
-        if nodes:
-            covered, glue = resolve_event(e["name"], nodes, producers)
-        else:
-            covered, glue = [], None
+    for e, (covered, glue) in zip(events, resolved):
         if covered:
             head = covered[0]
             key = node_label(head)
@@ -276,6 +275,33 @@ def join_events(events: Sequence[dict[str, Any]], nodes: Optional[dict[str, Grap
         else:
             row["int8"] = None
     return list(rows.values())
+
+
+# The graph op a backend's MAC kernel computes, for kernels whose names say nothing.
+_KERNEL_BASE = {"Conv": "Conv", "FusedConv": "Conv", "QLinearConv": "Conv", "ConvInteger": "Conv",
+                "NhwcFusedConv": "Conv", "Convolution": "Conv", "GroupConvolution": "Conv", "Gemm": "Gemm",
+                "QGemm": "Gemm", "FusedGemm": "Gemm", "FullyConnected": "Gemm", "MatMul": "MatMul",
+                "QLinearMatMul": "MatMul", "MatMulInteger": "MatMul", "FusedMatMul": "MatMul"}
+
+
+def _match_by_order(events: Sequence[dict[str, Any]], resolved: list[tuple[list[GraphNode], Optional[str]]],
+                    nodes: dict[str, GraphNode]) -> None:
+    """Kernels whose names map to no node (a graph without node names, where onnxruntime's Q/DQ
+    fusion calls the kernel ``_token_12``) are matched, in execution order, with the graph's
+    MAC nodes of the same kind that no other kernel claimed, in graph order."""
+    claimed = {n.name for covered, _ in resolved for n in covered}
+    free: dict[str, list[GraphNode]] = {}
+    for n in nodes.values():
+        base = _KERNEL_BASE.get(n.op)
+        if base and n.name not in claimed and n.macs:
+            free.setdefault(base, []).append(n)
+    for i, (e, (covered, glue)) in enumerate(zip(events, resolved)):
+        base = _KERNEL_BASE.get(str(e.get("op")))
+        if covered or not base or not free.get(base):
+            continue
+        node = free[base].pop(0)
+        resolved[i] = ([node], None)
+        e["matched_by"] = "order"
 
 
 # ----------------------------------------------------------------------------- the profilers

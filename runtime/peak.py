@@ -71,7 +71,8 @@ def measure_fma_peak(threads: Optional[int] = None, *, refresh: bool = False,
     base = {"gflops": None, "threads": threads, "cpu": cpu, "source": str(src), "cached": False}
     if not src.is_file():
         return {**base, "reason": f"{src} is not here (it comes with a source checkout of convdeploy)"}
-    cc = compiler or os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    cc = shutil.which(compiler) if compiler else \
+        (os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang"))
     if not cc:
         return {**base, "reason": "no C compiler here (install gcc to measure the FMA peak)"}
     with tempfile.TemporaryDirectory(prefix="convdeploy-fma-") as tmp:
