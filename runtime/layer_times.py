@@ -364,11 +364,12 @@ class TensorRTLayerTimes:
 
 def tensorrt_profiler(trt: Any) -> TensorRTLayerTimes:
     """A :class:`TensorRTLayerTimes` that is also a ``trt.IProfiler`` (what ``context.profiler`` takes)."""
-    cls = type("ConvDeployLayerTimes", (TensorRTLayerTimes, trt.IProfiler), {})
-    obj = cls.__new__(cls)
-    trt.IProfiler.__init__(obj)
-    TensorRTLayerTimes.__init__(obj)
-    return obj
+    def __init__(self: Any) -> None:
+        trt.IProfiler.__init__(self)  # pybind11: the base's __init__ must run in a Python subclass
+        TensorRTLayerTimes.__init__(self)
+
+    cls = type("ConvDeployLayerTimes", (TensorRTLayerTimes, trt.IProfiler), {"__init__": __init__})
+    return cls()
 
 
 __all__ = ["GraphNode", "INT8_KERNELS", "MAC_OPS", "TensorRTLayerTimes", "graph_nodes", "join_events",
