@@ -115,6 +115,13 @@ def stage_split(predictor: "Predictor", files: Sequence[Any], batch: int) -> dic
 
 
 # ------------------------------------------------------------------------------ layer times
+def _load_average() -> Optional[float]:
+    try:
+        return float(os.getloadavg()[0])
+    except (AttributeError, OSError):  # Windows
+        return None
+
+
 def _onnx_for(bundle: "Bundle", artifact: str) -> tuple[Optional[Path], Optional[str]]:
     """The ONNX graph whose node names the profile uses: the artifact itself, or for a TensorRT
     engine the bundle graph its sidecar says it was built from."""
@@ -230,6 +237,12 @@ def profile_layers(predictor: "Predictor", bundle: "Bundle", x: np.ndarray, *, b
                          f"{-gap_ms:.3f} ms more than the unprofiled model-only time ({reference_ms:.3f} ms); "
                          f"the profiled run itself took "
                          f"{profiled_us / 1e3 if profiled_us else float('nan'):.3f} ms")
+    load = _load_average()
+    if gap_named and load is not None and load > (os.cpu_count() or 1):
+        # On a machine with more runnable threads than CPUs, a kernel's threads wait for a CPU
+        # between kernels: that wait is in the run's time and in no kernel's.
+        gap_named += (f"; this machine's load average is {load:.1f} on {os.cpu_count()} CPUs, so part of the "
+                      "gap is waiting for a CPU")
     gflops_peak = (peak or {}).get("gflops")
     total_us = max(layers_us + max(overhead_us, 0.0), 1e-9)
     for r in rows:
@@ -252,6 +265,7 @@ def profile_layers(predictor: "Predictor", bundle: "Bundle", x: np.ndarray, *, b
                       "profiled_run_ms": profiled_us / 1e3 if profiled_us else None,
                       "ratio": ratio, "within_tolerance": within, "tolerance": SUM_TOLERANCE,
                       "gap_ms": gap_ms, "gap_named": gap_named},
+        "load_average": load,
         "total_macs": total_macs,
         "gflops": 2 * total_macs / (reference_ms * 1e-3) / 1e9 if reference_ms and total_macs else None,
         "peak": peak,
