@@ -181,3 +181,45 @@ def test_bench_layers_cli_and_report_section(wide_bundle, photo_folder, tmp_path
                                      "--iterations", "5", "--json"])
     assert res.exit_code == 0, res.output + res.stderr
     assert json.loads(res.output)["layers"]["rows"]
+
+
+def test_int8_fallback_layers_show_as_float(tmp_path, sample_photos) -> None:
+    """A Q/DQ graph that keeps one convolution in float (what int8_fallback does): its row says float."""
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    from convdeploy.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
+    from convdeploy.runtime.layer_times import join_events, onnxruntime_events
+    from convdeploy.runtime.transforms.preprocess import preprocess
+    from tests.runtime.conftest import SPEC, real_images
+
+    model = onnx.load(str(build_classifier_onnx(tmp_path / "fp32.onnx", width=16)))
+    for i, node in enumerate(model.graph.node):  # the exporter's kind of names, so the profile can name them
+        node.name = f"/inner/{node.op_type.lower()}{i}/{node.op_type}"
+    onnx.save(model, str(tmp_path / "named.onnx"))
+    calib = np.stack([preprocess(im, SPEC) for im in real_images(sample_photos)])
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.it = iter([{"input": calib[i:i + 1]} for i in range(len(calib))])
+
+        def get_next(self):
+            return next(self.it, None)
+
+    quantize_static(str(tmp_path / "named.onnx"), str(tmp_path / "int8.onnx"), Reader(), quant_format=QuantFormat.QDQ,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    nodes_to_exclude=["/inner/conv2/Conv"])
+    # Excluded from quantization, the conv keeps float weights, yet onnxruntime would still fuse its
+    # DQ'd input into a QLinearConv: feed it the float activation, as a layer kept in float is fed.
+    int8 = onnx.load(str(tmp_path / "int8.onnx"))
+    conv2 = next(n for n in int8.graph.node if n.name == "/inner/conv2/Conv")
+    conv2.input[0] = "r1"
+    onnx.save(int8, str(tmp_path / "int8.onnx"))
+    backend = OnnxRuntimeBackend(tmp_path / "int8.onnx", threads=1, profiling=str(tmp_path / "prof"))
+    for _ in range(4):
+        backend.run(calib[:1])
+    events, _ = onnxruntime_events(backend.end_profiling(), skip_runs=1)
+    rows = {r["layer"]: r for r in join_events(events, graph_nodes(tmp_path / "int8.onnx"))}
+    assert rows["conv2"]["int8"] is False  # kept in float: a float kernel
+    assert not any(op.startswith("Q") for op in rows["conv2"]["ops"])
+    assert rows["gemm6"]["int8"] is True and rows["gemm6"]["ops"] == ["QGemm"]  # still quantized
