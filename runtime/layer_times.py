@@ -75,9 +75,14 @@ def module_of(node_name: str) -> tuple[Optional[str], int]:
         return None, 0
     path: list[str] = []
     call = 0
-    for comp in parts[1:-1]:  # the last part names the op
+    scopes = parts[1:-1]  # the last part names the op
+    for i, comp in enumerate(scopes):
         m = re.match(r"^(.+)_(\d+)$", comp)
-        if m and not comp.replace("_", "").isdigit() and not (path and comp.startswith(path[-1] + ".")):
+        # "relu_1" is the second call of "relu"; but "repeat_1" followed by "repeat_1.0" is a
+        # module of that name. (A leaf module named like "x_1" reads as the second call of "x":
+        # the graph alone cannot tell them apart.)
+        named_child = i + 1 < len(scopes) and scopes[i + 1].startswith(comp + ".")
+        if m and not named_child and not (path and comp.startswith(path[-1] + ".")):
             comp, call = m.group(1), int(m.group(2))
         else:
             call = 0
@@ -141,10 +146,9 @@ def _node_macs(node: Any, shape: Any) -> int:
     if op in ("Conv", "ConvInteger", "QLinearConv"):
         w = shape(node.input[weight_index]) if len(node.input) > weight_index else None
         return math.prod(out) * math.prod(w[1:]) if w else 0
-    if op == "ConvTranspose":
+    if op == "ConvTranspose":  # every input element scattered through (C_out / groups) kernels
         x, w = shape(node.input[0]), shape(node.input[1])
-        groups = next((a.i for a in node.attribute if a.name == "group"), 1)
-        return math.prod(x) * (w[1] if w else 0) * math.prod(w[2:]) if x and w else 0 * groups
+        return math.prod(x) * math.prod(w[1:]) if x and w else 0
     if op in ("Gemm", "MatMul", "MatMulInteger", "QLinearMatMul"):
         a = shape(node.input[0])
         if not a:

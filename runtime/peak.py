@@ -53,7 +53,7 @@ def _read_cache(path: Path) -> dict[str, Any]:
 
 
 def measure_fma_peak(threads: Optional[int] = None, *, refresh: bool = False,
-                     source: Path | None = None, compiler: str | None = None, repeats: int = 7) -> dict[str, Any]:
+                     source: Path | None = None, compiler: str | None = None, repeats: int = 15) -> dict[str, Any]:
     """FP32 FMA peak of this machine with ``threads`` threads (default: the CPU count).
 
     Returns ``{"gflops", "threads", "cpu", "source", "cached"}``, or ``gflops: None`` with a
@@ -92,12 +92,25 @@ def measure_fma_peak(threads: Optional[int] = None, *, refresh: bool = False,
                 return {**base, "reason": f"{src.name} failed: {(run.stderr or run.stdout).strip()[:200]}"}
             best = max(best or 0.0, float(match.group(2)))
     result = {**base, "gflops": best, "compiler": Path(cc).name, "runs": repeats}
+    load = _load_average()
+    if load is not None and load > (os.cpu_count() or 1):
+        # Other work held the CPUs: the number is likely low. Use it for this run, do not keep it.
+        result["note"] = (f"measured while the load average was {load:.1f} on {os.cpu_count()} CPUs: likely "
+                          "below the real peak, so not cached (it is measured again next time)")
+        return result
     entries[key] = {k: v for k, v in result.items() if k != "cached"}
     try:
         atomic_write_json(cache, entries)
     except Exception:  # a read-only home: the number is still good for this run
         pass
     return result
+
+
+def _load_average() -> Optional[float]:
+    try:
+        return float(os.getloadavg()[0])
+    except (AttributeError, OSError):  # Windows
+        return None
 
 
 __all__ = ["cpu_model", "measure_fma_peak"]

@@ -44,6 +44,12 @@ def echo_layer_profile(result: dict[str, Any], top: int | None = None) -> None:
                    f"(benchmarks/fma_peak.c{', cached' if peak.get('cached') else ''}); the whole model ran at "
                    f"{_fmt(lp.get('gflops'), '.1f')} GFLOP/s"
                    + (f" = {100 * lp['fraction_of_peak']:.0f}% of it" if lp.get("fraction_of_peak") else ""))
+        if peak.get("note"):
+            click.echo(f"  note: the peak was {peak['note']}")
+        over = [r["layer"] for r in lp["rows"] if (r.get("fraction_of_peak") or 0) > 1.0]
+        if over:
+            click.echo(f"  note: {len(over)} layers ran above the measured peak: it was measured low (a busy "
+                       "machine); the fractions are too high, the GFLOP/s stand")
     else:
         click.echo(f"peak: not measured ({peak.get('reason', 'unknown')}); fractions of peak left empty")
     s = lp["sum_check"]

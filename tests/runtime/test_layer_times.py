@@ -47,6 +47,7 @@ def wide_bundle(tmp_path_factory, tiny_bundle) -> Path:
     ("/inner/inception3a/branch2/branch2.0/conv/Conv", ("inception3a.branch2.0.conv", 0)),
     ("/inner/features/features.0/Conv", ("features.0", 0)),
     ("/inner/Flatten", ("", 0)),
+    ("/inner/repeat_1/repeat_1.0/branch0/conv/Conv", ("repeat_1.0.branch0.conv", 0)),  # a module named repeat_1
     ("input_QuantizeLinear", (None, 0)),
     ("Conv_0", (None, 0)),
 ])
@@ -145,14 +146,20 @@ def test_stage_split_times_every_stage(tiny_bundle, photo_folder) -> None:
     assert sum(s["share"] for s in split["stages"]) == pytest.approx(1.0)
 
 
-def test_fma_peak_is_measured_once_and_cached(tmp_path) -> None:
+def test_fma_peak_is_measured_once_and_cached_unless_the_machine_was_busy(tmp_path, monkeypatch) -> None:
+    from convdeploy.runtime import peak
+
     if not shutil.which("cc") and not shutil.which("gcc"):
         pytest.skip("no C compiler")
-    first = measure_fma_peak(1, repeats=1)
-    if first["gflops"] is None:  # no AVX-512 here: the reason says so
-        assert "AVX-512" in first["reason"]
+    monkeypatch.setattr(peak, "_load_average", lambda: 99.0)
+    busy = measure_fma_peak(1, repeats=1)
+    if busy["gflops"] is None:  # no AVX-512 here: the reason says so
+        assert "AVX-512" in busy["reason"]
         return
-    assert first["gflops"] > 1 and not first["cached"]
+    assert "not cached" in busy["note"] and not (tmp_path / "cache" / "fma_peak.json").exists()
+    monkeypatch.setattr(peak, "_load_average", lambda: 0.0)
+    first = measure_fma_peak(1, repeats=1)
+    assert first["gflops"] > 1 and not first["cached"] and "note" not in first
     again = measure_fma_peak(1, repeats=1)
     assert again["cached"] and again["gflops"] == first["gflops"]
     assert (tmp_path / "cache" / "fma_peak.json").is_file()
