@@ -309,6 +309,10 @@ def add_layer_profile(result: dict[str, Any], predictor: "Predictor", bundle: "B
                                      threads=threads, batch_size=batch, workers=1, verify_hashes=False,
                                      **{**(backend_opts or {}), **extra})
 
+    if files:  # first: a TensorRT engine is profiled in place, and its profiler stays attached
+        if progress:
+            progress(f"end-to-end stages, batch {batch}")
+        result["stages"] = stage_split(predictor, list(files), batch)
     if progress:
         progress(f"per-layer profile, batch {batch}")
     try:
@@ -318,10 +322,6 @@ def add_layer_profile(result: dict[str, Any], predictor: "Predictor", bundle: "B
                                           open_twin=open_twin)
     except NotImplementedError as exc:
         result["layers"] = {"backend": name, "rows": [], "note": str(exc)}
-    if files:
-        if progress:
-            progress(f"end-to-end stages, batch {batch}")
-        result["stages"] = stage_split(predictor, list(files), batch)
     return result
 
 
