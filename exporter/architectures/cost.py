@@ -29,8 +29,8 @@ from torch.nn.modules.conv import _ConvNd
 
 from convdeploy.exporter.architectures.complexity import MacCounter, mac_function
 
-__all__ = ["LayerCost", "ReductionPair", "bottleneck_savings", "layer_costs", "cost_table_csv",
-           "measure_macs"]
+__all__ = ["LayerCost", "ReductionPair", "bottleneck_savings", "cost_table_csv", "layer_costs", "measure_macs",
+           "reduction_owners", "without_reductions"]
 
 
 @dataclass
@@ -99,7 +99,7 @@ def layer_costs(model: nn.Module, input_size: Sequence[int], *, savings: bool = 
     rows: dict[str, LayerCost] = {}
     order: list[str] = []
     block_inputs: dict[str, tuple[torch.Tensor, ...]] = {}
-    owners = _reduction_owners(model)
+    owners = reduction_owners(model)
     handles = []
     hidden: set[int] = set()
     for m in model.modules():
@@ -234,7 +234,7 @@ def _find_pairs(block: nn.Module) -> list[ReductionPair]:
     return pairs
 
 
-def _reduction_owners(model: nn.Module) -> dict[str, list[ReductionPair]]:
+def reduction_owners(model: nn.Module) -> dict[str, list[ReductionPair]]:
     """Blocks (module path -> pairs) that hold 1x1 reductions. A block is the module that owns
     the branches: a Sequential branch's parent, a bottleneck itself; nested owners are not
     counted twice (the outermost module whose direct structure has the pairs wins)."""
@@ -278,7 +278,7 @@ def bottleneck_savings(model: nn.Module, block_inputs: dict[str, tuple[torch.Ten
     records it). Each side is measured by running the block (or its twin from
     :func:`without_reductions`) on that input with the same MAC hooks.
     """
-    owners = owners if owners is not None else _reduction_owners(model)
+    owners = owners if owners is not None else reduction_owners(model)
     out = []
     for path, pairs in owners.items():
         if path not in block_inputs:

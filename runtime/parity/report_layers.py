@@ -8,35 +8,12 @@ an empty string when no bench result has them, so reports without ``--layers`` l
 from __future__ import annotations
 
 import html
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
-TOP_DRAWN = 25  # the chart shows the slowest layers; the table lists every row
-
+from convdeploy.runtime.parity.report_plots import layer_time_figure
 
 def _e(value: Any) -> str:
     return html.escape("" if value is None else str(value))
-
-
-def layer_time_figure(rows: Sequence[Mapping[str, Any]], title: str) -> str | None:
-    """Horizontal bars: the slowest layers' time, each labelled with its fraction of the peak."""
-    from convdeploy.runtime.parity.report_plots import _figure, _uri
-
-    top = [r for r in rows if r.get("ms")][:TOP_DRAWN]
-    if not top:
-        return None
-    fig = _figure(9.0, 0.9 + 0.26 * len(top))
-    ax = fig.add_subplot()
-    y = list(range(len(top)))[::-1]
-    colors = ["#8c8c8c" if r.get("glue") else ("#55a868" if r.get("precision") == "int8" else "#4c72b0")
-              for r in top]
-    ax.barh(y, [r["ms"] for r in top], color=colors)
-    ax.set_yticks(y, [str(r["layer"])[:48] for r in top], fontsize=8)
-    for yy, r in zip(y, top):
-        if r.get("fraction_of_peak") is not None:
-            ax.text(r["ms"], yy, f" {100 * r['fraction_of_peak']:.0f}% of peak", va="center", fontsize=7)
-    ax.set_xlabel("milliseconds per run")
-    ax.set_title(title, fontsize=10)
-    return _uri(fig)
 
 
 def _layers_table(lp: Mapping[str, Any]) -> str:
@@ -101,4 +78,4 @@ def layers_section(doc: Mapping[str, Any]) -> str:
     return ('<section id="layers"><h2>Time per layer (bench --layers)</h2>' + "".join(parts) + "</section>")
 
 
-__all__ = ["layer_time_figure", "layers_section"]
+__all__ = ["layers_section"]

@@ -50,9 +50,9 @@ def test_seed_example_120m_direct_against_12_4m_through_the_bottleneck() -> None
 
 
 def _pairs(model: nn.Module):
-    from convdeploy.exporter.architectures.cost import _reduction_owners
+    from convdeploy.exporter.architectures.cost import reduction_owners
 
-    return _reduction_owners(model)["0"]
+    return reduction_owners(model)["0"]
 
 
 @pytest.mark.parametrize("name", ["lenet5", "nin", "resnet20", "inception_resnet_small", "googlenet"])
