@@ -91,6 +91,7 @@ def bench_bundle(
     workers: int | None = None,
     progress: Callable[[str], None] | None = None,
     compare_with: Callable[..., dict[str, Any]] | None = None,
+    layers: bool = False,
     **backend_opts: Any,
 ) -> dict[str, Any]:
     """Benchmark ``path`` on this machine and return a JSON-ready dict.
@@ -106,6 +107,10 @@ def bench_bundle(
     returns ``{"model_only": [{"batch": b, "p50_ms": ...}, ...], ...}``; that lands in
     the result as ``"torch"``, each row with its ``speedup_vs_torch``
     (:func:`add_torch_comparison`).
+
+    ``layers``: also profile the backend per layer at the first batch size (``result["layers"]``)
+    and, with ``images``, split the end-to-end time into its stages (``result["stages"]``);
+    see :mod:`runtime.bench_layers`.
     """
     from convdeploy.runtime.predictor import Predictor
     from convdeploy.runtime.targets import resolve_profile
@@ -148,6 +153,18 @@ def bench_bundle(
                        "errors": errors}
                 e2e["fraction_of_model_only"] = e2e["throughput_ips"] / model["throughput_ips"]
                 result["end_to_end"].append(e2e)
+        if layers:
+            from convdeploy.runtime.bench_layers import add_layer_profile
+
+            b = batch_sizes[0]
+            x, _ = _rows(golden, sample_shape, b * views, bundle.preprocess.dtype)
+            stage_files = None
+            if images:
+                given = [Path(p) for p in images]
+                stage_files = [given[i % len(given)] for i in range(max(e2e_images, len(given)))]
+            add_layer_profile(result, predictor, bundle, backend_request=backend, batch=b, rows=x, tta=tta,
+                              profile=prof, threads=threads, iterations=iterations, files=stage_files,
+                              backend_opts=backend_opts, progress=progress)
         if compare_with is not None:
             if progress:
                 progress("the PyTorch source")

@@ -202,6 +202,8 @@ class Predictor:
         self.max_pixels = max_pixels
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
+        # bench --layers attaches a runtime.bench_layers.StageTimes here to time each stage; None: untimed.
+        self.stage_times: Any = None
 
     @classmethod
     def from_bundle(
@@ -273,6 +275,8 @@ class Predictor:
             if source.dtype != np.uint8 or source.ndim not in (2, 3):
                 raise InputError(f"array images must be HxW or HxWxC uint8, got {source.dtype} {source.shape}")
             source = Image.fromarray(source)
+        if self.stage_times is not None:
+            return self.stage_times.prepare(source, self.spec, tta, self.max_pixels)
         img = decode_image(source, self.spec.color_mode, max_pixels=self.max_pixels)
         return make_views(img, self.spec, tta)
 
@@ -335,7 +339,12 @@ class Predictor:
                                               f"{str(exc) or 'no message'}"))
                 refill()
             good = [a for _, a, _ in slots if a is not None]
-            probs = softmax(self.logits(np.concatenate(good), spec_tta)) if good else np.empty((0, len(self.classes)))
+            if not good:
+                probs = np.empty((0, len(self.classes)))
+            elif self.stage_times is not None:
+                probs = self.stage_times.infer_and_merge(self, np.concatenate(good), spec_tta)
+            else:
+                probs = softmax(self.logits(np.concatenate(good), spec_tta))
             top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
             j = 0
             for name, arr, err in slots:  # input order, failures in place

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.nn.modules.conv import _ConvNd, _ConvTransposeNd
 
-__all__ = ["count_parameters", "count_macs", "MacCounter"]
+__all__ = ["count_parameters", "count_macs", "mac_function", "MacCounter"]
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
@@ -77,15 +77,8 @@ class MacCounter:
         for m in self.model.modules():
             if id(m) in hidden:
                 continue
-            if callable(getattr(m, "mac_count", None)):
-                fn = _self_counted
-            elif isinstance(m, _ConvNd):
-                fn = _conv_macs
-            elif isinstance(m, nn.Linear):
-                fn = _linear_macs
-            elif isinstance(m, nn.Bilinear):
-                fn = _bilinear_macs
-            else:
+            fn = mac_function(m)
+            if fn is None:
                 continue
             self._handles.append(m.register_forward_hook(self._hook_for(fn)))
         return self
@@ -94,6 +87,20 @@ class MacCounter:
         for h in self._handles:
             h.remove()
         self._handles.clear()
+
+
+def mac_function(module: nn.Module) -> Callable[[nn.Module, tuple, torch.Tensor], int] | None:
+    """The function ``(module, inputs, output) -> MACs`` the counter hooks on ``module``, or
+    None for a module that does no counted multiplies (normalisation, activation, pooling)."""
+    if callable(getattr(module, "mac_count", None)):
+        return _self_counted
+    if isinstance(module, _ConvNd):
+        return _conv_macs
+    if isinstance(module, nn.Linear):
+        return _linear_macs
+    if isinstance(module, nn.Bilinear):
+        return _bilinear_macs
+    return None
 
 
 def _self_counted(module: nn.Module, inputs: tuple, output: torch.Tensor) -> int:

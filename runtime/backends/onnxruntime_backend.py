@@ -266,7 +266,7 @@ class OnnxRuntimeBackend(TensorSpecs):
 
     name = "onnxruntime"
     # Constructor options a bundle selection passes through from its caller (it sets the others).
-    OPTIONS = ("cache_dir", "fp16", "device_id", "iobinding", "graph_optimization", "spinning")
+    OPTIONS = ("cache_dir", "fp16", "device_id", "iobinding", "graph_optimization", "spinning", "profiling")
 
     def __init__(
         self,
@@ -283,6 +283,7 @@ class OnnxRuntimeBackend(TensorSpecs):
         graph_optimization: str = "all",
         spinning: str | bool = "run",
         profile: "Profile | None" = None,
+        profiling: str | os.PathLike | None = None,
     ) -> None:
         ort = import_onnxruntime()
         self._ort = ort
@@ -360,6 +361,9 @@ class OnnxRuntimeBackend(TensorSpecs):
             raise UsageError(f"graph_optimization must be one of {', '.join(levels)}")
         so.graph_optimization_level = levels[graph_optimization]
         so.log_severity_level = 3  # errors only: fallbacks are reported by us, once, clearly
+        if profiling is not None:  # bench --layers: onnxruntime's per-node profiler, JSON under this prefix
+            so.enable_profiling = True
+            so.profile_file_prefix = str(profiling)
         self.spinning = spinning_policy(spinning)
         for key, value in SPINNING[self.spinning].items():
             so.add_session_config_entry(key, value)
@@ -475,6 +479,12 @@ class OnnxRuntimeBackend(TensorSpecs):
             details["notes"] = list(self.notes)
         return BackendInfo(backend=self.name, device=device, precision=self.precision,
                            providers=list(self.providers), threads=self.threads, details=details)
+
+    def end_profiling(self) -> str:
+        """Stop onnxruntime's profiler (``profiling=PREFIX``) and return its JSON file's path."""
+        if self.session is None:
+            raise UsageError("this backend was closed")
+        return str(self.session.end_profiling())
 
     def close(self) -> None:
         self.session = None  # type: ignore[assignment]

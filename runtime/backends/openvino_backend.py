@@ -45,7 +45,7 @@ class OpenVINOBackend(TensorSpecs):
 
     name = "openvino"
     # Constructor options a bundle selection passes through from its caller (it sets the others).
-    OPTIONS = ("device", "performance_hint", "num_requests")
+    OPTIONS = ("device", "performance_hint", "num_requests", "profiling")
 
     def __init__(
         self,
@@ -57,6 +57,7 @@ class OpenVINOBackend(TensorSpecs):
         threads: int | None = None,
         artifact_precision: str = "fp32",
         num_requests: int = 2,
+        profiling: object = None,
     ) -> None:
         ov = import_openvino()
         self.model_path = Path(model_path)
@@ -84,6 +85,8 @@ class OpenVINOBackend(TensorSpecs):
             config["INFERENCE_PRECISION_HINT"] = _HINTS[inference_precision]
         if threads is not None:
             config["INFERENCE_NUM_THREADS"] = threads
+        if profiling is not None:  # bench --layers: per-layer counters (request.profiling_info)
+            config["PERF_COUNT"] = True
         try:
             model = core.read_model(str(self.model_path))
             self.compiled = core.compile_model(model, device, config)
@@ -135,6 +138,23 @@ class OpenVINOBackend(TensorSpecs):
         finally:
             self._pool.put(request)
         return out
+
+    def run_profiled(self, batch: np.ndarray) -> tuple[np.ndarray, list[Any]]:
+        """Run one batch on a backend opened with ``profiling``; return the output and the
+        request's per-layer counters (``openvino.ProfilingInfo``: node_name, node_type,
+        exec_type, real_time, status) of that very run."""
+        if self._closed:
+            raise UsageError("this backend was closed")
+        batch = conform_batch(batch, self._inputs[0], self.model_path.name,
+                              fixed_batch_hint="re-export with a dynamic batch axis")
+        request = self._pool.get()
+        try:
+            request.infer({0: batch})
+            out = np.array(request.get_output_tensor(0).data, dtype=np.float32, copy=True)
+            info = list(request.profiling_info)
+        finally:
+            self._pool.put(request)
+        return out, info
 
     def describe(self) -> BackendInfo:
         return BackendInfo(

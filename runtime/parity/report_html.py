@@ -19,6 +19,7 @@ from typing import Any, Mapping, Sequence
 from convdeploy.runtime.bundle.contract import REPORT_FORMAT
 from convdeploy.runtime.parity.samples import weak_evidence
 from convdeploy.runtime.parity.report_plots import accuracy_figure, confusion_figure, per_class_figure
+from convdeploy.runtime.parity.report_layers import layers_section
 
 # The page's <meta name="generator">: how write_report recognises a report.html of its own.
 GENERATOR_META = REPORT_FORMAT
@@ -529,7 +530,7 @@ def render_html(doc: Mapping[str, Any]) -> str:
     nav = "".join(f'<a href="#{s}">{s}</a>' for s in SECTIONS)
     body = "".join([
         f"<nav>{nav}</nav>", _summary(doc), _checks(artifacts), _accuracy(artifacts), _per_class(doc),
-        _confusion(doc), _flips(doc), _provenance(doc), _bench(doc),
+        _confusion(doc), _flips(doc), _provenance(doc), _bench(doc), layers_section(doc),
         f"<footer>{_e(doc.get('generator'))}; report schema {_e(doc.get('format'))} v{_e(doc.get('schema_version'))}"
         f"; every number is also in report.json beside this file</footer>",
     ])

@@ -168,4 +168,28 @@ def confusion_figure(title: str, names: Sequence[str], entries: Sequence[Sequenc
     return _uri(fig)
 
 
-__all__ = ["MAX_CLASSES_DRAWN", "accuracy_figure", "confusion_figure", "per_class_figure"]
+# The per-layer chart of ``bench --report DIR --layers`` shows the slowest layers; its table lists them all.
+TOP_DRAWN = 25
+
+
+def layer_time_figure(rows: Sequence[Mapping[str, Any]], title: str) -> str | None:
+    """Horizontal bars: the slowest layers' time, each labelled with its fraction of the peak."""
+    top = [r for r in rows if r.get("ms")][:TOP_DRAWN]
+    if not top:
+        return None
+    fig = _figure(9.0, 0.9 + 0.26 * len(top))
+    ax = fig.add_subplot()
+    y = list(range(len(top)))[::-1]
+    colors = ["#8c8c8c" if r.get("glue") else ("#55a868" if r.get("precision") == "int8" else "#4c72b0")
+              for r in top]
+    ax.barh(y, [r["ms"] for r in top], color=colors)
+    ax.set_yticks(y, [str(r["layer"])[:48] for r in top], fontsize=8)
+    for yy, r in zip(y, top):
+        if r.get("fraction_of_peak") is not None:
+            ax.text(r["ms"], yy, f" {100 * r['fraction_of_peak']:.0f}% of peak", va="center", fontsize=7)
+    ax.set_xlabel("milliseconds per run")
+    ax.set_title(title, fontsize=10)
+    return _uri(fig)
+
+
+__all__ = ["MAX_CLASSES_DRAWN", "accuracy_figure", "confusion_figure", "layer_time_figure", "per_class_figure"]
