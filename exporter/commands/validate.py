@@ -43,7 +43,14 @@ def geometry(resize: str | None, crop: str | None) -> None:
 
 
 def common(params: Mapping[str, Any]) -> None:
-    """The options several commands share, each checked when the command has it."""
+    """The options several commands share, each checked when the command has it; the
+    arguments' own syntax first, then the file system (``--data``)."""
+    option_values(params)
+    data_argument(params.get("data"))
+
+
+def option_values(params: Mapping[str, Any]) -> None:
+    """The values of the shared options: precisions, profile, tolerances, TTA, --model-arg, geometry."""
     from convdeploy.runtime.parity.tolerances import parse_tolerance_overrides
     from convdeploy.runtime.targets import resolve_profile
 
@@ -61,16 +68,16 @@ def common(params: Mapping[str, Any]) -> None:
     model_arg_syntax(params.get("model_args"))
     if "resize" in params or "crop" in params:
         geometry(params.get("resize"), params.get("crop"))
-    data_argument(params.get("data"))
 
 
 def training_arguments(params: Mapping[str, Any]) -> None:
-    """``train`` and ``finetune``: the shared options, and ``--augment``."""
-    common(params)
+    """``train`` and ``finetune``: the shared options and ``--augment``, then ``--data``."""
+    option_values(params)
     if params.get("augment") not in (None, "list"):
         from convdeploy.runtime.transforms.augment_config import parse_augment
 
         parse_augment(params["augment"])
+    data_argument(params.get("data"))
 
 
 def checked_before_torch(check: Callable[[Mapping[str, Any]], None] = common) -> Callable[..., Any]:
@@ -88,4 +95,5 @@ def checked_before_torch(check: Callable[[Mapping[str, Any]], None] = common) ->
     return decorate
 
 
-__all__ = ["checked_before_torch", "common", "training_arguments", "data_argument", "geometry", "model_arg_syntax"]
+__all__ = ["checked_before_torch", "common", "training_arguments", "data_argument", "geometry", "model_arg_syntax",
+           "option_values"]

@@ -299,7 +299,7 @@ class OnnxRuntimeBackend(TensorSpecs):
         chosen, fallback = self._choose_providers(ort, allow_fallback)
         provider_args = self._provider_args(ort, chosen, precision=precision, fp16=fp16, profile=profile,
                                             device_id=device_id, cache_dir=cache_dir)
-        so = self._session_options(ort, threads, graph_optimization, spinning)
+        so = self._session_options(ort, threads, graph_optimization, spinning, profiling)
         self.session = self._open_session(ort, so, provider_args)
         self.providers = self._check_active(chosen, fallback, allow_fallback)
         self.fallback = fallback
@@ -347,7 +347,7 @@ class OnnxRuntimeBackend(TensorSpecs):
         return provider_args
 
     def _session_options(self, ort: Any, threads: int | None, graph_optimization: str,
-                         spinning: str | bool) -> Any:
+                         spinning: str | bool, profiling: str | os.PathLike | None) -> Any:
         so = ort.SessionOptions()
         if threads is not None:
             so.intra_op_num_threads = threads

@@ -68,7 +68,7 @@ def test_models_name_lists_options_with_defaults_and_effects():
     assert aux["default"] is False and aux["effects"][0]["delta"] == 6_379_984
     # a pattern still lists the table
     r = CliRunner().invoke(main, ["models", "lenet*"])
-    assert r.exit_code == 0 and "GMACs" in r.output
+    assert r.exit_code == 0 and "MMACs" in r.output
 
 
 def test_train_records_model_args_and_resume_refuses_a_change(tmp_path):

@@ -87,6 +87,7 @@ PROPERTY_TYPES: dict[tuple[str, str], Any] = {
     ("Runtime", "DLA_core"): int, ("Runtime", "engine_host_code_allowed"): bool, ("Runtime", "max_threads"): int,
     ("Builder", "max_threads"): int, ("Logger", "min_severity"): "ILogger.Severity", ("ITensor", "name"): str,
     ("IExecutionContext", "debug_sync"): bool, ("IExecutionContext", "name"): str,
+    ("IExecutionContext", "profiler"): "IProfiler",
 }
 DLA_OPS = {"Conv", "Relu", "MaxPool", "AveragePool", "GlobalAveragePool", "BatchNormalization", "Add", "Mul",
            "Concat", "Sigmoid", "LRN", "Clip"}
