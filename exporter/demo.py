@@ -18,11 +18,11 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from convdeploy.exporter.data.datasets import DIGITS_KIND, write_digits_imagefolder
-from convdeploy.exporter.export.pipeline import export_bundle
-from convdeploy.exporter.training.config import suggested_config
-from convdeploy.exporter.training.run_dir import RunState
-from convdeploy.exporter.training.from_scratch import train
+from .data.datasets import DIGITS_KIND, write_digits_imagefolder
+from .export.pipeline import export_bundle
+from .training.config import suggested_config
+from .training.run_dir import RunState
+from .training.from_scratch import train
 from convdeploy.runtime.bench import bench_bundle
 from convdeploy.runtime.bundle.contract import BUNDLE_KIND, REPORT_JSON
 from convdeploy.runtime.errors import CheckFailedError, InputError

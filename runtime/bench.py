@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
-from convdeploy.runtime.bundle.contract import GOLDEN_INPUTS
-from convdeploy.runtime.bundle.reader import Bundle
-from convdeploy.runtime.errors import InternalError, UsageError
+from .bundle.contract import GOLDEN_INPUTS
+from .bundle.reader import Bundle
+from .errors import InternalError, UsageError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from convdeploy.runtime.targets import Profile
+    from .targets import Profile
 
 
 def latency_stats(seconds: Sequence[float], batch: int) -> dict[str, float]:
@@ -112,8 +112,8 @@ def bench_bundle(
     and, with ``images``, split the end-to-end time into its stages (``result["stages"]``);
     see :mod:`runtime.bench_layers`.
     """
-    from convdeploy.runtime.predictor import Predictor
-    from convdeploy.runtime.targets import resolve_profile
+    from .predictor import Predictor
+    from .targets import resolve_profile
 
     prof = resolve_profile(profile)
     if not batch_sizes or any((not isinstance(b, int)) or b < 1 for b in batch_sizes):
@@ -154,7 +154,7 @@ def bench_bundle(
                 e2e["fraction_of_model_only"] = e2e["throughput_ips"] / model["throughput_ips"]
                 result["end_to_end"].append(e2e)
         if layers:
-            from convdeploy.runtime.bench_layers import add_layer_profile
+            from .bench_layers import add_layer_profile
 
             b = batch_sizes[0]
             x, _ = _rows(golden, sample_shape, b * views, bundle.preprocess.dtype)
@@ -206,7 +206,7 @@ def _time_model_only(bundle: Bundle, backend: str, prof: Any, threads: int | Non
                      duration: float | None, tta: str | None, workers: int | None,
                      backend_opts: dict[str, Any]) -> list[dict[str, Any]]:
     """Model-only timings of the bundle's FP32 artifact (the comparison with PyTorch eager)."""
-    from convdeploy.runtime.predictor import Predictor
+    from .predictor import Predictor
 
     with Predictor.from_bundle(bundle.root, backend, tta=tta, precision="fp32", profile=prof, threads=threads,
                                batch_size=max(batch_sizes), workers=workers, verify_hashes=False,

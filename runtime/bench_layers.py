@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 import numpy as np
 
 if TYPE_CHECKING:  # pragma: no cover
-    from convdeploy.runtime.bundle.reader import Bundle
-    from convdeploy.runtime.predictor import Predictor
+    from .bundle.reader import Bundle
+    from .predictor import Predictor
 
 SUM_TOLERANCE = 0.15  # the per-layer times must add up to the model-only time within this
 OVERHEAD_ROW = "unattributed / framework overhead"
@@ -56,9 +56,9 @@ class StageTimes:
 
     def prepare(self, source: Any, spec: Any, tta: Any, max_pixels: int | None) -> np.ndarray:
         """What ``Predictor._prepare`` does (decode, then ``make_views``), one stage at a time."""
-        from convdeploy.runtime.transforms.imageio import decode_image
-        from convdeploy.runtime.transforms.preprocess import to_array
-        from convdeploy.runtime.transforms.tta import view_images
+        from .transforms.imageio import decode_image
+        from .transforms.preprocess import to_array
+        from .transforms.tta import view_images
 
         t0 = time.perf_counter()
         img = decode_image(source, spec.color_mode, max_pixels=max_pixels)
@@ -74,7 +74,7 @@ class StageTimes:
 
     def infer_and_merge(self, predictor: "Predictor", views: np.ndarray, tta: Any) -> np.ndarray:
         """What ``softmax(predictor.logits(views, tta))`` does, inference and merge timed apart."""
-        from convdeploy.runtime.transforms.tta import merge_views, softmax
+        from .transforms.tta import merge_views, softmax
 
         t0 = time.perf_counter()
         out = predictor.run_batch(views)
@@ -136,7 +136,7 @@ def _onnx_for(bundle: "Bundle", artifact: str) -> tuple[Optional[Path], Optional
 def _profile_runs(backend: Any, x: np.ndarray, warmup: int, iterations: int,
                   prefix: str) -> tuple[list[dict[str, Any]], list[float], str]:
     """Per-kernel events (microseconds per run) and the per-run model times, from ``backend``."""
-    from convdeploy.runtime.layer_times import onnxruntime_events, openvino_events, tensorrt_profiler
+    from .layer_times import onnxruntime_events, openvino_events, tensorrt_profiler
 
     name = getattr(backend, "name", type(backend).__name__)
     if name == "onnxruntime":
@@ -159,7 +159,7 @@ def _profile_runs(backend: Any, x: np.ndarray, warmup: int, iterations: int,
             infos.append(info)
         return openvino_events(infos), runs, "OpenVINO performance counters (PERF_COUNT)"
     if name == "tensorrt":
-        from convdeploy.runtime.backends.tensorrt_backend import import_tensorrt
+        from .backends.tensorrt_backend import import_tensorrt
 
         for _ in range(warmup):
             backend.run(x)
@@ -185,7 +185,7 @@ def profile_layers(predictor: "Predictor", bundle: "Bundle", x: np.ndarray, *, b
     the per-layer sum is checked against. ``open_twin(profiling=...)`` opens the profiled twin
     (a Predictor) for onnxruntime and OpenVINO; a TensorRT engine is profiled in place.
     """
-    from convdeploy.runtime.layer_times import join_events, graph_nodes
+    from .layer_times import join_events, graph_nodes
 
     selection = predictor.selection
     backend = selection.backend
@@ -291,8 +291,8 @@ def add_layer_profile(result: dict[str, Any], predictor: "Predictor", bundle: "B
                       progress: Optional[Callable[[str], None]] = None) -> dict[str, Any]:
     """``bench --layers``: add ``result["layers"]`` (per-layer times, :func:`profile_layers`) and,
     with image ``files``, ``result["stages"]`` (:func:`stage_split`) to a bench result."""
-    from convdeploy.runtime.peak import measure_fma_peak
-    from convdeploy.runtime.predictor import Predictor
+    from .peak import measure_fma_peak
+    from .predictor import Predictor
 
     selection = predictor.selection
     name = getattr(selection.backend, "name", backend_request)

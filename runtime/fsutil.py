@@ -34,9 +34,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, List, Optional, Tuple
 
-from convdeploy.runtime.errors import BundleError, InputError, InternalError
-from convdeploy.runtime.interrupts import deferred_interrupts
-from convdeploy.runtime.oserrors import WRITE_ERRNOS, hint_for
+from .errors import BundleError, InputError, InternalError
+from .interrupts import deferred_interrupts
+from .oserrors import WRITE_ERRNOS, hint_for
 
 TEMP_TAG = "convdeploy"
 _TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.convdeploy-(?P<pid>\d+)-[0-9a-f]{8}\.(?:partial|tmp)$")

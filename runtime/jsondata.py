@@ -20,8 +20,8 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, TypeVar
 
-from convdeploy.runtime.errors import ConvDeployError, InputError, UsageError
-from convdeploy.runtime.oserrors import describe_os_error, why_unreadable
+from .errors import ConvDeployError, InputError, UsageError
+from .oserrors import describe_os_error, why_unreadable
 
 T = TypeVar("T")
 

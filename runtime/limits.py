@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from convdeploy.runtime.errors import UsageError
+from .errors import UsageError
 
 MAX_THREADS = 256
 

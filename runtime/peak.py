@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
-from convdeploy.runtime.fsutil import atomic_write_json
+from .fsutil import atomic_write_json
 
 SOURCE = Path(__file__).resolve().parents[1] / "benchmarks" / "fma_peak.c"
 CACHE_NAME = "fma_peak.json"
@@ -39,7 +39,7 @@ def cpu_model() -> str:
 
 
 def _cache_path() -> Path:
-    from convdeploy.runtime.backends.onnxruntime_backend import user_cache_dir
+    from .backends.onnxruntime_backend import user_cache_dir
 
     return user_cache_dir() / CACHE_NAME
 

@@ -28,18 +28,18 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence, U
 import numpy as np
 from PIL import Image
 
-from convdeploy.runtime.backends.base import run_batched
-from convdeploy.runtime.bundle.reader import LOAD_ATTEMPTS, Bundle
-from convdeploy.runtime.errors import BundleError, ConvDeployError, InputError, UsageError
-from convdeploy.runtime.limits import MAX_THREADS, check_thread_count
-from convdeploy.runtime.oserrors import printable, why_unreadable
-from convdeploy.runtime.targets import resolve_profile
-from convdeploy.runtime.transforms.imageio import MAX_PIXELS, decode_image, is_image_file
-from convdeploy.runtime.transforms.tta import TTASpec, check_tta_fits, make_views, merge_views, softmax
+from .backends.base import run_batched
+from .bundle.reader import LOAD_ATTEMPTS, Bundle
+from .errors import BundleError, ConvDeployError, InputError, UsageError
+from .limits import MAX_THREADS, check_thread_count
+from .oserrors import printable, why_unreadable
+from .targets import resolve_profile
+from .transforms.imageio import MAX_PIXELS, decode_image, is_image_file
+from .transforms.tta import TTASpec, check_tta_fits, make_views, merge_views, softmax
 
 if TYPE_CHECKING:  # pragma: no cover
-    from convdeploy.runtime.targets import Profile
-    from convdeploy.runtime.backends import Selection
+    from .targets import Profile
+    from .backends import Selection
 
 ImageLike = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]
 
@@ -232,7 +232,7 @@ class Predictor:
         (:mod:`runtime.backends.fastest`: a u8s8 INT8 over FP32 over FP16 on an x86 CPU;
         the backend line's ``selected_because`` says which and why).
         """
-        from convdeploy.runtime.backends import open_bundle_backend
+        from .backends import open_bundle_backend
 
         prof = resolve_profile(profile)
         if batch_size is not None and prof is not None:

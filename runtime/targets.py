@@ -32,8 +32,8 @@ else:  # pragma: no cover - Python 3.8-3.10 (the Jetson runtimes)
     import tomli as tomllib
 
 from convdeploy.profiles import PROFILE_DIR
-from convdeploy.runtime.bundle.contract import BACKENDS, PRECISIONS
-from convdeploy.runtime.errors import ProfileError
+from .bundle.contract import BACKENDS, PRECISIONS
+from .errors import ProfileError
 
 TF32_POLICIES = ("disable", "allow")
 

@@ -14,19 +14,19 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any, Mapping
 
-from convdeploy.runtime.backends.base import run_batched
-from convdeploy.runtime.bundle.contract import (GOLDEN_INPUTS, GOLDEN_LABELS, GOLDEN_OUTPUTS, GOLDEN_TTA_INPUTS,
+from .backends.base import run_batched
+from .bundle.contract import (GOLDEN_INPUTS, GOLDEN_LABELS, GOLDEN_OUTPUTS, GOLDEN_TTA_INPUTS,
                                                 GOLDEN_TTA_OUTPUTS, accepted_key)
-from convdeploy.runtime.bundle.reader import LOAD_ATTEMPTS, Bundle
-from convdeploy.runtime.errors import BackendUnavailableError, BundleError, UsageError
-from convdeploy.runtime.parity.metrics import compare_outputs, judge
-from convdeploy.runtime.parity.report import ParityInputs, ParityReport, ParityRow
-from convdeploy.runtime.parity.tolerances import resolve
-from convdeploy.runtime.transforms.tta import merge_views, softmax
+from .bundle.reader import LOAD_ATTEMPTS, Bundle
+from .errors import BackendUnavailableError, BundleError, UsageError
+from .parity.metrics import compare_outputs, judge
+from .parity.report import ParityInputs, ParityReport, ParityRow
+from .parity.tolerances import resolve
+from .transforms.tta import merge_views, softmax
 
 if TYPE_CHECKING:  # pragma: no cover
-    from convdeploy.runtime.backends.select import Selection
-    from convdeploy.runtime.targets import Profile
+    from .backends.select import Selection
+    from .targets import Profile
 
 
 def golden_inputs_description(bundle: Bundle, samples: int, labelled: bool) -> ParityInputs:
@@ -104,7 +104,7 @@ def verify_bundle(
     engine the target will run. ``engine``: that file runs, or the call fails; it is
     never replaced by another artifact.
     """
-    from convdeploy.runtime.targets import resolve_profile
+    from .targets import resolve_profile
 
     prof = resolve_profile(profile)
     if not isinstance(path, Bundle):
@@ -169,7 +169,7 @@ def _open_for_verify(bundle: Bundle, asked_backend: str, backend: str, prof: "Pr
                      **opts: Any) -> "Selection":
     """Open ``backend`` (:func:`required_backend`'s answer to ``asked_backend``); a required profile
     backend that cannot run here says how to proceed."""
-    from convdeploy.runtime.backends import open_bundle_backend
+    from .backends import open_bundle_backend
 
     try:
         return open_bundle_backend(bundle, backend, profile=prof, **opts)

@@ -8,6 +8,6 @@ fails on a family file this list leaves out). The helpers (``base``, ``registry`
 
 from __future__ import annotations
 
-from convdeploy.exporter.architectures import alexnet, googlenet, inception_resnet, lenet, nin, resnet, vgg
+from . import alexnet, googlenet, inception_resnet, lenet, nin, resnet, vgg
 
 __all__ = ["alexnet", "googlenet", "inception_resnet", "lenet", "nin", "resnet", "vgg"]

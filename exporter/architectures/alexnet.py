@@ -41,8 +41,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from convdeploy.exporter.architectures.base import ClassifierBase
-from convdeploy.exporter.architectures.registry import register_model
+from .base import ClassifierBase
+from .registry import register_model
 from convdeploy.runtime.transforms.preprocess import IMAGENET_EVAL
 
 __all__ = ["AlexNet", "paper_lrn", "alexnet", "alexnet_paper", "LRN_K", "LRN_SIZE", "LRN_ALPHA", "LRN_BETA"]

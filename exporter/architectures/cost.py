@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.nn.modules.conv import _ConvNd
 
-from convdeploy.exporter.architectures.complexity import MacCounter, mac_function
+from .complexity import MacCounter, mac_function
 
 __all__ = ["LayerCost", "ReductionPair", "bottleneck_savings", "cost_table_csv", "layer_costs", "measure_macs",
            "reduction_owners", "without_reductions"]

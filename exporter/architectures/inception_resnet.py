@@ -27,8 +27,8 @@ from typing import Any, Sequence, Union
 import torch
 from torch import nn
 
-from convdeploy.exporter.architectures.base import ClassifierBase
-from convdeploy.exporter.architectures.registry import register_model
+from .base import ClassifierBase
+from .registry import register_model
 from convdeploy.runtime.transforms.preprocess import PreprocessSpec, digits_spec
 
 __all__ = ["BasicConv2d", "InceptionBranches", "InceptionResidual", "InceptionResNet"]

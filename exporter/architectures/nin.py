@@ -47,8 +47,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from convdeploy.exporter.architectures.base import ClassifierBase
-from convdeploy.exporter.architectures.registry import register_model
+from .base import ClassifierBase
+from .registry import register_model
 from convdeploy.runtime.transforms.preprocess import IMAGENET_EVAL, PreprocessSpec
 
 __all__ = ["MLPConv", "NiN", "CIFAR10_EVAL", "nin", "nin_imagenet"]

@@ -25,7 +25,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
-from convdeploy.exporter.architectures.registry import get_entry
+from .registry import get_entry
 from convdeploy.runtime.errors import UsageError
 
 __all__ = ["ModelOption", "model_options", "parse_model_args", "option_effects", "format_value"]
@@ -213,7 +213,7 @@ def _count_params(arch: str, num_classes: int, kwargs: Mapping[str, Any]) -> int
     """Parameters of ``arch`` built with ``kwargs`` on the meta device (no memory), or why it cannot be built."""
     import torch
 
-    from convdeploy.exporter.architectures.complexity import count_parameters
+    from .complexity import count_parameters
     from convdeploy.runtime.errors import ConvDeployError
 
     builder = get_entry(arch).builder

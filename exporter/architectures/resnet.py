@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from convdeploy.exporter.architectures.base import ClassifierBase
-from convdeploy.exporter.architectures.registry import register_model
+from .base import ClassifierBase
+from .registry import register_model
 from convdeploy.runtime.errors import UsageError
 from convdeploy.runtime.transforms.preprocess import IMAGENET_EVAL, digits_spec
 

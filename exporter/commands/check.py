@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from convdeploy.exporter.commands.validate import checked_before_torch
-from convdeploy.exporter.export import options as export_options
+from .validate import checked_before_torch
+from ..export import options as export_options
 from convdeploy.runtime.commands.common import (
     ConvDeployCommand, echo_json, echo_parity_text, echo_report_files, echo_warnings, json_option,
     needs_torch, ray_options,
@@ -57,7 +57,7 @@ def check_cmd(bundle: str, checkpoint: str | None, data: str | None, samples: in
       convdeploy check bundles/lenet5 --data digits --ray
       convdeploy check bundles/r18.failed --explain
     """
-    from convdeploy.exporter.export.check import check_bundle
+    from ..export.check import check_bundle
     from convdeploy.runtime.parity.tolerances import parse_tolerance_overrides
     from convdeploy.runtime.errors import CheckFailedError
     from convdeploy.runtime.fsutil import atomic_write_json
@@ -66,7 +66,7 @@ def check_cmd(bundle: str, checkpoint: str | None, data: str | None, samples: in
                    tolerances=parse_tolerance_overrides(tolerance), tta=not no_tta, explain=explain,
                    explain_samples=explain_samples)
     if ray_address is not None:
-        from convdeploy.exporter.export.ray_check import check_bundle_on_ray
+        from ..export.ray_check import check_bundle_on_ray
 
         report = check_bundle_on_ray(bundle, checkpoint, address=ray_address, workers=ray_workers, **options)
     else:

@@ -34,7 +34,7 @@ def demo_cmd(out: str, epochs: int | None, overwrite: bool, no_progress: bool, a
       convdeploy demo --out demo-run
       convdeploy predict demo-run/bundle demo-run/digits/val/7
     """
-    from convdeploy.exporter.demo import run_demo
+    from ..demo import run_demo
 
     # With --json the story goes to stderr, like every command's progress: stdout stays one JSON document.
     log = (lambda message: click.echo(message, err=True)) if as_json else click.echo

@@ -25,7 +25,7 @@ def digits_cmd(out_dir: str, overwrite: bool, as_json: bool) -> None:
       convdeploy digits data/digits
       convdeploy train lenet5 --data data/digits --out runs/lenet5-folder
     """
-    from convdeploy.exporter.data.datasets import write_digits_imagefolder
+    from ..data.datasets import write_digits_imagefolder
 
     counts = write_digits_imagefolder(out_dir, overwrite=overwrite)
     if as_json:

@@ -7,8 +7,8 @@ from typing import Any
 
 import click
 
-from convdeploy.exporter.commands.validate import checked_before_torch, common
-from convdeploy.exporter.export import options as export_options
+from .validate import checked_before_torch, common
+from ..export import options as export_options
 from convdeploy.runtime.commands.common import (
     ConvDeployCommand, echo_json, echo_parity_text, echo_warnings, json_option, model_arg_option,
     needs_torch,
@@ -96,8 +96,8 @@ def export_cmd(source: str, out: str, precision: str, profile_name: str, exporte
     """
     from tqdm import tqdm
 
-    from convdeploy.exporter.export.parity import ParityFailedError
-    from convdeploy.exporter.export.pipeline import export_bundle, export_stages
+    from ..export.parity import ParityFailedError
+    from ..export.pipeline import export_bundle, export_stages
     from convdeploy.runtime.parity.tolerances import parse_tolerance_overrides
 
     stages = export_stages(precision)

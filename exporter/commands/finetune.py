@@ -6,9 +6,9 @@ from typing import Any
 
 import click
 
-from convdeploy.exporter.commands.validate import checked_before_torch, training_arguments
+from .validate import checked_before_torch, training_arguments
 from convdeploy.runtime.commands.common import ConvDeployCommand, json_option, needs_torch
-from convdeploy.exporter.commands.training_options import training_options, echo_train_result
+from .training_options import training_options, echo_train_result
 
 
 @click.command("finetune", cls=ConvDeployCommand)
@@ -42,8 +42,8 @@ def finetune_cmd(arch: str, weights: str, freeze: str, data: str, out: str | Non
           --image-size 32 --freeze all-but-head --out runs/r18-digits
       convdeploy finetune googlenet --weights googlenet.safetensors --data photos/ --freeze until:inception4e
     """
-    from convdeploy.exporter.architectures.options import parse_model_args
-    from convdeploy.exporter.training.transfer import finetune
+    from ..architectures.options import parse_model_args
+    from ..training.transfer import finetune
 
     out = out or f"runs/{arch}-finetune"
     model_kwargs = parse_model_args(arch, options.pop("model_args", ()))

@@ -34,7 +34,7 @@ def models_cmd(pattern: str | None, layers: bool, csv_path: str | None, as_json:
       convdeploy models googlenet --layers --csv googlenet-cost.csv
       convdeploy models --json
     """
-    from convdeploy.exporter.architectures.registry import get_entry, list_models
+    from ..architectures.registry import get_entry, list_models
     from convdeploy.runtime.errors import UsageError
 
     if layers or csv_path:
@@ -69,8 +69,8 @@ def mmacs(gmacs: float) -> str:
 
 def _echo_model_options(name: str, as_json: bool) -> None:
     """``convdeploy models NAME``: the entry and its options with their effect on parameters."""
-    from convdeploy.exporter.architectures.options import format_value, option_effects
-    from convdeploy.exporter.architectures.registry import get_entry
+    from ..architectures.options import format_value, option_effects
+    from ..architectures.registry import get_entry
 
     entry = get_entry(name)
     options = option_effects(name)
@@ -103,8 +103,8 @@ def _m(macs: int) -> str:
 
 def _echo_layers(name: str, *, as_json: bool = False, csv_path: str | None = None) -> dict[str, Any]:
     """Build ``name`` (random weights), measure it with :func:`layer_costs` and print the table."""
-    from convdeploy.exporter.architectures.cost import cost_table_csv, layer_costs
-    from convdeploy.exporter.architectures.registry import create_model, get_entry
+    from ..architectures.cost import cost_table_csv, layer_costs
+    from ..architectures.registry import create_model, get_entry
     from convdeploy.runtime.fsutil import atomic_write_bytes
 
     entry = get_entry(name)

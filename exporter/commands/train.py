@@ -6,9 +6,9 @@ from typing import Any
 
 import click
 
-from convdeploy.exporter.commands.validate import checked_before_torch, training_arguments
+from .validate import checked_before_torch, training_arguments
 from convdeploy.runtime.commands.common import ConvDeployCommand, echo_json, json_option, needs_torch
-from convdeploy.exporter.commands.training_options import training_options, echo_train_result
+from .training_options import training_options, echo_train_result
 
 
 @click.command("train", cls=ConvDeployCommand)
@@ -42,9 +42,9 @@ def train_cmd(arch: str, data: str, out: str | None, num_classes: int | None, st
       convdeploy train lenet5 --augment list
       torchrun --nproc_per_node 2 cli.py train lenet5 --data digits --out runs/ddp
     """
-    from convdeploy.exporter.architectures.options import parse_model_args
-    from convdeploy.exporter.training.experiments import compare_plain_residual
-    from convdeploy.exporter.training.from_scratch import train
+    from ..architectures.options import parse_model_args
+    from ..training.experiments import compare_plain_residual
+    from ..training.from_scratch import train
     from convdeploy.runtime.errors import UsageError
 
     out = out or f"runs/{arch}"

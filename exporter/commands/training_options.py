@@ -7,7 +7,7 @@ from typing import Any, Callable
 import click
 
 from convdeploy.runtime.commands.common import THREADS, echo_json, wants_json
-from convdeploy.exporter.training.choices import AMP_MODES, OPTIMIZERS, SCHEDULES
+from ..training.choices import AMP_MODES, OPTIMIZERS, SCHEDULES
 from convdeploy.runtime.limits import MAX_THREADS
 
 

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from convdeploy.exporter.data.datasets import CACHE_PIXELS, DataSplit
+from .datasets import CACHE_PIXELS, DataSplit
 from convdeploy.runtime.transforms.imageio import convert_color
 from convdeploy.runtime.transforms.preprocess import PreprocessSpec, preprocess
 

@@ -16,12 +16,12 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from convdeploy.exporter.export.gate_data import GateInputs, GateOutcome
-from convdeploy.exporter.export.onnx_export import OnnxExportInfo
-from convdeploy.exporter.export.onnx_utils import embed_metadata
-from convdeploy.exporter.export.parity import backend_logits
-from convdeploy.exporter.export.plan import ExportPlan, ShippedSpecs
-from convdeploy.exporter.export.source import SourceModel, reference_logits
+from .gate_data import GateInputs, GateOutcome
+from .onnx_export import OnnxExportInfo
+from .onnx_utils import embed_metadata
+from .parity import backend_logits
+from .plan import ExportPlan, ShippedSpecs
+from .source import SourceModel, reference_logits
 from convdeploy.runtime.bundle.contract import (
     BUNDLE_KIND,
     GOLDEN_FILE,

@@ -12,11 +12,11 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from convdeploy.exporter.export.explain import explain_report
-from convdeploy.exporter.export.gate_data import default_data, gate_data
-from convdeploy.exporter.export.options import DEFAULT_EXPLAIN_SAMPLES, DEFAULT_PARITY_SAMPLES, Tolerances
-from convdeploy.exporter.export.parity import ParityData, ParityReport, run_parity
-from convdeploy.exporter.export.source import SourceModel, load_source
+from .explain import explain_report
+from .gate_data import default_data, gate_data
+from .options import DEFAULT_EXPLAIN_SAMPLES, DEFAULT_PARITY_SAMPLES, Tolerances
+from .parity import ParityData, ParityReport, run_parity
+from .source import SourceModel, load_source
 from convdeploy.runtime.bundle.contract import GOLDEN_FILE, GOLDEN_INPUTS, GOLDEN_LABELS, parse_precisions
 from convdeploy.runtime.bundle.reader import Bundle
 from convdeploy.runtime.errors import BundleError, UsageError

@@ -45,10 +45,10 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import onnx
 
-from convdeploy.exporter.export.layer_divergence import (DEFAULT_TOP_K, DIVERGENCE_THRESHOLDS, INPUT_MODULE,
+from .layer_divergence import (DEFAULT_TOP_K, DIVERGENCE_THRESHOLDS, INPUT_MODULE,
                                                          Explanation, Layer, compare_layer_tensors, observed_tensor,
                                                          onnx_intermediates)
-from convdeploy.exporter.export.options import DEFAULT_EXPLAIN_SAMPLES
+from .options import DEFAULT_EXPLAIN_SAMPLES
 from convdeploy.runtime.errors import UsageError
 
 # The attribute under which LogitsOnly holds the model: the first scope of every node.
@@ -81,8 +81,8 @@ def hooked_forward(model: Any, inputs: np.ndarray) -> tuple[list[ModuleCall], np
     every module; returns the module calls in completion order and the logits."""
     import torch
 
-    from convdeploy.exporter.architectures.base import LogitsOnly
-    from convdeploy.exporter.export.onnx_export import eval_mode
+    from ..architectures.base import LogitsOnly
+    from .onnx_export import eval_mode
 
     calls: list[ModuleCall] = []
     counts: dict[str, int] = {}
@@ -334,8 +334,8 @@ def explain_divergence(
     error, at most ``max_samples``. ``threshold``: the relative error at which a layer
     diverges (default: :data:`DIVERGENCE_THRESHOLDS` for ``precision``).
     """
-    from convdeploy.exporter.export.parity import backend_logits
-    from convdeploy.exporter.export.source import reference_logits
+    from .parity import backend_logits
+    from .source import reference_logits
 
     if precision not in DIVERGENCE_THRESHOLDS:
         raise UsageError(f"cannot explain precision {precision!r}", f"use one of {', '.join(DIVERGENCE_THRESHOLDS)}")
@@ -398,7 +398,7 @@ def explain_report(
     """
     import tempfile
 
-    from convdeploy.exporter.export.fp16 import fp16_storage_emulation
+    from .fp16 import fp16_storage_emulation
     from convdeploy.runtime.transforms.preprocess import preprocess_batch
 
     failed: dict[str, list[str]] = {}

@@ -26,7 +26,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from convdeploy.exporter.export.onnx_utils import op_counts, save_checked
+from .onnx_utils import op_counts, save_checked
 from convdeploy.runtime.errors import InternalError
 
 # onnxruntime's converter is imported in the function that uses it: it takes ~0.1 s to

@@ -13,10 +13,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from convdeploy.exporter.data.datasets import labelled_images
-from convdeploy.exporter.export.parity import RANDOM_SAMPLES, ParityData, ParityReport
-from convdeploy.exporter.export.plan import ExportPlan, ShippedSpecs
-from convdeploy.exporter.export.source import SourceModel
+from ..data.datasets import labelled_images
+from .parity import RANDOM_SAMPLES, ParityData, ParityReport
+from .plan import ExportPlan, ShippedSpecs
+from .source import SourceModel
 from convdeploy.runtime.errors import InputError, InternalError, UsageError
 from convdeploy.runtime.parity.samples import fewer_samples_warning
 from convdeploy.runtime.transforms.preprocess import preprocess_batch

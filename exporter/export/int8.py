@@ -37,8 +37,8 @@ from typing import Any, Sequence
 import numpy as np
 import onnx
 
-from convdeploy.exporter.export.options import CALIB_METHODS, INT8_FLAVORS
-from convdeploy.exporter.export.onnx_utils import graph_opset, op_counts, save_checked
+from .options import CALIB_METHODS, INT8_FLAVORS
+from .onnx_utils import graph_opset, op_counts, save_checked
 from convdeploy.runtime.build.preflight import tensorrt_int8_problems
 from convdeploy.runtime.errors import InternalError, UsageError
 

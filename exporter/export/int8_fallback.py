@@ -39,9 +39,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import onnx
 
-from convdeploy.exporter.export.layer_divergence import relative_error
-from convdeploy.exporter.export.options import INT8_FALLBACK_MODES
-from convdeploy.exporter.export.int8 import quantize_int8
+from .layer_divergence import relative_error
+from .options import INT8_FALLBACK_MODES
+from .int8 import quantize_int8
 from convdeploy.runtime.build.preflight import dequantize_input_problems
 from convdeploy.runtime.errors import UsageError
 

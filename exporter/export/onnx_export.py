@@ -34,9 +34,9 @@ import onnx
 import onnx.version_converter
 import torch
 
-from convdeploy.exporter.architectures.base import LogitsOnly
-from convdeploy.exporter.export.options import DEFAULT_OPSET, EXPORTERS
-from convdeploy.exporter.export.onnx_utils import (ExportError, check_model, count_nodes, graph_opset, op_counts,
+from ..architectures.base import LogitsOnly
+from .options import DEFAULT_OPSET, EXPORTERS
+from .onnx_utils import (ExportError, check_model, count_nodes, graph_opset, op_counts,
                                                    set_metadata)
 from convdeploy.runtime.errors import UsageError
 from convdeploy.runtime.fsutil import atomic_write_bytes

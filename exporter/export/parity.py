@@ -28,8 +28,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from convdeploy.exporter.export.options import DEFAULT_PARITY_SAMPLES
-from convdeploy.exporter.export.source import reference_logits
+from .options import DEFAULT_PARITY_SAMPLES
+from .source import reference_logits
 from convdeploy.runtime.backends.base import run_batched
 from convdeploy.runtime.errors import CheckFailedError, UsageError
 from convdeploy.runtime.parity.metrics import compare_outputs, judge
@@ -87,7 +87,7 @@ class ParityData:
     def from_source(cls, source: str | os.PathLike, *, split: str = "val", limit: int | None = DEFAULT_PARITY_SAMPLES,
                     seed: int = 0) -> "ParityData":
         """Real labelled images of ``"digits"`` or an ImageFolder directory."""
-        from convdeploy.exporter.data.datasets import labelled_images
+        from ..data.datasets import labelled_images
 
         got = labelled_images(str(source), split, limit=limit, seed=seed)
         name = "digits" if str(source) == "digits" else str(source)
@@ -250,7 +250,7 @@ def run_locally(model: Any, artifacts: Mapping[str, str | os.PathLike], data: Pa
     onnxruntime backend (CPU) for each candidate row."""
     import tempfile
 
-    from convdeploy.exporter.export.fp16 import fp16_storage_emulation
+    from .fp16 import fp16_storage_emulation
 
     identical = candidate_spec == reference_spec
     if data.images is not None:

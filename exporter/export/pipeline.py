@@ -41,19 +41,19 @@ from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 
-from convdeploy.exporter.export.bundle_files import (commit_bundle, remove_stale_failed, write_golden,
+from .bundle_files import (commit_bundle, remove_stale_failed, write_golden,
                                                      write_manifest_and_reports)
-from convdeploy.exporter.export.gate_data import Calibration, GateInputs, GateOutcome, gate_inputs
-from convdeploy.exporter.export.int8_fallback import search_int8_fallback
-from convdeploy.exporter.export.onnx_export import OnnxExportInfo, export_onnx
-from convdeploy.exporter.export.onnx_utils import ExportError
-from convdeploy.exporter.export.options import ExportOptions
-from convdeploy.exporter.export.parity import ParityFailedError, ParityReport, run_parity
-from convdeploy.exporter.export.plan import (ExportPlan, ShippedSpecs, export_stages, plan_export, preprocess_spec,
+from .gate_data import Calibration, GateInputs, GateOutcome, gate_inputs
+from .int8_fallback import search_int8_fallback
+from .onnx_export import OnnxExportInfo, export_onnx
+from .onnx_utils import ExportError
+from .options import ExportOptions
+from .parity import ParityFailedError, ParityReport, run_parity
+from .plan import (ExportPlan, ShippedSpecs, export_stages, plan_export, preprocess_spec,
                                              shipped_specs, with_geometry_over)
-from convdeploy.exporter.export.fp16 import convert_fp16
-from convdeploy.exporter.export.int8 import quantize_int8
-from convdeploy.exporter.export.source import SourceModel, load_source, parse_classes
+from .fp16 import convert_fp16
+from .int8 import quantize_int8
+from .source import SourceModel, load_source, parse_classes
 from convdeploy.runtime.build.preflight import preflight
 from convdeploy.runtime.bundle.contract import MODEL_FILES, REPORT_HTML
 from convdeploy.runtime.errors import InternalError

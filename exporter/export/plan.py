@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from convdeploy.exporter.export.int8_fallback import validate_fallback_mode
-from convdeploy.exporter.export.options import DEFAULT_OPSET, ExportOptions
-from convdeploy.exporter.export.int8 import int8_flavor_for, validate_int8_options
-from convdeploy.exporter.export.source import SourceModel
+from .int8_fallback import validate_fallback_mode
+from .options import DEFAULT_OPSET, ExportOptions
+from .int8 import int8_flavor_for, validate_int8_options
+from .source import SourceModel
 from convdeploy.runtime.bundle.contract import BUNDLE_KIND, parse_precisions
 from convdeploy.runtime.errors import UsageError
 from convdeploy.runtime.fsutil import check_replaceable

@@ -20,7 +20,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from convdeploy.exporter.export.parity import (DEFAULT_TTA_SAMPLES, GateOutputs, ParityData, ParityReport,
+from .parity import (DEFAULT_TTA_SAMPLES, GateOutputs, ParityData, ParityReport,
                                                candidate_runs, gate_specs, judge_outputs)
 from convdeploy.runtime.serve.ray_batch import connect, import_ray, quiet_data_context
 from convdeploy.runtime.transforms.preprocess import PreprocessSpec
@@ -40,7 +40,7 @@ class ParityActor:
                  candidate_spec: dict[str, Any], tta: dict[str, Any], emulate_fp16: bool) -> None:
         import torch
 
-        from convdeploy.exporter.export.fp16 import fp16_storage_emulation
+        from .fp16 import fp16_storage_emulation
         from convdeploy.runtime.backends import create_backend
 
         torch.set_num_threads(1)
@@ -68,7 +68,7 @@ class ParityActor:
         return [Image.open(io.BytesIO(bytes(b))) for b in batch["png"]]
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        from convdeploy.exporter.export.source import reference_logits
+        from .source import reference_logits
         from convdeploy.runtime.transforms.preprocess import preprocess_batch
         from convdeploy.runtime.transforms.tta import make_views, merge_views
 
@@ -193,7 +193,7 @@ def check_bundle_on_ray(bundle_dir: str | os.PathLike, source: str | os.PathLike
     """:func:`exporter.export.check.check_bundle` with the gate's forward passes on Ray."""
     import functools
 
-    from convdeploy.exporter.export.check import check_bundle
+    from .check import check_bundle
 
     runner = functools.partial(run_parity_on_ray, address=address, workers=workers, num_cpus=num_cpus)
     return check_bundle(bundle_dir, source, parity_runner=runner, **options)

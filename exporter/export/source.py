@@ -19,13 +19,13 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from convdeploy.exporter.architectures.registry import create_model, get_entry
-from convdeploy.exporter.architectures.base import LogitsOnly
-from convdeploy.exporter.architectures.options import parse_model_args
-from convdeploy.exporter.architectures.weights import load_state_dict_file, load_weights, weights_format
-from convdeploy.exporter.export.onnx_export import eval_mode
-from convdeploy.exporter.training.checkpoint import META_FILE, MODEL_FILE, load_checkpoint
-from convdeploy.exporter.training.prepare import resolve_spec
+from ..architectures.registry import create_model, get_entry
+from ..architectures.base import LogitsOnly
+from ..architectures.options import parse_model_args
+from ..architectures.weights import load_state_dict_file, load_weights, weights_format
+from .onnx_export import eval_mode
+from ..training.checkpoint import META_FILE, MODEL_FILE, load_checkpoint
+from ..training.prepare import resolve_spec
 from convdeploy.runtime.errors import InputError, UsageError
 from convdeploy.runtime.fsutil import sha256_file
 from convdeploy.runtime.oserrors import why_unreadable

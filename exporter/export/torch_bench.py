@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from convdeploy.exporter.export.source import load_source
+from .source import load_source
 from convdeploy.runtime.bench import latency_stats, time_callable
 
 

@@ -37,8 +37,8 @@ import torch
 from safetensors.torch import load_file, save as safetensors_bytes
 from torch import nn
 
-from convdeploy.exporter.architectures.registry import create_model
-from convdeploy.exporter.architectures.weights import load_state_dict_file, load_weights
+from ..architectures.registry import create_model
+from ..architectures.weights import load_state_dict_file, load_weights
 from convdeploy.runtime.errors import CheckpointError, ConvDeployError, InputError
 from convdeploy.runtime.fsutil import OwnedKind, atomic_directory, atomic_write_json, sha256_file
 from convdeploy.runtime.jsondata import read_json_file

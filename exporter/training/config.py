@@ -14,8 +14,8 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Mapping
 
-from convdeploy.exporter.architectures.registry import get_entry
-from convdeploy.exporter.training.choices import AMP_MODES, OPTIMIZERS, SCHEDULES
+from ..architectures.registry import get_entry
+from .choices import AMP_MODES, OPTIMIZERS, SCHEDULES
 from convdeploy.runtime.errors import UsageError
 from convdeploy.runtime.limits import MAX_THREADS
 

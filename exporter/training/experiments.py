@@ -7,11 +7,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from convdeploy.exporter.architectures.registry import get_entry
-from convdeploy.exporter.data.datasets import DIGITS
-from convdeploy.exporter.training.config import TrainConfig, resolve_config, suggested_config
-from convdeploy.exporter.training.report import plot_curves
-from convdeploy.exporter.training.from_scratch import train
+from ..architectures.registry import get_entry
+from ..data.datasets import DIGITS
+from .config import TrainConfig, resolve_config, suggested_config
+from .report import plot_curves
+from .from_scratch import train
 from convdeploy.runtime.errors import UsageError
 from convdeploy.runtime.fsutil import atomic_write_json
 

@@ -20,11 +20,11 @@ from typing import Any, Callable, Mapping
 
 from torch import nn
 
-from convdeploy.exporter.architectures.registry import create_model
-from convdeploy.exporter.data.datasets import Dataset
-from convdeploy.exporter.training.config import TrainConfig, suggested_config
-from convdeploy.exporter.training.loop import TrainResult, fit
-from convdeploy.exporter.training.prepare import prepare_run
+from ..architectures.registry import create_model
+from ..data.datasets import Dataset
+from .config import TrainConfig, suggested_config
+from .loop import TrainResult, fit
+from .prepare import prepare_run
 from convdeploy.runtime.errors import UsageError
 from convdeploy.runtime.transforms.preprocess import PreprocessSpec
 

@@ -32,18 +32,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from convdeploy.exporter.architectures.base import split_outputs
-from convdeploy.exporter.architectures.complexity import count_parameters
-from convdeploy.exporter.architectures.weights import load_weights
-from convdeploy.exporter.data.loader import ImageDataset, make_loader
-from convdeploy.exporter.training.checkpoint import MODEL_FILE, load_train_state, save_checkpoint
-from convdeploy.exporter.training.config import TrainConfig
-from convdeploy.exporter.training.distributed import Distributed, all_reduce, any_process
-from convdeploy.exporter.training.environment import (deterministic, make_grad_scaler, resolve_device, rng_state,
+from ..architectures.base import split_outputs
+from ..architectures.complexity import count_parameters
+from ..architectures.weights import load_weights
+from ..data.loader import ImageDataset, make_loader
+from .checkpoint import MODEL_FILE, load_train_state, save_checkpoint
+from .config import TrainConfig
+from .distributed import Distributed, all_reduce, any_process
+from .environment import (deterministic, make_grad_scaler, resolve_device, rng_state,
                                                       set_rng_state, threads)
-from convdeploy.exporter.training.prepare import PreparedRun
-from convdeploy.exporter.training.report import data_name, log, progress_bar, run_summary, write_metrics
-from convdeploy.exporter.training.run_dir import RunState
+from .prepare import PreparedRun
+from .report import data_name, log, progress_bar, run_summary, write_metrics
+from .run_dir import RunState
 from convdeploy.runtime.errors import UsageError
 from convdeploy.runtime.transforms.augment_config import build_augmentation
 

@@ -12,11 +12,11 @@ from typing import Any, Mapping
 import numpy as np
 from PIL import Image
 
-from convdeploy.exporter.architectures.registry import get_entry
-from convdeploy.exporter.data.datasets import DIGITS, DataSplit, Dataset, load_dataset
-from convdeploy.exporter.training.config import TrainConfig, resolve_config
-from convdeploy.exporter.training.environment import seed_everything
-from convdeploy.exporter.training.run_dir import RunState
+from ..architectures.registry import get_entry
+from ..data.datasets import DIGITS, DataSplit, Dataset, load_dataset
+from .config import TrainConfig, resolve_config
+from .environment import seed_everything
+from .run_dir import RunState
 from convdeploy.runtime.errors import ImageDecodeError, UsageError
 from convdeploy.runtime.transforms.augment import Pipeline
 from convdeploy.runtime.transforms.augment_config import build_augmentation, parse_augment, with_geometry

@@ -12,7 +12,7 @@ from typing import Any, Mapping
 
 from tqdm.auto import tqdm
 
-from convdeploy.exporter.data.datasets import Dataset
+from ..data.datasets import Dataset
 from convdeploy.runtime.fsutil import atomic_write_bytes, atomic_write_json
 
 __all__ = ["CSV_COLUMNS", "progress_bar", "log", "data_name", "run_summary", "write_metrics", "plot_curves"]

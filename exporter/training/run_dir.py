@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from convdeploy.exporter.training.checkpoint import is_checkpoint_dir, read_meta
+from .checkpoint import is_checkpoint_dir, read_meta
 from convdeploy.runtime.errors import CheckpointError, InputError, InternalError
 from convdeploy.runtime.fsutil import repair_directory
 from convdeploy.runtime.transforms.augment import Pipeline

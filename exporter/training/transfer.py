@@ -32,15 +32,15 @@ from typing import Any, Mapping
 
 from torch import nn
 
-from convdeploy.exporter.architectures.registry import create_model, get_entry
-from convdeploy.exporter.architectures.weights import load_weights
-from convdeploy.exporter.data.datasets import DIGITS, Dataset
-from convdeploy.exporter.data.loader import ImageDataset
-from convdeploy.exporter.training.checkpoint import META_FILE, MODEL_FILE, read_meta
-from convdeploy.exporter.training.config import TrainConfig, finetune_config
-from convdeploy.exporter.training.environment import resolve_device
-from convdeploy.exporter.training.loop import TrainResult, evaluate, fit
-from convdeploy.exporter.training.prepare import PreparedRun, prepare_run
+from ..architectures.registry import create_model, get_entry
+from ..architectures.weights import load_weights
+from ..data.datasets import DIGITS, Dataset
+from ..data.loader import ImageDataset
+from .checkpoint import META_FILE, MODEL_FILE, read_meta
+from .config import TrainConfig, finetune_config
+from .environment import resolve_device
+from .loop import TrainResult, evaluate, fit
+from .prepare import PreparedRun, prepare_run
 from convdeploy.runtime.errors import CheckpointError, UsageError
 from convdeploy.runtime.fsutil import sha256_file
 

@@ -5,9 +5,9 @@ opens which file, and ``auto``'s order) and one module per backend, each importi
 engine lazily so that a target needs only the one it uses.
 """
 
-from convdeploy.runtime.backends.base import Backend, BackendInfo, TensorSpec
-from convdeploy.runtime.backends.select import Selection, available_backends, create_backend, open_bundle_backend
-from convdeploy.runtime.bundle.contract import BACKENDS
+from .base import Backend, BackendInfo, TensorSpec
+from .select import Selection, available_backends, create_backend, open_bundle_backend
+from ..bundle.contract import BACKENDS
 
 __all__ = ["BACKENDS", "Backend", "BackendInfo", "TensorSpec", "Selection", "available_backends",
            "create_backend", "open_bundle_backend"]

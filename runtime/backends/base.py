@@ -12,7 +12,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from convdeploy.runtime.errors import InputError
+from ..errors import InputError
 
 
 @dataclass(frozen=True)

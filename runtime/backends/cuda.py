@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from convdeploy.runtime.errors import BackendUnavailableError
+from ..errors import BackendUnavailableError
 
 # cudaError_t values (driver_types.h): the runtime is newer than the installed driver.
 INSUFFICIENT_DRIVER = 35  # cudaErrorInsufficientDriver

@@ -28,7 +28,7 @@ import platform
 from typing import TYPE_CHECKING, Dict, Optional, Sequence, Tuple
 
 if TYPE_CHECKING:  # pragma: no cover
-    from convdeploy.runtime.bundle.reader import Bundle
+    from ..bundle.reader import Bundle
 
 CPU_X86 = "onnxruntime-cpu-x86"
 CPU_OTHER = "onnxruntime-cpu"

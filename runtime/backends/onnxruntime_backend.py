@@ -37,13 +37,13 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from convdeploy.runtime.backends.base import BackendInfo, TensorSpec, TensorSpecs, conform_batch
-from convdeploy.runtime.limits import check_thread_count
-from convdeploy.runtime.errors import BackendUnavailableError, BundleError, UsageError
-from convdeploy.runtime.fsutil import sha256_file
+from .base import BackendInfo, TensorSpec, TensorSpecs, conform_batch
+from ..limits import check_thread_count
+from ..errors import BackendUnavailableError, BundleError, UsageError
+from ..fsutil import sha256_file
 
 if TYPE_CHECKING:  # pragma: no cover
-    from convdeploy.runtime.targets import Profile
+    from ..targets import Profile
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
@@ -160,7 +160,7 @@ def tensorrt_library_version() -> str:
 def cuda_device_tag(device_id: int) -> str:
     """``<gpu name>-sm<cc>`` of CUDA device ``device_id``, or ``cuda<id>`` when the CUDA runtime
     cannot be asked (the key is then per device index only)."""
-    from convdeploy.runtime.backends.cuda import load_cuda_runtime
+    from .cuda import load_cuda_runtime
 
     try:
         name, (major, minor) = load_cuda_runtime().device_info(device_id)

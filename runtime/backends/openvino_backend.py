@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from convdeploy.runtime.backends.base import BackendInfo, TensorSpec, TensorSpecs, conform_batch
-from convdeploy.runtime.limits import check_thread_count
-from convdeploy.runtime.errors import BackendUnavailableError, BundleError, UsageError
+from .base import BackendInfo, TensorSpec, TensorSpecs, conform_batch
+from ..limits import check_thread_count
+from ..errors import BackendUnavailableError, BundleError, UsageError
 
 _HINTS = {"f32": "f32", "fp32": "f32", "f16": "f16", "fp16": "f16", "bf16": "bf16"}
 _REPORTED = {"f32": "fp32", "f16": "fp16", "bf16": "bf16"}

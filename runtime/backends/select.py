@@ -20,14 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Tuple
 
-from convdeploy.runtime.backends.base import Backend
-from convdeploy.runtime.bundle.contract import BACKENDS
-from convdeploy.runtime.errors import BackendUnavailableError, ConvDeployError, InputError, UsageError
-from convdeploy.runtime.oserrors import printable, why_unreadable
+from .base import Backend
+from ..bundle.contract import BACKENDS
+from ..errors import BackendUnavailableError, ConvDeployError, InputError, UsageError
+from ..oserrors import printable, why_unreadable
 
 if TYPE_CHECKING:  # pragma: no cover
-    from convdeploy.runtime.bundle.reader import Bundle
-    from convdeploy.runtime.targets import Profile
+    from ..bundle.reader import Bundle
+    from ..targets import Profile
 
 
 def _installed(module: str) -> bool:
@@ -39,7 +39,7 @@ def _installed(module: str) -> bool:
 
 def _cuda_binding_available() -> bool:
     """cuda-python or a loadable libcudart: what TensorRT needs besides itself."""
-    from convdeploy.runtime.backends import cuda
+    from . import cuda
 
     return _installed("cuda") or cuda.find_libcudart() is not None
 
@@ -94,7 +94,7 @@ def _engine_precisions(req: _Request) -> list[str]:
     if req.explicit_precision:
         return [req.precision]
     if req.prefer_fast:  # predict, bench: the fastest engine first (runtime.backends.fastest)
-        from convdeploy.runtime.backends.fastest import SPEED_ORDER, TENSORRT, qualifies
+        from .fastest import SPEED_ORDER, TENSORRT, qualifies
 
         wanted = dict.fromkeys(p for p in SPEED_ORDER[TENSORRT]
                                if p != "int8" or qualifies(req.bundle, "int8", TENSORRT) is None)
@@ -105,7 +105,7 @@ def _engine_precisions(req: _Request) -> list[str]:
 
 
 def _open_tensorrt(req: _Request) -> _Opened:
-    from convdeploy.runtime.backends.tensorrt_backend import TensorRTBackend, running_tensorrt
+    from .tensorrt_backend import TensorRTBackend, running_tensorrt
 
     if req.engine:
         path = Path(req.engine)
@@ -124,7 +124,7 @@ def _open_tensorrt(req: _Request) -> _Opened:
     # say): that is what it is judged at.
     built = backend.describe().precision
     if req.prefer_fast and not req.explicit_precision and not req.engine and built != req.precision:
-        from convdeploy.runtime.backends.fastest import TENSORRT, fastest_reason
+        from .fastest import TENSORRT, fastest_reason
 
         req.precision_reason = fastest_reason(built, req.precision, TENSORRT)
     return backend, built, os.path.relpath(path, req.bundle.root)
@@ -134,8 +134,8 @@ def _fast_onnxruntime_precision(req: _Request, providers: list[str]) -> None:
     """With no precision asked for (predict, bench), run the fastest artifact that passed the
     gate on the provider that runs it (:mod:`runtime.backends.fastest` states the order and
     why); the reason goes into the backend line."""
-    from convdeploy.runtime.backends.fastest import ORT_GPU, cpu_device_class, fastest_precision, fastest_reason
-    from convdeploy.runtime.backends.onnxruntime_backend import GPU_PROVIDERS, available_providers, normalize_providers
+    from .fastest import ORT_GPU, cpu_device_class, fastest_precision, fastest_reason
+    from .onnxruntime_backend import GPU_PROVIDERS, available_providers, normalize_providers
 
     if not req.prefer_fast or req.explicit_precision:
         return
@@ -149,7 +149,7 @@ def _fast_onnxruntime_precision(req: _Request, providers: list[str]) -> None:
 
 
 def _open_onnxruntime(req: _Request) -> _Opened:
-    from convdeploy.runtime.backends.onnxruntime_backend import CPU, CUDA, OnnxRuntimeBackend, available_providers
+    from .onnxruntime_backend import CPU, CUDA, OnnxRuntimeBackend, available_providers
 
     if req.profile is not None:
         providers = list(req.profile.providers)
@@ -167,7 +167,7 @@ def _open_onnxruntime(req: _Request) -> _Opened:
 
 
 def _open_openvino(req: _Request) -> _Opened:
-    from convdeploy.runtime.backends.openvino_backend import OpenVINOBackend
+    from .openvino_backend import OpenVINOBackend
 
     # Asked explicitly for fp32: hold OpenVINO to f32. Otherwise its device default
     # (BF16 on CPUs with AVX-512 BF16/AMX), reported and judged as bf16.
@@ -180,37 +180,37 @@ def _open_openvino(req: _Request) -> _Opened:
 
 
 def _tensorrt_class() -> type:
-    from convdeploy.runtime.backends.tensorrt_backend import TensorRTBackend
+    from .tensorrt_backend import TensorRTBackend
 
     return TensorRTBackend
 
 
 def _onnxruntime_class() -> type:
-    from convdeploy.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
+    from .onnxruntime_backend import OnnxRuntimeBackend
 
     return OnnxRuntimeBackend
 
 
 def _openvino_class() -> type:
-    from convdeploy.runtime.backends.openvino_backend import OpenVINOBackend
+    from .openvino_backend import OpenVINOBackend
 
     return OpenVINOBackend
 
 
 def _require_tensorrt() -> None:
-    from convdeploy.runtime.backends.tensorrt_backend import import_tensorrt
+    from .tensorrt_backend import import_tensorrt
 
     import_tensorrt()
 
 
 def _require_onnxruntime() -> None:
-    from convdeploy.runtime.backends.onnxruntime_backend import import_onnxruntime
+    from .onnxruntime_backend import import_onnxruntime
 
     import_onnxruntime()
 
 
 def _require_openvino() -> None:
-    from convdeploy.runtime.backends.openvino_backend import import_openvino
+    from .openvino_backend import import_openvino
 
     import_openvino()
 

@@ -37,12 +37,12 @@ from typing import Any
 
 import numpy as np
 
-from convdeploy.runtime.backends.base import BackendInfo, TensorSpec, conform_batch, run_batched
-from convdeploy.runtime.backends import cuda as cuda_runtime
-from convdeploy.runtime.bundle.contract import read_sidecar
-from convdeploy.runtime.errors import (BackendUnavailableError, BundleError, EngineMismatchError, InputError,
+from .base import BackendInfo, TensorSpec, conform_batch, run_batched
+from . import cuda as cuda_runtime
+from ..bundle.contract import read_sidecar
+from ..errors import (BackendUnavailableError, BundleError, EngineMismatchError, InputError,
                                        InternalError, UsageError)
-from convdeploy.runtime.fsutil import sha256_file
+from ..fsutil import sha256_file
 
 
 # ---------------------------------------------------------------------------- versions

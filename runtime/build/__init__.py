@@ -6,10 +6,10 @@ Nothing here imports TensorRT at import time: ``build --dry-run`` and the pre-fl
 run on any machine.
 """
 
-from convdeploy.runtime.build.engines import BuildOutcome, EngineResult, build_engines
-from convdeploy.runtime.build.plan import BuildPlan, make_plan
-from convdeploy.runtime.build.preflight import PreflightReport, preflight
-from convdeploy.runtime.build.trtexec import trtexec_command, trtexec_line
+from .engines import BuildOutcome, EngineResult, build_engines
+from .plan import BuildPlan, make_plan
+from .preflight import PreflightReport, preflight
+from .trtexec import trtexec_command, trtexec_line
 
 __all__ = ["BuildOutcome", "BuildPlan", "EngineResult", "PreflightReport", "build_engines", "make_plan", "preflight",
            "trtexec_command", "trtexec_line"]

@@ -27,9 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from convdeploy.runtime.build.plan import BuildPlan, parse_line
-from convdeploy.runtime.errors import BackendUnavailableError, BundleError, UsageError
-from convdeploy.runtime.fsutil import atomic_write_bytes
+from .plan import BuildPlan, parse_line
+from ..errors import BackendUnavailableError, BundleError, UsageError
+from ..fsutil import atomic_write_bytes
 
 MAX_LOG_LINES = 6
 

@@ -21,19 +21,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from convdeploy.runtime.build.builder import build_serialized_engine, layer_placement
-from convdeploy.runtime.build.plan import FAILED_DIR, BuildPlan, make_plan, parse_line
-from convdeploy.runtime.build.preflight import preflight
-from convdeploy.runtime.build.probabilities import write_probabilities_graph
-from convdeploy.runtime.build.trtexec import trtexec_line
-from convdeploy.runtime.bundle.contract import ENGINES_DIR, record_engine, sidecar_path, write_sidecar
-from convdeploy.runtime.bundle.reader import Bundle
-from convdeploy.runtime.errors import BackendUnavailableError, EngineMismatchError, UsageError
-from convdeploy.runtime.fsutil import atomic_write_bytes, atomic_write_json, sha256_file
+from .builder import build_serialized_engine, layer_placement
+from .plan import FAILED_DIR, BuildPlan, make_plan, parse_line
+from .preflight import preflight
+from .probabilities import write_probabilities_graph
+from .trtexec import trtexec_line
+from ..bundle.contract import ENGINES_DIR, record_engine, sidecar_path, write_sidecar
+from ..bundle.reader import Bundle
+from ..errors import BackendUnavailableError, EngineMismatchError, UsageError
+from ..fsutil import atomic_write_bytes, atomic_write_json, sha256_file
 
 if TYPE_CHECKING:  # pragma: no cover
-    from convdeploy.runtime.parity.report import ParityReport
-    from convdeploy.runtime.targets import Profile
+    from ..parity.report import ParityReport
+    from ..targets import Profile
 
 STAGING_DIR = ".staging"
 NV_TEGRA_RELEASE = Path("/etc/nv_tegra_release")
@@ -126,7 +126,7 @@ def _with_dla_core(profile: "Profile", dla_core: int | None) -> "Profile":
 
 
 def _resolve_profile(bundle: Bundle, profile: "Profile | str | None") -> "Profile":
-    from convdeploy.runtime.targets import resolve_profile
+    from ..targets import resolve_profile
 
     if profile is None:
         recorded = (bundle.manifest.get("provenance") or {}).get("profile") or {}
@@ -160,8 +160,8 @@ class _Device:
 
 def _open_device(device_id: int) -> _Device:
     """TensorRT and the GPU, or one line that says what to install."""
-    from convdeploy.runtime.backends import cuda as cuda_runtime
-    from convdeploy.runtime.backends.tensorrt_backend import import_tensorrt
+    from ..backends import cuda as cuda_runtime
+    from ..backends.tensorrt_backend import import_tensorrt
 
     try:
         trt = import_tensorrt()
@@ -212,7 +212,7 @@ def _sidecar(plan: BuildPlan, device: _Device, bundle: Bundle, engine_bytes_sha:
 
 def _inspect(device: _Device, engine_bytes: bytes, sidecar_like: dict[str, Any], name: str) -> dict[str, list[str]]:
     """Deserialize the engine once (on the DLA core it was built for) and read its layer placement."""
-    from convdeploy.runtime.backends.tensorrt_backend import open_runtime
+    from ..backends.tensorrt_backend import open_runtime
 
     trt = device.trt
     runtime = open_runtime(trt, trt.Logger(trt.Logger.WARNING), sidecar_like, name)
@@ -226,7 +226,7 @@ def _inspect(device: _Device, engine_bytes: bytes, sidecar_like: dict[str, Any],
 def _verify_and_record(bundle: Bundle, profile: "Profile", plan: BuildPlan, engine_bytes: bytes,
                        sidecar: dict[str, Any], device_id: int, status: str, preflight_text: str) -> EngineResult:
     """Stage, verify as `verify --engine` would, then record or move to engines/.failed/."""
-    from convdeploy.runtime.verify import verify_bundle
+    from ..verify import verify_bundle
 
     root = bundle.root
     final = root / plan.engine_file

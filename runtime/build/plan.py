@@ -36,13 +36,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from convdeploy.runtime.build.probabilities import OUTPUTS, ends_in_softmax, probabilities_graph_file
-from convdeploy.runtime.bundle.contract import ENGINE_SUFFIX, ENGINES_DIR
-from convdeploy.runtime.errors import BackendUnavailableError, UsageError
+from .probabilities import OUTPUTS, ends_in_softmax, probabilities_graph_file
+from ..bundle.contract import ENGINE_SUFFIX, ENGINES_DIR
+from ..errors import BackendUnavailableError, UsageError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from convdeploy.runtime.bundle.reader import Bundle
-    from convdeploy.runtime.targets import Profile
+    from ..bundle.reader import Bundle
+    from ..targets import Profile
 
 TIMING_CACHE_DIR = "timing-cache"
 FAILED_DIR = ".failed"

@@ -25,10 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from convdeploy.runtime.errors import BundleError
+from ..errors import BundleError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from convdeploy.runtime.targets import Profile
+    from ..targets import Profile
 
 STANDARD_DOMAINS = ("", "ai.onnx")
 # onnx.TensorProto element types, by number (this module must not need onnx to import).

@@ -19,8 +19,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from convdeploy.runtime.bundle.contract import ENGINES_DIR
-from convdeploy.runtime.errors import BundleError, UsageError
+from ..bundle.contract import ENGINES_DIR
+from ..errors import BundleError, UsageError
 
 PROBS_SUFFIX = ".probs.onnx"  # model.int8.onnx -> model.int8.probs.onnx
 OUTPUTS = ("logits", "probabilities")  # what an engine answers (its sidecar's "output")

@@ -14,8 +14,8 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
-from convdeploy.runtime.build.plan import BuildPlan, padded_version, parse_line
-from convdeploy.runtime.errors import UsageError
+from .plan import BuildPlan, padded_version, parse_line
+from ..errors import UsageError
 
 #: The trtexec options this module prints -> (first release that parses it, first release
 #: that no longer does, or None). From NVIDIA/TensorRT ``samples/common/sampleOptions.cpp``

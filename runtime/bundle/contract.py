@@ -48,9 +48,9 @@ import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from convdeploy.runtime.errors import BundleError, ConvDeployError, EngineMismatchError, InternalError, UsageError
-from convdeploy.runtime.fsutil import OwnedKind, atomic_write_json, sha256_file
-from convdeploy.runtime.jsondata import read_json_file, read_marker, refuse_unknown_fields
+from ..errors import BundleError, ConvDeployError, EngineMismatchError, InternalError, UsageError
+from ..fsutil import OwnedKind, atomic_write_json, sha256_file
+from ..jsondata import read_json_file, read_marker, refuse_unknown_fields
 
 MANIFEST_FORMAT = "convdeploy-bundle"
 MANIFEST_SCHEMA_VERSION = 1
@@ -64,7 +64,7 @@ def parse_precisions(precisions: "str | Sequence[str]") -> list:
 
     Torch-free, so that ``export --precision`` is checked before PyTorch is imported.
     """
-    from convdeploy.runtime.errors import UsageError
+    from ..errors import UsageError
 
     items = precisions.split(",") if isinstance(precisions, str) else list(precisions)
     wanted = [p.strip().lower() for p in items if p and p.strip()]
@@ -247,10 +247,10 @@ def validate_manifest(manifest: Any) -> dict[str, Any]:
     try:
         # Imported here, not at the top: the CLI reads this module's names (precisions,
         # backends) at start-up, and --help should not load numpy and Pillow for that.
-        from convdeploy.runtime.transforms.preprocess import PreprocessSpec
-        from convdeploy.runtime.transforms.tta import TTASpec
+        from ..transforms.preprocess import PreprocessSpec
+        from ..transforms.tta import TTASpec
 
-        from convdeploy.runtime.transforms.tta import check_tta_fits
+        from ..transforms.tta import check_tta_fits
 
         spec = PreprocessSpec.from_dict(manifest.get("preprocess"))
         check_tta_fits(TTASpec.from_dict(manifest.get("tta")), spec)

@@ -17,14 +17,14 @@ from typing import Any, Callable, Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 
-from convdeploy.runtime.bundle.contract import (ENGINE_SUFFIX, ENGINES_DIR, GOLDEN_FILE, MANIFEST_FILE, read_sidecar,
+from .contract import (ENGINE_SUFFIX, ENGINES_DIR, GOLDEN_FILE, MANIFEST_FILE, read_sidecar,
                                                 validate_manifest)
-from convdeploy.runtime.errors import BundleError, EngineMismatchError, UsageError
-from convdeploy.runtime.fsutil import confined, directory_identity, directory_lock, repair_directory, sha256_file
-from convdeploy.runtime.jsondata import read_json_file
-from convdeploy.runtime.oserrors import why_unreadable
-from convdeploy.runtime.transforms.preprocess import PreprocessSpec
-from convdeploy.runtime.transforms.tta import TTASpec
+from ..errors import BundleError, EngineMismatchError, UsageError
+from ..fsutil import confined, directory_identity, directory_lock, repair_directory, sha256_file
+from ..jsondata import read_json_file
+from ..oserrors import why_unreadable
+from ..transforms.preprocess import PreprocessSpec
+from ..transforms.tta import TTASpec
 
 # A reader retries when an export replaced the bundle while it read; 20 covers a writer that
 # replaces it back to back (the sleeps between tries add up to 4 s), and is never reached otherwise.

@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from convdeploy.runtime.commands.common import (
+from .common import (
     TORCH_BENCH, ConvDeployCommand, echo_backend, echo_json, echo_report_files, echo_table, json_option,
     runtime_options,
 )
@@ -48,9 +48,9 @@ def bench_cmd(bundle: str, backend: str, precision: str | None, profile_name: st
       convdeploy bench bundles/resnet18 --report reports/resnet18
       convdeploy bench bundles/resnet50 --layers --batch-sizes 1 --threads 2 --images photos/
     """
-    from convdeploy.runtime.bench import bench_bundle
-    from convdeploy.runtime.errors import InputError, UsageError
-    from convdeploy.runtime.predictor import expand_sources
+    from ..bench import bench_bundle
+    from ..errors import InputError, UsageError
+    from ..predictor import expand_sources
 
     try:
         sizes = [int(s) for s in batch_sizes.split(",") if s.strip()]
@@ -78,7 +78,7 @@ def bench_cmd(bundle: str, backend: str, precision: str | None, profile_name: st
                           progress=None if as_json else (lambda m: click.echo(f"timing {m}...", err=True)),
                           **({"layers": True} if layers else {}))
     if report_dir:
-        from convdeploy.runtime.parity.report_document import write_bench_report
+        from ..parity.report_document import write_bench_report
 
         echo_report_files(write_bench_report(report_dir, result, bundle))
     if as_json:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from convdeploy.runtime.commands.common import ConvDeployCommand, echo_json, json_option
+from .common import ConvDeployCommand, echo_json, json_option
 
 
 @click.command("build", cls=ConvDeployCommand)
@@ -43,9 +43,9 @@ def build_cmd(bundle: str, profile_name: str | None, precisions: str | None, dry
       convdeploy build bundles/resnet18 --profile jetson-agx-orin --precision int8 --output probabilities
       convdeploy build bundles/resnet18 --profile server-a100 --precision fp16 --adopt r18.plan
     """
-    from convdeploy.runtime.build import build_engines
-    from convdeploy.runtime.bundle.contract import PRECISIONS
-    from convdeploy.runtime.errors import CheckFailedError, UsageError
+    from ..build import build_engines
+    from ..bundle.contract import PRECISIONS
+    from ..errors import CheckFailedError, UsageError
 
     wanted = [p.strip() for p in precisions.split(",") if p.strip()] if precisions else None
     unknown = [p for p in wanted or [] if p not in PRECISIONS]

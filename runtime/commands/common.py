@@ -21,9 +21,9 @@ from typing import Any, Callable
 
 import click
 
-from convdeploy.runtime.errors import EXIT_INTERNAL, ConvDeployError
-from convdeploy.runtime.interrupts import interrupt_exit_code, sigterm_raises
-from convdeploy.runtime.limits import MAX_THREADS
+from ..errors import EXIT_INTERNAL, ConvDeployError
+from ..interrupts import interrupt_exit_code, sigterm_raises
+from ..limits import MAX_THREADS
 
 # ctx.meta key of ``bench --compare-torch``'s provider: CHECKPOINT -> a timing function (set by cli.main).
 TORCH_BENCH = "convdeploy.torch_bench"
@@ -53,7 +53,7 @@ def _environment_error(exc: BaseException, params: dict[str, Any]) -> ConvDeploy
     ``params``: the command's parameters; a write error that names no file (a full disk
     while writing) or a temporary file is said with the command's output path.
     """
-    from convdeploy.runtime.oserrors import WRITE_ERRNOS, describe_os_error, is_environment_error
+    from ..oserrors import WRITE_ERRNOS, describe_os_error, is_environment_error
 
     if isinstance(exc, MemoryError):
         return ConvDeployError(f"not enough memory{f' ({exc})' if str(exc) else ''}",
@@ -304,7 +304,7 @@ def needs_torch(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             import torch  # noqa: F401
         except ImportError:
-            from convdeploy.runtime.errors import UsageError
+            from ..errors import UsageError
 
             raise UsageError(
                 f"`convdeploy {fn.__name__.replace('_cmd', '').replace('_', '-')}` needs PyTorch",
@@ -324,7 +324,7 @@ def model_arg_option(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def runtime_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Options shared by predict, verify and bench (all torch-free)."""
-    from convdeploy.runtime.bundle.contract import BACKENDS, PRECISIONS
+    from ..bundle.contract import BACKENDS, PRECISIONS
 
     for option in reversed([
         click.option("--backend", type=click.Choice(["auto", *BACKENDS]), default="auto", show_default=True,

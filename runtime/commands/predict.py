@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from convdeploy.runtime.commands.common import (
+from .common import (
     ConvDeployCommand, THREADS, echo_backend, echo_json, echo_table, json_option, ray_options,
     runtime_options,
 )
@@ -50,12 +50,12 @@ def predict_cmd(bundle: str, paths: tuple[str, ...], backend: str, precision: st
     """
     from tqdm import tqdm
 
-    from convdeploy.runtime.errors import InputError
-    from convdeploy.runtime.predictor import Predictor, expand_sources, predictions_csv
-    from convdeploy.runtime.oserrors import printable
+    from ..errors import InputError
+    from ..predictor import Predictor, expand_sources, predictions_csv
+    from ..oserrors import printable
 
     if ray_address is not None:
-        from convdeploy.runtime.serve.ray_batch import predict_on_ray
+        from ..serve.ray_batch import predict_on_ray
 
         ran = predict_on_ray(bundle, paths, address=ray_address, workers=ray_workers, topk=topk, backend=backend,
                              precision=precision, profile=profile_name, tta=tta, batch_size=batch_size,
@@ -79,7 +79,7 @@ def predict_cmd(bundle: str, paths: tuple[str, ...], backend: str, precision: st
         bundle_name = predictor.bundle.name
     accuracy = _folder_accuracy(bundle, paths, results)
     if out_file:
-        from convdeploy.runtime.serve.ray_batch import write_predictions
+        from ..serve.ray_batch import write_predictions
 
         click.echo(f"predictions: {write_predictions(results, out_file)}", err=True)
     failed = [r for r in results if not r.ok]
@@ -108,8 +108,8 @@ def predict_cmd(bundle: str, paths: tuple[str, ...], backend: str, precision: st
 
 def _folder_accuracy(bundle: str, paths: tuple[str, ...], results: list[Any]) -> Any:
     """Accuracy when the folders given are labelled (ImageFolder layout: the parent folder is the class)."""
-    from convdeploy.runtime.bundle.reader import Bundle
-    from convdeploy.runtime.labelled import folder_accuracy, imagefolder_labels
+    from ..bundle.reader import Bundle
+    from ..labelled import folder_accuracy, imagefolder_labels
 
     if not any(os.path.isdir(p) for p in paths):
         return None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from convdeploy.runtime.commands.common import ConvDeployCommand, echo_json, echo_table, json_option, plain
+from .common import ConvDeployCommand, echo_json, echo_table, json_option, plain
 
 
 @click.command("profiles", cls=ConvDeployCommand)
@@ -18,7 +18,7 @@ def profiles_cmd(name: str | None, as_json: bool) -> None:
       convdeploy profiles
       convdeploy profiles jetson-agx-orin --json
     """
-    from convdeploy.runtime.targets import ALIASES, list_profiles, load_profile
+    from ..targets import ALIASES, list_profiles, load_profile
 
     if name:
         profile = load_profile(name)

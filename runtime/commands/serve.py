@@ -6,8 +6,8 @@ from typing import Any, Callable
 
 import click
 
-from convdeploy.runtime.bundle.contract import PRECISIONS
-from convdeploy.runtime.commands.common import ConvDeployGroup, echo_json, json_option
+from ..bundle.contract import PRECISIONS
+from .common import ConvDeployGroup, echo_json, json_option
 
 
 @click.group("serve", cls=ConvDeployGroup)
@@ -54,7 +54,7 @@ def serve_triton_cmd(bundle: str, out: str, precision: str | None, engine: str |
       convdeploy serve triton bundles/resnet18 --out triton-repo --profile server-a100 --precision fp16
       tritonserver --model-repository triton-repo
     """
-    from convdeploy.runtime.serve.triton import write_triton_repository
+    from ..serve.triton import write_triton_repository
 
     repo = write_triton_repository(bundle, out, precision=precision, engine=engine, profile=profile_name,
                                    overwrite=overwrite)
@@ -96,7 +96,7 @@ def serve_deepstream_cmd(bundle: str, out: str, precision: str | None, engine: s
       convdeploy serve deepstream bundles/resnet18 --out ds-int8 --profile jetson-agx-orin --precision int8
       deepstream-app -c ds-resnet18/deepstream_app_config.txt
     """
-    from convdeploy.runtime.serve.deepstream import DeepStreamRefused, write_deepstream_config
+    from ..serve.deepstream import DeepStreamRefused, write_deepstream_config
 
     try:
         result = write_deepstream_config(bundle, out, precision=precision, engine=engine, profile=profile_name,

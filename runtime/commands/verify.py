@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from convdeploy.runtime.commands.common import (
+from .common import (
     ConvDeployCommand, echo_backend, echo_json, json_option, runtime_options,
 )
 
@@ -38,9 +38,9 @@ def verify_cmd(bundle: str, backend: str, precision: str | None, profile_name: s
       convdeploy verify bundles/resnet18
       convdeploy verify bundles/resnet18 --profile jetson-agx-orin --precision fp16 --json
     """
-    from convdeploy.runtime.errors import CheckFailedError
-    from convdeploy.runtime.parity.tolerances import parse_tolerance_overrides
-    from convdeploy.runtime.verify import verify_bundle
+    from ..errors import CheckFailedError
+    from ..parity.tolerances import parse_tolerance_overrides
+    from ..verify import verify_bundle
 
     report = verify_bundle(bundle, backend, precision, tolerances=parse_tolerance_overrides(tol), profile=profile_name,
                            threads=threads, batch_size=batch_size, engine=engine, require_backend=require_backend)

@@ -15,7 +15,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from convdeploy.runtime.errors import UsageError
+from ..errors import UsageError
 
 
 def _topk(x: np.ndarray, k: int) -> np.ndarray:

@@ -13,15 +13,15 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional
 
-from convdeploy.runtime.bundle.contract import PARITY_FILE
-from convdeploy.runtime.errors import BundleError
-from convdeploy.runtime.jsondata import read_json_file
-from convdeploy.runtime.parity.tolerances import TIERS, layer_for, resolve
+from ..bundle.contract import PARITY_FILE
+from ..errors import BundleError
+from ..jsondata import read_json_file
+from .tolerances import TIERS, layer_for, resolve
 
 if TYPE_CHECKING:  # pragma: no cover
-    from convdeploy.runtime.bundle.reader import Bundle
-    from convdeploy.runtime.parity.report import ParityRow
-    from convdeploy.runtime.targets import Profile
+    from ..bundle.reader import Bundle
+    from .report import ParityRow
+    from ..targets import Profile
 
 Limits = Dict[str, Dict[str, Optional[float]]]  # tier -> key -> limit (None: the check is off)
 

@@ -14,8 +14,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from convdeploy.runtime.errors import InternalError
-from convdeploy.runtime.parity.metrics import Verdict, format_table
+from ..errors import InternalError
+from .metrics import Verdict, format_table
 
 
 @dataclass

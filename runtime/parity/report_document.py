@@ -61,14 +61,14 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from convdeploy.runtime.bundle.contract import REPORT_FORMAT, REPORT_HTML, REPORT_JSON, is_bundle_dir
-from convdeploy.runtime.errors import InputError, InternalError, UsageError
-from convdeploy.runtime.fsutil import atomic_write_bytes, atomic_write_json
-from convdeploy.runtime.jsondata import read_json_file
-from convdeploy.runtime.parity.metrics import compare_outputs
-from convdeploy.runtime.parity.report import ParityReport, ParityRow
-from convdeploy.runtime.parity.samples import wilson_interval
-from convdeploy.runtime.versions import package_version
+from ..bundle.contract import REPORT_FORMAT, REPORT_HTML, REPORT_JSON, is_bundle_dir
+from ..errors import InputError, InternalError, UsageError
+from ..fsutil import atomic_write_bytes, atomic_write_json
+from ..jsondata import read_json_file
+from .metrics import compare_outputs
+from .report import ParityReport, ParityRow
+from .samples import wilson_interval
+from ..versions import package_version
 
 REPORT_SCHEMA_VERSION = 1
 # Thumbnails per artifact: the gallery lists every flip, pictures for the first ones
@@ -312,7 +312,7 @@ def write_report(directory: str | os.PathLike, document: Mapping[str, Any], *,
     When the HTML is not rendered, an older report.html of ours beside the new JSON is
     removed, so the two never disagree.
     """
-    from convdeploy.runtime.parity.report_html import html_available, render_html
+    from .report_html import html_available, render_html
 
     root = Path(directory)
     if root.exists() and not root.is_dir():
@@ -358,7 +358,7 @@ def _outside_bundle(directory: str | os.PathLike) -> Path:
 def write_check_report(directory: str | os.PathLike, report: ParityReport,
                        bundle_dir: str | os.PathLike) -> ReportFiles:
     """``check --report DIR``: the check's report, with the bundle's manifest, into ``DIR``."""
-    from convdeploy.runtime.bundle.reader import Bundle
+    from ..bundle.reader import Bundle
 
     root = _outside_bundle(directory)
     bundle = Bundle.load(bundle_dir, verify_hashes=False)
@@ -370,7 +370,7 @@ def write_bench_report(directory: str | os.PathLike, result: Mapping[str, Any],
                        bundle_dir: str | os.PathLike) -> ReportFiles:
     """``bench --report DIR``: add ``result`` to the report in ``DIR`` (or to a copy of the
     bundle's own report when ``DIR`` has none yet, or to a timings-only report) and rewrite it."""
-    from convdeploy.runtime.bundle.reader import Bundle
+    from ..bundle.reader import Bundle
 
     root = _outside_bundle(directory)
     bundle = Bundle.load(bundle_dir, verify_hashes=False)

@@ -16,10 +16,10 @@ from __future__ import annotations
 from html import escape
 from typing import Any, Mapping, Sequence
 
-from convdeploy.runtime.bundle.contract import REPORT_FORMAT
-from convdeploy.runtime.parity.samples import weak_evidence
-from convdeploy.runtime.parity.report_plots import accuracy_figure, confusion_figure, per_class_figure
-from convdeploy.runtime.parity.report_layers import layers_section
+from ..bundle.contract import REPORT_FORMAT
+from .samples import weak_evidence
+from .report_plots import accuracy_figure, confusion_figure, per_class_figure
+from .report_layers import layers_section
 
 # The page's <meta name="generator">: how write_report recognises a report.html of its own.
 GENERATOR_META = REPORT_FORMAT

@@ -10,7 +10,7 @@ from __future__ import annotations
 import html
 from typing import Any, Mapping
 
-from convdeploy.runtime.parity.report_plots import layer_time_figure
+from .report_plots import layer_time_figure
 
 def _e(value: Any) -> str:
     return html.escape("" if value is None else str(value))

@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from convdeploy.runtime.errors import UsageError
+from ..errors import UsageError
 
 DPI = 96
 # Above this many classes a plot shows only the classes that matter (see each function).

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from typing import Any, Iterable, Mapping
 
-from convdeploy.runtime.errors import InternalError
+from ..errors import InternalError
 
 # The two-sided 95 % normal quantile.
 Z95 = 1.959963984540054

@@ -22,10 +22,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-from convdeploy.runtime.errors import UsageError
+from ..errors import UsageError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from convdeploy.runtime.targets import Profile
+    from ..targets import Profile
 
 TIERS: dict[str, dict[str, float | None]] = {
     "fp32": {

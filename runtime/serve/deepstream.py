@@ -55,19 +55,19 @@ from typing import Any
 
 import numpy as np
 
-from convdeploy.runtime.build.probabilities import (ends_in_softmax, probabilities_name,
+from ..build.probabilities import (ends_in_softmax, probabilities_name,
                                                    write_probabilities_graph)
-from convdeploy.runtime.bundle.contract import (ENGINES_DIR, GOLDEN_INPUTS, GOLDEN_LABELS, read_sidecar,
+from ..bundle.contract import (ENGINES_DIR, GOLDEN_INPUTS, GOLDEN_LABELS, read_sidecar,
                                                 seal_manifest, sidecar_path)
-from convdeploy.runtime.bundle.reader import Bundle
-from convdeploy.runtime.errors import BundleError, CheckFailedError, UsageError
-from convdeploy.runtime.fsutil import atomic_write_json
-from convdeploy.runtime.parity.metrics import Verdict, compare_outputs, format_table, judge
-from convdeploy.runtime.parity.tolerances import tolerances_for
-from convdeploy.runtime.serve.output import serve_directory
-from convdeploy.runtime.targets import Profile, load_profile, resolve_profile
-from convdeploy.runtime.transforms.preprocess import PreprocessSpec
-from convdeploy.runtime.transforms.tta import softmax
+from ..bundle.reader import Bundle
+from ..errors import BundleError, CheckFailedError, UsageError
+from ..fsutil import atomic_write_json
+from ..parity.metrics import Verdict, compare_outputs, format_table, judge
+from ..parity.tolerances import tolerances_for
+from .output import serve_directory
+from ..targets import Profile, load_profile, resolve_profile
+from ..transforms.preprocess import PreprocessSpec
+from ..transforms.tta import softmax
 
 CONFIG_FILE = "config_infer_primary.txt"
 PIPELINE_FILE = "deepstream_app_config.txt"
@@ -219,7 +219,7 @@ def gate_normalisation(bundle: Bundle, precision: str, model_path: Path, profile
     None (an engine built from ``model_path``): ``"probabilities"`` or ``"logits"``. The
     frames where no served value exceeds ``threshold`` get no label from nvinfer.
     """
-    from convdeploy.runtime.backends import create_backend
+    from ..backends import create_backend
 
     spec = bundle.preprocess
     norm = nvinfer_normalisation(spec)

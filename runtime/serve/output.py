@@ -12,8 +12,8 @@ import os
 from pathlib import Path
 from typing import Any, Iterator
 
-from convdeploy.runtime.fsutil import OwnedKind, atomic_directory, atomic_write_json
-from convdeploy.runtime.jsondata import read_marker
+from ..fsutil import OwnedKind, atomic_directory, atomic_write_json
+from ..jsondata import read_marker
 
 MARKER_FILE = ".convdeploy-serve.json"
 MARKER_FORMAT = "convdeploy-serve"

@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from convdeploy.runtime.errors import InputError, UsageError
-from convdeploy.runtime.fsutil import atomic_write_bytes
-from convdeploy.runtime.oserrors import printable
-from convdeploy.runtime.predictor import PREDICTION_COLUMNS, Prediction, Predictor, expand_sources, predictions_csv
-from convdeploy.runtime.targets import Profile, resolve_profile
+from ..errors import InputError, UsageError
+from ..fsutil import atomic_write_bytes
+from ..oserrors import printable
+from ..predictor import PREDICTION_COLUMNS, Prediction, Predictor, expand_sources, predictions_csv
+from ..targets import Profile, resolve_profile
 
 RAY_HINT = "pip install 'convdeploy[ray]'"
 LISTING_SUFFIXES = (".parquet", ".csv")

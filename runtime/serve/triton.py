@@ -29,14 +29,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from convdeploy.runtime.backends.onnxruntime_backend import tensorrt_provider_options
-from convdeploy.runtime.bundle.contract import read_sidecar
-from convdeploy.runtime.bundle.reader import Bundle
-from convdeploy.runtime.errors import BundleError, UsageError
-from convdeploy.runtime.serve.output import serve_directory
-from convdeploy.runtime.serve.triton_handler import (IMAGE_INPUT, LOGITS_OUTPUT, SERVING_SPEC_FILE,
+from ..backends.onnxruntime_backend import tensorrt_provider_options
+from ..bundle.contract import read_sidecar
+from ..bundle.reader import Bundle
+from ..errors import BundleError, UsageError
+from .output import serve_directory
+from .triton_handler import (IMAGE_INPUT, LOGITS_OUTPUT, SERVING_SPEC_FILE,
                                                     ServingSpec)
-from convdeploy.runtime.targets import Profile, load_profile, resolve_profile
+from ..targets import Profile, load_profile, resolve_profile
 
 CONFIG_FILE = "config.pbtxt"
 LABELS_FILE = "labels.txt"

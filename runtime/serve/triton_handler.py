@@ -17,11 +17,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from convdeploy.runtime.errors import InputError, UsageError
-from convdeploy.runtime.jsondata import read_json_file
-from convdeploy.runtime.transforms.imageio import decode_image
-from convdeploy.runtime.transforms.preprocess import PreprocessSpec
-from convdeploy.runtime.transforms.tta import TTASpec, make_views, merge_views
+from ..errors import InputError, UsageError
+from ..jsondata import read_json_file
+from ..transforms.imageio import decode_image
+from ..transforms.preprocess import PreprocessSpec
+from ..transforms.tta import TTASpec, make_views, merge_views
 
 SERVING_SPEC_FILE = "serving_spec.json"
 SERVING_SPEC_FORMAT = "convdeploy-triton-step"

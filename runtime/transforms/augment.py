@@ -34,10 +34,10 @@ from typing import Any, ClassVar, Iterable, Sequence
 import numpy as np
 from PIL import Image
 
-from convdeploy.runtime.errors import InputError, UsageError
-from convdeploy.runtime.transforms.imageio import convert_color
-from convdeploy.runtime.jsondata import dataclass_from_json
-from convdeploy.runtime.transforms.preprocess import (
+from ..errors import InputError, UsageError
+from .imageio import convert_color
+from ..jsondata import dataclass_from_json
+from .preprocess import (
     INTERPOLATIONS,
     PreprocessSpec,
     crop_image,

@@ -23,8 +23,8 @@ import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from convdeploy.runtime.errors import InputError, UsageError
-from convdeploy.runtime.transforms.augment import (
+from ..errors import InputError, UsageError
+from .augment import (
     PRESETS,
     Augmentation,
     ColorShift,
@@ -39,7 +39,7 @@ from convdeploy.runtime.transforms.augment import (
     VerticalFlip,
     augmentation_preset,
 )
-from convdeploy.runtime.transforms.preprocess import PreprocessSpec
+from .preprocess import PreprocessSpec
 
 __all__ = ["MAGNITUDES", "AugmentChoice", "parse_augment", "build_augmentation", "describe_presets",
            "describe_pipeline", "parse_size", "with_geometry"]

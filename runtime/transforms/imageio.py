@@ -16,8 +16,8 @@ from typing import BinaryIO, Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from convdeploy.runtime.errors import ImageDecodeError, InputError
-from convdeploy.runtime.oserrors import printable, why_unreadable
+from ..errors import ImageDecodeError, InputError
+from ..oserrors import printable, why_unreadable
 
 ImageSource = Union[str, os.PathLike, bytes, BinaryIO, Image.Image]
 

@@ -24,9 +24,9 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 from PIL import Image
 
-from convdeploy.runtime.errors import InternalError, UsageError
-from convdeploy.runtime.transforms.imageio import convert_color
-from convdeploy.runtime.jsondata import dataclass_from_json
+from ..errors import InternalError, UsageError
+from .imageio import convert_color
+from ..jsondata import dataclass_from_json
 
 SPEC_VERSION = 1
 

@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from convdeploy.runtime.errors import UsageError
-from convdeploy.runtime.jsondata import dataclass_from_json
-from convdeploy.runtime.transforms.preprocess import PreprocessSpec, crop_image, resize_image, to_array
+from ..errors import UsageError
+from ..jsondata import dataclass_from_json
+from .preprocess import PreprocessSpec, crop_image, resize_image, to_array
 
 VIEWS = ("identity", "hflip", "five_crop", "ten_crop", "multi_scale")
 MERGES = ("mean_logits", "mean_probs")
