@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 import numpy as np
 
+from .peak import load_average
+
 if TYPE_CHECKING:  # pragma: no cover
     from .bundle.reader import Bundle
     from .predictor import Predictor
@@ -115,13 +117,6 @@ def stage_split(predictor: "Predictor", files: Sequence[Any], batch: int) -> dic
 
 
 # ------------------------------------------------------------------------------ layer times
-def _load_average() -> Optional[float]:
-    try:
-        return float(os.getloadavg()[0])
-    except (AttributeError, OSError):  # Windows
-        return None
-
-
 def _onnx_for(bundle: "Bundle", artifact: str) -> tuple[Optional[Path], Optional[str]]:
     """The ONNX graph whose node names the profile uses: the artifact itself, or for a TensorRT
     engine the bundle graph its sidecar says it was built from."""
@@ -266,7 +261,7 @@ def profile_layers(predictor: "Predictor", bundle: "Bundle", x: np.ndarray, *, b
     gap_named = None
     if not within and gap_ms is not None:
         gap_named = _gap_words(gap_ms, overhead_us, layers_us, reference_ms, profiled_us)
-    load = _load_average()
+    load = load_average()
     if gap_named and load is not None and load > (os.cpu_count() or 1):
         # On a machine with more runnable threads than CPUs, a kernel's threads wait for a CPU
         # between kernels: that wait is in the run's time and in no kernel's.
