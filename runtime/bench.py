@@ -137,31 +137,14 @@ def bench_bundle(
         result["model_only"] = _model_only(predictor, bundle, golden, batch_sizes, views, ran, warmup, iterations,
                                            duration, progress)
         if images:
-            files = [Path(p) for p in images]
-            work = [files[i % len(files)] for i in range(max(e2e_images, len(files)))]
-            for b in batch_sizes:
-                if progress:
-                    progress(f"end-to-end batch {b}")
-                predictor.batch_size = b
-                list(predictor.predict_iter(work[: max(b, min(len(work), 2 * b))]))  # warm the pool and caches
-                t0 = time.perf_counter()
-                preds = list(predictor.predict_iter(work))
-                elapsed = time.perf_counter() - t0
-                errors = sum(1 for p in preds if not p.ok)
-                model = next(m for m in result["model_only"] if m["batch"] == b)
-                e2e = {"batch": b, "images": len(work), "seconds": elapsed, "throughput_ips": len(work) / elapsed,
-                       "errors": errors}
-                e2e["fraction_of_model_only"] = e2e["throughput_ips"] / model["throughput_ips"]
-                result["end_to_end"].append(e2e)
+            result["end_to_end"] = _end_to_end(predictor, _repeated(images, e2e_images), batch_sizes,
+                                               result["model_only"], progress)
         if layers:
             from .bench_layers import add_layer_profile
 
             b = batch_sizes[0]
             x, _ = _rows(golden, sample_shape, b * views, bundle.preprocess.dtype)
-            stage_files = None
-            if images:
-                given = [Path(p) for p in images]
-                stage_files = [given[i % len(given)] for i in range(max(e2e_images, len(given)))]
+            stage_files = _repeated(images, e2e_images) if images else None
             add_layer_profile(result, predictor, bundle, backend_request=backend, batch=b, rows=x, tta=tta,
                               profile=prof, threads=threads, iterations=iterations, files=stage_files,
                               backend_opts=backend_opts, progress=progress)
@@ -182,6 +165,33 @@ def bench_bundle(
         return result
     finally:
         predictor.close()
+
+
+def _repeated(images: Sequence[str | os.PathLike], count: int) -> list[Path]:
+    """The image files repeated in order until there are at least ``count`` (all of them at least once)."""
+    files = [Path(p) for p in images]
+    return [files[i % len(files)] for i in range(max(count, len(files)))]
+
+
+def _end_to_end(predictor: Any, work: list[Path], batch_sizes: Sequence[int], model_only: list[dict[str, Any]],
+                progress: Callable[[str], None] | None) -> list[dict[str, Any]]:
+    """Throughput of the whole Predictor path over ``work`` per batch size, beside the model-only row."""
+    rows = []
+    for b in batch_sizes:
+        if progress:
+            progress(f"end-to-end batch {b}")
+        predictor.batch_size = b
+        list(predictor.predict_iter(work[: max(b, min(len(work), 2 * b))]))  # warm the pool and caches
+        t0 = time.perf_counter()
+        preds = list(predictor.predict_iter(work))
+        elapsed = time.perf_counter() - t0
+        errors = sum(1 for p in preds if not p.ok)
+        model = next(m for m in model_only if m["batch"] == b)
+        e2e = {"batch": b, "images": len(work), "seconds": elapsed, "throughput_ips": len(work) / elapsed,
+               "errors": errors}
+        e2e["fraction_of_model_only"] = e2e["throughput_ips"] / model["throughput_ips"]
+        rows.append(e2e)
+    return rows
 
 
 def _model_only(predictor: Any, bundle: Bundle, golden: dict[str, np.ndarray] | None, batch_sizes: Sequence[int],

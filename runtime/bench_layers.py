@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 import numpy as np
 
+from .peak import load_average
+
 if TYPE_CHECKING:  # pragma: no cover
     from .bundle.reader import Bundle
     from .predictor import Predictor
@@ -115,13 +117,6 @@ def stage_split(predictor: "Predictor", files: Sequence[Any], batch: int) -> dic
 
 
 # ------------------------------------------------------------------------------ layer times
-def _load_average() -> Optional[float]:
-    try:
-        return float(os.getloadavg()[0])
-    except (AttributeError, OSError):  # Windows
-        return None
-
-
 def _onnx_for(bundle: "Bundle", artifact: str) -> tuple[Optional[Path], Optional[str]]:
     """The ONNX graph whose node names the profile uses: the artifact itself, or for a TensorRT
     engine the bundle graph its sidecar says it was built from."""
@@ -175,31 +170,22 @@ def _profile_runs(backend: Any, x: np.ndarray, warmup: int, iterations: int,
     raise NotImplementedError(f"no per-layer profile for the {name} backend")
 
 
-def profile_layers(predictor: "Predictor", bundle: "Bundle", x: np.ndarray, *, batch: int,
-                   model_only_ms: Optional[float] = None, warmup: int = 3, iterations: int = 20,
-                   threads: Optional[int] = None, peak: Optional[dict[str, Any]] = None,
-                   open_twin: Optional[Callable[..., Any]] = None) -> dict[str, Any]:
-    """Per-layer times of ``predictor``'s backend on the rows ``x`` (``batch`` images).
+def _source_nodes(onnx_path: Optional[Path]) -> tuple[Optional[dict[str, Any]], Optional[str]]:
+    """The source graph's nodes (names, MACs) to join the profile's events to, or why there are none."""
+    from .layer_times import graph_nodes
 
-    ``model_only_ms``: the benchmark's model-only time at this batch (mean, unprofiled), which
-    the per-layer sum is checked against. ``open_twin(profiling=...)`` opens the profiled twin
-    (a Predictor) for onnxruntime and OpenVINO; a TensorRT engine is profiled in place.
-    """
-    from .layer_times import join_events, graph_nodes
-
-    selection = predictor.selection
-    backend = selection.backend
-    name = getattr(backend, "name", "?")
-    onnx_path, _ = _onnx_for(bundle, selection.artifact)
-    nodes, nodes_note = None, None
     if onnx_path is None:
-        nodes_note = "the engine's source graph is not in this bundle: rows keep TensorRT's names"
-    else:
-        try:
-            nodes = graph_nodes(onnx_path)
-        except ImportError:
-            nodes_note = "the onnx package is not installed here: rows keep the backend's names, no MACs " \
-                         "(pip install onnx)"
+        return None, "the engine's source graph is not in this bundle: rows keep TensorRT's names"
+    try:
+        return graph_nodes(onnx_path), None
+    except ImportError:
+        return None, "the onnx package is not installed here: rows keep the backend's names, no MACs " \
+                     "(pip install onnx)"
+
+
+def _profiled_runs(backend: Any, name: str, x: np.ndarray, warmup: int, iterations: int,
+                   open_twin: Optional[Callable[..., Any]]) -> tuple[list[Any], list[float], str]:
+    """Profile ``x``: through a profiled twin for onnxruntime and OpenVINO, in place for TensorRT."""
     twin = None
     with tempfile.TemporaryDirectory(prefix="convdeploy-profile-") as tmp:
         try:
@@ -210,10 +196,55 @@ def profile_layers(predictor: "Predictor", bundle: "Bundle", x: np.ndarray, *, b
                 target = twin.selection.backend
             else:
                 target = backend
-            events, runs, source = _profile_runs(target, x, warmup, iterations, tmp)
+            return _profile_runs(target, x, warmup, iterations, tmp)
         finally:
             if twin is not None:
                 twin.close()
+
+
+def _gap_words(gap_ms: float, overhead_us: float, layers_us: float, reference_ms: float,
+               profiled_us: Optional[float]) -> str:
+    """Name where the gap between the per-layer sum and the model-only time went."""
+    if gap_ms > 0:
+        return (f"{gap_ms:.3f} ms of the model-only time is in no kernel: "
+                f"'{OVERHEAD_ROW}' ({max(overhead_us, 0) / 1e3:.3f} ms in the profiled run)")
+    return (f"profiling overhead: the profiled kernels add up to {layers_us / 1e3:.3f} ms, "
+            f"{-gap_ms:.3f} ms more than the unprofiled model-only time ({reference_ms:.3f} ms); "
+            f"the profiled run itself took "
+            f"{profiled_us / 1e3 if profiled_us else float('nan'):.3f} ms")
+
+
+def _scale_rows(rows: list[dict[str, Any]], batch: int, total_us: float, gflops_peak: Optional[float]) -> None:
+    """Each row in ms, its share of the profiled run, its MACs for the batch and its GFLOP/s; slowest first."""
+    for r in rows:
+        r["ms"] = r.pop("us") / 1e3
+        r["share"] = r["ms"] * 1e3 / total_us  # of the profiled run: the rows add up to it
+        r["macs_per_image"] = r.pop("macs")
+        r["macs"] = r["macs_per_image"] * batch
+        r["gflops"] = 2 * r["macs"] / (r["ms"] * 1e-3) / 1e9 if r["macs"] and r["ms"] > 0 else None
+        r["fraction_of_peak"] = r["gflops"] / gflops_peak if r["gflops"] and gflops_peak else None
+        r["precision"] = None if r["int8"] is None else ("int8" if r["int8"] else "float")
+    rows.sort(key=lambda r: -r["ms"])
+
+
+def profile_layers(predictor: "Predictor", bundle: "Bundle", x: np.ndarray, *, batch: int,
+                   model_only_ms: Optional[float] = None, warmup: int = 3, iterations: int = 20,
+                   threads: Optional[int] = None, peak: Optional[dict[str, Any]] = None,
+                   open_twin: Optional[Callable[..., Any]] = None) -> dict[str, Any]:
+    """Per-layer times of ``predictor``'s backend on the rows ``x`` (``batch`` images).
+
+    ``model_only_ms``: the benchmark's model-only time at this batch (mean, unprofiled), which
+    the per-layer sum is checked against. ``open_twin(profiling=...)`` opens the profiled twin
+    (a Predictor) for onnxruntime and OpenVINO; a TensorRT engine is profiled in place.
+    """
+    from .layer_times import join_events
+
+    selection = predictor.selection
+    backend = selection.backend
+    name = getattr(backend, "name", "?")
+    onnx_path, _ = _onnx_for(bundle, selection.artifact)
+    nodes, nodes_note = _source_nodes(onnx_path)
+    events, runs, source = _profiled_runs(backend, name, x, warmup, iterations, open_twin)
     rows = join_events(events, nodes)
     layers_us = sum(r["us"] for r in rows)
     profiled_us = statistics.median(runs) if runs else None
@@ -229,31 +260,15 @@ def profile_layers(predictor: "Predictor", bundle: "Bundle", x: np.ndarray, *, b
                      "macs": 0, "glue": True, "fused": [], "mac_layer": False, "int8": None})
     gap_named = None
     if not within and gap_ms is not None:
-        if gap_ms > 0:
-            gap_named = (f"{gap_ms:.3f} ms of the model-only time is in no kernel: "
-                         f"'{OVERHEAD_ROW}' ({max(overhead_us, 0) / 1e3:.3f} ms in the profiled run)")
-        else:
-            gap_named = (f"profiling overhead: the profiled kernels add up to {layers_us / 1e3:.3f} ms, "
-                         f"{-gap_ms:.3f} ms more than the unprofiled model-only time ({reference_ms:.3f} ms); "
-                         f"the profiled run itself took "
-                         f"{profiled_us / 1e3 if profiled_us else float('nan'):.3f} ms")
-    load = _load_average()
+        gap_named = _gap_words(gap_ms, overhead_us, layers_us, reference_ms, profiled_us)
+    load = load_average()
     if gap_named and load is not None and load > (os.cpu_count() or 1):
         # On a machine with more runnable threads than CPUs, a kernel's threads wait for a CPU
         # between kernels: that wait is in the run's time and in no kernel's.
         gap_named += (f"; this machine's load average is {load:.1f} on {os.cpu_count()} CPUs, so part of the "
                       "gap is waiting for a CPU")
     gflops_peak = (peak or {}).get("gflops")
-    total_us = max(layers_us + max(overhead_us, 0.0), 1e-9)
-    for r in rows:
-        r["ms"] = r.pop("us") / 1e3
-        r["share"] = r["ms"] * 1e3 / total_us  # of the profiled run: the rows add up to it
-        r["macs_per_image"] = r.pop("macs")
-        r["macs"] = r["macs_per_image"] * batch
-        r["gflops"] = 2 * r["macs"] / (r["ms"] * 1e-3) / 1e9 if r["macs"] and r["ms"] > 0 else None
-        r["fraction_of_peak"] = r["gflops"] / gflops_peak if r["gflops"] and gflops_peak else None
-        r["precision"] = None if r["int8"] is None else ("int8" if r["int8"] else "float")
-    rows.sort(key=lambda r: -r["ms"])
+    _scale_rows(rows, batch, max(layers_us + max(overhead_us, 0.0), 1e-9), gflops_peak)
     mac_rows = [r for r in rows if r["mac_layer"]]
     total_macs = sum(r["macs"] for r in rows)
     result: dict[str, Any] = {

@@ -92,7 +92,7 @@ def measure_fma_peak(threads: Optional[int] = None, *, refresh: bool = False,
                 return {**base, "reason": f"{src.name} failed: {(run.stderr or run.stdout).strip()[:200]}"}
             best = max(best or 0.0, float(match.group(2)))
     result = {**base, "gflops": best, "compiler": Path(cc).name, "runs": repeats}
-    load = _load_average()
+    load = load_average()
     if load is not None and load > (os.cpu_count() or 1):
         # Other work held the CPUs: the number is likely low. Use it for this run, do not keep it.
         result["note"] = (f"measured while the load average was {load:.1f} on {os.cpu_count()} CPUs: likely "
@@ -106,11 +106,12 @@ def measure_fma_peak(threads: Optional[int] = None, *, refresh: bool = False,
     return result
 
 
-def _load_average() -> Optional[float]:
+def load_average() -> Optional[float]:
+    """The 1-minute load average, or None where the OS has none (Windows)."""
     try:
         return float(os.getloadavg()[0])
     except (AttributeError, OSError):  # Windows
         return None
 
 
-__all__ = ["cpu_model", "measure_fma_peak"]
+__all__ = ["cpu_model", "load_average", "measure_fma_peak"]

@@ -8,7 +8,7 @@ from .validate import checked_before_torch
 from ..export import options as export_options
 from convdeploy.runtime.commands.common import (
     ConvDeployCommand, echo_json, echo_parity_text, echo_report_files, echo_warnings, json_option,
-    needs_torch, ray_options,
+    needs_torch, ray_options, tolerance_option,
 )
 
 
@@ -25,8 +25,7 @@ from convdeploy.runtime.commands.common import (
 @click.option("--precision", default=None, metavar="LIST", help="Artifacts to check (default: all in the bundle).")
 @click.option("--profile", "profile_name", default=None, metavar="NAME|FILE",
               help="Tolerance overrides of this profile (default: the bundle's).")
-@click.option("--tolerance", "--tol", "tolerance", multiple=True, metavar="[PREC.]KEY=VALUE",
-              help="Override a parity tolerance (repeatable), e.g. int8.max_accuracy_drop=0.5.")
+@tolerance_option("int8.max_accuracy_drop=0.5")
 @click.option("--no-tta", is_flag=True, help="Do not compare the bundle's test-time augmentation.")
 @click.option("--report", "report_path", default=None, type=click.Path(path_type=str), metavar="DIR",
               help="Write report.json and report.html (accuracy, per class, flipped samples) into DIR. "

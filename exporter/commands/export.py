@@ -11,7 +11,7 @@ from .validate import checked_before_torch, common
 from ..export import options as export_options
 from convdeploy.runtime.commands.common import (
     ConvDeployCommand, echo_json, echo_parity_text, echo_warnings, json_option, model_arg_option,
-    needs_torch,
+    needs_torch, tolerance_option,
 )
 
 
@@ -62,9 +62,7 @@ from convdeploy.runtime.commands.common import (
 @click.option("--parity-samples", type=click.IntRange(min=1), default=export_options.DEFAULT_PARITY_SAMPLES,
               show_default=True,
               help="Images the gate compares (from the data's val split).")
-@click.option("--tolerance", "--tol", "tolerance", multiple=True, metavar="[PREC.]KEY=VALUE",
-              help="Override a parity tolerance (repeatable), e.g. fp16.min_top1_agreement=0.999; "
-                   "'none' disables a check.")
+@tolerance_option("fp16.min_top1_agreement=0.999")
 @click.option("--name", default=None, help="Bundle name in the manifest (default: architecture-data).")
 @click.option("--overwrite", is_flag=True,
               help="Replace the bundle at --out (only a bundle convdeploy wrote; any other directory is refused).")

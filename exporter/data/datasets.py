@@ -345,6 +345,15 @@ def _readable(
     return paths, labels, skipped
 
 
+def _stratified(paths: list[Path], labels: np.ndarray, val_fraction: float, split_seed: int,
+                source: dict[str, Any]) -> tuple[DataSplit, DataSplit]:
+    """Split one folder's images into train and val, stratified per class; ``source`` records how."""
+    whole = DataSplit(labels=labels, paths=paths)
+    tr_idx, va_idx = stratified_split(labels, val_fraction, split_seed)
+    source.update(split="stratified", val_fraction=val_fraction, split_seed=split_seed)
+    return whole.subset(tr_idx), whole.subset(va_idx)
+
+
 def scan_image_folder(
     root: str | os.PathLike,
     *,
@@ -381,38 +390,26 @@ def scan_image_folder(
             val = DataSplit(labels=va_labels, paths=va_paths)
             source["split"] = "folders"
         else:
-            whole = DataSplit(labels=tr_labels, paths=tr_paths)
-            tr_idx, va_idx = stratified_split(tr_labels, val_fraction, split_seed)
-            train, val = whole.subset(tr_idx), whole.subset(va_idx)
-            source.update(split="stratified", val_fraction=val_fraction, split_seed=split_seed)
+            train, val = _stratified(tr_paths, tr_labels, val_fraction, split_seed, source)
     else:
         classes, paths, labels = _class_files(root)
         paths, labels, skipped = _readable(classes, paths, labels, root, color_mode, strict, verify)
-        whole = DataSplit(labels=labels, paths=paths)
-        tr_idx, va_idx = stratified_split(labels, val_fraction, split_seed)
-        train, val = whole.subset(tr_idx), whole.subset(va_idx)
-        source.update(split="stratified", val_fraction=val_fraction, split_seed=split_seed)
+        train, val = _stratified(paths, labels, val_fraction, split_seed, source)
     if len(val) == 0:
         raise InputError(f"{root}: no validation images", "give each class at least two images or add a val/ folder")
     source.update(train_size=len(train), val_size=len(val), skipped=len(skipped))
     return Dataset(classes=classes, train=train, val=val, source=source, skipped=skipped)
 
 
-def load_dataset(
-    data: str | os.PathLike,
-    *,
-    val_fraction: float = 0.2,
-    split_seed: int = 0,
-    strict: bool = False,
-    verify: bool = True,
-    color_mode: str = "RGB",
-) -> Dataset:
-    """``"digits"`` (the built-in dataset, fixed split) or an ImageFolder directory."""
+def load_dataset(data: str | os.PathLike, **options: Any) -> Dataset:
+    """``"digits"`` (the built-in dataset, fixed split) or an ImageFolder directory.
+
+    ``options``: :func:`scan_image_folder`'s (``val_fraction``, ``split_seed``, ``strict``,
+    ``verify``, ``color_mode``); the digits' split is fixed, so they do not apply to it.
+    """
     if isinstance(data, str) and data == DIGITS:
         return _digits_dataset()
-    return scan_image_folder(
-        data, val_fraction=val_fraction, split_seed=split_seed, strict=strict, verify=verify, color_mode=color_mode
-    )
+    return scan_image_folder(data, **options)
 
 
 def labelled_images(

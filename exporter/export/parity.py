@@ -24,7 +24,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -221,6 +221,7 @@ def run_parity(
     batch_size: int = 32,
     threads: int | None = None,
     emulate_fp16: bool = True,
+    forward_passes: Callable[..., GateOutputs] | None = None,
 ) -> ParityReport:
     """Compare ``model`` (PyTorch) with each ONNX file of ``artifacts`` ({precision: path}).
 
@@ -232,10 +233,12 @@ def run_parity(
     computes FP16 graphs in FP32 and would hide overflow and rounding that a GPU shows.
     Tolerances: the precision's tier, then ``profile.tolerances``, then ``overrides``.
     Never raises on a failed gate: the caller reads :attr:`ParityReport.passed`.
+    ``forward_passes``: what runs the passes (default :func:`run_locally`, in this process;
+    :func:`exporter.export.ray_check.run_parity_on_ray` passes its Ray runner), called like it.
     """
     start = time.perf_counter()
     candidate_spec, tta = gate_specs(artifacts, reference_spec, candidate_spec, tta)
-    outputs = run_locally(model, artifacts, data, reference_spec=reference_spec, candidate_spec=candidate_spec,
+    outputs = (forward_passes or run_locally)(model, artifacts, data, reference_spec=reference_spec, candidate_spec=candidate_spec,
                           tta=tta, tta_samples=tta_samples, batch_size=batch_size, threads=threads,
                           emulate_fp16=emulate_fp16)
     return judge_outputs(outputs, artifacts, data, reference_spec=reference_spec, candidate_spec=candidate_spec,

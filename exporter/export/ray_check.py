@@ -14,14 +14,13 @@ from __future__ import annotations
 import io
 import os
 import tempfile
-import time
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
 from .parity import (DEFAULT_TTA_SAMPLES, GateOutputs, ParityData, ParityReport,
-                                               candidate_runs, gate_specs, judge_outputs)
+                     candidate_runs, run_parity)
 from convdeploy.runtime.serve.ray_batch import connect, import_ray, quiet_data_context
 from convdeploy.runtime.transforms.preprocess import PreprocessSpec
 from convdeploy.runtime.transforms.tta import TTASpec
@@ -106,28 +105,19 @@ def run_parity_on_ray(
     artifacts: Mapping[str, str | os.PathLike],
     data: ParityData,
     *,
-    reference_spec: PreprocessSpec,
-    candidate_spec: PreprocessSpec | None = None,
-    tta: TTASpec | None = None,
-    profile: Any | None = None,
-    overrides: Mapping[str, Mapping[str, float | None]] | None = None,
-    tta_samples: int = DEFAULT_TTA_SAMPLES,
-    batch_size: int = 32,
-    threads: int | None = None,
-    emulate_fp16: bool = True,
     address: str | None = None,
     workers: int | None = None,
     num_cpus: int | None = None,
+    **options: Any,
 ) -> ParityReport:
-    """:func:`exporter.export.parity.run_parity` with its forward passes on a Ray cluster;
-    judged by the same :func:`exporter.export.parity.judge_outputs`."""
-    start = time.perf_counter()
-    candidate_spec, tta = gate_specs(artifacts, reference_spec, candidate_spec, tta)
-    outputs = run_on_ray(model, artifacts, data, reference_spec=reference_spec, candidate_spec=candidate_spec,
-                         tta=tta, tta_samples=tta_samples, batch_size=batch_size, emulate_fp16=emulate_fp16,
-                         address=address, workers=workers, num_cpus=num_cpus)
-    return judge_outputs(outputs, artifacts, data, reference_spec=reference_spec, candidate_spec=candidate_spec,
-                         tta=tta, profile=profile, overrides=overrides, emulate_fp16=emulate_fp16, started=start)
+    """:func:`exporter.export.parity.run_parity` (same ``options``) with its forward passes on a
+    Ray cluster; judged by the same :func:`exporter.export.parity.judge_outputs`."""
+
+    def on_ray(*args: Any, threads: int | None = None, **kwargs: Any) -> GateOutputs:
+        # Each Ray actor runs onnxruntime on one thread (ParityActor): this process's thread count does not apply.
+        return run_on_ray(*args, address=address, workers=workers, num_cpus=num_cpus, **kwargs)
+
+    return run_parity(model, artifacts, data, forward_passes=on_ray, **options)
 
 
 def _rows_in(data: ParityData, tta_on: bool, tta_samples: int) -> list[dict[str, Any]]:

@@ -127,22 +127,18 @@ class OpenVINOBackend(TensorSpecs):
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """Run one batch and return the first output as float32 (N x K)."""
-        if self._closed:
-            raise UsageError("this backend was closed")
-        batch = conform_batch(batch, self._inputs[0], self.model_path.name,
-                              fixed_batch_hint="re-export with a dynamic batch axis")
-        request = self._pool.get()
-        try:
-            request.infer({0: batch})
-            out = np.array(request.get_output_tensor(0).data, dtype=np.float32, copy=True)
-        finally:
-            self._pool.put(request)
-        return out
+        return self._infer(batch, profiled=False)[0]
 
     def run_profiled(self, batch: np.ndarray) -> tuple[np.ndarray, list[Any]]:
         """Run one batch on a backend opened with ``profiling``; return the output and the
         request's per-layer counters (``openvino.ProfilingInfo``: node_name, node_type,
         exec_type, real_time, status) of that very run."""
+        out, info = self._infer(batch, profiled=True)
+        return out, info or []
+
+    def _infer(self, batch: np.ndarray, *, profiled: bool) -> tuple[np.ndarray, list[Any] | None]:
+        """One batch on a pooled infer request: its first output (float32) and, ``profiled``, its counters,
+        read before the request goes back to the pool."""
         if self._closed:
             raise UsageError("this backend was closed")
         batch = conform_batch(batch, self._inputs[0], self.model_path.name,
@@ -151,7 +147,7 @@ class OpenVINOBackend(TensorSpecs):
         try:
             request.infer({0: batch})
             out = np.array(request.get_output_tensor(0).data, dtype=np.float32, copy=True)
-            info = list(request.profiling_info)
+            info = list(request.profiling_info) if profiled else None
         finally:
             self._pool.put(request)
         return out, info

@@ -206,6 +206,54 @@ def _shapes(bundle: "Bundle", profile: "Profile", static: bool) -> tuple[tuple[i
     return tuple(mins), tuple(opts), tuple(maxs)
 
 
+def _dla_core(profile: "Profile", precision: str, version: tuple[int, ...], notes: list[str]) -> int | None:
+    """The DLA core this build runs on (None: the GPU), refusing what a DLA cannot build."""
+    dla_core = getattr(profile, "dla_core", None)
+    if dla_core is not None and precision == "int8":
+        raise UsageError(
+            f"profile {profile.name!r} builds for DLA core {dla_core}, and DLA runs INT8 only with implicit "
+            "quantization (a calibrator), which this bundle's Q/DQ INT8 graph does not provide",
+            "build fp16 for the DLA, or use a profile without dla_core to build int8 on the GPU")
+    if dla_core is not None and precision == "fp32":
+        notes.append(f"fp32 runs on the GPU: the DLA (core {dla_core}) runs only fp16/int8")
+        dla_core = None
+    if dla_core is not None and dla_refusal(version):
+        raise UsageError(str(dla_refusal(version)),
+                         "build for the GPU (no --dla-core), or use TensorRT 8.x-10.7 or 11.4.1+ on JetPack 7.2.2+")
+    return dla_core
+
+
+def _onnx_precision(bundle: "Bundle", precision: str, modes: tuple[str, ...], tensorrt: str, notes: list[str]) -> str:
+    """The precision of the bundle's ONNX graph the engine is built from."""
+    if precision in set(bundle.precisions):
+        return precision
+    if precision == "fp16" and "weak" in modes:
+        notes.append("the bundle has no FP16 ONNX: built from the FP32 graph with the FP16 builder flag")
+        return "fp32"
+    raise UsageError(
+        f"bundle {bundle.name!r} has no {precision} ONNX graph, and TensorRT {tensorrt} takes the "
+        f"{precision} precision from the graph", f"re-export the bundle with --precision {precision}")
+
+
+def _flags(version: tuple[int, ...], typing: str, precision: str,
+           dla_core: int | None) -> tuple[tuple[str, ...], list[str]]:
+    """The network creation flags and the builder flags that say the precision and the DLA fallback."""
+    network_flags: tuple[str, ...] = ()
+    if version[0] == 8:
+        network_flags = ("EXPLICIT_BATCH",)
+    elif typing == "strong" and version[0] < 11:
+        network_flags = ("STRONGLY_TYPED",)  # 11.x: always strongly typed, the flag is ignored
+    builder_flags: list[str] = []
+    if typing == "weak":
+        if precision == "fp16":
+            builder_flags.append("FP16")
+        elif precision == "int8":
+            builder_flags += ["INT8", "FP16"]  # INT8 is required for Q/DQ on 8.x; FP16 for the rest
+    if dla_core is not None:
+        builder_flags.append("GPU_FALLBACK")
+    return network_flags, builder_flags
+
+
 def make_plan(bundle: "Bundle", profile: "Profile", precision: str, tensorrt: str, *,
               gpu_name: str | None = None, compute_capability: tuple[int, int] | None = None,
               version_compatible: bool = False, hardware_compatibility: str = "NONE",
@@ -224,52 +272,19 @@ def make_plan(bundle: "Bundle", profile: "Profile", precision: str, tensorrt: st
     version = parse_line(tensorrt)
     modes = typing_modes(version)
     notes: list[str] = []
-    dla_core = getattr(profile, "dla_core", None)
-    if dla_core is not None and precision == "int8":
-        raise UsageError(
-            f"profile {profile.name!r} builds for DLA core {dla_core}, and DLA runs INT8 only with implicit "
-            "quantization (a calibrator), which this bundle's Q/DQ INT8 graph does not provide",
-            "build fp16 for the DLA, or use a profile without dla_core to build int8 on the GPU")
-    if dla_core is not None and precision == "fp32":
-        notes.append(f"fp32 runs on the GPU: the DLA (core {dla_core}) runs only fp16/int8")
-        dla_core = None
-    if dla_core is not None and dla_refusal(version):
-        raise UsageError(str(dla_refusal(version)),
-                         "build for the GPU (no --dla-core), or use TensorRT 8.x-10.7 or 11.4.1+ on JetPack 7.2.2+")
+    dla_core = _dla_core(profile, precision, version, notes)
     platform = platform_of(profile)
     if hardware_compatibility != "NONE" and platform == "jetpack":
         # TensorRT developer guide (8.6+), "Hardware Compatibility": "not supported on NVIDIA DRIVE OS or JetPack".
         raise UsageError(f"profile {profile.name!r} is a Jetson, and TensorRT's hardware compatibility is not "
                          "supported on JetPack (NVIDIA's developer guide)", "build without hardware compatibility")
-
-    has = set(bundle.precisions)
-    if precision in has:
-        onnx_precision = precision
-    elif precision == "fp16" and "weak" in modes:
-        onnx_precision = "fp32"
-        notes.append("the bundle has no FP16 ONNX: built from the FP32 graph with the FP16 builder flag")
-    else:
-        raise UsageError(
-            f"bundle {bundle.name!r} has no {precision} ONNX graph, and TensorRT {tensorrt} takes the "
-            f"{precision} precision from the graph", f"re-export the bundle with --precision {precision}")
+    onnx_precision = _onnx_precision(bundle, precision, modes, tensorrt, notes)
 
     # Weak typing where only flags can say the precision: 8.x, DLA on 8.x/10.x, an FP16 build of the
     # FP32 graph. 11.4.1+ builds the DLA strongly typed ("Strongly typed networks for DLA").
     weak = "strong" not in modes or (dla_core is not None and "weak" in modes) or onnx_precision != precision
     typing = "weak" if weak else "strong"
-    network_flags: tuple[str, ...] = ()
-    if version[0] == 8:
-        network_flags = ("EXPLICIT_BATCH",)
-    elif typing == "strong" and version[0] < 11:
-        network_flags = ("STRONGLY_TYPED",)  # 11.x: always strongly typed, the flag is ignored
-    builder_flags: list[str] = []
-    if typing == "weak":
-        if precision == "fp16":
-            builder_flags.append("FP16")
-        elif precision == "int8":
-            builder_flags += ["INT8", "FP16"]  # INT8 is required for Q/DQ on 8.x; FP16 for the rest
-    if dla_core is not None:
-        builder_flags.append("GPU_FALLBACK")
+    network_flags, builder_flags = _flags(version, typing, precision, dla_core)
     tf32 = getattr(profile, "tf32", "disable")
     cleared = ("TF32",) if tf32 == "disable" else ()
     if version_compatible:

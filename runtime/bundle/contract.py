@@ -57,29 +57,15 @@ MANIFEST_SCHEMA_VERSION = 1
 
 # The precisions a bundle can carry (one ONNX graph each) and the backends that run them.
 PRECISIONS = ("fp32", "fp16", "int8")
-
-
-def parse_precisions(precisions: "str | Sequence[str]") -> list:
-    """``"fp32,fp16"`` or a sequence -> the validated names, in the contract's order (fp32, fp16, int8).
-
-    Torch-free, so that ``export --precision`` is checked before PyTorch is imported.
-    """
-    from ..errors import UsageError
-
-    items = precisions.split(",") if isinstance(precisions, str) else list(precisions)
-    wanted = [p.strip().lower() for p in items if p and p.strip()]
-    bad = [p for p in wanted if p not in PRECISIONS]
-    if bad:
-        raise UsageError(f"unknown precision {bad[0]!r}", f"use a comma-separated list of {', '.join(PRECISIONS)}")
-    if not wanted:
-        raise UsageError("no precision given", f"use a comma-separated list of {', '.join(PRECISIONS)}")
-    return [p for p in PRECISIONS if p in wanted]
 BACKENDS = ("onnxruntime", "tensorrt", "openvino")
 PARITY_STATES = ("passed", "failed", "skipped")
 
 
 def parse_precisions(precisions: str | Sequence[str]) -> list[str]:
-    """``"fp32,fp16"`` or a sequence -> the validated names, in the contract's order (fp32, fp16, int8)."""
+    """``"fp32,fp16"`` or a sequence -> the validated names, in the contract's order (fp32, fp16, int8).
+
+    Torch-free, so that ``export --precision`` is checked before PyTorch is imported.
+    """
     items = precisions.split(",") if isinstance(precisions, str) else list(precisions)
     wanted = [p.strip().lower() for p in items if p and p.strip()]
     bad = [p for p in wanted if p not in PRECISIONS]
@@ -88,6 +74,7 @@ def parse_precisions(precisions: str | Sequence[str]) -> list[str]:
     if not wanted:
         raise UsageError("no precision given", f"use a comma-separated list of {', '.join(PRECISIONS)}")
     return [p for p in PRECISIONS if p in wanted]
+
 
 # ----------------------------------------------------------------------------- file names
 MANIFEST_FILE = "manifest.json"

@@ -350,6 +350,13 @@ def echo_backend(info: dict[str, Any]) -> None:
         click.secho(f"warning: requested provider(s) not in use: {', '.join(fallback)}", fg="yellow", err=True)
 
 
+def tolerance_option(example: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--tolerance/--tol [PREC.]KEY=VALUE`` (repeatable), read by runtime.parity.tolerances; ``example``
+    shows one override in the command's help."""
+    return click.option("--tolerance", "--tol", "tolerance", multiple=True, metavar="[PREC.]KEY=VALUE",
+                        help=f"Override a parity tolerance (repeatable), e.g. {example}; 'none' disables a check.")
+
+
 def ray_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """``--ray [ADDRESS]`` and ``--ray-workers``: run on a Ray cluster (needs convdeploy[ray])."""
     fn = click.option("--ray-workers", type=THREADS, default=None,

@@ -65,7 +65,8 @@ from ..fsutil import atomic_write_json
 from ..parity.metrics import Verdict, compare_outputs, format_table, judge
 from ..parity.tolerances import tolerances_for
 from .output import serve_directory
-from ..targets import Profile, load_profile, resolve_profile
+from .selection import default_precision, served_profile
+from ..targets import Profile
 from ..transforms.preprocess import PreprocessSpec
 from ..transforms.tta import softmax
 
@@ -455,9 +456,7 @@ def write_deepstream_config(
     bundle (``deepstream.json``, listed in the manifest).
     """
     bundle = Bundle.load(bundle_dir)
-    prof = resolve_profile(profile)
-    if prof is None:
-        prof = load_profile(((bundle.manifest.get("provenance") or {}).get("profile") or {}).get("name") or "cpu-x86")
+    prof = served_profile(bundle, profile)
     if not bundle.manifest.get("golden"):
         raise BundleError(f"bundle {bundle.name!r} has no golden inputs to gate nvinfer's normalisation on",
                           "re-export it with `convdeploy export`")
@@ -473,8 +472,7 @@ def write_deepstream_config(
             raise UsageError(f"--precision {precision} but the engine was built for {built}")
         precision = built
     elif precision is None:
-        precision = prof.default_precision if prof.default_precision in bundle.precisions \
-            else bundle.manifest["default_precision"]
+        precision = default_precision(bundle, prof)
     prof.check_precision(precision)
     engine_path = _verified_engine(bundle, precision, prof, Path(engine) if engine is not None else None)
     onnx_path = bundle.artifact_path(precision)

@@ -34,9 +34,10 @@ from ..bundle.contract import read_sidecar
 from ..bundle.reader import Bundle
 from ..errors import BundleError, UsageError
 from .output import serve_directory
+from .selection import default_precision, served_profile
 from .triton_handler import (IMAGE_INPUT, LOGITS_OUTPUT, SERVING_SPEC_FILE,
                                                     ServingSpec)
-from ..targets import Profile, load_profile, resolve_profile
+from ..targets import Profile
 
 CONFIG_FILE = "config.pbtxt"
 LABELS_FILE = "labels.txt"
@@ -131,14 +132,6 @@ def model_name(bundle_name: str) -> str:
 def uses_gpu(profile: Profile) -> bool:
     return profile.backend == "tensorrt" or any(p in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
                                                for p in profile.providers)
-
-
-def _profile_for(bundle: Bundle, profile: Profile | str | None) -> Profile:
-    resolved = resolve_profile(profile)
-    if resolved is not None:
-        return resolved
-    recorded = (bundle.manifest.get("provenance") or {}).get("profile") or {}
-    return load_profile(recorded.get("name") or "cpu-x86")
 
 
 def _batch_dims(bundle: Bundle) -> tuple[list[int], list[int]]:
@@ -408,7 +401,7 @@ def write_triton_repository(
     instance kind and accelerator (default: the profile the bundle was exported for).
     """
     bundle = Bundle.load(bundle_dir)
-    prof = _profile_for(bundle, profile)
+    prof = served_profile(bundle, profile)
     dims_in, dims_out = _batch_dims(bundle)
     notes: list[str] = []
     max_batch = prof.batch_max
@@ -422,8 +415,7 @@ def write_triton_repository(
                          f"(max {max_batch}), the instances come from {prof.name!r}")
     else:
         if precision is None:
-            precision = prof.default_precision if prof.default_precision in bundle.precisions \
-                else bundle.manifest["default_precision"]
+            precision = default_precision(bundle, prof)
         source = bundle.artifact_path(precision)  # a precision the bundle lacks: one clear error
         platform, file_name = "onnxruntime_onnx", "model.onnx"
     prof.check_precision(precision)

@@ -152,13 +152,13 @@ def test_fma_peak_is_measured_once_and_cached_unless_the_machine_was_busy(tmp_pa
 
     if not shutil.which("cc") and not shutil.which("gcc"):
         pytest.skip("no C compiler")
-    monkeypatch.setattr(peak, "_load_average", lambda: 99.0)
+    monkeypatch.setattr(peak, "load_average", lambda: 99.0)
     busy = measure_fma_peak(1, repeats=1)
     if busy["gflops"] is None:  # no AVX-512 here: the reason says so
         assert "AVX-512" in busy["reason"]
         return
     assert "not cached" in busy["note"] and not (tmp_path / "cache" / "fma_peak.json").exists()
-    monkeypatch.setattr(peak, "_load_average", lambda: 0.0)
+    monkeypatch.setattr(peak, "load_average", lambda: 0.0)
     first = measure_fma_peak(1, repeats=1)
     assert first["gflops"] > 1 and not first["cached"] and "note" not in first
     again = measure_fma_peak(1, repeats=1)
