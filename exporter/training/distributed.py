@@ -74,6 +74,14 @@ class Distributed:
             if self.owns_group:
                 dist.destroy_process_group()
 
+    def abandon(self) -> None:
+        """Leave the group at once after an error on this process, with no barrier (the other
+        processes may never reach one). Left alive, gloo's threads outlive the interpreter and
+        abort the process at exit (SIGABRT, "terminate called without an active exception";
+        pytorch/pytorch#179291), which hides the error the user should have read."""
+        if self.enabled and self.owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+
 
 class Shard:
     """Indices ``rank, rank + world, ...`` of a dataset (validation under DDP, no padding)."""

@@ -338,6 +338,18 @@ def fit(
     """
     started = time.perf_counter()
     session = _start(model, prepared, progress, meta_extra)
+    try:
+        _epochs(session, model, on_epoch_end)
+    except BaseException:
+        session.ddp.abandon()
+        raise
+    session.ddp.finish()
+    return _result(session, started)
+
+
+def _epochs(session: "_Session", model: nn.Module, on_epoch_end: Callable[[int, dict[str, Any]], None] | None) -> None:
+    """Train and validate each remaining epoch; rank 0 saves the checkpoints and logs the epoch."""
+    prepared = session.prepared
     config, state = prepared.config, session.state
     with deterministic(config.deterministic and session.device.type == "cpu"), threads(config.threads):
         for epoch in range(state.start_epoch, config.epochs):
@@ -355,8 +367,6 @@ def fit(
                 )
                 if on_epoch_end is not None:
                     on_epoch_end(epoch + 1, record)
-    session.ddp.finish()
-    return _result(session, started)
 
 
 @dataclass
@@ -385,9 +395,19 @@ class _Session:
 def _start(model: nn.Module, prepared: PreparedRun, progress: bool,
            meta_extra: Mapping[str, Any] | None) -> _Session:
     """Device, processes, data, optimizer and resumed progress, said in the log as the run starts."""
-    config, dataset, run = prepared.config, prepared.dataset, prepared.run
-    device = resolve_device(config.device)
+    device = resolve_device(prepared.config.device)
     ddp = Distributed.start(device)
+    try:
+        return _session(model, prepared, progress, meta_extra, device, ddp)
+    except BaseException:
+        ddp.abandon()
+        raise
+
+
+def _session(model: nn.Module, prepared: PreparedRun, progress: bool, meta_extra: Mapping[str, Any] | None,
+             device: torch.device, ddp: Distributed) -> _Session:
+    """The rest of :func:`_start`, once this process has joined the group."""
+    config, dataset, run = prepared.config, prepared.dataset, prepared.run
     show = progress and ddp.main
 
     pipeline = prepared.pipeline or build_augmentation(prepared.augment, prepared.spec)

@@ -120,3 +120,30 @@ def test_a_nonfinite_loss_on_one_process_stops_every_process_at_the_same_step(tm
     for rank in (0, 1):
         assert "the loss became non-finite at epoch 1, step 3" in outcomes[rank][1]
     assert "(this process: nan)" in outcomes[1][1] and "(this process: nan)" not in outcomes[0][1]
+
+
+def _abandon_main(rank: int, store: str, results: "multiprocessing.Queue") -> None:
+    import torch.distributed as dist
+
+    from convdeploy.exporter.training.distributed import Distributed
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2,
+                            timeout=timedelta(seconds=60))
+    Distributed(rank, 2, "gloo", owns_group=True).abandon()  # no barrier: the other may never reach one
+    results.put((rank, dist.is_initialized()))
+
+
+def test_a_process_that_failed_leaves_the_group_without_waiting_for_the_others(tmp_path):
+    ctx = multiprocessing.get_context("spawn")
+    results = ctx.Queue()
+    procs = [ctx.Process(target=_abandon_main, args=(rank, str(tmp_path / "store"), results)) for rank in (0, 1)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+    alive = [p for p in procs if p.is_alive()]
+    for p in alive:
+        p.kill()
+    assert not alive
+    assert sorted(results.get(timeout=5) for _ in procs) == [(0, False), (1, False)]
+    assert [p.exitcode for p in procs] == [0, 0]  # no SIGABRT at exit

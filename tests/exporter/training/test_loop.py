@@ -6,6 +6,7 @@ import csv
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -205,7 +206,8 @@ def test_ddp_with_two_cpu_processes(tmp_path):
            "--train-limit", "256", "--val-limit", "64", "--workers", "0", "--batch-size", "32",
            "--no-progress", "--json"]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    # Both ends: a rank's own error line comes first, torchrun's summary of the failure last.
+    assert proc.returncode == 0, proc.stderr[:3000] + "\n...\n" + proc.stderr[-3000:]
     reports = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     assert len(reports) == 1  # only rank 0 reports
     result = json.loads(proc.stdout[proc.stdout.index("{"):])
@@ -223,6 +225,25 @@ def test_ddp_with_two_cpu_processes(tmp_path):
                                                                              rel_tol=1e-5)
     assert load_checkpoint(out / "best").model(torch.zeros(1, 1, 32, 32)).shape == (1, 10)
     assert sorted(p.name for p in out.iterdir()) == ["best", "curves.png", "last", "metrics.csv", "metrics.json"]
+
+
+def test_an_error_on_every_rank_is_one_line_each_not_an_abort(tmp_path):
+    """A user error after the processes joined the group (here a diverging loss) leaves the group
+    before Python exits: each rank says its line and exits 2, instead of gloo's threads
+    aborting the process at exit (SIGABRT) and hiding the error."""
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "convdeploy.cli", "train", "lenet5", "--data", "digits", "--out", str(tmp_path / "nan"),
+           "--epochs", "2", "--train-limit", "256", "--val-limit", "64", "--workers", "0", "--batch-size", "32",
+           "--no-progress", "--optimizer", "sgd", "--lr", "1e30"]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: the loss became non-finite")]
+    assert errors, proc.stderr[-3000:]
+    assert "terminate called" not in proc.stderr and "SIGABRT" not in proc.stderr, proc.stderr[-3000:]
+    # The first rank out exits 2; torchrun then stops the other (SIGTERM, -15) if it has not exited yet.
+    codes = re.findall(r"exitcode\s*: (-?\d+)", proc.stderr)
+    assert "2" in codes and set(codes) <= {"2", "-15"}, proc.stderr[-3000:]
 
 
 # ------------------------------------------------------------------ measurements (slow)
