@@ -156,7 +156,7 @@ def test_models_shows_macs_in_a_unit_where_lenet_is_not_zero(cli):
 
 
 def test_the_torch_hint_says_python_3_10_on_older_pythons():
-    from convdeploy.runtime.commands.common import torch_install_hint
+    from convdeploy.exporter.commands.validate import torch_install_hint
 
     old = torch_install_hint((3, 8))
     assert "Python 3.10+" in old and "Python 3.8" in old and "convdeploy[torch]" in old

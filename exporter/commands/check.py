@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import click
 
-from .validate import checked_before_torch
-from ..export import options as export_options
 from convdeploy.runtime.commands.common import (
-    ConvDeployCommand, echo_json, echo_parity_text, echo_report_files, echo_warnings, json_option,
-    needs_torch, ray_options, tolerance_option,
+    ConvDeployCommand, echo_json, echo_parity_text, echo_report_files, echo_warnings, json_option, ray_options,
+    tolerance_option,
 )
+
+from ..export import options as export_options
+from .validate import checked_before_torch, needs_torch
 
 
 @click.command("check", cls=ConvDeployCommand)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import click
 
-from convdeploy.runtime.commands.common import ConvDeployCommand, echo_json, json_option, needs_torch
+from convdeploy.runtime.commands.common import ConvDeployCommand, echo_json, json_option
+
+from .validate import needs_torch
 
 
 @click.command("demo", cls=ConvDeployCommand)

@@ -7,12 +7,12 @@ from typing import Any
 
 import click
 
-from .validate import checked_before_torch, common
-from ..export import options as export_options
 from convdeploy.runtime.commands.common import (
-    ConvDeployCommand, echo_json, echo_parity_text, echo_warnings, json_option, model_arg_option,
-    needs_torch, tolerance_option,
+    ConvDeployCommand, echo_json, echo_parity_text, echo_warnings, json_option, model_arg_option, tolerance_option,
 )
+
+from ..export import options as export_options
+from .validate import checked_before_torch, common, needs_torch
 
 
 @click.command("export", cls=ConvDeployCommand)

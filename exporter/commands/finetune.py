@@ -6,9 +6,10 @@ from typing import Any
 
 import click
 
-from .validate import checked_before_torch, training_arguments
-from convdeploy.runtime.commands.common import ConvDeployCommand, json_option, needs_torch
-from .training_options import training_options, echo_train_result
+from convdeploy.runtime.commands.common import ConvDeployCommand, json_option
+
+from .training_options import echo_train_result, training_options
+from .validate import checked_before_torch, needs_torch, training_arguments
 
 
 @click.command("finetune", cls=ConvDeployCommand)

@@ -6,9 +6,9 @@ from typing import Any
 
 import click
 
-from convdeploy.runtime.commands.common import (
-    ConvDeployCommand, echo_json, echo_table, json_option, needs_torch,
-)
+from convdeploy.runtime.commands.common import ConvDeployCommand, echo_json, echo_table, json_option
+
+from .validate import needs_torch
 
 
 @click.command("models", cls=ConvDeployCommand)

@@ -1,4 +1,4 @@
-"""The workstation commands' arguments, checked before PyTorch is imported.
+"""The workstation commands' arguments, checked before PyTorch is imported, and PyTorch's presence.
 
 Importing PyTorch takes seconds; a mistyped precision, profile, tolerance, preprocessing
 spec, ``--model-arg`` or a ``--data`` folder that does not exist is told at once instead,
@@ -10,6 +10,7 @@ so these checks only move the error earlier, never change what is accepted.
 from __future__ import annotations
 
 import functools
+import sys
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -95,5 +96,34 @@ def checked_before_torch(check: Callable[[Mapping[str, Any]], None] = common) ->
     return decorate
 
 
-__all__ = ["checked_before_torch", "common", "training_arguments", "data_argument", "geometry", "model_arg_syntax",
+
+def torch_install_hint(version: tuple[int, int] | None = None) -> str:
+    """How to get PyTorch's side, said for this Python: the ``[torch]`` side (training,
+    export) is supported on Python 3.10+ only (README's install table), so on JetPack 5's
+    Python 3.8 the advice is to export elsewhere, not to pip install."""
+    major, minor = version or sys.version_info[:2]
+    if (major, minor) < (3, 10):
+        return (f"the PyTorch side ('convdeploy[torch]') needs Python 3.10+, this is Python {major}.{minor}: "
+                "train and export on a workstation with Python 3.10+, run the bundle here")
+    return "install the PyTorch side: pip install 'convdeploy[torch]'"
+
+
+def needs_torch(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn a missing PyTorch into one clear line instead of an ImportError traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            raise UsageError(
+                f"`convdeploy {fn.__name__.replace('_cmd', '').replace('_', '-')}` needs PyTorch",
+                torch_install_hint(),
+            ) from None
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
+__all__ = ["checked_before_torch", "needs_torch", "torch_install_hint", "common", "training_arguments", "data_argument", "geometry", "model_arg_syntax",
            "option_values"]

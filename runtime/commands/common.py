@@ -11,10 +11,8 @@ traceback instead. Anything else is a bug: traceback, one line saying so, exit c
 
 from __future__ import annotations
 
-import functools
 import importlib
 import json
-import sys
 import traceback
 import warnings
 from typing import Any, Callable
@@ -283,36 +281,6 @@ def echo_table(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> No
                              for c, w in zip(row, widths)).rstrip())
         if n == 0:
             click.echo("  ".join("-" * w for w in widths))
-
-
-def torch_install_hint(version: tuple[int, int] | None = None) -> str:
-    """How to get PyTorch's side, said for this Python: the ``[torch]`` side (training,
-    export) is supported on Python 3.10+ only (README's install table), so on JetPack 5's
-    Python 3.8 the advice is to export elsewhere, not to pip install."""
-    major, minor = version or sys.version_info[:2]
-    if (major, minor) < (3, 10):
-        return (f"the PyTorch side ('convdeploy[torch]') needs Python 3.10+, this is Python {major}.{minor}: "
-                "train and export on a workstation with Python 3.10+, run the bundle here")
-    return "install the PyTorch side: pip install 'convdeploy[torch]'"
-
-
-def needs_torch(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn a missing PyTorch into one clear line instead of an ImportError traceback."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            import torch  # noqa: F401
-        except ImportError:
-            from ..errors import UsageError
-
-            raise UsageError(
-                f"`convdeploy {fn.__name__.replace('_cmd', '').replace('_', '-')}` needs PyTorch",
-                torch_install_hint(),
-            ) from None
-        return fn(*args, **kwargs)
-
-    return wrapper
 
 
 def model_arg_option(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -11,6 +11,8 @@ import multiprocessing
 import os
 import warnings
 from datetime import timedelta
+from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -102,11 +104,12 @@ def _rank_main(rank: int, store: str, results: "multiprocessing.Queue") -> None:
         dist.destroy_process_group()
 
 
-def test_a_nonfinite_loss_on_one_process_stops_every_process_at_the_same_step(tmp_path):
-    """Audit finding 20: without the shared decision rank 0 would wait in the next all-reduce."""
+def _two_ranks(target: Any, tmp_path: Path) -> tuple[list[Any], list[Any]]:
+    """Run ``target(rank, store, results)`` in two spawned processes (a gloo group through a file
+    store); their processes, once both ended, and what each put in ``results``."""
     ctx = multiprocessing.get_context("spawn")
     results = ctx.Queue()
-    procs = [ctx.Process(target=_rank_main, args=(rank, str(tmp_path / "store"), results)) for rank in (0, 1)]
+    procs = [ctx.Process(target=target, args=(rank, str(tmp_path / "store"), results)) for rank in (0, 1)]
     for p in procs:
         p.start()
     for p in procs:
@@ -115,7 +118,13 @@ def test_a_nonfinite_loss_on_one_process_stops_every_process_at_the_same_step(tm
     for p in alive:
         p.kill()
     assert not alive, "a process hung: the stop was not taken by every process"
-    outcomes = dict((rank, (flags, outcome)) for rank, flags, outcome in (results.get(timeout=5) for _ in procs))
+    return procs, [results.get(timeout=5) for _ in procs]
+
+
+def test_a_nonfinite_loss_on_one_process_stops_every_process_at_the_same_step(tmp_path):
+    """Audit finding 20: without the shared decision rank 0 would wait in the next all-reduce."""
+    procs, answers = _two_ranks(_rank_main, tmp_path)
+    outcomes = dict((rank, (flags, outcome)) for rank, flags, outcome in answers)
     assert outcomes[0][0] == outcomes[1][0] == (False, True)  # any_process: the same answer everywhere
     for rank in (0, 1):
         assert "the loss became non-finite at epoch 1, step 3" in outcomes[rank][1]
@@ -134,16 +143,6 @@ def _abandon_main(rank: int, store: str, results: "multiprocessing.Queue") -> No
 
 
 def test_a_process_that_failed_leaves_the_group_without_waiting_for_the_others(tmp_path):
-    ctx = multiprocessing.get_context("spawn")
-    results = ctx.Queue()
-    procs = [ctx.Process(target=_abandon_main, args=(rank, str(tmp_path / "store"), results)) for rank in (0, 1)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=120)
-    alive = [p for p in procs if p.is_alive()]
-    for p in alive:
-        p.kill()
-    assert not alive
-    assert sorted(results.get(timeout=5) for _ in procs) == [(0, False), (1, False)]
+    procs, answers = _two_ranks(_abandon_main, tmp_path)
+    assert sorted(answers) == [(0, False), (1, False)]
     assert [p.exitcode for p in procs] == [0, 0]  # no SIGABRT at exit
