@@ -99,13 +99,15 @@ def test_sum_of_layers_against_the_model_only_time(wide_bundle) -> None:
     assert lp["unjoined_macs"] == 0 and lp["total_macs"] == lp["graph_macs"]  # every MAC node has its row
     mac_rows = [r for r in rows if r["mac_layer"]]
     assert {r["layer"] for r in mac_rows} == {"Conv_0", "Conv_2", "Gemm_6"}
-    # the rows (the overhead row included) add up to the profiled run; kernels are most of it
+    # the rows (the overhead row included) add up to the profiled run
     assert sum(r["ms"] for r in rows) == pytest.approx(check["profiled_run_ms"], rel=1e-6)
-    assert check["layers_ms"] >= 0.85 * check["profiled_run_ms"]
     assert sum(r["share"] for r in rows) == pytest.approx(1.0)
-    # the check against the unprofiled model-only time holds, or its gap is named
+    # the check against the unprofiled model-only time holds, or its gap is named. How close the
+    # times come is this machine's noise, so no threshold on them here: the rule that judges them.
     assert check["model_only_ms"] == result["model_only"][0]["p50_ms"]
-    assert check["within_tolerance"] or check["gap_named"]
+    assert check["ratio"] == pytest.approx(check["layers_ms"] / check["model_only_ms"])
+    assert check["within_tolerance"] == (abs(1 - check["ratio"]) <= check["tolerance"] == 0.15)
+    assert check["within_tolerance"] or f"{abs(check['gap_ms']):.3f} ms" in check["gap_named"]
     peak = lp["peak"]
     for r in mac_rows:
         assert r["gflops"] == pytest.approx(2 * r["macs"] / (r["ms"] * 1e-3) / 1e9)
