@@ -200,6 +200,12 @@ def bundle_copy(tmp_path, tiny_bundle) -> Callable[[], Path]:
     return make
 
 
+@pytest.fixture
+def trt_bundle(bundle_copy) -> Path:
+    """A writable copy of ``tiny_bundle`` to build or place (stand-in) TensorRT engines in."""
+    return bundle_copy()
+
+
 @pytest.fixture(scope="session")
 def photo_folder(tmp_path_factory, sample_photos) -> Path:
     """A folder tree of real JPEG/PNG files (nested) for predict tests."""

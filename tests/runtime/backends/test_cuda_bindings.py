@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import ctypes
 import enum
-import shutil
 import sys
 import threading
 import types
@@ -303,13 +302,6 @@ def test_host_array_is_a_view_of_the_memory_at_the_pointer():
 
 
 # ----------------------------------------------------------------------------- the backend's host buffers
-@pytest.fixture
-def trt_bundle(tmp_path, tiny_bundle):
-    root = tmp_path / "bundle"
-    shutil.copytree(tiny_bundle, root)
-    return root
-
-
 def test_the_backend_copies_through_page_locked_buffers_and_frees_them_on_close(trt_bundle, monkeypatch):
     """First review, finding 11: copies from pageable numpy memory are staged and synchronous."""
     cuda = fake.FakeCuda()

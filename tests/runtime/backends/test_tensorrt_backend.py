@@ -13,7 +13,6 @@ test_real_tensorrt.py builds, verifies and benches real engines).
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -26,13 +25,6 @@ from convdeploy.runtime.errors import BackendUnavailableError, BundleError, Engi
 from convdeploy.runtime.fsutil import sha256_file
 from convdeploy.runtime.parity.tolerances import TIERS
 from tests.runtime.backends import fake_tensorrt as fake
-
-
-@pytest.fixture
-def trt_bundle(tmp_path, tiny_bundle):
-    root = tmp_path / "bundle"
-    shutil.copytree(tiny_bundle, root)
-    return root
 
 
 def engine_for(bundle, **kw):

@@ -10,7 +10,6 @@ to close: ``benchmarks/gpu_check.py`` runs them on a lent GPU (issue 16, item 3)
 from __future__ import annotations
 
 import json
-import shutil
 import warnings
 
 import pytest
@@ -23,7 +22,7 @@ from convdeploy.runtime.bundle.reader import Bundle
 from convdeploy.runtime.errors import EngineMismatchError
 from convdeploy.runtime.targets import load_profile
 from tests.runtime.backends import fake_tensorrt as fake
-from tests.runtime.build.test_api_conformance import backend_adapter, dispatch_problems, missing_names, unbound_calls
+from tests.runtime.build.test_api_conformance import backend_adapter, dispatch_problems, missing_names
 from tests.runtime.build.trt_walker import analyse
 
 
@@ -132,13 +131,6 @@ def test_5_a_build_without_any_accepted_cache_writes_none_and_says_so(bundle_dir
 
 
 # 6 --------------------------------------------------------------------------------------------
-@pytest.fixture
-def trt_bundle(tmp_path, tiny_bundle):
-    root = tmp_path / "b"
-    shutil.copytree(tiny_bundle, root)
-    return root
-
-
 def _engine(bundle, **kw):
     return fake.write_engine(bundle / "model.onnx", bundle / "engines" / "model.fp16.engine", precision="fp16", **kw)
 
