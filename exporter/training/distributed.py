@@ -17,6 +17,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data.distributed import DistributedSampler
 
+from convdeploy.runtime.process_exit import end_at_once_after_the_command
+
 __all__ = ["Distributed", "Shard", "all_reduce", "any_process"]
 
 
@@ -48,6 +50,9 @@ class Distributed:
                 torch.cuda.set_device(device)
             dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
             owns = True
+            # The group's native threads can abort the interpreter's teardown (SIGABRT after the
+            # command finished, hiding its exit code): this process ends at once after the command.
+            end_at_once_after_the_command("a torchrun worker of a process group (gloo or NCCL)")
         return cls(dist.get_rank(), dist.get_world_size(), dist.get_backend(), owns)
 
     def wrap(self, model: nn.Module, device: torch.device) -> nn.Module:
@@ -76,9 +81,8 @@ class Distributed:
 
     def abandon(self) -> None:
         """Leave the group at once after an error on this process, with no barrier (the other
-        processes may never reach one). Left alive, gloo's threads outlive the interpreter and
-        abort the process at exit (SIGABRT, "terminate called without an active exception";
-        pytorch/pytorch#179291), which hides the error the user should have read."""
+        processes may never reach one). How the process then ends, whatever gloo's threads are
+        doing, is runtime/process_exit.py's (asked for in :meth:`start`)."""
         if self.enabled and self.owns_group and dist.is_initialized():
             dist.destroy_process_group()
 

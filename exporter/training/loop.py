@@ -202,7 +202,7 @@ def train_one_epoch(
         # others waiting in the next collective until the process group times out.
         if any_process(not bool(torch.isfinite(loss)), device):
             raise UsageError(f"the loss became non-finite at epoch {epoch + 1}, step {i + 1} "
-                             f"(this process: {float(loss)})", "lower --lr or add --grad-clip")
+                             f"(this process: {float(loss.detach())})", "lower --lr or add --grad-clip")
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None and amp:
             scaler.scale(loss).backward()

@@ -22,6 +22,7 @@ import click
 from ..errors import EXIT_INTERNAL, ConvDeployError
 from ..interrupts import interrupt_exit_code, sigterm_raises
 from ..limits import MAX_THREADS
+from ..process_exit import end_now_if_asked
 
 # ctx.meta key of ``bench --compare-torch``'s provider: CHECKPOINT -> a timing function (set by cli.main).
 TORCH_BENCH = "convdeploy.torch_bench"
@@ -124,6 +125,15 @@ class ConvDeployGroup(click.Group):
     """
 
     command_class = ConvDeployCommand
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().main(*args, **kwargs)
+        except SystemExit as exc:
+            # A torchrun worker's gloo threads must not meet the interpreter's teardown
+            # (runtime/process_exit.py): its command is done, so it ends here.
+            end_now_if_asked(exc)
+            raise
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         # Kept for errors raised before the subcommand's --json is parsed (a bad option value).

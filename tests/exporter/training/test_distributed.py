@@ -146,3 +146,25 @@ def test_a_process_that_failed_leaves_the_group_without_waiting_for_the_others(t
     procs, answers = _two_ranks(_abandon_main, tmp_path)
     assert sorted(answers) == [(0, False), (1, False)]
     assert [p.exitcode for p in procs] == [0, 0]  # no SIGABRT at exit
+
+
+# ------------------------------------------------------------------ how a torchrun worker ends
+@pytest.mark.parametrize("initialised_before, asks", [(False, True), (True, False)])
+def test_a_worker_that_started_the_group_ends_at_once_after_its_command(monkeypatch, initialised_before, asks):
+    """The process that initialised the group holds its native threads and asks to end with
+    os._exit after the command (runtime/process_exit.py; the abort itself is shown with a real
+    native thread in tests/runtime/test_process_exit.py). A caller that brought its own group
+    (a test, a notebook) keeps its normal exit."""
+    from convdeploy.exporter.training import distributed
+    from convdeploy.runtime import process_exit
+
+    monkeypatch.setattr(process_exit, "_REASONS", [])  # restored: this pytest process must exit normally
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: initialised_before)
+    monkeypatch.setattr(distributed.dist, "init_process_group", lambda backend: None)
+    monkeypatch.setattr(distributed.dist, "get_rank", lambda: 1)
+    monkeypatch.setattr(distributed.dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(distributed.dist, "get_backend", lambda: "gloo")
+    ddp = distributed.Distributed.start(torch.device("cpu"))
+    assert (ddp.rank, ddp.world, ddp.owns_group) == (1, 2, not initialised_before)
+    assert bool(process_exit.ends_at_once()) is asks

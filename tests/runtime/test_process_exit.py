@@ -1,0 +1,105 @@
+"""A process whose native library leaves a thread joinable at exit still ends with its
+command's status and output, once the library's user asked (runtime/process_exit.py).
+
+The library here is a real one, compiled for the test: a static ``std::thread`` that is
+still running when the process exits, which is what gloo's threads are for a torchrun
+worker (``terminate called without an active exception``, SIGABRT, ``<no Python frame>``).
+The first test shows the abort is real; the others that the command line ends at once,
+with the exit code and the output of the command, when the process asked for it.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from convdeploy.runtime import process_exit
+
+from tests.conftest import REPO
+
+COMPILER = shutil.which("c++") or shutil.which("g++")
+pytestmark = pytest.mark.skipif(COMPILER is None, reason="needs a C++ compiler to build the native library")
+
+LIBRARY = r"""
+#include <chrono>
+#include <thread>
+
+// Running until the process ends, and never joined: destroying it at exit calls std::terminate.
+static std::thread worker;
+
+extern "C" void start_worker() {
+    worker = std::thread([] { for (;;) std::this_thread::sleep_for(std::chrono::seconds(1)); });
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def native_library(tmp_path_factory) -> Path:
+    build = tmp_path_factory.mktemp("native")
+    (build / "worker.cpp").write_text(LIBRARY)
+    library = build / "libworker.so"
+    subprocess.run([COMPILER, "-std=c++11", "-shared", "-fPIC", "-pthread", "-o", str(library),
+                    str(build / "worker.cpp")], check=True, capture_output=True, timeout=120)
+    return library
+
+
+def _run_cli(library: Path, args: list[str], ask: bool) -> subprocess.CompletedProcess:
+    """``convdeploy ARGS`` in a process that started the library's thread (and asked to end at once)."""
+    script = textwrap.dedent(f"""
+        import atexit, ctypes, sys
+        ctypes.CDLL({str(library)!r}).start_worker()
+        atexit.register(lambda: print("interpreter teardown ran", file=sys.stderr))
+        from convdeploy.runtime.process_exit import end_at_once_after_the_command
+        if {ask!r}:
+            end_at_once_after_the_command("the test's native thread")
+        from convdeploy.cli import main
+        main({args!r}, prog_name="convdeploy")
+    """)
+    return subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+
+
+def test_a_joinable_native_thread_aborts_a_normal_exit(native_library):
+    """The failure itself, without the remedy: the command's status is lost to SIGABRT."""
+    proc = _run_cli(native_library, ["profiles", "--json"], ask=False)
+    assert proc.returncode == -signal.SIGABRT, proc.stderr
+    assert "terminate called without an active exception" in proc.stderr
+
+
+def test_a_process_that_asked_ends_with_its_commands_status_and_whole_output(native_library):
+    proc = _run_cli(native_library, ["profiles", "--json"], ask=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "terminate called" not in proc.stderr
+    assert "interpreter teardown ran" not in proc.stderr  # it ended at once
+    assert proc.stdout.rstrip().endswith("]") or proc.stdout.rstrip().endswith("}")  # flushed to the end
+    assert "jetson-agx-orin" in proc.stdout
+
+
+@pytest.mark.parametrize("args, code, text", [
+    (["predict", "/no/such/bundle", "x.png"], 2, "error: "),  # a user's mistake: one line, exit 2
+    (["no-such-command"], 2, "No such command"),  # click's usage error
+    (["profiles", "--help"], 0, "Usage:"),  # --help: click's own exit
+])
+def test_every_way_out_keeps_its_exit_code_and_its_line(native_library, args, code, text):
+    proc = _run_cli(native_library, args, ask=True)
+    assert proc.returncode == code, proc.stderr
+    assert text in proc.stdout + proc.stderr
+    assert "terminate called" not in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("code, status", [(None, 0), (0, 0), (2, 2), (141, 141), (-1, 255), ("a message", 1)])
+def test_exit_code_of_is_the_interpreters(code, status):
+    assert process_exit.exit_code_of(SystemExit(code)) == status
+
+
+def test_nobody_asked_means_a_normal_exit(monkeypatch):
+    monkeypatch.setattr(process_exit, "_REASONS", [])
+    assert process_exit.ends_at_once() == ()
+    process_exit.end_now_if_asked(SystemExit(0))  # returns: the caller raises as usual
+    process_exit.end_at_once_after_the_command("a reason")
+    process_exit.end_at_once_after_the_command("a reason")
+    assert process_exit.ends_at_once() == ("a reason",)
