@@ -1,11 +1,14 @@
-"""A process whose native library leaves a thread joinable at exit still ends with its
-command's status and output, once the library's user asked (runtime/process_exit.py).
+"""A process whose native library still runs a thread at exit ends with its command's status
+and output, once the library's user asked (runtime/process_exit.py).
 
-The library here is a real one, compiled for the test: a static ``std::thread`` that is
-still running when the process exits, which is what gloo's threads are for a torchrun
-worker (``terminate called without an active exception``, SIGABRT, ``<no Python frame>``).
-The first test shows the abort is real; the others that the command line ends at once,
-with the exit code and the output of the command, when the process asked for it.
+The libraries here are real ones, compiled for the test. ``gil_at_exit`` is what a core dump
+of an aborted torchrun worker showed gloo doing: a native thread releases a Python object
+(it takes the GIL) from a C++ destructor while the interpreter is finalizing; Python ends
+that thread with ``pthread_exit``, whose unwinding through the ``noexcept`` destructor calls
+``std::terminate``. ``static_thread`` is the other way native teardown aborts: a
+``std::thread`` destroyed at exit while still running. The first test shows each abort is
+real; the others that the command line ends at once, with the command's exit code and
+output, when the process asked for it.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import sysconfig
 import textwrap
 from pathlib import Path
 
@@ -23,36 +27,77 @@ from convdeploy.runtime import process_exit
 from tests.conftest import REPO
 
 COMPILER = shutil.which("c++") or shutil.which("g++")
-pytestmark = pytest.mark.skipif(COMPILER is None, reason="needs a C++ compiler to build the native library")
+PYTHON_H = Path(sysconfig.get_paths()["include"]) / "Python.h"
+pytestmark = pytest.mark.skipif(COMPILER is None or not PYTHON_H.is_file(),
+                                reason="needs a C++ compiler and Python's headers to build the native libraries")
 
-LIBRARY = r"""
-#include <chrono>
-#include <thread>
+LIBRARIES = {
+    "gil_at_exit": r"""
+        #include <Python.h>
+        #include <chrono>
+        #include <thread>
 
-// Running until the process ends, and never joined: destroying it at exit calls std::terminate.
-static std::thread worker;
+        #if PY_VERSION_HEX >= 0x030D0000
+        #define FINALIZING() Py_IsFinalizing()
+        #else
+        #define FINALIZING() _Py_IsFinalizing()
+        #endif
 
-extern "C" void start_worker() {
-    worker = std::thread([] { for (;;) std::this_thread::sleep_for(std::chrono::seconds(1)); });
+        // Like a finished collective that still holds tensors: released by its worker thread.
+        struct FinishedWork {
+            PyObject* held;
+            ~FinishedWork() {  // noexcept, as every destructor
+                PyGILState_STATE state = PyGILState_Ensure();  // during finalization: pthread_exit
+                Py_DECREF(held);
+                PyGILState_Release(state);
+            }
+        };
+
+        extern "C" void start_worker(PyObject* held) {  // called with the GIL (ctypes.PyDLL)
+            Py_INCREF(held);
+            std::thread([held] {
+                while (!FINALIZING()) std::this_thread::sleep_for(std::chrono::microseconds(200));
+                FinishedWork work{held};
+            }).detach();
+        }
+    """,
+    "static_thread": r"""
+        #include <Python.h>
+        #include <chrono>
+        #include <thread>
+
+        // Running until the process ends, and never joined: destroying it at exit calls std::terminate.
+        static std::thread worker;
+
+        extern "C" void start_worker(PyObject*) {
+            worker = std::thread([] { for (;;) std::this_thread::sleep_for(std::chrono::seconds(1)); });
+        }
+    """,
 }
-"""
 
 
-@pytest.fixture(scope="module")
-def native_library(tmp_path_factory) -> Path:
-    build = tmp_path_factory.mktemp("native")
-    (build / "worker.cpp").write_text(LIBRARY)
+@pytest.fixture(scope="module", params=sorted(LIBRARIES))
+def native_library(request, tmp_path_factory) -> Path:
+    build = tmp_path_factory.mktemp(request.param)
+    source = build / "worker.cpp"
+    source.write_text(textwrap.dedent(LIBRARIES[request.param]))
     library = build / "libworker.so"
-    subprocess.run([COMPILER, "-std=c++11", "-shared", "-fPIC", "-pthread", "-o", str(library),
-                    str(build / "worker.cpp")], check=True, capture_output=True, timeout=120)
+    subprocess.run([COMPILER, "-std=c++11", "-shared", "-fPIC", "-pthread", f"-I{PYTHON_H.parent}",
+                    "-o", str(library), str(source)], check=True, capture_output=True, timeout=120)
     return library
 
 
 def _run_cli(library: Path, args: list[str], ask: bool) -> subprocess.CompletedProcess:
     """``convdeploy ARGS`` in a process that started the library's thread (and asked to end at once)."""
     script = textwrap.dedent(f"""
-        import atexit, ctypes, sys
-        ctypes.CDLL({str(library)!r}).start_worker()
+        import atexit, ctypes, sys, time
+
+        class SlowToRelease:  # keeps the interpreter finalizing long enough for the thread to wake
+            def __del__(self):
+                time.sleep(1.0)
+
+        slow = SlowToRelease()
+        ctypes.PyDLL({str(library)!r}).start_worker(ctypes.py_object([1, 2, 3]))
         atexit.register(lambda: print("interpreter teardown ran", file=sys.stderr))
         from convdeploy.runtime.process_exit import end_at_once_after_the_command
         if {ask!r}:

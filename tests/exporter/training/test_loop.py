@@ -230,7 +230,7 @@ def test_ddp_with_two_cpu_processes(tmp_path):
 def test_an_error_on_every_rank_is_one_line_each_not_an_abort(tmp_path):
     """A user error after the processes joined the group (here a diverging loss): each rank says
     its one line and exits 2. Before, a rank could instead die of SIGABRT after its line, when
-    gloo's threads met the interpreter's teardown (1 run in 40 here under load; the remedy and
+    gloo's threads met the interpreter's teardown (3 runs in 100 here under load; the remedy and
     a deterministic test of it: runtime/process_exit.py, tests/runtime/test_process_exit.py)."""
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
