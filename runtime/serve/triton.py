@@ -147,6 +147,10 @@ def _engine_precision(bundle: Bundle, engine: Path, precision: str | None) -> tu
     if not engine.is_file():
         raise UsageError(f"engine not found: {engine}", "build one with `convdeploy build` on the target")
     sidecar = read_sidecar(engine)
+    if sidecar.get("output") == "probabilities":  # the step's TTA merge and Triton's top-k read logits
+        raise UsageError(f"engine {engine.name} answers probabilities (built for DeepStream with `build --output "
+                         "probabilities`), and the Triton repository serves the logits the bundle's TTA merge reads",
+                         "pass an engine built without --output probabilities, or drop --engine")
     built = str(sidecar["precision"])
     if precision is not None and precision != built:
         raise UsageError(f"--precision {precision} but the engine was built for {built}",

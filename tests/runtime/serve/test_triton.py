@@ -407,6 +407,19 @@ def test_a_dla_engine_at_one_batch_is_refused_for_tritons_dynamic_batcher(tiny_b
         write_triton_repository(tiny_bundle, tmp_path / "repo", engine=old, profile="server-gpu")
 
 
+def test_a_probabilities_engine_is_refused_as_predict_refuses_it(tiny_bundle, tmp_path):
+    """An engine built for DeepStream (`build --output probabilities`) names the bundle's own
+    artifact in its sidecar, so nothing else stops it: served, the step's TTA merge and
+    Triton's top-k would read softmax outputs as logits and flatten every confidence."""
+    engine = engine_with_sidecar(tiny_bundle, tmp_path, 1, 8, output="probabilities")
+    with pytest.raises(UsageError, match="answers probabilities") as exc:
+        write_triton_repository(tiny_bundle, tmp_path / "repo", engine=engine, profile="server-gpu")
+    assert "\n" not in str(exc.value) and "without --output probabilities" in exc.value.hint
+    assert not (tmp_path / "repo").exists()
+    logits = engine_with_sidecar(tiny_bundle, tmp_path, 1, 8, output="logits")
+    assert write_triton_repository(tiny_bundle, tmp_path / "repo", engine=logits, profile="server-gpu").max_batch_size == 8
+
+
 @pytest.mark.parametrize("precision", ["fp32", "int8"])
 def test_the_tensorrt_accelerator_gets_an_engine_cache_and_profile_shapes(tiny_bundle, tmp_path, precision):
     """Review 2, defect 9: without a cache every model load rebuilds the engine; without
