@@ -15,7 +15,7 @@ photos: scikit-learn's two sample photos and crops of them, saved as JPEG):
    (target: >= 1.5x), with the arithmetic rate each reaches (2 x MACs / time) beside a
    dense FP32 matmul measured in the same run (OpenBLAS sgemm through numpy): once
    onnxruntime's convolutions run at that rate, only a slower eager can raise the ratio
-   (the CPU's FMA peak itself: ``benchmarks/fma_peak.c``);
+   (the CPU's FMA peak itself: ``runtime/fma_peak.c``, as ``bench --layers`` measures it);
 3. end to end: ``Predictor.predict`` over a folder of JPEGs (decode + preprocess +
    infer) vs model-only throughput, ResNet-18 batch 8 (target: >= 85%);
 4. CPU paths on ResNet-18: bare OpenVINO default (its own precision choice), the

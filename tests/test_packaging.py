@@ -89,6 +89,7 @@ def test_the_wheel_holds_one_import_root(installed_wheel):
     assert roots == {"convdeploy"}
     assert "convdeploy = convdeploy.cli:main" in entry_points
     assert "convdeploy/profiles/jetson-agx-orin.toml" in names  # package data travels
+    assert "convdeploy/runtime/fma_peak.c" in names
     assert not any(n.startswith("convdeploy/tests/") or n.startswith("convdeploy/benchmarks/") for n in names)
 
 
@@ -99,6 +100,8 @@ def test_installed_convdeploy_imports_and_generic_names_do_not(installed_wheel):
         f"leaked = [n for n in {GENERIC_NAMES!r} if importlib.util.find_spec(n) is not None]\n"
         "assert not leaked, leaked\n"
         "assert convdeploy.profiles.PROFILE_DIR.joinpath('cpu-x86.toml').is_file()\n"
+        "from convdeploy.runtime.peak import SOURCE\n"
+        "assert SOURCE.is_file(), SOURCE  # bench --layers' peak kernel, on a Jetson installed from the wheel\n"
         "print('ok')\n"))
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
 

@@ -151,7 +151,7 @@ def _echo_layer_profile(result: dict[str, Any], top: int | None = None) -> None:
                                         ("peak", "of peak"), ("ran", "ran")])
     if peak.get("gflops"):
         click.echo(f"peak: {peak['gflops']:.0f} GFLOP/s FP32 FMA with {peak['threads']} thread(s) on {peak['cpu']} "
-                   f"(benchmarks/fma_peak.c{', cached' if peak.get('cached') else ''}); the whole model ran at "
+                   f"(convdeploy's fma_peak.c{', cached' if peak.get('cached') else ''}); the whole model ran at "
                    f"{_fmt(lp.get('gflops'), '.1f')} GFLOP/s"
                    + (f" = {100 * lp['fraction_of_peak']:.0f}% of it" if lp.get("fraction_of_peak") else ""))
         if peak.get("note"):

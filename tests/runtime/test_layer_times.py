@@ -156,9 +156,7 @@ def test_fma_peak_is_measured_once_and_cached_unless_the_machine_was_busy(tmp_pa
         pytest.skip("no C compiler")
     monkeypatch.setattr(peak, "load_average", lambda: 99.0)
     busy = measure_fma_peak(1, repeats=1)
-    if busy["gflops"] is None:  # no AVX-512 here: the reason says so
-        assert "AVX-512" in busy["reason"]
-        return
+    assert busy["gflops"] > 1, busy  # portable C: every CPU with a compiler gets its number
     assert "not cached" in busy["note"] and not (tmp_path / "cache" / "fma_peak.json").exists()
     monkeypatch.setattr(peak, "load_average", lambda: 0.0)
     first = measure_fma_peak(1, repeats=1)
@@ -172,7 +170,31 @@ def test_fma_peak_without_a_compiler_or_source_says_why(tmp_path) -> None:
     none = measure_fma_peak(1, compiler=str(tmp_path / "no-cc"))
     assert none["gflops"] is None and "compiler" in none["reason"]
     missing = measure_fma_peak(1, source=tmp_path / "fma_peak.c")
-    assert missing["gflops"] is None and "source checkout" in missing["reason"]
+    assert missing["gflops"] is None and "reinstall convdeploy" in missing["reason"]
+
+
+@pytest.mark.parametrize("march, lanes", [("x86-64", 4), ("haswell", 8), ("skylake-avx512", 16)])
+def test_the_peak_kernel_uses_the_widest_vectors_the_target_has(tmp_path, march, lanes) -> None:
+    """Portable C, not one ISA's intrinsics: the kernel builds for SSE, AVX2 and AVX-512 alike
+    (and for a Jetson's NEON: 4 lanes, `fmla v.4s`), its vectors as wide as the ISA allows and
+    its multiply-add one FMA instruction where the ISA has one."""
+    import platform
+    import subprocess
+
+    from convdeploy.runtime.peak import SOURCE
+
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None or platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip("needs a C compiler for x86-64")
+    asm = tmp_path / "fma_peak.s"
+    subprocess.run([cc, "-O3", f"-march={march}", "-ffp-contract=fast", "-pthread", "-S", str(SOURCE), "-o", str(asm)],
+                   check=True, capture_output=True, timeout=120)
+    text = asm.read_text()
+    register = {4: "xmm", 8: "ymm", 16: "zmm"}[lanes]
+    fma = [line for line in text.splitlines() if "vfmadd" in line and register in line]
+    assert (len(fma) >= 12) is (lanes > 4), fma[:3]  # twelve chains; x86-64's SSE has no FMA: mulps and addps
+    if lanes == 4:
+        assert any("mulps" in line and "xmm" in line for line in text.splitlines())
 
 
 def test_bench_layers_cli_and_report_section(wide_bundle, photo_folder, tmp_path) -> None:
