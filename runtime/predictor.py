@@ -250,12 +250,15 @@ class Predictor:
         else:
             raise BundleError(f"{path} kept changing while it was loaded",
                               "wait until the export that is replacing it has finished")
-        answers = (getattr(selection.backend, "sidecar", None) or {}).get("output")
-        if answers == "probabilities":  # softmax again would flatten every confidence
-            selection.backend.close()
-            raise UsageError(f"engine {Path(selection.artifact).name} answers probabilities (built for DeepStream "
-                             "with `build --output probabilities`), and predict reads logits",
-                             "pass an engine built without --output probabilities, or drop --engine")
+        sidecar = getattr(selection.backend, "sidecar", None)
+        if sidecar:  # a TensorRT engine's (the import waits for one: the builder's package is not light)
+            from .build.probabilities import refuse_probabilities_engine
+
+            try:
+                refuse_probabilities_engine(sidecar, Path(selection.artifact).name, "predict")
+            except UsageError:
+                selection.backend.close()
+                raise
         return cls(bundle, selection, tta=tta, batch_size=batch_size or (prof.batch_opt if prof else 8),
                    workers=workers, max_batch=prof.batch_max if prof else None)
 

@@ -26,6 +26,17 @@ PROBS_SUFFIX = ".probs.onnx"  # model.int8.onnx -> model.int8.probs.onnx
 OUTPUTS = ("logits", "probabilities")  # what an engine answers (its sidecar's "output")
 
 
+def refuse_probabilities_engine(sidecar: dict[str, Any], engine_name: str, reader: str) -> None:
+    """Refuse, in one line, to hand ``reader`` (a reader of logits: predict, the Triton
+    repository) an engine whose sidecar says it answers probabilities: a softmax over
+    probabilities flattens every confidence, and a TTA merge or a top-k of them is not the
+    bundle's. The sidecar names the bundle's own artifact, so no other check stops it."""
+    if sidecar.get("output") == "probabilities":
+        raise UsageError(f"engine {engine_name} answers probabilities (built for DeepStream with `build --output "
+                         f"probabilities`), and {reader} reads logits",
+                         "pass an engine built without --output probabilities, or drop --engine")
+
+
 def _import_onnx() -> Any:
     try:
         import onnx

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..backends.onnxruntime_backend import tensorrt_provider_options
+from ..build.probabilities import refuse_probabilities_engine
 from ..bundle.contract import read_sidecar
 from ..bundle.reader import Bundle
 from ..errors import BundleError, UsageError
@@ -147,10 +148,7 @@ def _engine_precision(bundle: Bundle, engine: Path, precision: str | None) -> tu
     if not engine.is_file():
         raise UsageError(f"engine not found: {engine}", "build one with `convdeploy build` on the target")
     sidecar = read_sidecar(engine)
-    if sidecar.get("output") == "probabilities":  # the step's TTA merge and Triton's top-k read logits
-        raise UsageError(f"engine {engine.name} answers probabilities (built for DeepStream with `build --output "
-                         "probabilities`), and the Triton repository serves the logits the bundle's TTA merge reads",
-                         "pass an engine built without --output probabilities, or drop --engine")
+    refuse_probabilities_engine(sidecar, engine.name, "the Triton repository (its TTA merge and top-k)")
     built = str(sidecar["precision"])
     if precision is not None and precision != built:
         raise UsageError(f"--precision {precision} but the engine was built for {built}",
