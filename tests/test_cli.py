@@ -40,6 +40,23 @@ def test_models_json_lists_every_registered_architecture_with_counts(cli):
     assert any(n.startswith("inception_resnet") for n in by_name)
 
 
+@pytest.mark.parametrize("args, words", [
+    (["models", "resnt18"], "unknown architecture 'resnt18'"),  # a typo: the names it may have meant
+    (["models", "vgg*x"], "no architecture matches 'vgg*x'"),  # a filter that keeps nothing
+    (["models", "nope", "--json"], None),
+])
+def test_models_with_a_name_or_pattern_that_matches_nothing_is_one_line_not_an_empty_table(cli, args, words):
+    r = cli(*args)
+    assert r.exit_code == 2
+    if words is None:  # --json: the error object on stdout
+        assert json.loads(r.output)["error"] == "unknown architecture 'nope'"
+        return
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and words in errors[0] and "name" not in r.output
+    if "resnt18" in words:
+        assert "did you mean one of resnet18" in r.stderr
+
+
 def test_models_table_and_pattern(cli):
     r = cli("models", "resnet*")
     assert r.exit_code == 0

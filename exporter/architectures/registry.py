@@ -15,6 +15,7 @@ it (parameter counts, multiply-accumulates) from the built model.
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import importlib
 from dataclasses import dataclass, field
@@ -115,7 +116,8 @@ def get_entry(name: str) -> ModelEntry:
     try:
         return _REGISTRY[name]
     except KeyError:
-        close = [n for n in _REGISTRY if n.startswith(name[:3])][:5]
+        close = difflib.get_close_matches(name.lower(), sorted(_REGISTRY), n=3, cutoff=0.75) or \
+            [n for n in sorted(_REGISTRY) if n.startswith(name[:3].lower())][:5]
         hint = f"did you mean one of {', '.join(close)}?" if close else "run `convdeploy models` to list them"
         raise UsageError(f"unknown architecture {name!r}", hint) from None
 

@@ -45,8 +45,13 @@ def models_cmd(pattern: str | None, layers: bool, csv_path: str | None, as_json:
     if pattern and pattern in list_models():
         _echo_model_options(pattern, as_json)
         return
+    names = list_models(pattern)
+    if pattern and not names:  # a typo or a filter that keeps nothing: said, as `ls` says it
+        if not any(c in pattern for c in "*?["):
+            get_entry(pattern)  # "unknown architecture 'resnt18'", with the names it may have meant
+        raise UsageError(f"no architecture matches {pattern!r}", "run `convdeploy models` to list them")
     rows = []
-    for name in list_models(pattern):
+    for name in names:
         entry = get_entry(name)
         info = entry.as_dict()
         info["input"] = "x".join(str(d) for d in entry.input_size)
