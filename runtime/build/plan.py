@@ -8,7 +8,8 @@ TensorRT; ``build --dry-run`` prints it as a ``trtexec`` command line
 (:mod:`runtime.build.trtexec`) on a machine without TensorRT. Both read the same plan,
 so the two can not drift apart.
 
-The rules per TensorRT line (the audit of the TensorRT paths, section 2):
+The rules per TensorRT line, as each release's Python API defines them (every name used is
+checked against that release's API surface: tests/fixtures/tensorrt_api):
 
 - **8.x** (JetPack 4.6/5/6.0): explicit-batch network, weak typing only. The precision
   comes from builder flags: ``FP16`` for fp16; ``INT8`` (required even for a Q/DQ graph)
