@@ -126,12 +126,14 @@ class ConvDeployGroup(click.Group):
 
     command_class = ConvDeployCommand
 
-    def main(self, *args: Any, **kwargs: Any) -> Any:
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        # The process's entry point (the console script, `python -m convdeploy.cli`, cli.py run
+        # by torchrun); click's CliRunner calls .main() and keeps its process. A torchrun
+        # worker's gloo threads must not meet the interpreter's teardown
+        # (runtime/process_exit.py): its command is done, so the process ends here.
         try:
-            return super().main(*args, **kwargs)
+            return super().__call__(*args, **kwargs)
         except SystemExit as exc:
-            # A torchrun worker's gloo threads must not meet the interpreter's teardown
-            # (runtime/process_exit.py): its command is done, so it ends here.
             end_now_if_asked(exc)
             raise
 

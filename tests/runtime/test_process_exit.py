@@ -136,6 +136,21 @@ def test_every_way_out_keeps_its_exit_code_and_its_line(native_library, args, co
     assert "terminate called" not in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_a_command_run_in_process_keeps_its_process():
+    """Only the process's entry point ends it: click's CliRunner (tests, notebooks) calls
+    ``main.main()``, and its caller goes on after the command even when the end was asked for."""
+    script = textwrap.dedent("""
+        from click.testing import CliRunner
+        from convdeploy.runtime.process_exit import end_at_once_after_the_command
+        from convdeploy.cli import main
+        end_at_once_after_the_command("asked before an in-process command")
+        result = CliRunner().invoke(main, ["profiles", "--json"])
+        print("the caller goes on after exit code", result.exit_code)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "the caller goes on after exit code 0" in proc.stdout, proc.stderr
+
+
 @pytest.mark.parametrize("code, status", [(None, 0), (0, 0), (2, 2), (141, 141), (-1, 255), ("a message", 1)])
 def test_exit_code_of_is_the_interpreters(code, status):
     assert process_exit.exit_code_of(SystemExit(code)) == status
