@@ -18,7 +18,9 @@ The remedy is the one Python's own :mod:`multiprocessing` uses for its worker pr
 its output flushed, the process ends with :func:`os._exit`, skipping the native teardown.
 Nothing of ours is lost: files are written atomically and temporary directories are removed
 by ``with`` blocks that have already closed, and no convdeploy module registers ``atexit``
-work. Only a process that asked (:func:`end_at_once_after_the_command`) ends this way.
+work. Only a process that asked (:func:`end_at_once_after_the_command`) ends this way, and
+only from the command line's entry point: a caller that runs a command in its own process
+(click's ``CliRunner``, a notebook) goes on after it.
 """
 
 from __future__ import annotations
