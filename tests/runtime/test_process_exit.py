@@ -110,6 +110,8 @@ def _run_cli(library: Path, args: list[str], ask: bool) -> subprocess.CompletedP
 
 def test_a_joinable_native_thread_aborts_a_normal_exit(native_library):
     """The failure itself, without the remedy: the command's status is lost to SIGABRT."""
+    if native_library.parent.name.startswith("gil_at_exit") and sys.version_info >= (3, 14):
+        pytest.skip("from Python 3.14 a thread that takes the GIL during finalization hangs instead of exiting")
     proc = _run_cli(native_library, ["profiles", "--json"], ask=False)
     assert proc.returncode == -signal.SIGABRT, proc.stderr
     assert "terminate called without an active exception" in proc.stderr
