@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import time
 import warnings
 from datetime import timedelta
 from pathlib import Path
@@ -138,14 +139,28 @@ def _abandon_main(rank: int, store: str, results: "multiprocessing.Queue") -> No
 
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2,
                             timeout=timedelta(seconds=60))
+    # Both have joined (a rank that left while the other still connected would fail the other's
+    # init: "connectFullMesh failed ... Connection closed by peer"). In training the first
+    # collective comes long before any error.
+    dist.barrier()
+    left = Path(f"{store}.rank0-left")
+    if rank == 1:  # stays in the group, reaching no collective, until rank 0 has left it
+        for _ in range(600):
+            if left.exists():
+                break
+            time.sleep(0.1)
     Distributed(rank, 2, "gloo", owns_group=True).abandon()  # no barrier: the other may never reach one
-    results.put((rank, dist.is_initialized()))
+    if rank == 0:
+        left.touch()
+    results.put((rank, dist.is_initialized(), left.exists()))
 
 
 def test_a_process_that_failed_leaves_the_group_without_waiting_for_the_others(tmp_path):
+    """Rank 0 leaves while rank 1 waits, outside any collective, for rank 0 to have left: a
+    barrier in ``abandon`` would hang both (the harness then says "a process hung")."""
     procs, answers = _two_ranks(_abandon_main, tmp_path)
-    assert sorted(answers) == [(0, False), (1, False)]
-    assert [p.exitcode for p in procs] == [0, 0]  # no SIGABRT at exit
+    assert sorted(answers) == [(0, False, True), (1, False, True)]
+    assert [p.exitcode for p in procs] == [0, 0]
 
 
 # ------------------------------------------------------------------ how a torchrun worker ends
