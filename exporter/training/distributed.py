@@ -49,6 +49,11 @@ class Distributed:
             if device.type == "cuda":
                 torch.cuda.set_device(device)
             dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+            # Every process has finished joining before any may leave: init returns on one rank
+            # while another may still be connecting, and a rank that failed and left then would
+            # fail the other's init ("connectFullMesh failed ... Connection closed by peer", a
+            # traceback instead of the first rank's one-line error).
+            dist.barrier()
             owns = True
             # The group's native threads can abort the interpreter's teardown (SIGABRT after the
             # command finished, hiding its exit code): this process ends at once after the command.

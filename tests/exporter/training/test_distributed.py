@@ -176,10 +176,14 @@ def test_a_worker_that_started_the_group_ends_at_once_after_its_command(monkeypa
     monkeypatch.setattr(process_exit, "_REASONS", [])  # restored: this pytest process must exit normally
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setattr(distributed.dist, "is_initialized", lambda: initialised_before)
-    monkeypatch.setattr(distributed.dist, "init_process_group", lambda backend: None)
+    calls: list[str] = []
+    monkeypatch.setattr(distributed.dist, "init_process_group", lambda backend: calls.append("init"))
+    monkeypatch.setattr(distributed.dist, "barrier", lambda: calls.append("barrier"))
     monkeypatch.setattr(distributed.dist, "get_rank", lambda: 1)
     monkeypatch.setattr(distributed.dist, "get_world_size", lambda: 2)
     monkeypatch.setattr(distributed.dist, "get_backend", lambda: "gloo")
     ddp = distributed.Distributed.start(torch.device("cpu"))
     assert (ddp.rank, ddp.world, ddp.owns_group) == (1, 2, not initialised_before)
     assert bool(process_exit.ends_at_once()) is asks
+    # A group it starts is joined by every process before any may leave it (see Distributed.start).
+    assert calls == (["init", "barrier"] if asks else [])
